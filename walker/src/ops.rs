@@ -1,0 +1,272 @@
+//! What a walk calls back, and what the callbacks answer: the `mm_walk_ops` of this crate.
+
+use bitflags::bitflags;
+use thiserror::Error;
+use vm_memory::GuestAddress;
+
+use crate::addr::Gva;
+use crate::context::PagingContext;
+use crate::entry::{Access, Decoded, Entry, EntryKind};
+use crate::level::Level;
+
+/// A callback's answer for a well-formed present entry.
+///
+/// Errors are the third answer: a callback returning `Err` aborts the walk, and the error is
+/// returned with the address and level where it happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Action {
+    /// Continue into the next level (the `0` of `mm/pagewalk.c`): a table is read, a huge
+    /// leaf is split into a host-side shadow table. Has no effect on a 4 KiB leaf, and none
+    /// when no lower level has a callback.
+    #[default]
+    Descend,
+    /// "I handled it" (the positive return of `mm/pagewalk.c`): go on with the next entry
+    /// of this level without splitting or descending.
+    Skip,
+}
+
+bitflags! {
+    /// Which per-level callbacks a [`Visitor`] implements, like the non-NULL members of
+    /// `struct mm_walk_ops`. A walk descends below a level only when some lower level is
+    /// in this set, so nothing is read, and nothing is split, for nothing.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub struct Callbacks: u8 {
+        /// [`Visitor::pte_entry`].
+        const PTE = 1 << 0;
+        /// [`Visitor::pmd_entry`].
+        const PMD = 1 << 1;
+        /// [`Visitor::pud_entry`].
+        const PUD = 1 << 2;
+        /// [`Visitor::pml4_entry`].
+        const PML4 = 1 << 3;
+        /// [`Visitor::pml5_entry`].
+        const PML5 = 1 << 4;
+    }
+}
+
+impl Callbacks {
+    /// The flag for one level.
+    pub const fn of(level: Level) -> Callbacks {
+        Callbacks::from_bits_truncate(1 << (level as u8 - 1))
+    }
+
+    /// Whether a level strictly below `level` has a callback.
+    pub const fn any_below(self, level: Level) -> bool {
+        let below = (1u8 << (level as u8 - 1)) - 1;
+        self.bits() & below != 0
+    }
+}
+
+/// Where an entry a callback sees came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntrySource {
+    /// Read from the guest's table at this guest-physical address.
+    Guest(GuestAddress),
+    /// Synthesized by splitting a huge leaf into a host-side shadow table; it exists nowhere
+    /// in guest memory.
+    Shadow,
+}
+
+/// One entry as a callback sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Visit<'c> {
+    /// Level of the entry.
+    pub level: Level,
+    /// First address of the part of the entry's span inside the walked range.
+    pub start: Gva,
+    /// Last address (inclusive) of that part.
+    pub last: Gva,
+    /// The raw entry.
+    pub entry: Entry,
+    /// Access rights accumulated from the root down to and including this entry.
+    pub effective: Access,
+    /// Where the entry was read from.
+    pub source: EntrySource,
+    pub(crate) ctx: &'c PagingContext,
+}
+
+impl Visit<'_> {
+    /// Whether the entry is a synthesized shadow entry from a huge-leaf split.
+    pub const fn is_shadow(&self) -> bool {
+        matches!(self.source, EntrySource::Shadow)
+    }
+
+    /// Whether the entry maps a page (a 4 KiB PTE, or a PMD/PUD with PS set).
+    pub const fn is_leaf(&self) -> bool {
+        self.entry.is_leaf(self.level)
+    }
+
+    /// First virtual address the whole entry covers (its span, before clipping to the range).
+    pub const fn entry_start(&self) -> Gva {
+        self.start.align_down(self.level.entry_span())
+    }
+
+    /// Number of bytes of the walked range inside this entry's span.
+    pub const fn len(&self) -> u64 {
+        self.last.0 - self.start.0 + 1
+    }
+
+    /// Always false: a visited entry covers at least one byte. Present for API symmetry.
+    pub const fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// For a leaf, the guest-physical address `va` (inside the entry's span) maps to.
+    pub const fn physical(&self, va: Gva) -> Option<GuestAddress> {
+        if !self.is_leaf() {
+            return None;
+        }
+        let offset = va.0.wrapping_sub(self.entry_start().0) & (self.level.entry_span() - 1);
+        Some(GuestAddress(self.entry.address(self.level).0 + offset))
+    }
+
+    /// The decoded view of the entry, in this walk's paging context.
+    pub fn decode(&self) -> Decoded {
+        let e = self.entry;
+        let leaf = self.is_leaf();
+        let f = e.flags();
+        use crate::entry::EntryFlags as F;
+        Decoded {
+            present: e.is_present(),
+            writable: f.contains(F::WRITABLE),
+            user: f.contains(F::USER),
+            nx: self.ctx.nxe() && f.contains(F::NO_EXECUTE),
+            accessed: f.contains(F::ACCESSED),
+            dirty: leaf && f.contains(F::DIRTY),
+            global: leaf && f.contains(F::GLOBAL),
+            memory_type: if leaf {
+                e.memory_type(self.level)
+            } else {
+                crate::entry::MemoryType(e.memory_type(Level::Pmd).0 & 0b011)
+            },
+            pkey: if leaf && self.ctx.pke() {
+                e.pkey_bits()
+            } else {
+                0
+            },
+            kind: match self.level.leaf_size() {
+                Some(size) if leaf => EntryKind::Leaf(size),
+                _ => EntryKind::Table,
+            },
+            frame: e.address(self.level),
+        }
+    }
+}
+
+/// Why a present entry cannot be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum FaultKind {
+    /// Reserved bits are set (above MAXPHYADDR, NX without EFER.NXE, PS where no leaf may
+    /// be, low bits of a huge frame): the MMU would raise #PF with RSVD set.
+    #[error("reserved bits {0:#x} are set")]
+    ReservedBits(u64),
+    /// The entry points to a table that is not inside guest memory.
+    #[error("the table at {:#x} is outside guest memory", .0.0)]
+    OutsideMemory(GuestAddress),
+}
+
+/// A present entry the walk could not use: reported, not descended, and the walk goes on.
+#[derive(Debug, Clone, Copy)]
+pub struct Fault<'c> {
+    /// The entry, where it was found and the range it covers.
+    pub visit: Visit<'c>,
+    /// What is wrong with it.
+    pub kind: FaultKind,
+}
+
+/// The callbacks of a walk.
+///
+/// Each per-level method is called for every present, well-formed entry of its level inside
+/// the walked range, but only if [`callbacks`](Visitor::callbacks) lists it. Its answer
+/// decides what happens next (see [`Action`]).
+pub trait Visitor {
+    /// The error a callback may abort the walk with.
+    type Error;
+
+    /// The per-level callbacks this visitor implements.
+    fn callbacks(&self) -> Callbacks;
+
+    /// A PML5 entry (5-level paging only).
+    fn pml5_entry(&mut self, _visit: &Visit<'_>) -> Result<Action, Self::Error> {
+        Ok(Action::Descend)
+    }
+
+    /// A PML4 entry.
+    fn pml4_entry(&mut self, _visit: &Visit<'_>) -> Result<Action, Self::Error> {
+        Ok(Action::Descend)
+    }
+
+    /// A PUD: a table pointer or a 1 GiB leaf.
+    fn pud_entry(&mut self, _visit: &Visit<'_>) -> Result<Action, Self::Error> {
+        Ok(Action::Descend)
+    }
+
+    /// A PMD: a table pointer or a 2 MiB leaf (possibly a shadow entry from a 1 GiB split).
+    fn pmd_entry(&mut self, _visit: &Visit<'_>) -> Result<Action, Self::Error> {
+        Ok(Action::Descend)
+    }
+
+    /// A PTE: a 4 KiB leaf (possibly a shadow entry from a 2 MiB split).
+    fn pte_entry(&mut self, _visit: &Visit<'_>) -> Result<Action, Self::Error> {
+        Ok(Action::Descend)
+    }
+
+    /// A non-present entry at `depth` covering `[start, last]` of the walked range
+    /// (`pte_hole` of `mm/pagewalk.c`). Called whatever [`callbacks`](Visitor::callbacks) says.
+    fn hole(&mut self, _start: Gva, _last: Gva, _depth: Level) -> Result<(), Self::Error> {
+        Ok(())
+    }
+
+    /// A present entry the walk cannot use. It is not descended; the walk continues
+    /// unless this returns an error.
+    fn fault(&mut self, _fault: &Fault<'_>) -> Result<(), Self::Error> {
+        Ok(())
+    }
+}
+
+/// Why a walk stopped early.
+#[derive(Debug, Error)]
+pub enum WalkError<E> {
+    /// A callback returned an error.
+    #[error("the {level} callback at {va} aborted the walk")]
+    Callback {
+        /// The callback's error.
+        #[source]
+        error: E,
+        /// Start of the visited range.
+        va: Gva,
+        /// Level of the callback.
+        level: Level,
+    },
+    /// The walk read more entries than its budget allows: a guest can alias tables so
+    /// that a naive walk visits 512^4 entries.
+    #[error(
+        "the walk read {limit} page-table entries without finishing (stopped at {va}, level {level}); the tables may alias each other, or the budget is too small"
+    )]
+    BudgetExhausted {
+        /// The budget in entries.
+        limit: u64,
+        /// Where the walk was.
+        va: Gva,
+        /// The level being read.
+        level: Level,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn callbacks_below() {
+        let pte = Callbacks::PTE;
+        assert!(pte.any_below(Level::Pmd));
+        assert!(pte.any_below(Level::Pml4));
+        assert!(!pte.any_below(Level::Pte));
+        let pmd = Callbacks::PMD;
+        assert!(!pmd.any_below(Level::Pmd));
+        assert!(pmd.any_below(Level::Pud));
+        assert_eq!(Callbacks::of(Level::Pml5), Callbacks::PML5);
+        assert_eq!(Callbacks::of(Level::Pte), Callbacks::PTE);
+    }
+}

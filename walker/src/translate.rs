@@ -1,0 +1,173 @@
+//! Translating one guest-virtual address, built on the walk.
+//!
+//! A translation is a walk of the one-byte range `[gva, gva]` with callbacks on the levels
+//! that can hold a leaf: a huge leaf answers [`Action::Skip`] (found it, do not split), a
+//! table answers [`Action::Descend`]. Holes and faults end it with the level they were
+//! found at. There is no second code path that could disagree with the walk.
+
+use std::convert::Infallible;
+
+use thiserror::Error;
+use vm_memory::{GuestAddress, GuestMemoryBackend};
+
+use crate::addr::Gva;
+use crate::context::PagingContext;
+use crate::entry::{Access, Entry, MemoryType};
+use crate::level::{Level, PageSize};
+use crate::ops::{Action, Callbacks, Fault, FaultKind, Visit, Visitor, WalkError};
+use crate::walk::walk;
+
+/// A successful translation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Translation {
+    /// The translated address.
+    pub gva: Gva,
+    /// The guest-physical address it maps to.
+    pub gpa: GuestAddress,
+    /// Size of the page containing it.
+    pub size: PageSize,
+    /// Rights accumulated over every level.
+    pub effective: Access,
+    /// PAT/PCD/PWT index of the leaf.
+    pub memory_type: MemoryType,
+    /// The leaf entry.
+    pub entry: Entry,
+}
+
+/// Why an address does not translate, as the MMU would see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum TranslateError {
+    /// The address is not canonical in this paging mode (#GP, not #PF).
+    #[error("{0} is not canonical")]
+    NonCanonical(Gva),
+    /// The entry at `level` is not present.
+    #[error("{gva} is not mapped: the {level} entry is not present")]
+    NotPresent {
+        /// The address.
+        gva: Gva,
+        /// The level of the non-present entry.
+        level: Level,
+    },
+    /// The entry at `level` has reserved bits set.
+    #[error("{gva}: the {level} entry has reserved bits {bits:#x} set")]
+    ReservedBits {
+        /// The address.
+        gva: Gva,
+        /// The level of the bad entry.
+        level: Level,
+        /// The reserved bits that are set.
+        bits: u64,
+    },
+    /// The entry at `level` points to a table outside guest memory.
+    #[error("{gva}: the {level} entry points to {:#x}, outside guest memory", .table.0)]
+    OutsideMemory {
+        /// The address.
+        gva: Gva,
+        /// The level of the bad entry.
+        level: Level,
+        /// Where it points.
+        table: GuestAddress,
+    },
+}
+
+#[derive(Default)]
+struct Translator {
+    result: Option<Result<Translation, TranslateError>>,
+    gva: Gva,
+}
+
+impl Translator {
+    fn leaf(&mut self, visit: &Visit<'_>) -> Action {
+        if let (Some(size), Some(gpa)) = (visit.level.leaf_size(), visit.physical(self.gva)) {
+            self.result = Some(Ok(Translation {
+                gva: self.gva,
+                gpa,
+                size,
+                effective: visit.effective,
+                memory_type: visit.entry.memory_type(visit.level),
+                entry: visit.entry,
+            }));
+        }
+        Action::Skip
+    }
+
+    fn entry(&mut self, visit: &Visit<'_>) -> Action {
+        if visit.is_leaf() {
+            self.leaf(visit)
+        } else {
+            Action::Descend
+        }
+    }
+}
+
+impl Visitor for Translator {
+    type Error = Infallible;
+
+    fn callbacks(&self) -> Callbacks {
+        Callbacks::PUD | Callbacks::PMD | Callbacks::PTE
+    }
+
+    fn pud_entry(&mut self, visit: &Visit<'_>) -> Result<Action, Infallible> {
+        Ok(self.entry(visit))
+    }
+
+    fn pmd_entry(&mut self, visit: &Visit<'_>) -> Result<Action, Infallible> {
+        Ok(self.entry(visit))
+    }
+
+    fn pte_entry(&mut self, visit: &Visit<'_>) -> Result<Action, Infallible> {
+        Ok(self.leaf(visit))
+    }
+
+    fn hole(&mut self, _start: Gva, _last: Gva, depth: Level) -> Result<(), Infallible> {
+        self.result = Some(Err(TranslateError::NotPresent {
+            gva: self.gva,
+            level: depth,
+        }));
+        Ok(())
+    }
+
+    fn fault(&mut self, fault: &Fault<'_>) -> Result<(), Infallible> {
+        let level = fault.visit.level;
+        self.result = Some(Err(match fault.kind {
+            FaultKind::ReservedBits(bits) => TranslateError::ReservedBits {
+                gva: self.gva,
+                level,
+                bits,
+            },
+            FaultKind::OutsideMemory(table) => TranslateError::OutsideMemory {
+                gva: self.gva,
+                level,
+                table,
+            },
+        }));
+        Ok(())
+    }
+}
+
+/// Translates `gva` through the page tables of `ctx`, as the guest's MMU would.
+pub fn translate<M: GuestMemoryBackend>(
+    mem: &M,
+    ctx: &PagingContext,
+    gva: Gva,
+) -> Result<Translation, TranslateError> {
+    if !gva.is_canonical(ctx.mode().va_bits()) {
+        return Err(TranslateError::NonCanonical(gva));
+    }
+    let mut t = Translator { result: None, gva };
+    // A one-byte range reads one entry per level: the budget cannot run out.
+    match walk(mem, ctx, gva..=gva, &mut t) {
+        Ok(_) => {}
+        Err(WalkError::Callback { error, .. }) => match error {},
+        Err(WalkError::BudgetExhausted { level, .. }) => {
+            // Unreachable with the default budget; answer conservatively.
+            return Err(TranslateError::NotPresent { gva, level });
+        }
+    }
+    // Every path through a one-entry-per-level walk ends in a leaf, a hole or a fault;
+    // the root itself outside memory is reported as a fault of the root level.
+    t.result.unwrap_or(Err(TranslateError::NotPresent {
+        gva,
+        level: ctx.mode().root_level(),
+    }))
+}

@@ -1,0 +1,372 @@
+//! The walk: one loop shape for every level, as in `mm/pagewalk.c`.
+//!
+//! Each level runs the same loop over the entries covering `[addr, end)`:
+//! `next = entry_end(addr, end)`, read the entry, hole / fault / callback, maybe descend,
+//! `addr = next` until `end`. A level below is entered only when the entry is a table
+//! pointer or a huge leaf, the callback (if any) said [`Action::Descend`], and some lower
+//! level has a callback.
+//!
+//! # Reading entries
+//! For each table the walk asks guest memory once for a 4 KiB [`VolatileSlice`] (one region
+//! lookup and bounds check per table, not per entry), then reads only the entries inside the
+//! range, each with one aligned 8-byte atomic load. A guest rewriting its tables while the
+//! walk runs can change what the walk sees, but can never make it see a torn entry made of
+//! two halves; a bulk copy (`memcpy`) of the page would give no such guarantee.
+//!
+//! # Bounded work
+//! Page tables have a fixed depth, so every walk ends; the danger is fan-out. A guest can
+//! point all 512 entries of every level at the same table and make a full walk read 512^4
+//! entries. Legitimate guests alias tables too (KASAN maps its whole shadow with one shared
+//! page table), so aliasing cannot simply be refused. Instead every walk has a budget of
+//! entries it may read ([`DEFAULT_ENTRY_BUDGET`], about 33 million: 128 GiB mapped with
+//! 4 KiB pages, a few hundred milliseconds of work), and stops with
+//! [`WalkError::BudgetExhausted`] when it is spent.
+
+use std::ops::RangeInclusive;
+use std::sync::atomic::Ordering;
+
+use vm_memory::bitmap::MS;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, VolatileSlice};
+
+use crate::addr::{Gva, fold_range, unfold};
+use crate::context::PagingContext;
+use crate::entry::{Access, Entry};
+use crate::level::Level;
+use crate::ops::{Action, Callbacks, EntrySource, Fault, FaultKind, Visit, Visitor, WalkError};
+use crate::shadow::{HugeLeaf, ShadowTable};
+
+/// Entries a walk may read by default (2^25).
+pub const DEFAULT_ENTRY_BUDGET: u64 = 1 << 25;
+
+const TABLE_BYTES: usize = 4096;
+
+/// Settings of one walk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WalkOptions {
+    /// How many entries (guest or shadow) the walk may read before it gives up.
+    pub entry_budget: u64,
+}
+
+impl Default for WalkOptions {
+    fn default() -> Self {
+        WalkOptions {
+            entry_budget: DEFAULT_ENTRY_BUDGET,
+        }
+    }
+}
+
+/// What a finished walk did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WalkStats {
+    /// Entries read, from guest tables and shadow tables.
+    pub entries_read: u64,
+    /// Guest tables entered (each costs one region lookup).
+    pub tables_read: u64,
+    /// 2 MiB leaves split into shadow PTEs.
+    pub split_2m: u64,
+    /// 1 GiB leaves split into shadow PMDs.
+    pub split_1g: u64,
+    /// Present entries reported as faults.
+    pub faults: u64,
+}
+
+/// A table the walk can read: a guest table reached through a table pointer, or the shadow
+/// table of a split huge leaf. There is no third way in.
+enum Table<'a, S> {
+    Guest {
+        base: GuestAddress,
+        slice: VolatileSlice<'a, S>,
+    },
+    Shadow(&'a ShadowTable),
+}
+
+/// A table pointer: the address in a present, well-formed, non-leaf entry.
+#[derive(Clone, Copy)]
+struct TablePointer(GuestAddress);
+
+/// What lies below a present, well-formed entry.
+enum Below {
+    Table(TablePointer),
+    Huge(HugeLeaf),
+    Page,
+}
+
+fn classify(entry: Entry, level: Level) -> Below {
+    if !entry.is_leaf(level) {
+        Below::Table(TablePointer(entry.address(level)))
+    } else {
+        match HugeLeaf::new(entry, level) {
+            Some(huge) => Below::Huge(huge),
+            None => Below::Page,
+        }
+    }
+}
+
+struct Walk<'m, 'c, 'v, M: GuestMemoryBackend, V: Visitor> {
+    mem: &'m M,
+    ctx: &'c PagingContext,
+    visitor: &'v mut V,
+    callbacks: Callbacks,
+    width: u32,
+    budget: u64,
+    stats: WalkStats,
+}
+
+/// Walks the page tables of `ctx` over the canonical addresses in `range`, calling
+/// `visitor` back, with the default [`WalkOptions`].
+///
+/// Guest memory is only read. Returns what the walk did, or the error that stopped it.
+pub fn walk<M, V>(
+    mem: &M,
+    ctx: &PagingContext,
+    range: RangeInclusive<Gva>,
+    visitor: &mut V,
+) -> Result<WalkStats, WalkError<V::Error>>
+where
+    M: GuestMemoryBackend,
+    V: Visitor,
+{
+    walk_with(mem, ctx, range, visitor, WalkOptions::default())
+}
+
+/// [`walk`] with explicit options.
+pub fn walk_with<M, V>(
+    mem: &M,
+    ctx: &PagingContext,
+    range: RangeInclusive<Gva>,
+    visitor: &mut V,
+    options: WalkOptions,
+) -> Result<WalkStats, WalkError<V::Error>>
+where
+    M: GuestMemoryBackend,
+    V: Visitor,
+{
+    let width = ctx.mode().va_bits();
+    let root_level = ctx.mode().root_level();
+    let callbacks = visitor.callbacks();
+    let mut w = Walk {
+        mem,
+        ctx,
+        visitor,
+        callbacks,
+        width,
+        budget: options.entry_budget,
+        stats: WalkStats::default(),
+    };
+    let Some((start, end)) = fold_range(*range.start(), *range.end(), width) else {
+        return Ok(w.stats);
+    };
+    let root = ctx.root();
+    match w.guest_table(TablePointer(root)) {
+        Some(table) => w.walk_table(root_level, &table, start, end, Access::ROOT)?,
+        None => {
+            // The root itself is outside memory: report it as a fault of the root level
+            // covering the whole range.
+            let visit = Visit {
+                level: root_level,
+                start: unfold(start, width),
+                last: unfold(end - 1, width),
+                entry: Entry(ctx.registers().cr3),
+                effective: Access::ROOT,
+                source: EntrySource::Shadow,
+                ctx,
+            };
+            w.report_fault(&visit, FaultKind::OutsideMemory(root))?;
+        }
+    }
+    Ok(w.stats)
+}
+
+impl<'m, 'c, M: GuestMemoryBackend, V: Visitor> Walk<'m, 'c, '_, M, V> {
+    fn guest_table(&mut self, ptr: TablePointer) -> Option<Table<'m, MS<'m, M>>> {
+        let slice = self.mem.get_slice(ptr.0, TABLE_BYTES).ok()?;
+        // Entries are read with aligned atomic loads: refuse a slice that could not serve
+        // them (cannot happen for page-aligned mappings, but costs nothing to check once).
+        if slice.len() != TABLE_BYTES || slice.ptr_guard().as_ptr() as usize % 8 != 0 {
+            return None;
+        }
+        self.stats.tables_read += 1;
+        Some(Table::Guest { base: ptr.0, slice })
+    }
+
+    fn report_fault(
+        &mut self,
+        visit: &Visit<'_>,
+        kind: FaultKind,
+    ) -> Result<(), WalkError<V::Error>> {
+        self.stats.faults += 1;
+        let fault = Fault {
+            visit: *visit,
+            kind,
+        };
+        self.visitor
+            .fault(&fault)
+            .map_err(|error| WalkError::Callback {
+                error,
+                va: visit.start,
+                level: visit.level,
+            })
+    }
+
+    fn call(&mut self, visit: &Visit<'_>) -> Result<Action, WalkError<V::Error>> {
+        let v = &mut *self.visitor;
+        let result = match visit.level {
+            Level::Pte => v.pte_entry(visit),
+            Level::Pmd => v.pmd_entry(visit),
+            Level::Pud => v.pud_entry(visit),
+            Level::Pml4 => v.pml4_entry(visit),
+            Level::Pml5 => v.pml5_entry(visit),
+        };
+        result.map_err(|error| WalkError::Callback {
+            error,
+            va: visit.start,
+            level: visit.level,
+        })
+    }
+
+    /// Visits the entries of `table` (at `level`) covering folded `[start, end)`.
+    fn walk_table(
+        &mut self,
+        level: Level,
+        table: &Table<'_, MS<'m, M>>,
+        start: u64,
+        end: u64,
+        parent: Access,
+    ) -> Result<(), WalkError<V::Error>> {
+        let span_mask = level.entry_span() - 1;
+        let has_callback = self.callbacks.contains(Callbacks::of(level));
+        let descend_wanted = self.callbacks.any_below(level);
+        let mut addr = start;
+        loop {
+            // Folded addresses are below 2^57, so this cannot overflow.
+            let next = ((addr | span_mask) + 1).min(end);
+            if self.budget == 0 {
+                return Err(WalkError::BudgetExhausted {
+                    limit: self.stats.entries_read,
+                    va: unfold(addr, self.width),
+                    level,
+                });
+            }
+            self.budget -= 1;
+            self.stats.entries_read += 1;
+
+            let index = level.index(addr);
+            let (raw, source) = match table {
+                Table::Guest { base, slice } => {
+                    let at = GuestAddress(base.0 + (index as u64) * 8);
+                    // Cannot fail: the slice is 4096 bytes and 8-byte aligned (checked when
+                    // the table was entered). Should it ever, the entry is reported as a
+                    // fault rather than invented.
+                    match slice.load::<u64>(index * 8, Ordering::Relaxed) {
+                        Ok(raw) => (raw, EntrySource::Guest(at)),
+                        Err(_) => {
+                            let visit = self.visit(
+                                level,
+                                addr,
+                                next,
+                                Entry(0),
+                                parent,
+                                EntrySource::Guest(at),
+                            );
+                            self.report_fault(&visit, FaultKind::OutsideMemory(at))?;
+                            if next == end {
+                                return Ok(());
+                            }
+                            addr = next;
+                            continue;
+                        }
+                    }
+                }
+                Table::Shadow(shadow) => (shadow.raw(index), EntrySource::Shadow),
+            };
+            let entry = Entry(raw);
+
+            if !entry.is_present() {
+                let (first, last) = (unfold(addr, self.width), unfold(next - 1, self.width));
+                self.visitor
+                    .hole(first, last, level)
+                    .map_err(|error| WalkError::Callback {
+                        error,
+                        va: first,
+                        level,
+                    })?;
+            } else {
+                let effective = parent.through(entry, self.ctx.nxe());
+                let reserved = self.ctx.reserved_bits(entry, level);
+                if reserved != 0 {
+                    let visit = self.visit(level, addr, next, entry, parent, source);
+                    self.report_fault(&visit, FaultKind::ReservedBits(reserved))?;
+                } else {
+                    let action = if has_callback {
+                        let visit = self.visit(level, addr, next, entry, parent, source);
+                        self.call(&visit)?
+                    } else {
+                        Action::Descend
+                    };
+                    if action == Action::Descend && descend_wanted {
+                        self.descend(level, entry, addr, next, effective, parent, source)?;
+                    }
+                }
+            }
+
+            if next == end {
+                return Ok(());
+            }
+            addr = next;
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn descend(
+        &mut self,
+        level: Level,
+        entry: Entry,
+        addr: u64,
+        next: u64,
+        effective: Access,
+        parent: Access,
+        source: EntrySource,
+    ) -> Result<(), WalkError<V::Error>> {
+        let Some(lower) = level.below() else {
+            return Ok(());
+        };
+        match classify(entry, level) {
+            Below::Page => Ok(()),
+            Below::Huge(huge) => {
+                match huge.level() {
+                    Level::Pud => self.stats.split_1g += 1,
+                    _ => self.stats.split_2m += 1,
+                }
+                let shadow = ShadowTable::split(huge);
+                self.walk_table(lower, &Table::Shadow(&shadow), addr, next, effective)
+            }
+            Below::Table(ptr) => match self.guest_table(ptr) {
+                Some(table) => self.walk_table(lower, &table, addr, next, effective),
+                None => {
+                    let visit = self.visit(level, addr, next, entry, parent, source);
+                    self.report_fault(&visit, FaultKind::OutsideMemory(ptr.0))
+                }
+            },
+        }
+    }
+
+    fn visit(
+        &self,
+        level: Level,
+        addr: u64,
+        next: u64,
+        entry: Entry,
+        parent: Access,
+        source: EntrySource,
+    ) -> Visit<'c> {
+        Visit {
+            level,
+            start: unfold(addr, self.width),
+            last: unfold(next - 1, self.width),
+            entry,
+            effective: parent.through(entry, self.ctx.nxe()),
+            source,
+            ctx: self.ctx,
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! The walker against an independent reference model (tests/support: `RefMmu`), on
+//! randomly generated hierarchies: every leaf, and random translations.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use proptest::prelude::*;
+use support::*;
+use walker::{ControlRegisters, Granularity, Gva, Mapping, PagingContext, TranslateError, context};
+
+const MEM: usize = 8 << 20;
+const IDX: [u64; 4] = [0, 1, 2, 511];
+
+/// One step of building a random hierarchy.
+#[derive(Debug, Clone)]
+enum Op {
+    /// Map a leaf at `level` (1..=3) on the path given by indices (top first).
+    Map {
+        path: [usize; 5],
+        level: u32,
+        pa: u64,
+        flags: u64,
+        parents: u64,
+    },
+    /// Write a raw value (or a pointer to an existing table) at `level` on the path.
+    Raw {
+        path: [usize; 5],
+        level: u32,
+        raw: u64,
+        alias_table: Option<usize>,
+    },
+}
+
+fn flags() -> impl Strategy<Value = u64> {
+    prop::sample::subsequence(vec![W, U, PWT, PCD, A, D, G, NX, PAT_HUGE], 0..9)
+        .prop_map(|v| v.into_iter().fold(0, |a, b| a | b))
+}
+
+fn parents() -> impl Strategy<Value = u64> {
+    prop::sample::subsequence(vec![W, U, NX, A], 0..4)
+        .prop_map(|v| v.into_iter().fold(P, |a, b| a | b))
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let path = prop::array::uniform5(0usize..4);
+    prop_oneof![
+        4 => (path.clone(), 1u32..=3, 0u64..(1 << 40), flags(), parents()).prop_map(
+            |(path, level, pa, flags, parents)| {
+                let size = 1u64 << (12 + 9 * (level - 1));
+                Op::Map { path, level, pa: pa & !(size - 1), flags, parents }
+            }
+        ),
+        1 => (
+            path,
+            1u32..=5,
+            prop_oneof![
+                Just(0u64),
+                any::<u64>(),
+                (0u64..(MEM as u64 / 4096)).prop_map(|f| (f << 12) | 0x7),
+                Just(0x7_0000_0000 | 0x7),      // table outside memory
+                Just((1 << 51) | 0x1000 | 0x7), // bit 51: above most MAXPHYADDRs
+                Just(0x20_0000 | 0x2000 | 0x83), // 2 MiB leaf with bit 13 set
+            ],
+            prop::option::weighted(0.3, 0usize..64),
+        )
+            .prop_map(|(path, level, raw, alias_table)| Op::Raw { path, level, raw, alias_table }),
+    ]
+}
+
+/// Applies `op` if its path can be built without crossing a leaf or a bad entry.
+fn apply(b: &mut Builder, tables: &mut Vec<u64>, op: &Op) {
+    let (path, level) = match op {
+        Op::Map { path, level, .. } | Op::Raw { path, level, .. } => (path, *level),
+    };
+    let top = b.top();
+    if level > top {
+        return;
+    }
+    let mut table = b.root;
+    let mut l = top;
+    let mut depth = 0;
+    while l > level {
+        let slot = table + IDX[path[depth]] * 8;
+        let e = b.read(slot);
+        if e & P == 0 {
+            if b.tables_used() + 0x1000 > (4 << 20) {
+                return;
+            }
+            let t = b.alloc_table();
+            tables.push(t);
+            let pf = match op {
+                Op::Map { parents, .. } => *parents,
+                Op::Raw { .. } => TABLE_FLAGS,
+            };
+            b.write(slot, t | pf);
+            table = t;
+        } else {
+            let next = e & 0x000f_ffff_ffff_f000;
+            if (l <= 3 && e & PS != 0) || next + 4096 > MEM as u64 {
+                return;
+            }
+            table = next;
+        }
+        l -= 1;
+        depth += 1;
+    }
+    let slot = table + IDX[path[depth]] * 8;
+    let value = match op {
+        Op::Map {
+            pa, flags, level, ..
+        } => {
+            let ps = if *level > 1 { PS } else { 0 };
+            let pat = if *level == 1 && flags & PAT_HUGE != 0 {
+                0x80
+            } else {
+                0
+            };
+            let f = if *level == 1 {
+                flags & !PAT_HUGE
+            } else {
+                *flags
+            };
+            pa | f | ps | pat | P
+        }
+        Op::Raw {
+            raw, alias_table, ..
+        } => match alias_table {
+            Some(i) if !tables.is_empty() => tables[i % tables.len()] | TABLE_FLAGS,
+            _ => *raw,
+        },
+    };
+    b.write(slot, value);
+}
+
+/// The address `path` (top first) leads to, canonical.
+fn path_va(path: &[usize; 5], top: u32) -> u64 {
+    let mut va = 0;
+    for (depth, l) in (1..=top).rev().enumerate() {
+        va |= IDX[path[depth]] << (12 + 9 * (l - 1));
+    }
+    canonical(va, if top == 5 { 57 } else { 48 })
+}
+
+fn check(
+    b: &Builder,
+    mmu: RefMmu,
+    ctx: &PagingContext,
+    probes: &[u64],
+) -> Result<(), TestCaseError> {
+    let before = b.hash();
+    // Every leaf, as mapped.
+    let walked: Vec<(u64, u64, u64, bool, bool, bool)> =
+        walker::mappings(&b.mem, ctx, Gva(0)..=Gva(u64::MAX), Granularity::AsMapped)
+            .unwrap()
+            .into_iter()
+            .filter_map(|m| match m {
+                Mapping::Leaf(l) => Some((
+                    l.va.0,
+                    l.pa.0,
+                    l.size.bytes(),
+                    l.effective.writable,
+                    l.effective.user,
+                    l.effective.nx,
+                )),
+                Mapping::Bad(_) => None,
+            })
+            .collect();
+    let reference = mmu.leaves(&b.mem);
+    prop_assert_eq!(&walked, &reference);
+
+    // Translations: inside every leaf, and at the probes.
+    let mut addrs: Vec<u64> = reference.iter().map(|l| l.0 + (l.2 - 1) / 3).collect();
+    addrs.extend_from_slice(probes);
+    for va in addrs {
+        let got = walker::translate(&b.mem, ctx, Gva(va));
+        let want = mmu.translate(&b.mem, va);
+        let ok = match (got, want) {
+            (
+                Ok(t),
+                RefResult::Mapped {
+                    gpa,
+                    size,
+                    writable,
+                    user,
+                    nx,
+                },
+            ) => {
+                t.gpa.0 == gpa
+                    && t.size.bytes() == size
+                    && t.effective.writable == writable
+                    && t.effective.user == user
+                    && t.effective.nx == nx
+            }
+            (Err(TranslateError::NotPresent { level, .. }), RefResult::NotPresent(l)) => {
+                level as u32 == l
+            }
+            (Err(TranslateError::ReservedBits { level, .. }), RefResult::Reserved(l)) => {
+                level as u32 == l
+            }
+            (Err(TranslateError::OutsideMemory { level, .. }), RefResult::Outside(l)) => {
+                level as u32 == l
+            }
+            (Err(TranslateError::NonCanonical(_)), RefResult::NonCanonical) => true,
+            _ => false,
+        };
+        prop_assert!(
+            ok,
+            "translate({:#x}): walker {:?}, reference {:?}",
+            va,
+            got,
+            want
+        );
+    }
+    prop_assert_eq!(b.hash(), before, "a walk wrote guest memory");
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn walker_matches_the_reference_model(
+        ops in prop::collection::vec(op(), 1..40),
+        la57 in any::<bool>(),
+        nxe in any::<bool>(),
+        gbpages in any::<bool>(),
+        maxphy in prop_oneof![Just(52u8), Just(46u8), 36u8..52],
+        pcid in 0u64..4096,
+        probes in prop::collection::vec(any::<u64>(), 0..8),
+        probe_paths in prop::collection::vec(prop::array::uniform5(0usize..4), 0..8),
+    ) {
+        let mut b = Builder::new(MEM, 0x1000, 4 << 20, la57);
+        let mut tables = vec![b.root];
+        for op in &ops {
+            apply(&mut b, &mut tables, op);
+        }
+        let mut regs: ControlRegisters = b.regs();
+        if !nxe {
+            regs.efer &= !context::EFER_NXE;
+        }
+        regs.cr3 |= pcid;
+        regs.cr4 |= context::CR4_PCIDE;
+        let ctx = PagingContext::new(regs)
+            .unwrap()
+            .with_phys_addr_bits(maxphy)
+            .unwrap()
+            .with_gbpages(gbpages);
+        let mmu = RefMmu { cr3: regs.cr3 & !0xfff, la57, nxe, maxphy: maxphy.into(), gbpages };
+        let mut all_probes = probes;
+        all_probes.extend(probe_paths.iter().map(|p| path_va(p, b.top()) | 0x123));
+        check(&b, mmu, &ctx, &all_probes)?;
+    }
+}
