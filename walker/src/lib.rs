@@ -59,6 +59,7 @@
 
 pub mod addr;
 pub mod context;
+pub mod dirty;
 pub mod entry;
 pub mod level;
 pub mod mappings;
@@ -69,6 +70,7 @@ pub mod walk;
 
 pub use addr::Gva;
 pub use context::{ContextError, ControlRegisters, PagingContext, PagingMode};
+pub use dirty::{DirtyBitmap, DirtyPage, DirtyPages, DirtyScan, scan_dirty};
 pub use entry::{Access, Decoded, Entry, EntryFlags, EntryKind, MemoryType};
 pub use level::{Level, PageSize};
 pub use mappings::{

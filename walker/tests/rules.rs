@@ -528,3 +528,57 @@ fn shadow_source_has_no_guest_address() {
     // The real PTE's slot: PTE table index 0 for VA 0x8000_0000.
     assert_eq!(b.read(at.0) & 0x000f_ffff_ffff_f000, 0x123_4000);
 }
+
+#[test]
+fn decoded_view_and_protection_keys() {
+    let mut b = Builder::small();
+    b.map(
+        0x1000,
+        0x5000,
+        1,
+        W | U | G | A | D | 0x80 | PWT | (0xd << 59),
+    );
+    b.map(0x4000_0000, 0x60_0000, 2, PAT_HUGE | PCD | (3 << 59));
+    struct Decode(Vec<walker::Decoded>);
+    impl Visitor for Decode {
+        type Error = Infallible;
+        fn callbacks(&self) -> Callbacks {
+            Callbacks::PMD | Callbacks::PTE
+        }
+        fn pmd_entry(&mut self, v: &Visit<'_>) -> Result<Action, Infallible> {
+            self.0.push(v.decode());
+            Ok(if v.is_leaf() {
+                Action::Skip
+            } else {
+                Action::Descend
+            })
+        }
+        fn pte_entry(&mut self, v: &Visit<'_>) -> Result<Action, Infallible> {
+            self.0.push(v.decode());
+            Ok(Action::Skip)
+        }
+    }
+    for pke in [false, true] {
+        let mut regs = b.regs();
+        if pke {
+            regs.cr4 |= walker::context::CR4_PKE;
+        }
+        let ctx = walker::PagingContext::new(regs).unwrap();
+        let mut d = Decode(Vec::new());
+        walk(&b.mem, &ctx, ALL, &mut d).unwrap();
+        // PMD table for [0, 2M), the 4 KiB leaf, the 2 MiB leaf.
+        assert_eq!(d.0.len(), 3);
+        let (table, pte, pmd) = (d.0[0], d.0[1], d.0[2]);
+        assert_eq!(table.kind, walker::EntryKind::Table);
+        assert!(!table.dirty && !table.global);
+        assert_eq!(pte.kind, walker::EntryKind::Leaf(PageSize::Size4K));
+        assert!(pte.writable && pte.user && pte.global && pte.accessed && pte.dirty);
+        assert_eq!(pte.memory_type.0, 0b101);
+        assert_eq!(pte.frame, GuestAddress(0x5000));
+        assert_eq!(pte.pkey, if pke { 0xd } else { 0 });
+        assert_eq!(pmd.kind, walker::EntryKind::Leaf(PageSize::Size2M));
+        assert_eq!(pmd.memory_type.0, 0b110);
+        assert_eq!(pmd.pkey, if pke { 3 } else { 0 });
+        assert!(!pmd.writable && !pmd.nx);
+    }
+}
