@@ -1,0 +1,401 @@
+//! Boots the built-in guest on KVM: READY, descriptor, pause/translate/resume,
+//! FINISH, DONE; hostile and triple-fault modes; several vCPUs.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use guestwalk_tests::kvm_available;
+use vm_memory::{Bytes, GuestAddress};
+use vmm::arch::x86_64::layout;
+use vmm::exit::VcpuStop;
+use vmm::guest::{Run, RunLevel};
+use vmm::{Console, Descriptor, ExitOutcome, GuestMode, Vm, VmConfig, VmError, VmEvent, build_vm};
+use walker::Gva;
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+fn boot(mode: GuestMode, vcpus: u8) -> (Vm, Console) {
+    let console = Console::capture();
+    let config = VmConfig {
+        mode,
+        vcpus,
+        console: console.clone(),
+        ..VmConfig::default()
+    };
+    match build_vm(&config) {
+        Ok(vm) => (vm, console),
+        Err(e) => panic!("cannot boot the built-in guest ({mode:?}): {e}"),
+    }
+}
+
+fn ready(vm: &Vm, console: &Console) -> Descriptor {
+    let gpa = match vm.wait_ready(TIMEOUT) {
+        Ok(gpa) => gpa,
+        Err(e) => panic!(
+            "no READY: {e}\nconsole:\n{}",
+            String::from_utf8_lossy(&console.captured())
+        ),
+    };
+    match Descriptor::read(vm.guest_memory(), gpa) {
+        Ok(descriptor) => descriptor,
+        Err(e) => panic!("invalid descriptor at {gpa:?}: {e}"),
+    }
+}
+
+fn next_heartbeat(vm: &Vm) -> u64 {
+    loop {
+        match vm.wait_event(TIMEOUT) {
+            Ok(VmEvent::Heartbeat { iteration }) => return iteration,
+            Ok(VmEvent::VcpuStopped { stop, .. }) => panic!("guest stopped while running: {stop}"),
+            Ok(_) => {}
+            Err(e) => panic!("no heartbeat: {e}"),
+        }
+    }
+}
+
+/// The address space (0 or 1) whose CR3 the vCPU has loaded.
+fn space_of(descriptor: &Descriptor, cr3: u64) -> u8 {
+    match descriptor.cr3.iter().position(|c| *c == cr3) {
+        Some(space) => space as u8,
+        None => panic!("vCPU CR3 {cr3:#x} is neither of {:#x?}", descriptor.cr3),
+    }
+}
+
+/// Non-present entries the built-in guest leaves on purpose (guest.S): a PTE, a PDE,
+/// a PDPTE and a PML4E.
+const HOLES: [u64; 4] = [0x4000_4000, 0x4020_0000, 0x8000_0000, 0x80_0000_0000];
+
+/// Checks the first and last leaf of every run of `space` against KVM_TRANSLATE, and
+/// that the guest's holes are holes. (KVM_TRANSLATE on x86 always reports
+/// writeable = 1 and usermode = 0, so only `valid` and the GPA are compared.)
+fn check_against_kvm(vm: &Vm, descriptor: &Descriptor, space: u8) {
+    for hole in HOLES {
+        assert!(
+            !descriptor
+                .runs_of_space(space)
+                .any(|r| (r.va.0..r.va.0 + r.len()).contains(&hole)),
+            "hole {hole:#x} is described as mapped"
+        );
+        match vm.translate(0, Gva(hole)) {
+            Ok(t) => assert!(!t.valid, "hole {hole:#x} translates to {:?}", t.gpa),
+            Err(e) => panic!("translate {hole:#x}: {e}"),
+        }
+    }
+    let runs: Vec<&Run> = descriptor.runs_of_space(space).collect();
+    assert!(!runs.is_empty(), "space {space} has no runs");
+    for run in runs {
+        let size = run.level.page_size();
+        for leaf in [0, run.count - 1] {
+            let va = run.va.0 + leaf * size + 0x10;
+            let t = match vm.translate(0, Gva(va)) {
+                Ok(t) => t,
+                Err(e) => panic!("translate {va:#x}: {e}"),
+            };
+            assert!(t.valid, "{va:#x} of {run:x?} is not mapped per KVM");
+            assert_eq!(
+                t.gpa.0,
+                run.pa.0 + leaf * size + 0x10,
+                "{va:#x} of {run:x?}"
+            );
+        }
+    }
+}
+
+const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
+const PRESENT: u64 = 1 << 0;
+const ACCESSED: u64 = 1 << 5;
+const DIRTY: u64 = 1 << 6;
+const PAGE_SIZE_BIT: u64 = 1 << 7;
+
+/// One leaf: (va, pa, level, the whole entry).
+type Leaf = (u64, u64, u32, u64);
+
+fn entry(vm: &Vm, table: u64, index: u64) -> u64 {
+    let at = GuestAddress((table & ADDR_MASK) + index * 8);
+    match vm.guest_memory().load::<u64>(at, Ordering::Relaxed) {
+        Ok(value) => value,
+        Err(e) => panic!("page-table entry at {at:?} is not in RAM: {e}"),
+    }
+}
+
+/// PML4 slots the hostile guest fills with adversarial structures (guest.S).
+const HOSTILE_PML4_SLOTS: [std::ops::RangeInclusive<u64>; 2] = [16..=47, 100..=103];
+
+/// Every present leaf reachable from `cr3` (4-level paging), skipping the PML4 slots
+/// `skip` (this simple walk has no budget, so hostile structures must be skipped).
+fn walk_all_leaves(vm: &Vm, cr3: u64, skip: &[std::ops::RangeInclusive<u64>]) -> Vec<Leaf> {
+    let mut leaves = Vec::new();
+    for i4 in 0..512u64 {
+        let e4 = entry(vm, cr3, i4);
+        if e4 & PRESENT == 0 || skip.iter().any(|slots| slots.contains(&i4)) {
+            continue;
+        }
+        // Sign-extend bit 47 for the upper half.
+        let va4 = (((i4 << 39) << 16) as i64 >> 16) as u64;
+        for i3 in 0..512u64 {
+            let e3 = entry(vm, e4, i3);
+            let va3 = va4 | (i3 << 30);
+            if e3 & PRESENT == 0 {
+                continue;
+            }
+            if e3 & PAGE_SIZE_BIT != 0 {
+                leaves.push((va3, e3 & ADDR_MASK & !((1 << 30) - 1), 3, e3));
+                continue;
+            }
+            for i2 in 0..512u64 {
+                let e2 = entry(vm, e3, i2);
+                let va2 = va3 | (i2 << 21);
+                if e2 & PRESENT == 0 {
+                    continue;
+                }
+                if e2 & PAGE_SIZE_BIT != 0 {
+                    leaves.push((va2, e2 & ADDR_MASK & !((1 << 21) - 1), 2, e2));
+                    continue;
+                }
+                for i1 in 0..512u64 {
+                    let e1 = entry(vm, e2, i1);
+                    if e1 & PRESENT != 0 {
+                        leaves.push((va2 | (i1 << 12), e1 & ADDR_MASK, 1, e1));
+                    }
+                }
+            }
+        }
+    }
+    leaves
+}
+
+/// Checks that the descriptor lists exactly the leaves reachable from each CR3, with
+/// the bits the guest wrote, and that the CPU set Accessed/Dirty where the guest
+/// touched the pages before READY.
+fn check_descriptor_is_exact(
+    vm: &Vm,
+    descriptor: &Descriptor,
+    skip: &[std::ops::RangeInclusive<u64>],
+) {
+    for space in 0..descriptor.space_count as u8 {
+        let actual = walk_all_leaves(vm, descriptor.cr3[space as usize], skip);
+        let mut expected: Vec<(Leaf, &Run)> = Vec::new();
+        for run in descriptor.runs_of_space(space) {
+            let size = run.level.page_size();
+            let level = match run.level {
+                RunLevel::Pte4K => 1,
+                RunLevel::Pmd2M => 2,
+                RunLevel::Pud1G => 3,
+            };
+            for k in 0..run.count {
+                expected.push((
+                    (
+                        run.va.0 + k * size,
+                        run.pa.0 + k * size,
+                        level,
+                        run.leaf_bits(),
+                    ),
+                    run,
+                ));
+            }
+        }
+        expected.sort_by_key(|((va, ..), _)| *va);
+        assert_eq!(
+            actual.len(),
+            expected.len(),
+            "space {space}: walked {} leaves, the descriptor lists {}",
+            actual.len(),
+            expected.len()
+        );
+        for (got, ((va, pa, level, bits), run)) in actual.iter().zip(&expected) {
+            assert_eq!(
+                (got.0, got.1, got.2, (got.3 ^ got.1) & !(ACCESSED | DIRTY)),
+                (*va, *pa, *level, *bits),
+                "space {space}: walked leaf vs descriptor run {run:x?}"
+            );
+            if run.wrote() {
+                assert_ne!(
+                    got.3 & DIRTY,
+                    0,
+                    "space {space}: {va:#x} written but not dirty"
+                );
+            }
+            if run.read() || run.wrote() {
+                assert_ne!(
+                    got.3 & ACCESSED,
+                    0,
+                    "space {space}: {va:#x} touched but not accessed"
+                );
+            }
+        }
+    }
+}
+
+fn finish(vm: &Vm, console: &Console) {
+    vm.finish();
+    match vm.wait(TIMEOUT) {
+        Ok(ExitOutcome::Done { status: 0 }) => {}
+        other => panic!(
+            "guest did not finish cleanly: {other:?}\nconsole:\n{}",
+            String::from_utf8_lossy(&console.captured())
+        ),
+    }
+    let output = String::from_utf8_lossy(&console.captured()).into_owned();
+    assert!(
+        output.contains("READY") && output.contains("DONE"),
+        "{output}"
+    );
+}
+
+#[test]
+fn builtin_guest_boots_pauses_and_finishes() {
+    if !kvm_available("builtin_guest_boots_pauses_and_finishes") {
+        return;
+    }
+    let (vm, console) = boot(GuestMode::Normal, 1);
+    let descriptor = ready(&vm, &console);
+    assert_eq!(descriptor.space_count, 2);
+    assert!(descriptor.runs_of_space(0).count() > 0);
+    assert_eq!(
+        descriptor.runs_of_space(0).count(),
+        descriptor.runs_of_space(1).count()
+    );
+    assert_ne!(descriptor.cr3[0], descriptor.cr3[1]);
+    // The guest's own code is identity-mapped and described.
+    assert!(
+        descriptor
+            .runs
+            .iter()
+            .any(|r| r.va.0 == layout::GUEST_IMAGE_START.0 && r.pa == layout::GUEST_IMAGE_START)
+    );
+
+    let mut last_heartbeat = next_heartbeat(&vm);
+    let mut spaces_seen = [false; 2];
+    for round in 0..6 {
+        let states = match vm.pause() {
+            Ok(states) => states,
+            Err(e) => panic!("pause {round}: {e}"),
+        };
+        assert_eq!(states.len(), 1);
+        let bsp = states[0];
+        assert!(!bsp.finished);
+        // Long mode with paging, on the guest's own tables.
+        assert_ne!(bsp.cr0 & (1 << 31), 0);
+        assert_ne!(bsp.efer & (1 << 10), 0);
+        let space = space_of(&descriptor, bsp.cr3);
+        spaces_seen[space as usize] = true;
+        // A second read while paused gives the same state.
+        match vm.pause() {
+            Ok(again) => assert_eq!(again[0], bsp, "state changed while paused"),
+            Err(e) => panic!("second pause {round}: {e}"),
+        }
+        check_against_kvm(&vm, &descriptor, space);
+        if round == 0 {
+            check_descriptor_is_exact(&vm, &descriptor, &[]);
+        }
+        if let Err(e) = vm.resume() {
+            panic!("resume {round}: {e}");
+        }
+        let heartbeat = next_heartbeat(&vm);
+        assert!(
+            heartbeat > last_heartbeat,
+            "guest did not progress after resume"
+        );
+        last_heartbeat = heartbeat;
+    }
+    eprintln!("address spaces seen while paused: {spaces_seen:?}");
+    assert!(matches!(
+        vm.translate(0, Gva(0x10_0000)),
+        Err(VmError::NotPaused)
+    ));
+    finish(&vm, &console);
+    // After the end, the vCPU still answers (stopped for good).
+    match vm.pause() {
+        Ok(states) => assert!(states[0].finished),
+        Err(e) => panic!("pause after the end: {e}"),
+    }
+}
+
+#[test]
+fn hostile_guest_boots_and_finishes() {
+    if !kvm_available("hostile_guest_boots_and_finishes") {
+        return;
+    }
+    let (vm, console) = boot(GuestMode::Hostile, 1);
+    let descriptor = ready(&vm, &console);
+    assert_eq!(descriptor.space_count, 2);
+    next_heartbeat(&vm);
+    let states = match vm.pause() {
+        Ok(states) => states,
+        Err(e) => panic!("pause: {e}"),
+    };
+    let space = space_of(&descriptor, states[0].cr3);
+    check_against_kvm(&vm, &descriptor, space);
+    check_descriptor_is_exact(&vm, &descriptor, &HOSTILE_PML4_SLOTS);
+    // The hostile slots are really there, and self-referencing.
+    let pml4 = descriptor.cr3[space as usize] & ADDR_MASK;
+    assert_eq!(entry(&vm, pml4, 100) & ADDR_MASK, pml4);
+    assert_ne!(entry(&vm, pml4, 103) & PAGE_SIZE_BIT, 0);
+    // The fan-out region (PML4 slot 16) is reachable and maps the same frame everywhere.
+    let fan_out = |va: u64| match vm.translate(0, Gva(va)) {
+        Ok(t) => t,
+        Err(e) => panic!("translate {va:#x}: {e}"),
+    };
+    let first = fan_out(16 << 39);
+    let far = fan_out((16 << 39) | (300 << 30) | (7 << 21) | (9 << 12));
+    assert!(first.valid && far.valid && first.gpa == far.gpa);
+    if let Err(e) = vm.resume() {
+        panic!("resume: {e}");
+    }
+    finish(&vm, &console);
+}
+
+#[test]
+fn triple_fault_mode_reports_the_shutdown() {
+    if !kvm_available("triple_fault_mode_reports_the_shutdown") {
+        return;
+    }
+    let (vm, console) = boot(GuestMode::TripleFault, 1);
+    let outcome = match vm.wait_ready(TIMEOUT) {
+        Err(VmError::StoppedBeforeReady(outcome)) => *outcome,
+        other => panic!("expected the guest to die before READY, got {other:?}"),
+    };
+    assert!(!outcome.is_success());
+    let ExitOutcome::Failed { vcpu, stop, dump } = &outcome else {
+        panic!("expected a failure, got {outcome:?}");
+    };
+    assert_eq!((*vcpu, stop), (0, &VcpuStop::Shutdown));
+    assert!(dump.is_some());
+    let message = outcome.to_string();
+    assert!(
+        message.contains("triple fault") && message.contains("RIP="),
+        "{message}"
+    );
+    let output = String::from_utf8_lossy(&console.captured()).into_owned();
+    assert!(output.contains("triple-fault mode"), "{output}");
+}
+
+#[test]
+fn two_vcpus_boot_pause_and_finish() {
+    if !kvm_available("two_vcpus_boot_pause_and_finish") {
+        return;
+    }
+    let (vm, console) = boot(GuestMode::Normal, 2);
+    ready(&vm, &console);
+    for round in 0..3 {
+        let started = std::time::Instant::now();
+        let states = match vm.pause() {
+            Ok(states) => states,
+            Err(e) => panic!("pause {round}: {e}"),
+        };
+        eprintln!("pause of 2 vCPUs took {:?}", started.elapsed());
+        assert_eq!(states.len(), 2);
+        // The AP spins in its `pause; jmp` loop at the AP entry, never exiting.
+        let ap = states[1];
+        assert!(
+            (layout::GUEST_AP_ENTRY.0..layout::GUEST_AP_ENTRY.0 + 4).contains(&ap.rip),
+            "AP at {:#x}",
+            ap.rip
+        );
+        if let Err(e) = vm.resume() {
+            panic!("resume {round}: {e}");
+        }
+    }
+    next_heartbeat(&vm);
+    finish(&vm, &console);
+}

@@ -1,0 +1,3 @@
+//! Architecture-specific parts (x86-64 only).
+
+pub mod x86_64;

@@ -1,0 +1,97 @@
+//! The CPUID the guest sees: KVM's supported list, made truthful for this host.
+
+/// One CPUID leaf/subleaf, as the VMM sees it.
+#[allow(missing_docs)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuidEntry {
+    pub function: u32,
+    pub index: u32,
+    /// KVM_CPUID_FLAG_* bits.
+    pub flags: u32,
+    pub eax: u32,
+    pub ebx: u32,
+    pub ecx: u32,
+    pub edx: u32,
+}
+
+/// CPUID 0x8000_0001 EDX bit 26: 1 GiB pages.
+pub const EXT_EDX_PDPE1GB: u32 = 1 << 26;
+/// CPUID 7.0 ECX bit 16: 5-level paging.
+pub const LEAF7_ECX_LA57: u32 = 1 << 16;
+
+/// CPUID 0x8000_0001 EDX bit 20: NX (execute-disable).
+pub const EXT_EDX_NX: u32 = 1 << 20;
+
+/// Whether `entries` say the CPU has NX.
+pub fn has_nx(entries: &[CpuidEntry]) -> bool {
+    entries
+        .iter()
+        .any(|e| e.function == 0x8000_0001 && e.edx & EXT_EDX_NX != 0)
+}
+
+/// Adjusts KVM's supported CPUID for vCPU `index`:
+/// - the initial APIC ID (leaf 1 `EBX[31:24]`, leaf 0xB/0x1F EDX) is the vCPU index;
+/// - on PVM, which cannot give guests 1 GiB pages or LA57 (measured: a 1 GiB PDPTE
+///   triple-faults, KVM_SET_SREGS rejects CR4.LA57), pdpe1gb and LA57 are cleared so
+///   the guest's own feature detection tells the truth.
+pub fn guest_cpuid(supported: &[CpuidEntry], index: u8, pvm: bool) -> Vec<CpuidEntry> {
+    let mut entries = supported.to_vec();
+    for entry in &mut entries {
+        match entry.function {
+            0x1 => {
+                entry.ebx = (entry.ebx & 0x00ff_ffff) | (u32::from(index) << 24);
+            }
+            0xb | 0x1f => entry.edx = u32::from(index),
+            0x7 if entry.index == 0 && pvm => entry.ecx &= !LEAF7_ECX_LA57,
+            0x8000_0001 if pvm => entry.edx &= !EXT_EDX_PDPE1GB,
+            _ => {}
+        }
+    }
+    entries
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Vec<CpuidEntry> {
+        vec![
+            CpuidEntry {
+                function: 1,
+                ebx: 0xff00_0800,
+                ..Default::default()
+            },
+            CpuidEntry {
+                function: 7,
+                ecx: LEAF7_ECX_LA57 | 1,
+                ..Default::default()
+            },
+            CpuidEntry {
+                function: 0x8000_0001,
+                edx: EXT_EDX_PDPE1GB | (1 << 20),
+                ..Default::default()
+            },
+        ]
+    }
+
+    #[test]
+    fn pvm_hides_1g_pages_and_la57() {
+        let out = guest_cpuid(&sample(), 3, true);
+        assert_eq!(out[0].ebx, 0x0300_0800);
+        assert_eq!(out[1].ecx, 1);
+        assert_eq!(out[2].edx, 1 << 20);
+    }
+
+    #[test]
+    fn detects_nx() {
+        assert!(has_nx(&sample()));
+        assert!(!has_nx(&sample()[..2]));
+    }
+
+    #[test]
+    fn hardware_kvm_keeps_them() {
+        let out = guest_cpuid(&sample(), 0, false);
+        assert_eq!(out[1].ecx, LEAF7_ECX_LA57 | 1);
+        assert_eq!(out[2].edx, EXT_EDX_PDPE1GB | (1 << 20));
+    }
+}

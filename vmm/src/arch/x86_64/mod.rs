@@ -1,0 +1,5 @@
+//! x86-64 boot state: the guest-physical layout, registers and CPUID.
+
+pub mod cpuid;
+pub mod layout;
+pub mod regs;

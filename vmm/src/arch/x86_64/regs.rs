@@ -1,0 +1,311 @@
+//! The VMM's own register types and the long-mode boot state it gives a vCPU.
+//!
+//! The boot state follows the Linux 64-bit boot protocol as Firecracker sets it up: a
+//! flat GDT (null, 64-bit code, data, TSS), CR0.PE|PG, CR4.PAE, EFER.LME|LMA|NXE|SCE
+//! and an identity page table built by the VMM ([`crate::builder`]).
+
+use std::fmt;
+
+use super::layout;
+
+/// CR0.PE: protected mode.
+pub const CR0_PE: u64 = 1 << 0;
+/// CR0.MP: monitor coprocessor (with TS, for `wait`/`fwait`).
+pub const CR0_MP: u64 = 1 << 1;
+/// CR0.ET: extension type (always 1 on modern CPUs).
+pub const CR0_ET: u64 = 1 << 4;
+/// CR0.NE: native x87 error reporting.
+pub const CR0_NE: u64 = 1 << 5;
+/// CR0.WP: supervisor writes honour read-only pages.
+pub const CR0_WP: u64 = 1 << 16;
+/// CR0.PG: paging.
+pub const CR0_PG: u64 = 1 << 31;
+/// CR4.PAE: physical address extension (needed for long mode).
+pub const CR4_PAE: u64 = 1 << 5;
+/// CR4.PGE: global pages.
+pub const CR4_PGE: u64 = 1 << 7;
+/// CR4.OSFXSR: the OS supports `fxsave`/`fxrstor` (SSE usable).
+pub const CR4_OSFXSR: u64 = 1 << 9;
+/// CR4.OSXMMEXCPT: the OS handles SIMD floating-point exceptions.
+pub const CR4_OSXMMEXCPT: u64 = 1 << 10;
+/// EFER.SCE: `syscall`/`sysret`.
+pub const EFER_SCE: u64 = 1 << 0;
+/// EFER.LME: long mode enable.
+pub const EFER_LME: u64 = 1 << 8;
+/// EFER.LMA: long mode active.
+pub const EFER_LMA: u64 = 1 << 10;
+/// EFER.NXE: the NX bit in page tables.
+pub const EFER_NXE: u64 = 1 << 11;
+/// RFLAGS bit 1, which is always set.
+pub const RFLAGS_RESERVED: u64 = 1 << 1;
+
+/// General-purpose registers, RIP and RFLAGS.
+#[allow(missing_docs)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Registers {
+    pub rax: u64,
+    pub rbx: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+    pub rsp: u64,
+    pub rbp: u64,
+    pub r8: u64,
+    pub r9: u64,
+    pub r10: u64,
+    pub r11: u64,
+    pub r12: u64,
+    pub r13: u64,
+    pub r14: u64,
+    pub r15: u64,
+    pub rip: u64,
+    pub rflags: u64,
+}
+
+/// A segment register as KVM describes it (the hidden part included).
+#[allow(missing_docs)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Segment {
+    pub base: u64,
+    pub limit: u32,
+    pub selector: u16,
+    /// Descriptor type field (bits 43:40 of the descriptor).
+    pub type_: u8,
+    pub present: bool,
+    pub dpl: u8,
+    /// Default operation size (32-bit when set).
+    pub db: bool,
+    /// Code/data (set) or system (clear) descriptor.
+    pub s: bool,
+    /// 64-bit code segment.
+    pub l: bool,
+    /// Granularity: limit in 4 KiB units.
+    pub g: bool,
+    pub avl: bool,
+    pub unusable: bool,
+}
+
+impl Segment {
+    /// Decodes a GDT descriptor (as [`gdt_entry`] builds it) loaded with `selector`.
+    pub fn from_gdt_entry(entry: u64, selector: u16) -> Self {
+        let limit_raw = ((entry & 0xffff) | ((entry >> 32) & 0xf_0000)) as u32;
+        let g = (entry >> 55) & 1 == 1;
+        Self {
+            base: ((entry >> 16) & 0xff_ffff) | (((entry >> 56) & 0xff) << 24),
+            limit: if g {
+                (limit_raw << 12) | 0xfff
+            } else {
+                limit_raw
+            },
+            selector,
+            type_: ((entry >> 40) & 0xf) as u8,
+            present: (entry >> 47) & 1 == 1,
+            dpl: ((entry >> 45) & 3) as u8,
+            db: (entry >> 54) & 1 == 1,
+            s: (entry >> 44) & 1 == 1,
+            l: (entry >> 53) & 1 == 1,
+            g,
+            avl: (entry >> 52) & 1 == 1,
+            unusable: (entry >> 47) & 1 == 0,
+        }
+    }
+}
+
+/// A descriptor-table register (GDTR or IDTR).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DescriptorTable {
+    /// Linear base address.
+    pub base: u64,
+    /// Limit (size - 1).
+    pub limit: u16,
+}
+
+/// Segment, control and descriptor-table registers, plus EFER.
+#[allow(missing_docs)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SpecialRegisters {
+    pub cs: Segment,
+    pub ds: Segment,
+    pub es: Segment,
+    pub fs: Segment,
+    pub gs: Segment,
+    pub ss: Segment,
+    pub tr: Segment,
+    pub ldt: Segment,
+    pub gdt: DescriptorTable,
+    pub idt: DescriptorTable,
+    pub cr0: u64,
+    pub cr2: u64,
+    pub cr3: u64,
+    pub cr4: u64,
+    pub cr8: u64,
+    pub efer: u64,
+    pub apic_base: u64,
+}
+
+/// Builds a GDT descriptor from `flags` (type, S, DPL, P, AVL, L, D/B, G packed as in
+/// bits 15:8 and 23:20 of the descriptor's high dword, i.e. `0xa09b` for 64-bit
+/// code), `base` and `limit`.
+pub const fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
+    let flags = flags as u64;
+    let base = base as u64;
+    let limit = limit as u64;
+    ((base & 0xff00_0000) << 32)
+        | ((flags & 0xf0ff) << 40)
+        | ((limit & 0x000f_0000) << 32)
+        | ((base & 0x00ff_ffff) << 16)
+        | (limit & 0x0000_ffff)
+}
+
+/// The VMM's boot GDT: null, 64-bit code (selector 0x08), data (0x10), TSS (0x18).
+pub const BOOT_GDT: [u64; 4] = [
+    0,
+    gdt_entry(0xa09b, 0, 0xfffff),
+    gdt_entry(0xc093, 0, 0xfffff),
+    gdt_entry(0x808b, 0, 0xfffff),
+];
+
+/// Selector of the 64-bit code segment in [`BOOT_GDT`].
+pub const BOOT_CODE_SELECTOR: u16 = 0x08;
+/// Selector of the data segment in [`BOOT_GDT`].
+pub const BOOT_DATA_SELECTOR: u16 = 0x10;
+/// Selector of the TSS in [`BOOT_GDT`].
+pub const BOOT_TSS_SELECTOR: u16 = 0x18;
+
+/// The special registers for entering a guest directly in 64-bit mode on the VMM's
+/// boot GDT and identity page tables. `current` supplies the fields the boot state
+/// does not decide (APIC base, CR8); `nx` says whether the CPU has NX (EFER.NXE is
+/// set only then: KVM refuses it otherwise).
+pub fn long_mode_sregs(current: &SpecialRegisters, nx: bool) -> SpecialRegisters {
+    let code = Segment::from_gdt_entry(BOOT_GDT[1], BOOT_CODE_SELECTOR);
+    let data = Segment::from_gdt_entry(BOOT_GDT[2], BOOT_DATA_SELECTOR);
+    let tss = Segment::from_gdt_entry(BOOT_GDT[3], BOOT_TSS_SELECTOR);
+    SpecialRegisters {
+        cs: code,
+        ds: data,
+        es: data,
+        fs: data,
+        gs: data,
+        ss: data,
+        tr: tss,
+        ldt: Segment {
+            unusable: true,
+            ..Segment::default()
+        },
+        gdt: DescriptorTable {
+            base: layout::BOOT_GDT_START.0,
+            limit: (std::mem::size_of_val(&BOOT_GDT) - 1) as u16,
+        },
+        idt: DescriptorTable {
+            base: layout::BOOT_IDT_START.0,
+            limit: 7,
+        },
+        cr0: CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG,
+        cr2: 0,
+        cr3: layout::BOOT_PML4_START.0,
+        cr4: CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT,
+        efer: EFER_LME | EFER_LMA | EFER_SCE | if nx { EFER_NXE } else { 0 },
+        cr8: current.cr8,
+        apic_base: current.apic_base,
+    }
+}
+
+/// The general-purpose registers at entry: `rip`, the boot stack, and the two
+/// arguments the built-in guest reads (RDI, RSI).
+pub fn entry_registers(rip: u64, rdi: u64, rsi: u64) -> Registers {
+    Registers {
+        rip,
+        rsp: layout::BOOT_STACK_TOP.0,
+        rbp: layout::BOOT_STACK_TOP.0,
+        rdi,
+        rsi,
+        rflags: RFLAGS_RESERVED,
+        ..Registers::default()
+    }
+}
+
+/// The registers of a stopped vCPU, for error messages.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RegisterDump {
+    /// General-purpose registers.
+    pub regs: Registers,
+    /// Special registers.
+    pub sregs: SpecialRegisters,
+}
+
+impl fmt::Display for RegisterDump {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let r = &self.regs;
+        let s = &self.sregs;
+        writeln!(
+            f,
+            "  RIP={:#018x} RSP={:#018x} RFLAGS={:#010x}",
+            r.rip, r.rsp, r.rflags
+        )?;
+        writeln!(
+            f,
+            "  RAX={:#018x} RBX={:#018x} RCX={:#018x} RDX={:#018x}",
+            r.rax, r.rbx, r.rcx, r.rdx
+        )?;
+        writeln!(
+            f,
+            "  RSI={:#018x} RDI={:#018x} RBP={:#018x} R8 ={:#018x}",
+            r.rsi, r.rdi, r.rbp, r.r8
+        )?;
+        writeln!(
+            f,
+            "  R9 ={:#018x} R10={:#018x} R11={:#018x} R12={:#018x}",
+            r.r9, r.r10, r.r11, r.r12
+        )?;
+        writeln!(
+            f,
+            "  R13={:#018x} R14={:#018x} R15={:#018x}",
+            r.r13, r.r14, r.r15
+        )?;
+        writeln!(
+            f,
+            "  CR0={:#018x} CR2={:#018x} CR3={:#018x} CR4={:#018x}",
+            s.cr0, s.cr2, s.cr3, s.cr4
+        )?;
+        writeln!(
+            f,
+            "  EFER={:#x} CS={:#06x} SS={:#06x} GDT={:#x}/{:#x} IDT={:#x}/{:#x}",
+            s.efer, s.cs.selector, s.ss.selector, s.gdt.base, s.gdt.limit, s.idt.base, s.idt.limit
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gdt_entries_match_the_usual_encodings() {
+        assert_eq!(BOOT_GDT[1], 0x00af_9b00_0000_ffff);
+        assert_eq!(BOOT_GDT[2], 0x00cf_9300_0000_ffff);
+        assert_eq!(BOOT_GDT[3], 0x008f_8b00_0000_ffff);
+    }
+
+    #[test]
+    fn code_segment_decodes_as_64_bit() {
+        let cs = Segment::from_gdt_entry(BOOT_GDT[1], BOOT_CODE_SELECTOR);
+        assert!(cs.l && cs.present && cs.s && cs.g && !cs.db);
+        assert_eq!(cs.type_, 0xb);
+        assert_eq!(cs.limit, 0xffff_ffff);
+        let tss = Segment::from_gdt_entry(BOOT_GDT[3], BOOT_TSS_SELECTOR);
+        assert!(!tss.s && tss.present);
+        assert_eq!(tss.type_, 0xb);
+    }
+
+    #[test]
+    fn long_mode_state_enables_paging_and_long_mode() {
+        let s = long_mode_sregs(&SpecialRegisters::default(), true);
+        assert_ne!(s.efer & EFER_NXE, 0);
+        assert_eq!(long_mode_sregs(&s, false).efer & EFER_NXE, 0);
+        assert_eq!(s.cr0 & (CR0_PE | CR0_PG), CR0_PE | CR0_PG);
+        assert_ne!(s.cr4 & CR4_PAE, 0);
+        assert_eq!(s.efer & (EFER_LME | EFER_LMA), EFER_LME | EFER_LMA);
+        assert_eq!(s.cr3, layout::BOOT_PML4_START.0);
+    }
+}

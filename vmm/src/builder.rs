@@ -1,0 +1,295 @@
+//! Building and starting a VM: one linear sequence of `?` steps.
+
+use std::sync::mpsc::channel;
+use std::sync::{Arc, Mutex};
+
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use crate::arch::x86_64::cpuid::{CpuidEntry, guest_cpuid, has_nx};
+use crate::arch::x86_64::layout;
+use crate::arch::x86_64::regs::{self, BOOT_GDT};
+use crate::devices::{Console, DebugControl, DebugPort, IoBus, SerialDevice, UnhandledAccesses};
+use crate::events::VmEvent;
+use crate::guest::{BUILTIN_IMAGE, GuestMode};
+use crate::kvm::{self, Hypervisor, KvmError, KvmVcpu, KvmVm, kick};
+use crate::memory::{MemoryError, MemorySize, create_guest_memory};
+use crate::vcpu::VcpuThread;
+use crate::vm::{VcpuHandle, Vm};
+
+/// The most vCPUs a VM may have.
+pub const MAX_VCPUS: u8 = 64;
+
+/// What to boot.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// Guest RAM.
+    pub memory: MemorySize,
+    /// Number of vCPUs (1..=[`MAX_VCPUS`]); vCPU 0 runs the guest, the others spin.
+    pub vcpus: u8,
+    /// What the built-in guest does.
+    pub mode: GuestMode,
+    /// Where guest console output goes.
+    pub console: Console,
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        Self {
+            memory: MemorySize::default(),
+            vcpus: 1,
+            mode: GuestMode::Normal,
+            console: Console::Stdout,
+        }
+    }
+}
+
+/// Errors while building a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// vCPU count out of range.
+    #[error("--vcpus must be between 1 and {MAX_VCPUS}, got {0}")]
+    VcpuCount(u8),
+    /// Not enough RAM for the built-in guest.
+    #[error(
+        "guest memory of {memory} is too small: the built-in guest needs at least {} MiB",
+        layout::BUILTIN_GUEST_MIN_MEMORY >> 20
+    )]
+    MemoryTooSmall {
+        /// What was asked for.
+        memory: MemorySize,
+    },
+    /// The embedded image is larger than its slot.
+    #[error("the built-in guest image is {0} bytes, more than the {max} bytes before its page-table pool", max = layout::GUEST_IMAGE_MAX_SIZE)]
+    ImageTooLarge(usize),
+    /// Guest memory.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// KVM.
+    #[error(transparent)]
+    Kvm(#[from] KvmError),
+    /// Writing boot data into guest memory failed.
+    #[error("cannot write {what} into guest memory: {source}")]
+    WriteMemory {
+        /// What was being written.
+        what: &'static str,
+        /// The error.
+        #[source]
+        source: vm_memory::GuestMemoryError,
+    },
+    /// Signal setup.
+    #[error(transparent)]
+    Kick(#[from] kick::KickError),
+    /// Spawning a vCPU thread failed.
+    #[error("cannot start the thread of vCPU {index}: {source}")]
+    Thread {
+        /// The vCPU.
+        index: u8,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Checks the configuration before anything is allocated.
+pub fn validate_config(config: &VmConfig) -> Result<(), BuildError> {
+    if config.vcpus == 0 || config.vcpus > MAX_VCPUS {
+        return Err(BuildError::VcpuCount(config.vcpus));
+    }
+    if config.memory.bytes() < layout::BUILTIN_GUEST_MIN_MEMORY {
+        return Err(BuildError::MemoryTooSmall {
+            memory: config.memory,
+        });
+    }
+    if BUILTIN_IMAGE.len() as u64 > layout::GUEST_IMAGE_MAX_SIZE {
+        return Err(BuildError::ImageTooLarge(BUILTIN_IMAGE.len()));
+    }
+    Ok(())
+}
+
+/// Boots the built-in guest and returns the running VM.
+pub fn build_vm(config: &VmConfig) -> Result<Vm, BuildError> {
+    validate_config(config)?;
+    let hypervisor = Hypervisor::open()?;
+    let pvm = kvm::host_is_pvm();
+    let memory = create_guest_memory(config.memory)?;
+    let kvm_vm = hypervisor.create_vm()?;
+    kvm_vm.register_memory(&memory)?;
+    kvm_vm.set_tss_address(layout::KVM_TSS_ADDRESS.0)?;
+    write_boot_tables(&memory)?;
+    write(
+        &memory,
+        layout::GUEST_IMAGE_START,
+        BUILTIN_IMAGE,
+        "the built-in guest",
+    )?;
+    let supported_cpuid = hypervisor.supported_cpuid()?;
+    kick::install_handler()?;
+    let vcpus = (0..config.vcpus)
+        .map(|index| create_vcpu(&kvm_vm, index, &supported_cpuid, pvm, config))
+        .collect::<Result<Vec<_>, _>>()?;
+    start(kvm_vm, memory, vcpus, config)
+}
+
+/// Writes the boot GDT, the empty IDT and the identity page tables for [0, 1 GiB).
+fn write_boot_tables(memory: &GuestMemoryMmap) -> Result<(), BuildError> {
+    let gdt: Vec<u8> = BOOT_GDT.iter().flat_map(|e| e.to_le_bytes()).collect();
+    write(memory, layout::BOOT_GDT_START, &gdt, "the boot GDT")?;
+    write(memory, layout::BOOT_IDT_START, &[0; 8], "the boot IDT")?;
+    let table_flags = 0x3; // present | writable
+    let pml4e = layout::BOOT_PDPT_START.0 | table_flags;
+    write(
+        memory,
+        layout::BOOT_PML4_START,
+        &pml4e.to_le_bytes(),
+        "the boot PML4",
+    )?;
+    let pdpte = layout::BOOT_PD_START.0 | table_flags;
+    write(
+        memory,
+        layout::BOOT_PDPT_START,
+        &pdpte.to_le_bytes(),
+        "the boot PDPT",
+    )?;
+    let huge_page = 1u64 << 21;
+    let pd: Vec<u8> = (0..layout::BOOT_IDENTITY_MAP_SIZE / huge_page)
+        .flat_map(|i| ((i * huge_page) | table_flags | 0x80).to_le_bytes())
+        .collect();
+    write(memory, layout::BOOT_PD_START, &pd, "the boot PD")
+}
+
+fn write(
+    memory: &GuestMemoryMmap,
+    at: GuestAddress,
+    bytes: &[u8],
+    what: &'static str,
+) -> Result<(), BuildError> {
+    memory
+        .write_slice(bytes, at)
+        .map_err(|source| BuildError::WriteMemory { what, source })
+}
+
+/// Creates vCPU `index` in 64-bit mode: CPUID, FPU, special and general registers.
+fn create_vcpu(
+    kvm_vm: &KvmVm,
+    index: u8,
+    supported_cpuid: &[CpuidEntry],
+    pvm: bool,
+    config: &VmConfig,
+) -> Result<KvmVcpu, BuildError> {
+    let vcpu = kvm_vm.create_vcpu(index)?;
+    vcpu.set_cpuid(&guest_cpuid(supported_cpuid, index, pvm))?;
+    vcpu.set_default_fpu()?;
+    let sregs = regs::long_mode_sregs(&vcpu.special_registers()?, has_nx(supported_cpuid));
+    vcpu.set_special_registers(&sregs)?;
+    let entry = if index == 0 {
+        layout::GUEST_IMAGE_START
+    } else {
+        layout::GUEST_AP_ENTRY
+    };
+    vcpu.set_registers(&regs::entry_registers(
+        entry.0,
+        config.mode.register_value(),
+        config.memory.bytes(),
+    ))?;
+    Ok(vcpu)
+}
+
+/// Starts one thread per vCPU and returns the VM handle.
+fn start(
+    kvm_vm: KvmVm,
+    memory: GuestMemoryMmap,
+    vcpus: Vec<KvmVcpu>,
+    config: &VmConfig,
+) -> Result<Vm, BuildError> {
+    let (events_tx, events) = channel::<VmEvent>();
+    let control = Arc::new(DebugControl::default());
+    let unhandled = Arc::new(UnhandledAccesses::default());
+    let serial = Arc::new(Mutex::new(SerialDevice::new(config.console.clone())));
+    let mut vm = Vm {
+        vcpus: Vec::with_capacity(vcpus.len()),
+        events,
+        control: control.clone(),
+        unhandled: unhandled.clone(),
+        paused: Default::default(),
+        outcome: Default::default(),
+        kvm_vm,
+        memory,
+    };
+    for (index, vcpu) in (0u8..).zip(vcpus) {
+        let (requests_tx, requests) = channel();
+        let (responses_tx, responses) = channel();
+        let thread = VcpuThread {
+            index,
+            vcpu,
+            bus: IoBus::new(
+                DebugPort::new(control.clone(), events_tx.clone(), config.console.clone()),
+                serial.clone(),
+                unhandled.clone(),
+            ),
+            requests,
+            responses: responses_tx,
+            events: events_tx.clone(),
+        };
+        let handle = std::thread::Builder::new()
+            .name(format!("vcpu{index}"))
+            .spawn(move || thread.run())
+            .map_err(|source| BuildError::Thread { index, source })?;
+        // On an early return, dropping `vm` stops the threads started so far.
+        vm.vcpus.push(VcpuHandle {
+            index,
+            thread: Some(handle),
+            requests: requests_tx,
+            responses,
+        });
+    }
+    Ok(vm)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_zero_vcpus_and_tiny_memory() {
+        let config = VmConfig {
+            vcpus: 0,
+            ..VmConfig::default()
+        };
+        assert!(matches!(
+            validate_config(&config),
+            Err(BuildError::VcpuCount(0))
+        ));
+        let config = VmConfig {
+            memory: MemorySize::from_bytes(8 << 20).unwrap_or_default(),
+            ..VmConfig::default()
+        };
+        let err = validate_config(&config).err().map(|e| e.to_string());
+        assert_eq!(
+            err.as_deref(),
+            Some("guest memory of 8 MiB is too small: the built-in guest needs at least 32 MiB")
+        );
+        assert!(validate_config(&VmConfig::default()).is_ok());
+    }
+
+    #[test]
+    fn builtin_image_is_embedded_and_fits() {
+        assert!(!BUILTIN_IMAGE.is_empty());
+        assert!(BUILTIN_IMAGE.len() as u64 <= layout::GUEST_IMAGE_MAX_SIZE);
+        // The AP entry is a `pause` (f3 90) at offset 0x10.
+        assert_eq!(&BUILTIN_IMAGE[0x10..0x12], &[0xf3, 0x90]);
+    }
+
+    #[test]
+    fn boot_tables_identity_map_the_first_gib() {
+        let Ok(memory) = create_guest_memory(MemorySize::default()) else {
+            panic!("cannot map test memory");
+        };
+        assert!(write_boot_tables(&memory).is_ok());
+        let pml4e: u64 = memory.read_obj(layout::BOOT_PML4_START).unwrap_or(0);
+        assert_eq!(pml4e, layout::BOOT_PDPT_START.0 | 3);
+        let last: u64 = memory
+            .read_obj(GuestAddress(layout::BOOT_PD_START.0 + 511 * 8))
+            .unwrap_or(0);
+        assert_eq!(last, (511 << 21) | 0x83);
+    }
+}

@@ -1,0 +1,266 @@
+//! What to do with one vCPU exit: a plain function of the exit and the devices, so it
+//! is tested with made-up exits and no `/dev/kvm`.
+
+use std::fmt;
+
+use crate::devices::ExitDevices;
+use crate::kvm::VmExit;
+
+/// Why a vCPU stopped for good.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VcpuStop {
+    /// The vCPU executed `HLT`. With the built-in guest this is how it ends after DONE.
+    Halted,
+    /// Triple fault: the vCPU shut down.
+    Shutdown,
+    /// KVM could not handle something the guest did.
+    InternalError {
+        /// `kvm_run.internal.suberror`.
+        suberror: u32,
+    },
+    /// Entering the guest failed.
+    FailEntry {
+        /// Hardware entry failure reason.
+        reason: u64,
+        /// Host CPU.
+        cpu: u32,
+    },
+    /// An exit the VMM does not handle.
+    Unhandled(String),
+    /// `KVM_RUN` itself failed.
+    RunFailed(String),
+}
+
+impl VcpuStop {
+    /// Whether this stop is a failure in itself (a HLT is judged by the guest's DONE).
+    pub fn is_failure(&self) -> bool {
+        !matches!(self, Self::Halted)
+    }
+}
+
+impl fmt::Display for VcpuStop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Halted => write!(f, "the vCPU executed HLT"),
+            Self::Shutdown => write!(f, "triple fault: the vCPU shut down (KVM_EXIT_SHUTDOWN)"),
+            Self::InternalError { suberror } => {
+                let what = match suberror {
+                    1 => "emulation failure",
+                    2 => "simultaneous exceptions",
+                    3 => "delivery event",
+                    4 => "unexpected exit reason",
+                    _ => "unknown suberror",
+                };
+                write!(
+                    f,
+                    "KVM internal error (KVM_EXIT_INTERNAL_ERROR), suberror {suberror}: {what}"
+                )
+            }
+            Self::FailEntry { reason, cpu } => write!(
+                f,
+                "KVM could not enter the guest (KVM_EXIT_FAIL_ENTRY), hardware reason {reason:#x} on host CPU {cpu}"
+            ),
+            Self::Unhandled(name) => write!(f, "unhandled vCPU exit {name}"),
+            Self::RunFailed(message) => write!(f, "KVM_RUN failed: {message}"),
+        }
+    }
+}
+
+/// What the run loop does after an exit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExitAction {
+    /// Run the vCPU again.
+    Continue,
+    /// Look at pending requests (pause, stop), then run again.
+    Interrupted,
+    /// Stop this vCPU for good.
+    Stop(VcpuStop),
+}
+
+/// Handles one exit: I/O goes to `devices` (unknown ports and all MMIO read as all
+/// ones, writes are ignored and counted), everything else decides whether the vCPU
+/// stops.
+pub fn handle_exit(exit: VmExit<'_>, devices: &mut impl ExitDevices) -> ExitAction {
+    match exit {
+        VmExit::IoIn { port, data } => {
+            devices.port_read(port, data);
+            ExitAction::Continue
+        }
+        VmExit::IoOut { port, data } => {
+            devices.port_write(port, data);
+            ExitAction::Continue
+        }
+        VmExit::MmioRead { address, data } => {
+            devices.mmio_read(address, data);
+            ExitAction::Continue
+        }
+        VmExit::MmioWrite { address, data } => {
+            devices.mmio_write(address, data);
+            ExitAction::Continue
+        }
+        VmExit::Interrupted => ExitAction::Interrupted,
+        VmExit::Hlt => ExitAction::Stop(VcpuStop::Halted),
+        VmExit::Shutdown => ExitAction::Stop(VcpuStop::Shutdown),
+        VmExit::InternalError { suberror } => {
+            ExitAction::Stop(VcpuStop::InternalError { suberror })
+        }
+        VmExit::FailEntry { reason, cpu } => ExitAction::Stop(VcpuStop::FailEntry { reason, cpu }),
+        VmExit::Other(name) => ExitAction::Stop(VcpuStop::Unhandled(name)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc::{Receiver, channel};
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::devices::debug_port::{ARG_LO_PORT, EVENT_PORT};
+    use crate::devices::{
+        Console, DebugControl, DebugPort, IoBus, SerialDevice, UnhandledAccesses, UnhandledCounts,
+    };
+    use crate::events::VmEvent;
+
+    fn bus() -> (IoBus, Receiver<VmEvent>, Arc<UnhandledAccesses>, Console) {
+        let (tx, rx) = channel();
+        let console = Console::capture();
+        let unhandled = Arc::new(UnhandledAccesses::default());
+        let bus = IoBus::new(
+            DebugPort::new(Arc::new(DebugControl::default()), tx, console.clone()),
+            Arc::new(Mutex::new(SerialDevice::new(console.clone()))),
+            unhandled.clone(),
+        );
+        (bus, rx, unhandled, console)
+    }
+
+    #[test]
+    fn unknown_ports_read_all_ones_and_are_counted() {
+        let (mut bus, _, unhandled, _) = bus();
+        let mut data = [0u8; 2];
+        let action = handle_exit(
+            VmExit::IoIn {
+                port: 0x80,
+                data: &mut data,
+            },
+            &mut bus,
+        );
+        assert_eq!(action, ExitAction::Continue);
+        assert_eq!(data, [0xff, 0xff]);
+        handle_exit(
+            VmExit::IoOut {
+                port: 0x80,
+                data: &[1],
+            },
+            &mut bus,
+        );
+        assert_eq!(
+            unhandled.counts(),
+            UnhandledCounts {
+                port_reads: 1,
+                port_writes: 1,
+                ..UnhandledCounts::default()
+            }
+        );
+    }
+
+    #[test]
+    fn mmio_reads_all_ones_writes_ignored() {
+        let (mut bus, _, unhandled, _) = bus();
+        let mut data = [0u8; 8];
+        let action = handle_exit(
+            VmExit::MmioRead {
+                address: 0xfee0_0000,
+                data: &mut data,
+            },
+            &mut bus,
+        );
+        assert_eq!(action, ExitAction::Continue);
+        assert_eq!(data, [0xff; 8]);
+        handle_exit(
+            VmExit::MmioWrite {
+                address: 0xfee0_0000,
+                data: &[0; 4],
+            },
+            &mut bus,
+        );
+        assert_eq!(unhandled.counts().mmio_reads, 1);
+        assert_eq!(unhandled.counts().mmio_writes, 1);
+    }
+
+    #[test]
+    fn debug_port_and_serial_exits_reach_devices() {
+        let (mut bus, rx, unhandled, console) = bus();
+        handle_exit(
+            VmExit::IoOut {
+                port: 0xe9,
+                data: b"a",
+            },
+            &mut bus,
+        );
+        handle_exit(
+            VmExit::IoOut {
+                port: 0x3f8,
+                data: b"b",
+            },
+            &mut bus,
+        );
+        handle_exit(
+            VmExit::IoOut {
+                port: ARG_LO_PORT,
+                data: &42u32.to_le_bytes(),
+            },
+            &mut bus,
+        );
+        handle_exit(
+            VmExit::IoOut {
+                port: EVENT_PORT,
+                data: &4u32.to_le_bytes(),
+            },
+            &mut bus,
+        );
+        assert_eq!(console.captured(), b"ab");
+        assert_eq!(rx.try_recv().ok(), Some(VmEvent::Mark { value: 42 }));
+        assert_eq!(unhandled.counts(), UnhandledCounts::default());
+    }
+
+    #[test]
+    fn terminal_exits_stop_the_vcpu() {
+        let (mut bus, ..) = bus();
+        assert_eq!(
+            handle_exit(VmExit::Shutdown, &mut bus),
+            ExitAction::Stop(VcpuStop::Shutdown)
+        );
+        assert_eq!(
+            handle_exit(VmExit::Hlt, &mut bus),
+            ExitAction::Stop(VcpuStop::Halted)
+        );
+        assert_eq!(
+            handle_exit(VmExit::InternalError { suberror: 1 }, &mut bus),
+            ExitAction::Stop(VcpuStop::InternalError { suberror: 1 })
+        );
+        assert_eq!(
+            handle_exit(VmExit::FailEntry { reason: 7, cpu: 1 }, &mut bus),
+            ExitAction::Stop(VcpuStop::FailEntry { reason: 7, cpu: 1 })
+        );
+        assert_eq!(
+            handle_exit(VmExit::Other("Debug".into()), &mut bus),
+            ExitAction::Stop(VcpuStop::Unhandled("Debug".into()))
+        );
+        assert_eq!(
+            handle_exit(VmExit::Interrupted, &mut bus),
+            ExitAction::Interrupted
+        );
+    }
+
+    #[test]
+    fn stop_messages_name_the_cause() {
+        assert!(VcpuStop::Shutdown.to_string().contains("triple fault"));
+        assert!(
+            VcpuStop::InternalError { suberror: 1 }
+                .to_string()
+                .contains("emulation failure")
+        );
+        assert!(!VcpuStop::Halted.is_failure());
+        assert!(VcpuStop::Shutdown.is_failure());
+    }
+}

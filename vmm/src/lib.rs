@@ -1,0 +1,33 @@
+//! A small KVM VMM (rust-vmm crates, Firecracker-style) that boots test guests and
+//! lets the VMM thread stop them and look at their page tables.
+//!
+//! - [`builder::build_vm`] boots the built-in guest ([`guest`]) in 64-bit mode and
+//!   returns a running [`vm::Vm`].
+//! - [`vm::Vm`] pauses and resumes the vCPUs, reads their registers, translates
+//!   addresses with `KVM_TRANSLATE`, gives access to guest memory, and reports guest
+//!   events ([`events::VmEvent`]) from the debug port ([`devices::debug_port`]).
+//! - [`guest::Descriptor`] parses what the guest says it mapped.
+//!
+//! Only [`kvm`] contains `unsafe` code or raw KVM types.
+
+#![warn(missing_docs)]
+
+pub mod arch;
+pub mod builder;
+pub mod devices;
+pub mod events;
+pub mod exit;
+pub mod guest;
+pub mod kvm;
+pub mod memory;
+pub mod vcpu;
+pub mod vm;
+
+pub use builder::{BuildError, VmConfig, build_vm};
+pub use devices::Console;
+pub use events::VmEvent;
+pub use guest::{Descriptor, DescriptorError, GuestMode};
+pub use kvm::KvmTranslation;
+pub use memory::MemorySize;
+pub use vcpu::VcpuState;
+pub use vm::{ExitOutcome, Vm, VmError};

@@ -1,0 +1,183 @@
+//! The vCPU thread: the run loop, and the requests the VMM thread sends it (pause,
+//! state, translate, resume, stop).
+//!
+//! Each vCPU runs on its own thread, which owns the KVM vCPU. The VMM thread queues
+//! a request and kicks the thread ([`crate::kvm::kick`]); the thread looks at its
+//! queue before every `KVM_RUN`, so a kick always leads to the request being seen,
+//! whether the guest was exiting often or not at all. While paused, the thread blocks
+//! on its queue and the vCPU's registers do not change.
+
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
+
+use walker::{ControlRegisters, Gva};
+
+use crate::arch::x86_64::regs::{RegisterDump, Registers, SpecialRegisters};
+use crate::devices::IoBus;
+use crate::events::VmEvent;
+use crate::exit::{ExitAction, VcpuStop, handle_exit};
+use crate::kvm::kick::ArmedVcpu;
+use crate::kvm::{KvmError, KvmTranslation, KvmVcpu};
+
+/// The state of one stopped vCPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VcpuState {
+    /// vCPU index.
+    pub index: u8,
+    /// Instruction pointer.
+    pub rip: u64,
+    /// Stack pointer.
+    pub rsp: u64,
+    /// CR0.
+    pub cr0: u64,
+    /// CR3 (with PCID bits).
+    pub cr3: u64,
+    /// CR4.
+    pub cr4: u64,
+    /// IA32_EFER.
+    pub efer: u64,
+    /// Whether the vCPU had already stopped for good (HLT, triple fault, ...).
+    pub finished: bool,
+    /// All general-purpose registers.
+    pub regs: Registers,
+    /// All special registers.
+    pub sregs: SpecialRegisters,
+}
+
+impl VcpuState {
+    fn new(index: u8, regs: Registers, sregs: SpecialRegisters, finished: bool) -> Self {
+        Self {
+            index,
+            rip: regs.rip,
+            rsp: regs.rsp,
+            cr0: sregs.cr0,
+            cr3: sregs.cr3,
+            cr4: sregs.cr4,
+            efer: sregs.efer,
+            finished,
+            regs,
+            sregs,
+        }
+    }
+
+    /// The registers as a dump, for messages.
+    pub fn dump(&self) -> RegisterDump {
+        RegisterDump {
+            regs: self.regs,
+            sregs: self.sregs,
+        }
+    }
+}
+
+impl From<&VcpuState> for ControlRegisters {
+    /// The registers the walker needs to know the vCPU's paging mode.
+    fn from(state: &VcpuState) -> Self {
+        Self {
+            cr0: state.cr0,
+            cr3: state.cr3,
+            cr4: state.cr4,
+            efer: state.efer,
+        }
+    }
+}
+
+/// A request to a vCPU thread.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum VcpuRequest {
+    /// Stop running the guest (if it runs) and answer with the state.
+    Pause,
+    /// Translate a GVA with the current paging state.
+    Translate(Gva),
+    /// Run the guest again (no effect on a vCPU that stopped for good).
+    Resume,
+    /// End the thread.
+    Exit,
+}
+
+/// A vCPU thread's answer, one per request except [`VcpuRequest::Exit`].
+#[derive(Debug)]
+pub(crate) enum VcpuResponse {
+    Paused(Result<Box<VcpuState>, KvmError>),
+    Translated(Result<KvmTranslation, KvmError>),
+    Resumed,
+}
+
+/// Everything a vCPU thread owns.
+#[derive(Debug)]
+pub(crate) struct VcpuThread {
+    pub index: u8,
+    pub vcpu: KvmVcpu,
+    pub bus: IoBus,
+    pub requests: Receiver<VcpuRequest>,
+    pub responses: Sender<VcpuResponse>,
+    pub events: Sender<VmEvent>,
+}
+
+impl VcpuThread {
+    /// The thread body: run until told to exit.
+    pub fn run(mut self) {
+        let _armed = ArmedVcpu::arm(&mut self.vcpu);
+        let mut paused = false;
+        let mut finished = false;
+        loop {
+            // Serve requests: all pending ones, and block while paused.
+            loop {
+                let request = if paused || finished {
+                    match self.requests.recv() {
+                        Ok(request) => request,
+                        Err(_) => return,
+                    }
+                } else {
+                    match self.requests.try_recv() {
+                        Ok(request) => request,
+                        Err(TryRecvError::Empty) => break,
+                        Err(TryRecvError::Disconnected) => return,
+                    }
+                };
+                let response = match request {
+                    VcpuRequest::Pause => {
+                        paused = true;
+                        VcpuResponse::Paused(self.state(finished).map(Box::new))
+                    }
+                    VcpuRequest::Translate(gva) => {
+                        VcpuResponse::Translated(self.vcpu.translate(gva.0))
+                    }
+                    VcpuRequest::Resume => {
+                        paused = false;
+                        VcpuResponse::Resumed
+                    }
+                    VcpuRequest::Exit => return,
+                };
+                if self.responses.send(response).is_err() {
+                    return;
+                }
+                if !paused && !finished {
+                    break;
+                }
+            }
+
+            let action = match self.vcpu.run() {
+                Ok(exit) => handle_exit(exit, &mut self.bus),
+                Err(e) => ExitAction::Stop(VcpuStop::RunFailed(e.to_string())),
+            };
+            match action {
+                ExitAction::Continue => {}
+                ExitAction::Interrupted => self.vcpu.set_immediate_exit(false),
+                ExitAction::Stop(stop) => {
+                    finished = true;
+                    let dump = self.state(true).ok().map(|state| Box::new(state.dump()));
+                    let _ = self.events.send(VmEvent::VcpuStopped {
+                        vcpu: self.index,
+                        stop,
+                        dump,
+                    });
+                }
+            }
+        }
+    }
+
+    fn state(&self, finished: bool) -> Result<VcpuState, KvmError> {
+        let regs = self.vcpu.registers()?;
+        let sregs = self.vcpu.special_registers()?;
+        Ok(VcpuState::new(self.index, regs, sregs, finished))
+    }
+}

@@ -1,0 +1,343 @@
+//! A running VM: its vCPU threads, guest memory and event channel.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+use walker::Gva;
+
+use crate::arch::x86_64::regs::RegisterDump;
+use crate::devices::debug_port::COMMAND_FINISH;
+use crate::devices::{DebugControl, UnhandledAccesses, UnhandledCounts};
+use crate::events::VmEvent;
+use crate::exit::VcpuStop;
+use crate::kvm::{KvmError, KvmTranslation, KvmVm, kick};
+use crate::vcpu::{VcpuRequest, VcpuResponse, VcpuState};
+
+/// How long a vCPU thread may take to answer a request.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Errors of the VM handle.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// A vCPU thread is gone (it panicked or the VM was torn down).
+    #[error("vCPU {0} is no longer running its thread")]
+    VcpuGone(u8),
+    /// A vCPU thread did not answer in time.
+    #[error("vCPU {vcpu} did not answer a {request} request within {timeout:?}")]
+    NoAnswer {
+        /// The vCPU.
+        vcpu: u8,
+        /// What was asked.
+        request: &'static str,
+        /// How long we waited.
+        timeout: Duration,
+    },
+    /// A vCPU thread answered something else than what was asked.
+    #[error("vCPU {0} answered out of turn")]
+    OutOfTurn(u8),
+    /// Signalling a vCPU thread failed.
+    #[error(transparent)]
+    Kick(#[from] kick::KickError),
+    /// A KVM call on a vCPU failed.
+    #[error("vCPU {vcpu}: {source}")]
+    Kvm {
+        /// The vCPU.
+        vcpu: u8,
+        /// The KVM error.
+        #[source]
+        source: KvmError,
+    },
+    /// There is no such vCPU.
+    #[error("there is no vCPU {vcpu} (the VM has {count})")]
+    NoSuchVcpu {
+        /// The index asked for.
+        vcpu: usize,
+        /// How many there are.
+        count: usize,
+    },
+    /// Translation needs the vCPUs paused.
+    #[error("translate needs the VM paused (call pause first)")]
+    NotPaused,
+    /// Nothing happened in time.
+    #[error("timed out after {0:?} waiting for the guest")]
+    Timeout(Duration),
+    /// The guest stopped before it reported READY.
+    #[error("the guest stopped before reporting READY: {0}")]
+    StoppedBeforeReady(Box<ExitOutcome>),
+    /// All vCPU threads are gone and no event will come.
+    #[error("the VM's event channel closed")]
+    EventsClosed,
+}
+
+/// How a VM ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExitOutcome {
+    /// The guest reported DONE and halted; `status` 0 means success.
+    Done {
+        /// The guest's status.
+        status: u64,
+    },
+    /// A vCPU stopped without a DONE from the guest, or in a failure state.
+    Failed {
+        /// Which vCPU.
+        vcpu: u8,
+        /// Why it stopped.
+        stop: VcpuStop,
+        /// Its registers at the time.
+        dump: Option<Box<RegisterDump>>,
+    },
+}
+
+impl ExitOutcome {
+    /// Whether the guest reported success.
+    pub fn is_success(&self) -> bool {
+        matches!(self, Self::Done { status: 0 })
+    }
+}
+
+impl fmt::Display for ExitOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Done { status: 0 } => {
+                write!(f, "the guest reported DONE with status 0 (success)")
+            }
+            Self::Done { status } => write!(f, "the guest reported failure status {status:#x}"),
+            Self::Failed { vcpu, stop, dump } => {
+                if *stop == VcpuStop::Halted {
+                    write!(f, "vCPU {vcpu} halted without the guest reporting DONE")?;
+                } else {
+                    write!(f, "vCPU {vcpu} stopped: {stop}")?;
+                }
+                if let Some(dump) = dump {
+                    write!(f, "\nregisters of vCPU {vcpu}:\n{dump}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The VMM's side of one vCPU thread.
+#[derive(Debug)]
+pub(crate) struct VcpuHandle {
+    pub index: u8,
+    pub thread: Option<JoinHandle<()>>,
+    pub requests: Sender<VcpuRequest>,
+    pub responses: Receiver<VcpuResponse>,
+}
+
+impl VcpuHandle {
+    fn send(&self, request: VcpuRequest) -> Result<(), VmError> {
+        self.requests
+            .send(request)
+            .map_err(|_| VmError::VcpuGone(self.index))
+    }
+
+    fn kick(&self) -> Result<(), VmError> {
+        match &self.thread {
+            Some(thread) if !thread.is_finished() => Ok(kick::kick(thread)?),
+            _ => Err(VmError::VcpuGone(self.index)),
+        }
+    }
+
+    fn answer(&self, request: &'static str) -> Result<VcpuResponse, VmError> {
+        self.responses
+            .recv_timeout(REQUEST_TIMEOUT)
+            .map_err(|e| match e {
+                RecvTimeoutError::Timeout => VmError::NoAnswer {
+                    vcpu: self.index,
+                    request,
+                    timeout: REQUEST_TIMEOUT,
+                },
+                RecvTimeoutError::Disconnected => VmError::VcpuGone(self.index),
+            })
+    }
+}
+
+/// A running VM.
+///
+/// Dropping it stops and joins every vCPU thread.
+#[derive(Debug)]
+pub struct Vm {
+    // Field order: the vCPU threads end (in `Drop`) before the VM fd and memory go.
+    pub(crate) vcpus: Vec<VcpuHandle>,
+    pub(crate) events: Receiver<VmEvent>,
+    pub(crate) control: Arc<DebugControl>,
+    pub(crate) unhandled: Arc<UnhandledAccesses>,
+    pub(crate) paused: AtomicBool,
+    pub(crate) outcome: std::sync::Mutex<Option<ExitOutcome>>,
+    pub(crate) kvm_vm: KvmVm,
+    pub(crate) memory: GuestMemoryMmap,
+}
+
+impl Vm {
+    /// Guest RAM (shared with the running guest: reads may race its writes; use
+    /// single `load`s of naturally aligned values to avoid torn reads).
+    pub fn guest_memory(&self) -> &GuestMemoryMmap {
+        &self.memory
+    }
+
+    /// Number of vCPUs.
+    pub fn vcpu_count(&self) -> usize {
+        self.vcpus.len()
+    }
+
+    /// Accesses no device claimed so far.
+    pub fn unhandled_accesses(&self) -> UnhandledCounts {
+        self.unhandled.counts()
+    }
+
+    /// The KVM VM (for later features such as dirty logging).
+    pub fn kvm_vm(&self) -> &KvmVm {
+        &self.kvm_vm
+    }
+
+    /// Stops every vCPU and returns their states, read while all of them are stopped.
+    /// Works whether the guest exits often or never; vCPUs that already stopped for
+    /// good answer too (with `finished` set). Idempotent.
+    pub fn pause(&self) -> Result<Vec<VcpuState>, VmError> {
+        for vcpu in &self.vcpus {
+            vcpu.send(VcpuRequest::Pause)?;
+            // A thread that already ended its run loop is blocked on its queue and
+            // needs no kick; a dead thread shows up as a missing answer below.
+            let _ = vcpu.kick();
+        }
+        self.paused.store(true, Ordering::SeqCst);
+        let mut states = Vec::with_capacity(self.vcpus.len());
+        for vcpu in &self.vcpus {
+            match vcpu.answer("pause")? {
+                VcpuResponse::Paused(state) => {
+                    states.push(*state.map_err(|source| VmError::Kvm {
+                        vcpu: vcpu.index,
+                        source,
+                    })?)
+                }
+                _ => return Err(VmError::OutOfTurn(vcpu.index)),
+            }
+        }
+        Ok(states)
+    }
+
+    /// Translates `gva` with vCPU `vcpu`'s current paging state (`KVM_TRANSLATE`).
+    /// Only while paused.
+    pub fn translate(&self, vcpu: usize, gva: Gva) -> Result<KvmTranslation, VmError> {
+        if !self.paused.load(Ordering::SeqCst) {
+            return Err(VmError::NotPaused);
+        }
+        let handle = self.vcpus.get(vcpu).ok_or(VmError::NoSuchVcpu {
+            vcpu,
+            count: self.vcpus.len(),
+        })?;
+        handle.send(VcpuRequest::Translate(gva))?;
+        match handle.answer("translate")? {
+            VcpuResponse::Translated(result) => result.map_err(|source| VmError::Kvm {
+                vcpu: handle.index,
+                source,
+            }),
+            _ => Err(VmError::OutOfTurn(handle.index)),
+        }
+    }
+
+    /// Lets every vCPU run again (vCPUs that stopped for good stay stopped).
+    pub fn resume(&self) -> Result<(), VmError> {
+        for vcpu in &self.vcpus {
+            vcpu.send(VcpuRequest::Resume)?;
+        }
+        for vcpu in &self.vcpus {
+            match vcpu.answer("resume")? {
+                VcpuResponse::Resumed => {}
+                _ => return Err(VmError::OutOfTurn(vcpu.index)),
+            }
+        }
+        self.paused.store(false, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Tells the guest to finish: the debug port's command becomes FINISH.
+    pub fn finish(&self) {
+        self.control.set_command(COMMAND_FINISH);
+    }
+
+    /// The next event, waiting at most `timeout`.
+    pub fn wait_event(&self, timeout: Duration) -> Result<VmEvent, VmError> {
+        let event = self.events.recv_timeout(timeout).map_err(|e| match e {
+            RecvTimeoutError::Timeout => VmError::Timeout(timeout),
+            RecvTimeoutError::Disconnected => VmError::EventsClosed,
+        })?;
+        if let VmEvent::VcpuStopped { vcpu, stop, dump } = &event {
+            self.record_stop(*vcpu, stop, dump.clone());
+        }
+        Ok(event)
+    }
+
+    /// Waits for READY and returns the descriptor's GPA; other events before it are
+    /// dropped. If the guest stops first, the error carries how it ended.
+    pub fn wait_ready(&self, timeout: Duration) -> Result<GuestAddress, VmError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.wait_event(left)? {
+                VmEvent::Ready { descriptor } => return Ok(descriptor),
+                VmEvent::VcpuStopped { .. } => {
+                    let outcome = self.outcome().ok_or(VmError::EventsClosed)?;
+                    return Err(VmError::StoppedBeforeReady(Box::new(outcome)));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Waits until the VM ends (a vCPU stops for good: after DONE the guest halts)
+    /// and returns how. Then pauses the other vCPUs, so their state can still be read
+    /// with [`Vm::pause`]. Events before the end are dropped.
+    pub fn wait(&self, timeout: Duration) -> Result<ExitOutcome, VmError> {
+        let deadline = Instant::now() + timeout;
+        let outcome = loop {
+            if let Some(outcome) = self.outcome() {
+                break outcome;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            self.wait_event(left)?;
+        };
+        self.pause()?;
+        Ok(outcome)
+    }
+
+    /// How the VM ended, if it did.
+    pub fn outcome(&self) -> Option<ExitOutcome> {
+        self.outcome.lock().ok().and_then(|o| o.clone())
+    }
+
+    fn record_stop(&self, vcpu: u8, stop: &VcpuStop, dump: Option<Box<RegisterDump>>) {
+        let outcome = match (stop, self.control.done_status()) {
+            (VcpuStop::Halted, Some(status)) => ExitOutcome::Done { status },
+            _ => ExitOutcome::Failed {
+                vcpu,
+                stop: stop.clone(),
+                dump,
+            },
+        };
+        if let Ok(mut slot) = self.outcome.lock() {
+            slot.get_or_insert(outcome);
+        }
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        for vcpu in &self.vcpus {
+            let _ = vcpu.send(VcpuRequest::Exit);
+            let _ = vcpu.kick();
+        }
+        for vcpu in &mut self.vcpus {
+            if let Some(thread) = vcpu.thread.take() {
+                let _ = thread.join();
+            }
+        }
+    }
+}
