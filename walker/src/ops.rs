@@ -65,6 +65,9 @@ pub enum EntrySource {
     /// Synthesized by splitting a huge leaf into a host-side shadow table; it exists nowhere
     /// in guest memory.
     Shadow,
+    /// Not an entry but CR3 itself: only in the fault reported when the root table is
+    /// outside guest memory (the fault then covers the whole walked range).
+    Cr3,
 }
 
 /// One entry as a callback sees it.

@@ -23,10 +23,13 @@
 //! [`WalkError::BudgetExhausted`] when it is spent.
 
 use std::ops::RangeInclusive;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use vm_memory::bitmap::MS;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, VolatileSlice};
+use vm_memory::{
+    Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress,
+    VolatileMemory, VolatileSlice,
+};
 
 use crate::addr::{Gva, fold_range, unfold};
 use crate::context::PagingContext;
@@ -110,6 +113,9 @@ struct Walk<'m, 'c, 'v, M: GuestMemoryBackend, V: Visitor> {
     width: u32,
     budget: u64,
     stats: WalkStats,
+    /// The region the last table was found in: tables are usually close together, and
+    /// this saves a region lookup per table.
+    region: Option<&'m M::R>,
 }
 
 /// Walks the page tables of `ctx` over the canonical addresses in `range`, calling
@@ -152,6 +158,7 @@ where
         width,
         budget: options.entry_budget,
         stats: WalkStats::default(),
+        region: None,
     };
     let Some((start, end)) = fold_range(*range.start(), *range.end(), width) else {
         return Ok(w.stats);
@@ -168,7 +175,7 @@ where
                 last: unfold(end - 1, width),
                 entry: Entry(ctx.registers().cr3),
                 effective: Access::ROOT,
-                source: EntrySource::Shadow,
+                source: EntrySource::Cr3,
                 ctx,
             };
             w.report_fault(&visit, FaultKind::OutsideMemory(root))?;
@@ -179,7 +186,16 @@ where
 
 impl<'m, 'c, M: GuestMemoryBackend, V: Visitor> Walk<'m, 'c, '_, M, V> {
     fn guest_table(&mut self, ptr: TablePointer) -> Option<Table<'m, MS<'m, M>>> {
-        let slice = self.mem.get_slice(ptr.0, TABLE_BYTES).ok()?;
+        let region = match self.region {
+            Some(r) if r.start_addr() <= ptr.0 && ptr.0 <= r.last_addr() => r,
+            _ => {
+                let r = self.mem.find_region(ptr.0)?;
+                self.region = Some(r);
+                r
+            }
+        };
+        let offset = MemoryRegionAddress(ptr.0.unchecked_offset_from(region.start_addr()));
+        let slice = region.get_slice(offset, TABLE_BYTES).ok()?;
         // Entries are read with aligned atomic loads: refuse a slice that could not serve
         // them (cannot happen for page-aligned mappings, but costs nothing to check once).
         if slice.len() != TABLE_BYTES || slice.ptr_guard().as_ptr() as usize % 8 != 0 {
@@ -257,8 +273,8 @@ impl<'m, 'c, M: GuestMemoryBackend, V: Visitor> Walk<'m, 'c, '_, M, V> {
                     // Cannot fail: the slice is 4096 bytes and 8-byte aligned (checked when
                     // the table was entered). Should it ever, the entry is reported as a
                     // fault rather than invented.
-                    match slice.load::<u64>(index * 8, Ordering::Relaxed) {
-                        Ok(raw) => (raw, EntrySource::Guest(at)),
+                    match slice.get_atomic_ref::<AtomicU64>(index * 8) {
+                        Ok(atomic) => (atomic.load(Ordering::Relaxed), EntrySource::Guest(at)),
                         Err(_) => {
                             let visit = self.visit(
                                 level,
@@ -294,17 +310,17 @@ impl<'m, 'c, M: GuestMemoryBackend, V: Visitor> Walk<'m, 'c, '_, M, V> {
                 let effective = parent.through(entry, self.ctx.nxe());
                 let reserved = self.ctx.reserved_bits(entry, level);
                 if reserved != 0 {
-                    let visit = self.visit(level, addr, next, entry, parent, source);
+                    let visit = self.visit(level, addr, next, entry, effective, source);
                     self.report_fault(&visit, FaultKind::ReservedBits(reserved))?;
                 } else {
                     let action = if has_callback {
-                        let visit = self.visit(level, addr, next, entry, parent, source);
+                        let visit = self.visit(level, addr, next, entry, effective, source);
                         self.call(&visit)?
                     } else {
                         Action::Descend
                     };
                     if action == Action::Descend && descend_wanted {
-                        self.descend(level, entry, addr, next, effective, parent, source)?;
+                        self.descend(level, entry, addr, next, effective, source)?;
                     }
                 }
             }
@@ -324,7 +340,6 @@ impl<'m, 'c, M: GuestMemoryBackend, V: Visitor> Walk<'m, 'c, '_, M, V> {
         addr: u64,
         next: u64,
         effective: Access,
-        parent: Access,
         source: EntrySource,
     ) -> Result<(), WalkError<V::Error>> {
         let Some(lower) = level.below() else {
@@ -337,17 +352,30 @@ impl<'m, 'c, M: GuestMemoryBackend, V: Visitor> Walk<'m, 'c, '_, M, V> {
                     Level::Pud => self.stats.split_1g += 1,
                     _ => self.stats.split_2m += 1,
                 }
-                let shadow = ShadowTable::split(huge);
-                self.walk_table(lower, &Table::Shadow(&shadow), addr, next, effective)
+                self.walk_split(huge, lower, addr, next, effective)
             }
             Below::Table(ptr) => match self.guest_table(ptr) {
                 Some(table) => self.walk_table(lower, &table, addr, next, effective),
                 None => {
-                    let visit = self.visit(level, addr, next, entry, parent, source);
+                    let visit = self.visit(level, addr, next, entry, effective, source);
                     self.report_fault(&visit, FaultKind::OutsideMemory(ptr.0))
                 }
             },
         }
+    }
+
+    /// Kept out of line so the 4 KiB shadow table is not in the frame of every level.
+    #[inline(never)]
+    fn walk_split(
+        &mut self,
+        huge: HugeLeaf,
+        lower: Level,
+        addr: u64,
+        next: u64,
+        effective: Access,
+    ) -> Result<(), WalkError<V::Error>> {
+        let shadow = ShadowTable::split(huge);
+        self.walk_table(lower, &Table::Shadow(&shadow), addr, next, effective)
     }
 
     fn visit(
@@ -356,7 +384,7 @@ impl<'m, 'c, M: GuestMemoryBackend, V: Visitor> Walk<'m, 'c, '_, M, V> {
         addr: u64,
         next: u64,
         entry: Entry,
-        parent: Access,
+        effective: Access,
         source: EntrySource,
     ) -> Visit<'c> {
         Visit {
@@ -364,7 +392,7 @@ impl<'m, 'c, M: GuestMemoryBackend, V: Visitor> Walk<'m, 'c, '_, M, V> {
             start: unfold(addr, self.width),
             last: unfold(next - 1, self.width),
             entry,
-            effective: parent.through(entry, self.ctx.nxe()),
+            effective,
             source,
             ctx: self.ctx,
         }

@@ -1,0 +1,318 @@
+//! Walk throughput, translation latency and the worst case of a hostile guest.
+//!
+//! Each group builds its page tables once (only the tables live in guest RAM: the mapped
+//! frames are addresses, not memory). Throughput is reported per leaf, so criterion's
+//! `thrpt` line reads directly as leaves per second; the time per iteration divided by
+//! 2^20 is the cost per leaf.
+//!
+//! - `full_walk_4k`: 4 GiB mapped with 4 KiB pages (2^20 PTEs, 2048 PTE tables), walked
+//!   with a PTE callback; next to `baseline_read_tables`, a plain loop reading every entry
+//!   of the same table pages with one atomic load each (the least a walk must do).
+//! - `split_walk_2m` / `pmd_only_2m`: 4 GiB mapped with 2 MiB pages, walked with a PTE
+//!   callback (every PMD split into 512 shadow PTEs) and with a PMD callback only.
+//! - `translate_random`: translations of 4096 random addresses inside the 4 KiB mapping.
+//! - `hostile_alias_budget`: every level's 512 entries alias one table; a PTE walk runs
+//!   until the default entry budget stops it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::hint::black_box;
+use std::sync::atomic::Ordering;
+
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use walker::{
+    Action, Callbacks, Gva, Level, PagingContext, Visit, Visitor, WalkError, translate, walk,
+};
+
+use support::{Builder, TABLE_FLAGS};
+
+/// First virtual address of the benchmark mappings (PML4 slot 1, so the walk starts at a
+/// non-zero index).
+const VA_BASE: u64 = 0x0000_0080_0000_0000;
+/// 4 GiB of mapped virtual space.
+const MAPPED: u64 = 4 << 30;
+/// 2^20 leaves of 4 KiB.
+const LEAVES_4K: u64 = MAPPED >> 12;
+/// Where the mapped frames start: far above guest RAM, below any MAXPHYADDR.
+const FRAME_BASE: u64 = 0x10_0000_0000;
+/// P | RW | A | D: an ordinary data page.
+const LEAF_FLAGS: u64 = support::P | support::W | support::A | support::D;
+
+/// A page-table hierarchy under test, with the GPA of every table page it uses.
+struct Tables {
+    mem: GuestMemoryMmap,
+    ctx: PagingContext,
+    tables: Vec<u64>,
+}
+
+/// Fills the PTE table at `table` with 512 leaves mapping consecutive frames from `frame`.
+fn fill_table(b: &Builder, table: u64, frame: u64, step: u64, extra: u64) {
+    let mut bytes = Vec::with_capacity(4096);
+    for i in 0..512u64 {
+        let e = (frame + i * step) | LEAF_FLAGS | extra;
+        bytes.extend_from_slice(&e.to_le_bytes());
+    }
+    b.mem.write_slice(&bytes, GuestAddress(table)).unwrap();
+}
+
+/// 4 GiB at `VA_BASE` mapped with 4 KiB pages: 1 PML4, 1 PUD, 4 PMDs, 2048 PTE tables.
+fn build_4k() -> Tables {
+    // 2054 tables (8.02 MiB) from 4 KiB up, in 9 MiB of RAM.
+    let mut b = Builder::new(9 << 20, 0x1000, 9 << 20, false);
+    let mut tables = vec![b.root];
+    let mut last_pud = 0;
+    let mut last_pmd = 0;
+    for chunk in 0..(MAPPED >> 21) {
+        let va = VA_BASE + (chunk << 21);
+        let pt = b.table_for(va, 1, TABLE_FLAGS);
+        let pmd = b.table_for(va, 2, TABLE_FLAGS);
+        let pud = b.table_for(va, 3, TABLE_FLAGS);
+        if pud != last_pud {
+            tables.push(pud);
+            last_pud = pud;
+        }
+        if pmd != last_pmd {
+            tables.push(pmd);
+            last_pmd = pmd;
+        }
+        tables.push(pt);
+        fill_table(&b, pt, FRAME_BASE + (chunk << 21), 4096, 0);
+    }
+    assert_eq!(tables.len(), 1 + 1 + 4 + 2048);
+    let ctx = b.ctx();
+    Tables {
+        mem: b.mem,
+        ctx,
+        tables,
+    }
+}
+
+/// 4 GiB at `VA_BASE` mapped with 2 MiB pages: 1 PML4, 1 PUD, 4 PMD tables of huge leaves.
+fn build_2m() -> Tables {
+    let mut b = Builder::new(1 << 20, 0x1000, 1 << 20, false);
+    let mut tables = vec![b.root];
+    for g in 0..(MAPPED >> 30) {
+        let va = VA_BASE + (g << 30);
+        let pmd = b.table_for(va, 2, TABLE_FLAGS);
+        if g == 0 {
+            tables.push(b.table_for(va, 3, TABLE_FLAGS));
+        }
+        tables.push(pmd);
+        fill_table(&b, pmd, FRAME_BASE + (g << 30), 2 << 20, support::PS);
+    }
+    let ctx = b.ctx();
+    Tables {
+        mem: b.mem,
+        ctx,
+        tables,
+    }
+}
+
+/// Every entry of every level points to the next level's single table; the PTE table maps
+/// 512 pages. A full walk would read 512^4 entries.
+fn build_alias() -> Tables {
+    let mut b = Builder::new(1 << 20, 0x1000, 1 << 20, false);
+    let pml4 = b.root;
+    let pud = b.alloc_table();
+    let pmd = b.alloc_table();
+    let pt = b.alloc_table();
+    for (table, next) in [(pml4, pud), (pud, pmd), (pmd, pt)] {
+        let bytes: Vec<u8> = (0..512)
+            .flat_map(|_| (next | TABLE_FLAGS).to_le_bytes())
+            .collect();
+        b.mem.write_slice(&bytes, GuestAddress(table)).unwrap();
+    }
+    fill_table(&b, pt, FRAME_BASE, 4096, 0);
+    let ctx = b.ctx();
+    Tables {
+        mem: b.mem,
+        ctx,
+        tables: vec![pml4, pud, pmd, pt],
+    }
+}
+
+fn mapped_range() -> std::ops::RangeInclusive<Gva> {
+    Gva(VA_BASE)..=Gva(VA_BASE + MAPPED - 1)
+}
+
+/// Counts the entries of one level and sums their frames, so nothing can be optimized out.
+struct LevelCounter {
+    callbacks: Callbacks,
+    count: u64,
+    frames: u64,
+}
+
+impl LevelCounter {
+    fn new(callbacks: Callbacks) -> Self {
+        LevelCounter {
+            callbacks,
+            count: 0,
+            frames: 0,
+        }
+    }
+
+    fn visit(&mut self, v: &Visit<'_>) -> Result<Action, std::convert::Infallible> {
+        self.count += 1;
+        self.frames = self.frames.wrapping_add(v.entry.address(v.level).0);
+        Ok(Action::Descend)
+    }
+}
+
+impl Visitor for LevelCounter {
+    type Error = std::convert::Infallible;
+
+    fn callbacks(&self) -> Callbacks {
+        self.callbacks
+    }
+
+    fn pmd_entry(&mut self, v: &Visit<'_>) -> Result<Action, Self::Error> {
+        self.visit(v)
+    }
+
+    fn pte_entry(&mut self, v: &Visit<'_>) -> Result<Action, Self::Error> {
+        self.visit(v)
+    }
+}
+
+fn count_level(t: &Tables, callbacks: Callbacks) -> (u64, u64) {
+    let mut c = LevelCounter::new(callbacks);
+    walk(&t.mem, &t.ctx, mapped_range(), &mut c).unwrap();
+    (c.count, c.frames)
+}
+
+/// What any walk of the 4 KiB hierarchy must at least do: one region lookup per table
+/// page and one aligned atomic load per entry.
+fn read_tables(mem: &GuestMemoryMmap, tables: &[u64]) -> u64 {
+    let mut sum = 0u64;
+    for &gpa in tables {
+        let slice = mem.get_slice(GuestAddress(gpa), 4096).unwrap();
+        for i in 0..512 {
+            sum = sum.wrapping_add(slice.load::<u64>(i * 8, Ordering::Relaxed).unwrap());
+        }
+    }
+    sum
+}
+
+fn full_walk_4k(c: &mut Criterion) {
+    let t = build_4k();
+    assert_eq!(count_level(&t, Callbacks::PTE).0, LEAVES_4K);
+    let mut g = c.benchmark_group("walk_4k");
+    g.sample_size(20);
+    g.throughput(Throughput::Elements(LEAVES_4K));
+    g.bench_function("full_walk_4k", |bench| {
+        bench.iter(|| black_box(count_level(&t, black_box(Callbacks::PTE))))
+    });
+    g.bench_function("baseline_read_tables", |bench| {
+        bench.iter(|| black_box(read_tables(&t.mem, black_box(&t.tables))))
+    });
+    g.finish();
+}
+
+fn walk_2m(c: &mut Criterion) {
+    let t = build_2m();
+    assert_eq!(count_level(&t, Callbacks::PTE).0, LEAVES_4K);
+    assert_eq!(count_level(&t, Callbacks::PMD).0, MAPPED >> 21);
+    let mut g = c.benchmark_group("walk_2m");
+    g.sample_size(20);
+    g.throughput(Throughput::Elements(LEAVES_4K));
+    g.bench_function("split_walk_2m", |bench| {
+        bench.iter(|| black_box(count_level(&t, black_box(Callbacks::PTE))))
+    });
+    // Per 2 MiB leaf here: 2048 of them.
+    g.throughput(Throughput::Elements(MAPPED >> 21));
+    g.bench_function("pmd_only_2m", |bench| {
+        bench.iter(|| black_box(count_level(&t, black_box(Callbacks::PMD))))
+    });
+    g.finish();
+}
+
+/// A small xorshift generator: reproducible addresses without a `rand` dependency.
+fn xorshift(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+fn translate_random(c: &mut Criterion) {
+    const COUNT: u64 = 4096;
+    let t = build_4k();
+    let mut state = 0x9e37_79b9_7f4a_7c15;
+    let addrs: Vec<Gva> = (0..COUNT)
+        .map(|_| Gva(VA_BASE + xorshift(&mut state) % MAPPED))
+        .collect();
+    for &va in &addrs {
+        let gpa = translate(&t.mem, &t.ctx, va).unwrap().gpa;
+        assert_eq!(gpa.0, FRAME_BASE + (va.0 - VA_BASE));
+    }
+    let mut g = c.benchmark_group("translate");
+    g.throughput(Throughput::Elements(COUNT));
+    g.bench_function("translate_random", |bench| {
+        bench.iter(|| {
+            let mut sum = 0u64;
+            for &va in &addrs {
+                sum = sum.wrapping_add(translate(&t.mem, &t.ctx, black_box(va)).unwrap().gpa.0);
+            }
+            black_box(sum)
+        })
+    });
+    // The floor: the same four dependent loads, with no checks, callbacks or error paths.
+    g.bench_function("baseline_translate", |bench| {
+        bench.iter(|| {
+            let mut sum = 0u64;
+            for &va in &addrs {
+                sum = sum.wrapping_add(read_path(&t.mem, t.ctx.root().0, black_box(va.0)));
+            }
+            black_box(sum)
+        })
+    });
+    g.finish();
+}
+
+/// A bare 4-level lookup: one region lookup and one atomic load per level.
+fn read_path(mem: &GuestMemoryMmap, root: u64, va: u64) -> u64 {
+    let mut table = root;
+    for shift in [39, 30, 21, 12] {
+        let slice = mem.get_slice(GuestAddress(table), 4096).unwrap();
+        let index = ((va >> shift) & 0x1ff) as usize;
+        let entry: u64 = slice.load(index * 8, Ordering::Relaxed).unwrap();
+        table = entry & 0x000f_ffff_ffff_f000;
+    }
+    table | (va & 0xfff)
+}
+
+fn hostile_alias_budget(c: &mut Criterion) {
+    let t = build_alias();
+    let run = || {
+        let mut v = LevelCounter::new(Callbacks::PTE);
+        let r = walk(&t.mem, &t.ctx, Gva(0)..=Gva(u64::MAX), &mut v);
+        match r {
+            Err(WalkError::BudgetExhausted { level, .. }) => (v.count, level),
+            other => panic!("expected the budget to run out, got {other:?}"),
+        }
+    };
+    let (leaves, level) = run();
+    eprintln!(
+        "hostile_alias_budget: {leaves} PTEs visited before the budget ran out (at {level}, {} aliased tables)",
+        t.tables.len()
+    );
+    assert_eq!(level, Level::Pte);
+    let mut g = c.benchmark_group("hostile");
+    g.sample_size(10);
+    g.bench_function("hostile_alias_budget", |bench| {
+        bench.iter_batched(|| (), |()| black_box(run()), BatchSize::PerIteration)
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    full_walk_4k,
+    walk_2m,
+    translate_random,
+    hostile_alias_budget
+);
+criterion_main!(benches);
