@@ -1,27 +1,108 @@
 //! Helpers shared by the integration tests that boot guests on KVM.
 
-/// Whether KVM is required: when `GUESTWALK_REQUIRE_KVM=1`, a test that cannot open
-/// `/dev/kvm` fails instead of skipping.
-pub fn kvm_required() -> bool {
-    std::env::var("GUESTWALK_REQUIRE_KVM").is_ok_and(|v| v == "1")
+use std::time::Duration;
+
+use vmm::{Console, Descriptor, ExitOutcome, GuestMode, Vm, VmConfig, VmEvent, build_vm};
+
+pub use vmm::test_support::{kvm_available, kvm_required};
+
+/// How long a test waits for each guest event.
+pub const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Guest RAM of the test VMs: 64 MiB (the built-in guest needs 32), so that hashing all
+/// of RAM around every walk stays cheap.
+pub fn test_memory() -> vmm::MemorySize {
+    vmm::MemorySize::from_bytes(64 << 20).unwrap_or_default()
 }
 
-/// Returns `true` when `/dev/kvm` can be opened. Without it, a test skips with a printed
-/// reason, or panics when [`kvm_required`] says KVM must be there.
-pub fn kvm_available(test: &str) -> bool {
-    match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        Ok(_) => true,
-        Err(e) => {
-            assert!(
-                !kvm_required(),
-                "{test}: GUESTWALK_REQUIRE_KVM=1 but /dev/kvm cannot be opened: {e}"
-            );
-            eprintln!("{test}: skipped: /dev/kvm cannot be opened ({e})");
-            false
+/// A hash of all guest RAM, to prove a walk wrote nothing (FNV-style over 64-bit words).
+pub fn hash_ram(vm: &Vm) -> u64 {
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+    let mem = vm.guest_memory();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut buf = vec![0u8; 1 << 20];
+    for region in mem.iter() {
+        let mut off = 0;
+        while off < region.len() {
+            let n = (region.len() - off).min(buf.len() as u64) as usize;
+            let addr = GuestAddress(region.start_addr().0 + off);
+            if let Err(e) = mem.read_slice(&mut buf[..n], addr) {
+                panic!("cannot read guest RAM at {addr:?}: {e}");
+            }
+            for word in buf[..n].chunks_exact(8) {
+                let mut w = [0u8; 8];
+                w.copy_from_slice(word);
+                h = (h ^ u64::from_le_bytes(w)).wrapping_mul(0x0000_0100_0000_01b3);
+            }
+            off += n as u64;
         }
     }
+    h
+}
+
+/// Boots the built-in guest with a captured console.
+pub fn boot(mode: GuestMode, vcpus: u8) -> (Vm, Console) {
+    let console = Console::capture();
+    let config = VmConfig {
+        mode,
+        vcpus,
+        console: console.clone(),
+        memory: test_memory(),
+    };
+    match build_vm(&config) {
+        Ok(vm) => (vm, console),
+        Err(e) => panic!("cannot boot the built-in guest ({mode:?}): {e}"),
+    }
+}
+
+/// Waits for READY and parses the descriptor.
+pub fn ready(vm: &Vm, console: &Console) -> Descriptor {
+    let gpa = match vm.wait_ready(TIMEOUT) {
+        Ok(gpa) => gpa,
+        Err(e) => panic!(
+            "no READY: {e}\nconsole:\n{}",
+            String::from_utf8_lossy(&console.captured())
+        ),
+    };
+    match Descriptor::read(vm.guest_memory(), gpa) {
+        Ok(descriptor) => descriptor,
+        Err(e) => panic!("invalid descriptor at {gpa:?}: {e}"),
+    }
+}
+
+/// Waits for the next heartbeat; panics if the guest stops.
+pub fn next_heartbeat(vm: &Vm) -> u64 {
+    loop {
+        match vm.wait_event(TIMEOUT) {
+            Ok(VmEvent::Heartbeat { iteration }) => return iteration,
+            Ok(VmEvent::VcpuStopped { stop, .. }) => panic!("guest stopped while running: {stop}"),
+            Ok(_) => {}
+            Err(e) => panic!("no heartbeat: {e}"),
+        }
+    }
+}
+
+/// The address space (0 or 1) whose CR3 the vCPU has loaded.
+pub fn space_of(descriptor: &Descriptor, cr3: u64) -> u8 {
+    match descriptor.cr3.iter().position(|c| *c == cr3) {
+        Some(space) => space as u8,
+        None => panic!("vCPU CR3 {cr3:#x} is neither of {:#x?}", descriptor.cr3),
+    }
+}
+
+/// Sends FINISH and asserts the guest reports success.
+pub fn finish(vm: &Vm, console: &Console) {
+    vm.finish();
+    match vm.wait(TIMEOUT) {
+        Ok(ExitOutcome::Done { status: 0 }) => {}
+        other => panic!(
+            "guest did not finish cleanly: {other:?}\nconsole:\n{}",
+            String::from_utf8_lossy(&console.captured())
+        ),
+    }
+    let output = String::from_utf8_lossy(&console.captured()).into_owned();
+    assert!(
+        output.contains("READY") && output.contains("DONE"),
+        "{output}"
+    );
 }

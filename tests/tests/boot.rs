@@ -2,64 +2,14 @@
 //! FINISH, DONE; hostile and triple-fault modes; several vCPUs.
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
-use guestwalk_tests::kvm_available;
+use guestwalk_tests::{TIMEOUT, boot, finish, kvm_available, next_heartbeat, ready, space_of};
 use vm_memory::{Bytes, GuestAddress};
 use vmm::arch::x86_64::layout;
 use vmm::exit::VcpuStop;
 use vmm::guest::{Run, RunLevel};
-use vmm::{Console, Descriptor, ExitOutcome, GuestMode, Vm, VmConfig, VmError, VmEvent, build_vm};
+use vmm::{Descriptor, ExitOutcome, GuestMode, Vm, VmError};
 use walker::Gva;
-
-const TIMEOUT: Duration = Duration::from_secs(20);
-
-fn boot(mode: GuestMode, vcpus: u8) -> (Vm, Console) {
-    let console = Console::capture();
-    let config = VmConfig {
-        mode,
-        vcpus,
-        console: console.clone(),
-        ..VmConfig::default()
-    };
-    match build_vm(&config) {
-        Ok(vm) => (vm, console),
-        Err(e) => panic!("cannot boot the built-in guest ({mode:?}): {e}"),
-    }
-}
-
-fn ready(vm: &Vm, console: &Console) -> Descriptor {
-    let gpa = match vm.wait_ready(TIMEOUT) {
-        Ok(gpa) => gpa,
-        Err(e) => panic!(
-            "no READY: {e}\nconsole:\n{}",
-            String::from_utf8_lossy(&console.captured())
-        ),
-    };
-    match Descriptor::read(vm.guest_memory(), gpa) {
-        Ok(descriptor) => descriptor,
-        Err(e) => panic!("invalid descriptor at {gpa:?}: {e}"),
-    }
-}
-
-fn next_heartbeat(vm: &Vm) -> u64 {
-    loop {
-        match vm.wait_event(TIMEOUT) {
-            Ok(VmEvent::Heartbeat { iteration }) => return iteration,
-            Ok(VmEvent::VcpuStopped { stop, .. }) => panic!("guest stopped while running: {stop}"),
-            Ok(_) => {}
-            Err(e) => panic!("no heartbeat: {e}"),
-        }
-    }
-}
-
-/// The address space (0 or 1) whose CR3 the vCPU has loaded.
-fn space_of(descriptor: &Descriptor, cr3: u64) -> u8 {
-    match descriptor.cr3.iter().position(|c| *c == cr3) {
-        Some(space) => space as u8,
-        None => panic!("vCPU CR3 {cr3:#x} is neither of {:#x?}", descriptor.cr3),
-    }
-}
 
 /// Non-present entries the built-in guest leaves on purpose (guest.S): a PTE, a PDE,
 /// a PDPTE and a PML4E.
@@ -224,22 +174,6 @@ fn check_descriptor_is_exact(
             }
         }
     }
-}
-
-fn finish(vm: &Vm, console: &Console) {
-    vm.finish();
-    match vm.wait(TIMEOUT) {
-        Ok(ExitOutcome::Done { status: 0 }) => {}
-        other => panic!(
-            "guest did not finish cleanly: {other:?}\nconsole:\n{}",
-            String::from_utf8_lossy(&console.captured())
-        ),
-    }
-    let output = String::from_utf8_lossy(&console.captured()).into_owned();
-    assert!(
-        output.contains("READY") && output.contains("DONE"),
-        "{output}"
-    );
 }
 
 #[test]

@@ -5,7 +5,9 @@ use std::sync::{Arc, Mutex};
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::arch::x86_64::cpuid::{CpuidEntry, guest_cpuid, has_nx};
+use crate::arch::x86_64::cpuid::{
+    CpuidEntry, PagingFeatures, guest_cpuid, has_nx, paging_features,
+};
 use crate::arch::x86_64::layout;
 use crate::arch::x86_64::regs::{self, BOOT_GDT};
 use crate::devices::{Console, DebugControl, DebugPort, IoBus, SerialDevice, UnhandledAccesses};
@@ -127,7 +129,8 @@ pub fn build_vm(config: &VmConfig) -> Result<Vm, BuildError> {
     let vcpus = (0..config.vcpus)
         .map(|index| create_vcpu(&kvm_vm, index, &supported_cpuid, pvm, config))
         .collect::<Result<Vec<_>, _>>()?;
-    start(kvm_vm, memory, vcpus, config)
+    let paging = paging_features(&guest_cpuid(&supported_cpuid, 0, pvm));
+    start(kvm_vm, memory, vcpus, paging, config)
 }
 
 /// Writes the boot GDT, the empty IDT and the identity page tables for [0, 1 GiB).
@@ -199,6 +202,7 @@ fn start(
     kvm_vm: KvmVm,
     memory: GuestMemoryMmap,
     vcpus: Vec<KvmVcpu>,
+    paging: PagingFeatures,
     config: &VmConfig,
 ) -> Result<Vm, BuildError> {
     let (events_tx, events) = channel::<VmEvent>();
@@ -214,6 +218,7 @@ fn start(
         outcome: Default::default(),
         kvm_vm,
         memory,
+        paging,
     };
     for (index, vcpu) in (0u8..).zip(vcpus) {
         let (requests_tx, requests) = channel();

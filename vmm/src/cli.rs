@@ -1,22 +1,29 @@
-//! Command-line interface: `vmm run` (more subcommands, such as `walk`, `translate`
-//! and `inspect`, fit in as further [`Command`] variants).
+//! Command-line interface: `vmm run`, `vmm walk`, `vmm translate` and `vmm inspect`.
 //!
-//! Exit status of `vmm run`: 0 when the guest reports success; the guest's DONE
-//! status (clamped to 1..=99) when it reports a failure; [`EXIT_VM_FAILURE`] when
-//! the VM dies (triple fault, KVM internal error, halt without DONE);
-//! [`EXIT_VMM_ERROR`] when the VMM itself fails; 2 for bad command-line syntax.
+//! Exit status: 0 when everything worked and the guest reported success; the guest's DONE
+//! status (clamped to 1..=99) when it reports a failure; [`EXIT_WALK_INCOMPLETE`] when a
+//! walk stopped early (its entry budget ran out); [`EXIT_VM_FAILURE`] when the VM dies
+//! (triple fault, KVM internal error, halt without DONE); [`EXIT_VMM_ERROR`] when the VMM
+//! itself fails; 2 for bad command-line syntax.
 
+use std::collections::BTreeSet;
+use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use vm_memory::GuestMemoryBackend;
+use vmm::introspect::{Format, PrintError, VaRange, parse_hex, print_walk, translation_line};
 use vmm::{
     Console, Descriptor, ExitOutcome, GuestMode, MemorySize, Vm, VmConfig, VmError, VmEvent,
-    build_vm,
+    build_vm, memfile,
 };
+use walker::{ControlRegisters, Granularity, Gva, PagingContext, WalkOptions};
 
+/// Exit status when a walk stopped before the end of its range.
+pub const EXIT_WALK_INCOMPLETE: u8 = 3;
 /// Exit status when the VM dies without the guest reporting DONE.
 pub const EXIT_VM_FAILURE: u8 = 100;
 /// Exit status when the VMM itself fails.
@@ -37,11 +44,19 @@ pub enum Command {
     /// Boot a guest, print its console on stdout, wait for READY, let it run, send
     /// FINISH and exit with its status.
     Run(RunArgs),
+    /// Boot a guest, wait until it is ready, pause it, walk the page tables of a vCPU's
+    /// CR3 (or of every address space), print them, then let the guest finish.
+    Walk(WalkArgs),
+    /// Boot a guest, pause it when ready, and translate virtual addresses through its
+    /// page tables (checked against KVM_TRANSLATE).
+    Translate(TranslateArgs),
+    /// Walk page tables in a raw guest-physical memory file (byte N = GPA N), offline.
+    Inspect(InspectArgs),
 }
 
-/// Arguments of `vmm run`.
+/// How to boot the guest (shared by `run`, `walk` and `translate`).
 #[derive(Debug, clap::Args)]
-pub struct RunArgs {
+pub struct BootArgs {
     /// Guest RAM, e.g. 512M, 2G (K/M/G/T are powers of 1024).
     #[arg(long, default_value = "512M", value_parser = parse_memory)]
     pub memory: MemorySize,
@@ -54,29 +69,168 @@ pub struct RunArgs {
     /// Boot this kernel instead of the built-in guest (not yet supported).
     #[arg(long, value_name = "PATH")]
     pub kernel: Option<PathBuf>,
+    /// Seconds to wait for each phase (READY, heartbeats, DONE).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub timeout: u64,
+}
+
+/// Arguments of `vmm run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// How to boot.
+    #[command(flatten)]
+    pub boot: BootArgs,
     /// Heartbeats to wait for after READY before sending FINISH.
     #[arg(long, default_value_t = 3)]
     pub heartbeats: u32,
-    /// Seconds to wait for each phase (READY, heartbeats, DONE).
-    #[arg(long, default_value_t = 30)]
-    pub timeout: u64,
+}
+
+/// When to pause a booted guest.
+#[derive(Debug, clap::Args)]
+pub struct PauseArgs {
+    /// Pause when the guest's console output contains MARKER (instead of the built-in
+    /// guest's READY event).
+    #[arg(long, value_name = "MARKER", conflicts_with = "after")]
+    pub at_serial: Option<String>,
+    /// Pause DURATION after boot (e.g. 500ms, 2s), instead of at READY.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub after: Option<Duration>,
+    /// The vCPU whose CR3 is walked.
+    #[arg(long, default_value_t = 0)]
+    pub vcpu: usize,
+}
+
+/// What to walk and how to print it (shared by `walk` and `inspect`).
+#[derive(Debug, clap::Args)]
+pub struct WalkOutputArgs {
+    /// Virtual range START-END (hex, END exclusive; an empty END means the top).
+    #[arg(long, value_name = "START-END", default_value = "0-")]
+    pub range: VaRange,
+    /// Split 2 MiB and 1 GiB leaves into 4 KiB shadow leaves.
+    #[arg(long)]
+    pub pte_level: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// The most page-table entries one walk may read before it stops.
+    #[arg(long, default_value_t = walker::DEFAULT_ENTRY_BUDGET, value_parser = clap::value_parser!(u64).range(1..))]
+    pub budget: u64,
+}
+
+/// Arguments of `vmm walk`.
+#[derive(Debug, clap::Args)]
+pub struct WalkArgs {
+    /// How to boot.
+    #[command(flatten)]
+    pub boot: BootArgs,
+    /// When to pause.
+    #[command(flatten)]
+    pub pause: PauseArgs,
+    /// Walk every address space: each vCPU's CR3 and every CR3 the built-in guest lists.
+    #[arg(long)]
+    pub all_address_spaces: bool,
+    /// What to print.
+    #[command(flatten)]
+    pub output: WalkOutputArgs,
+    /// Also write guest RAM, while paused, to this raw memory file (for `vmm inspect`).
+    #[arg(long, value_name = "PATH")]
+    pub dump_memory: Option<PathBuf>,
+}
+
+/// Arguments of `vmm translate`.
+#[derive(Debug, clap::Args)]
+pub struct TranslateArgs {
+    /// How to boot.
+    #[command(flatten)]
+    pub boot: BootArgs,
+    /// When to pause.
+    #[command(flatten)]
+    pub pause: PauseArgs,
+    /// Output format (text or json).
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Virtual addresses (hex).
+    #[arg(required = true, value_name = "GVA", value_parser = parse_gva)]
+    pub addresses: Vec<Gva>,
+}
+
+/// Arguments of `vmm inspect`.
+#[derive(Debug, clap::Args)]
+pub struct InspectArgs {
+    /// Raw guest-physical memory file (byte N is GPA N).
+    #[arg(long, value_name = "FILE")]
+    pub memory: PathBuf,
+    /// CR3 of the address space (hex).
+    #[arg(long, value_parser = parse_hex_arg)]
+    pub cr3: u64,
+    /// CR4 (hex); default: PAE and PGE (4-level paging). Set bit 12 for 5-level paging.
+    #[arg(long, value_parser = parse_hex_arg)]
+    pub cr4: Option<u64>,
+    /// EFER (hex); default: LME, LMA and NXE.
+    #[arg(long, value_parser = parse_hex_arg)]
+    pub efer: Option<u64>,
+    /// CR0 (hex); default: PE, WP and PG.
+    #[arg(long, value_parser = parse_hex_arg)]
+    pub cr0: Option<u64>,
+    /// MAXPHYADDR of the guest's CPU.
+    #[arg(long, default_value_t = 52, value_parser = clap::value_parser!(u8).range(36..=52))]
+    pub maxphyaddr: u8,
+    /// The guest's CPU has no 1 GiB pages (PS in a PUD is then a reserved bit).
+    #[arg(long)]
+    pub no_gbpages: bool,
+    /// What to print.
+    #[command(flatten)]
+    pub output: WalkOutputArgs,
 }
 
 fn parse_memory(text: &str) -> Result<MemorySize, String> {
     text.parse::<MemorySize>().map_err(|e| e.to_string())
 }
 
+fn parse_hex_arg(text: &str) -> Result<u64, String> {
+    parse_hex(text).ok_or_else(|| format!("{text:?} is not a hexadecimal number"))
+}
+
+fn parse_gva(text: &str) -> Result<Gva, String> {
+    parse_hex_arg(text).map(Gva)
+}
+
+/// Parses `500ms`, `2s`, `1.5s` or `1m`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration such as 500ms, 2s or 1m"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" | "" => value,
+        "m" => value * 60.0,
+        _ => return Err(format!("{text:?}: unknown unit {unit:?} (use ms, s or m)")),
+    };
+    if !(0.0..=86_400.0).contains(&seconds) {
+        return Err(format!("{text:?} is out of range (0 to 24 hours)"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => run_guest(&args),
+        Command::Walk(args) => walk_guest(&args),
+        Command::Translate(args) => translate_guest(&args),
+        Command::Inspect(args) => inspect_file(&args),
     }
 }
 
-fn run_guest(args: &RunArgs) -> anyhow::Result<ExitCode> {
+fn boot(args: &BootArgs, console: Console) -> anyhow::Result<Vm> {
     if let Some(kernel) = &args.kernel {
         bail!(
-            "--kernel {} is not yet supported: `vmm run` can only boot the built-in guest for now",
+            "--kernel {} is not yet supported: the VMM can only boot the built-in guest for now",
             kernel.display()
         );
     }
@@ -84,11 +238,15 @@ fn run_guest(args: &RunArgs) -> anyhow::Result<ExitCode> {
         memory: args.memory,
         vcpus: args.vcpus,
         mode: args.mode,
-        console: Console::Stdout,
+        console,
     };
-    let timeout = Duration::from_secs(args.timeout);
+    build_vm(&config).context("cannot start the VM")
+}
+
+fn run_guest(args: &RunArgs) -> anyhow::Result<ExitCode> {
+    let timeout = Duration::from_secs(args.boot.timeout);
     let started = Instant::now();
-    let vm = build_vm(&config).context("cannot start the VM")?;
+    let vm = boot(&args.boot, Console::Stdout)?;
     let descriptor = match vm.wait_ready(timeout) {
         Ok(descriptor) => descriptor,
         Err(VmError::StoppedBeforeReady(outcome)) => return Ok(report(&outcome)),
@@ -113,6 +271,11 @@ fn run_guest(args: &RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(outcome) = wait_heartbeats(&vm, args.heartbeats, timeout)? {
         return Ok(report(&outcome));
     }
+    finish(&vm, timeout)
+}
+
+/// Sends FINISH and reports how the guest ended.
+fn finish(vm: &Vm, timeout: Duration) -> anyhow::Result<ExitCode> {
     vm.finish();
     let outcome = vm
         .wait(timeout)
@@ -153,6 +316,235 @@ fn report(outcome: &ExitOutcome) -> ExitCode {
     }
 }
 
+/// A booted guest, paused at the moment asked for.
+struct Paused {
+    vm: Vm,
+    states: Vec<vmm::VcpuState>,
+    descriptor: Option<Descriptor>,
+}
+
+/// Boots, waits for READY (or the marker, or the delay), and pauses every vCPU.
+/// Returns the outcome instead if the guest ends first.
+fn boot_and_pause(
+    boot_args: &BootArgs,
+    pause: &PauseArgs,
+) -> anyhow::Result<Result<Paused, ExitOutcome>> {
+    let timeout = Duration::from_secs(boot_args.timeout);
+    let console = Console::stderr();
+    let started = Instant::now();
+    let vm = boot(boot_args, console.clone())?;
+    if pause.vcpu >= vm.vcpu_count() {
+        bail!(
+            "--vcpu {} does not exist: the VM has {} vCPU(s)",
+            pause.vcpu,
+            vm.vcpu_count()
+        );
+    }
+    let mut descriptor = None;
+    if let Some(marker) = &pause.at_serial {
+        while !console.contains(marker.as_bytes()) {
+            if let Some(outcome) = vm.outcome() {
+                return Ok(Err(outcome));
+            }
+            if started.elapsed() > timeout {
+                bail!("the guest did not print {marker:?} within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    } else if let Some(delay) = pause.after {
+        std::thread::sleep(delay);
+        if let Some(outcome) = vm.outcome() {
+            return Ok(Err(outcome));
+        }
+    } else {
+        let gpa = match vm.wait_ready(timeout) {
+            Ok(gpa) => gpa,
+            Err(VmError::StoppedBeforeReady(outcome)) => return Ok(Err(*outcome)),
+            Err(e) => return Err(e).context("waiting for the guest to report READY"),
+        };
+        match Descriptor::read(vm.guest_memory(), gpa) {
+            Ok(d) => descriptor = Some(d),
+            Err(e) => eprintln!("vmm: warning: the guest's descriptor is invalid: {e}"),
+        }
+    }
+    let states = vm.pause().context("pausing the vCPUs")?;
+    eprintln!(
+        "vmm: paused {} vCPU(s) {:.1?} after start",
+        states.len(),
+        started.elapsed()
+    );
+    Ok(Ok(Paused {
+        vm,
+        states,
+        descriptor,
+    }))
+}
+
+fn walk_guest(args: &WalkArgs) -> anyhow::Result<ExitCode> {
+    let timeout = Duration::from_secs(args.boot.timeout);
+    let p = match boot_and_pause(&args.boot, &args.pause)? {
+        Ok(p) => p,
+        Err(outcome) => return Ok(report(&outcome)),
+    };
+    let state = &p.states[args.pause.vcpu];
+    // The address spaces: (label, CR3).
+    let mut spaces: Vec<(String, u64)> = vec![(format!("vcpu {}", args.pause.vcpu), state.cr3)];
+    if args.all_address_spaces {
+        let mut seen: BTreeSet<u64> = BTreeSet::from([state.cr3 & !0xfff]);
+        for s in &p.states {
+            if seen.insert(s.cr3 & !0xfff) {
+                spaces.push((format!("vcpu {}", s.index), s.cr3));
+            }
+        }
+        if let Some(d) = &p.descriptor {
+            for (i, cr3) in d.cr3.iter().take(d.space_count as usize).enumerate() {
+                if seen.insert(cr3 & !0xfff) {
+                    spaces.push((format!("guest address space {i}"), *cr3));
+                }
+            }
+        }
+    }
+    if let Some(path) = &args.dump_memory {
+        memfile::dump(p.vm.guest_memory(), path)?;
+        eprintln!("vmm: guest RAM written to {}", path.display());
+    }
+    let mut incomplete = false;
+    for (label, cr3) in &spaces {
+        let ctx =
+            p.vm.paging_context(state, Some(*cr3))
+                .with_context(|| format!("cannot walk {label}"))?;
+        if !walk_one(p.vm.guest_memory(), &ctx, label, &args.output)? {
+            incomplete = true;
+        }
+    }
+    p.vm.resume().context("resuming the vCPUs")?;
+    let code = finish(&p.vm, timeout)?;
+    Ok(if incomplete && code == ExitCode::SUCCESS {
+        ExitCode::from(EXIT_WALK_INCOMPLETE)
+    } else {
+        code
+    })
+}
+
+/// Prints one address space. Returns whether the walk covered the whole range.
+fn walk_one<M: GuestMemoryBackend>(
+    mem: &M,
+    ctx: &PagingContext,
+    label: &str,
+    output: &WalkOutputArgs,
+) -> anyhow::Result<bool> {
+    let granularity = if output.pte_level {
+        Granularity::Split4K
+    } else {
+        Granularity::AsMapped
+    };
+    let stdout = io::stdout();
+    let mut out = io::BufWriter::new(stdout.lock());
+    if output.format != Format::Json {
+        writeln!(
+            out,
+            "# address space of {label}: CR3 {:#x}, {:?} paging",
+            ctx.registers().cr3,
+            ctx.mode()
+        )?;
+    }
+    let started = Instant::now();
+    let result = print_walk(
+        mem,
+        ctx,
+        &output.range,
+        granularity,
+        output.format,
+        WalkOptions {
+            entry_budget: output.budget,
+        },
+        &mut out,
+    );
+    out.flush()?;
+    match result {
+        Ok(s) => {
+            eprintln!(
+                "vmm: {label}: {} leaves, {} bad entries; read {} entries in {} tables, split {} 2M and {} 1G leaves, in {:.2?}",
+                s.leaves,
+                s.bad,
+                s.stats.entries_read,
+                s.stats.tables_read,
+                s.stats.split_2m,
+                s.stats.split_1g,
+                started.elapsed()
+            );
+            Ok(true)
+        }
+        Err(PrintError::Budget(msg)) => {
+            eprintln!("vmm: {label}: walk incomplete: {msg}");
+            Ok(false)
+        }
+        Err(PrintError::Io(e)) => Err(e).context("writing the walk"),
+    }
+}
+
+fn translate_guest(args: &TranslateArgs) -> anyhow::Result<ExitCode> {
+    let timeout = Duration::from_secs(args.boot.timeout);
+    let p = match boot_and_pause(&args.boot, &args.pause)? {
+        Ok(p) => p,
+        Err(outcome) => return Ok(report(&outcome)),
+    };
+    let state = &p.states[args.pause.vcpu];
+    let ctx =
+        p.vm.paging_context(state, None)
+            .context("cannot translate")?;
+    let mut out = io::stdout().lock();
+    for gva in &args.addresses {
+        let ours = walker::translate(p.vm.guest_memory(), &ctx, *gva);
+        let line = translation_line(*gva, &ours, args.format);
+        let kvm =
+            p.vm.translate(args.pause.vcpu, *gva)
+                .context("KVM_TRANSLATE")?;
+        let agrees = match &ours {
+            Ok(t) => kvm.valid && kvm.gpa == t.gpa,
+            Err(_) => !kvm.valid,
+        };
+        let kvm_text = if kvm.valid {
+            format!("{:#x}", kvm.gpa.0)
+        } else {
+            "invalid".to_owned()
+        };
+        if args.format == Format::Json {
+            writeln!(out, "{line}")?;
+        } else {
+            writeln!(
+                out,
+                "{line} (KVM_TRANSLATE: {kvm_text}, {})",
+                if agrees { "agrees" } else { "DISAGREES" }
+            )?;
+        }
+    }
+    drop(out);
+    p.vm.resume().context("resuming the vCPUs")?;
+    finish(&p.vm, timeout)
+}
+
+fn inspect_file(args: &InspectArgs) -> anyhow::Result<ExitCode> {
+    let mem = memfile::open(&args.memory)?;
+    let defaults = ControlRegisters::long_mode(args.cr3);
+    let regs = ControlRegisters {
+        cr0: args.cr0.unwrap_or(defaults.cr0),
+        cr3: args.cr3,
+        cr4: args.cr4.unwrap_or(defaults.cr4),
+        efer: args.efer.unwrap_or(defaults.efer),
+    };
+    let ctx = PagingContext::new(regs)
+        .and_then(|c| c.with_phys_addr_bits(args.maxphyaddr))
+        .map(|c| c.with_gbpages(!args.no_gbpages))
+        .context("the registers given do not describe 4- or 5-level paging")?;
+    let label = args.memory.display().to_string();
+    Ok(if walk_one(&mem, &ctx, &label, &args.output)? {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_WALK_INCOMPLETE)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,24 +558,87 @@ mod tests {
         else {
             panic!("`vmm run` did not parse: {cli:?}");
         };
-        assert_eq!(args.memory, MemorySize::default());
-        assert_eq!(args.vcpus, 1);
-        assert_eq!(args.mode, GuestMode::Normal);
+        assert_eq!(args.boot.memory, MemorySize::default());
+        assert_eq!(args.boot.vcpus, 1);
+        assert_eq!(args.boot.mode, GuestMode::Normal);
     }
 
     #[test]
     fn rejects_bad_input_naming_it() {
-        let err = Cli::try_parse_from(["vmm", "run", "--memory", "12Q"])
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
-        assert!(err.contains("12Q") && err.contains("--memory"), "{err}");
-        let err = Cli::try_parse_from(["vmm", "run", "--vcpus", "0"])
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
-        assert!(err.contains("--vcpus"), "{err}");
-        let parsed = Cli::try_parse_from(["vmm", "run", "--mode", "triple-fault"]);
-        assert!(parsed.is_ok());
+        let err = |args: &[&str]| {
+            Cli::try_parse_from(args)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        let e = err(&["vmm", "run", "--memory", "12Q"]);
+        assert!(e.contains("12Q") && e.contains("--memory"), "{e}");
+        assert!(err(&["vmm", "run", "--vcpus", "0"]).contains("--vcpus"));
+        let e = err(&["vmm", "walk", "--range", "0x2000-0x1000"]);
+        assert!(
+            e.contains("--range") && e.contains("END must be above START"),
+            "{e}"
+        );
+        let e = err(&["vmm", "walk", "--after", "5 parsecs"]);
+        assert!(e.contains("--after"), "{e}");
+        let e = err(&["vmm", "inspect", "--memory", "m.raw", "--cr3", "xyz"]);
+        assert!(e.contains("--cr3") && e.contains("xyz"), "{e}");
+        let e = err(&[
+            "vmm",
+            "inspect",
+            "--memory",
+            "m.raw",
+            "--cr3",
+            "0x1000",
+            "--maxphyaddr",
+            "60",
+        ]);
+        assert!(e.contains("--maxphyaddr"), "{e}");
+        assert!(err(&["vmm", "translate"]).contains("GVA"));
+        let e = err(&["vmm", "walk", "--after", "1s", "--at-serial", "x"]);
+        assert!(e.contains("cannot be used with"), "{e}");
+        assert!(Cli::try_parse_from(["vmm", "run", "--mode", "triple-fault"]).is_ok());
+    }
+
+    #[test]
+    fn parses_walk_and_inspect() {
+        let cli = Cli::try_parse_from([
+            "vmm",
+            "walk",
+            "--range",
+            "0x1000-",
+            "--pte-level",
+            "--format",
+            "json",
+            "--after",
+            "250ms",
+        ])
+        .unwrap();
+        let Command::Walk(w) = cli.command else {
+            panic!("not a walk")
+        };
+        assert_eq!(w.output.range, VaRange(Gva(0x1000)..=Gva(u64::MAX)));
+        assert!(w.output.pte_level);
+        assert_eq!(w.output.format, Format::Json);
+        assert_eq!(w.pause.after, Some(Duration::from_millis(250)));
+        let cli =
+            Cli::try_parse_from(["vmm", "translate", "0x4000_0000", "ffff888000000000"]).unwrap();
+        let Command::Translate(t) = cli.command else {
+            panic!("not a translate")
+        };
+        assert_eq!(
+            t.addresses,
+            vec![Gva(0x4000_0000), Gva(0xffff_8880_0000_0000)]
+        );
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("1h").is_err());
+        assert!(parse_duration("9999999m").is_err());
     }
 }

@@ -7,6 +7,8 @@
 //!   addresses with `KVM_TRANSLATE`, gives access to guest memory, and reports guest
 //!   events ([`events::VmEvent`]) from the debug port ([`devices::debug_port`]).
 //! - [`guest::Descriptor`] parses what the guest says it mapped.
+//! - [`introspect`] prints a guest's address spaces with the walker (live or from a
+//!   memory file, [`memfile`]).
 //!
 //! Only [`kvm`] contains `unsafe` code or raw KVM types.
 
@@ -18,8 +20,11 @@ pub mod devices;
 pub mod events;
 pub mod exit;
 pub mod guest;
+pub mod introspect;
 pub mod kvm;
+pub mod memfile;
 pub mod memory;
+pub mod test_support;
 pub mod vcpu;
 pub mod vm;
 

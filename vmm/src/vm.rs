@@ -8,8 +8,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use vm_memory::{GuestAddress, GuestMemoryMmap};
-use walker::Gva;
+use walker::{ContextError, ControlRegisters, Gva, PagingContext};
 
+use crate::arch::x86_64::cpuid::PagingFeatures;
 use crate::arch::x86_64::regs::RegisterDump;
 use crate::devices::debug_port::COMMAND_FINISH;
 use crate::devices::{DebugControl, UnhandledAccesses, UnhandledCounts};
@@ -173,6 +174,7 @@ pub struct Vm {
     pub(crate) outcome: std::sync::Mutex<Option<ExitOutcome>>,
     pub(crate) kvm_vm: KvmVm,
     pub(crate) memory: GuestMemoryMmap,
+    pub(crate) paging: PagingFeatures,
 }
 
 impl Vm {
@@ -180,6 +182,27 @@ impl Vm {
     /// single `load`s of naturally aligned values to avoid torn reads).
     pub fn guest_memory(&self) -> &GuestMemoryMmap {
         &self.memory
+    }
+
+    /// What the guest's CPUID says about paging.
+    pub fn paging_features(&self) -> PagingFeatures {
+        self.paging
+    }
+
+    /// How the walker must read the tables of a vCPU in `state`, with its own CR3 or
+    /// another root `cr3` (another address space of the same guest).
+    pub fn paging_context(
+        &self,
+        state: &VcpuState,
+        cr3: Option<u64>,
+    ) -> Result<PagingContext, ContextError> {
+        let mut regs = ControlRegisters::from(state);
+        if let Some(cr3) = cr3 {
+            regs.cr3 = cr3;
+        }
+        Ok(PagingContext::new(regs)?
+            .with_phys_addr_bits(self.paging.phys_addr_bits)?
+            .with_gbpages(self.paging.gbpages))
     }
 
     /// Number of vCPUs.

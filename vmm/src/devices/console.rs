@@ -11,7 +11,14 @@ pub enum Console {
     Stdout,
     /// A shared in-memory buffer.
     Captured(Arc<Mutex<Vec<u8>>>),
+    /// The VMM's standard error (so that standard output stays for the VMM's own output,
+    /// such as a walk), also keeping the last [`TAIL_BYTES`] in a buffer so the VMM can
+    /// wait for a marker the guest prints.
+    Stderr(Arc<Mutex<Vec<u8>>>),
 }
+
+/// How much recent output [`Console::Stderr`] keeps for marker searches.
+pub const TAIL_BYTES: usize = 64 * 1024;
 
 impl Console {
     /// A console that captures into a new buffer; read it with [`Console::captured`].
@@ -33,14 +40,42 @@ impl Console {
                     buffer.extend_from_slice(bytes);
                 }
             }
+            Self::Stderr(tail) => {
+                let mut err = io::stderr().lock();
+                let _ = err.write_all(bytes);
+                let _ = err.flush();
+                if let Ok(mut tail) = tail.lock() {
+                    tail.extend_from_slice(bytes);
+                    let excess = tail.len().saturating_sub(TAIL_BYTES);
+                    tail.drain(..excess);
+                }
+            }
         }
     }
 
-    /// The captured output so far (empty for [`Console::Stdout`]).
+    /// A console on standard error that keeps a tail of the output.
+    pub fn stderr() -> Self {
+        Self::Stderr(Arc::default())
+    }
+
+    /// Whether the captured output (or the kept tail) contains `marker`.
+    pub fn contains(&self, marker: &[u8]) -> bool {
+        let find =
+            |buf: &Vec<u8>| marker.is_empty() || buf.windows(marker.len()).any(|w| w == marker);
+        match self {
+            Self::Stdout => false,
+            Self::Captured(buffer) | Self::Stderr(buffer) => buffer.lock().is_ok_and(|b| find(&b)),
+        }
+    }
+
+    /// The captured output so far (the kept tail for [`Console::Stderr`], empty for
+    /// [`Console::Stdout`]).
     pub fn captured(&self) -> Vec<u8> {
         match self {
             Self::Stdout => Vec::new(),
-            Self::Captured(buffer) => buffer.lock().map(|b| b.clone()).unwrap_or_default(),
+            Self::Captured(buffer) | Self::Stderr(buffer) => {
+                buffer.lock().map(|b| b.clone()).unwrap_or_default()
+            }
         }
     }
 }
@@ -57,5 +92,21 @@ impl Write for ConsoleWriter {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stderr_console_keeps_a_bounded_tail() {
+        let c = Console::stderr();
+        c.write_bytes(b"booting...\nMARK");
+        assert!(c.contains(b"MARK"));
+        assert!(!c.contains(b"absent"));
+        c.write_bytes(&vec![b'.'; TAIL_BYTES]);
+        assert_eq!(c.captured().len(), TAIL_BYTES);
+        assert!(!c.contains(b"MARK"), "old output falls out of the tail");
     }
 }

@@ -22,6 +22,40 @@ pub const LEAF7_ECX_LA57: u32 = 1 << 16;
 /// CPUID 0x8000_0001 EDX bit 20: NX (execute-disable).
 pub const EXT_EDX_NX: u32 = 1 << 20;
 
+/// What a guest's CPUID says about paging: it decides how the walker must read the
+/// guest's tables (which bits are reserved, whether PS in a PUD is a 1 GiB leaf).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PagingFeatures {
+    /// MAXPHYADDR (CPUID 0x8000_0008 EAX[7:0]); 36 when the leaf is missing, as the SDM
+    /// says for CPUs without it.
+    pub phys_addr_bits: u8,
+    /// 1 GiB pages (CPUID 0x8000_0001 EDX bit 26).
+    pub gbpages: bool,
+    /// 5-level paging (CPUID 7.0 ECX bit 16).
+    pub la57: bool,
+    /// Execute-disable (CPUID 0x8000_0001 EDX bit 20).
+    pub nx: bool,
+}
+
+/// Reads [`PagingFeatures`] from the CPUID a guest is given.
+pub fn paging_features(entries: &[CpuidEntry]) -> PagingFeatures {
+    let leaf = |function: u32| {
+        entries
+            .iter()
+            .find(|e| e.function == function && e.index == 0)
+    };
+    let phys_addr_bits = leaf(0x8000_0008)
+        .map(|e| (e.eax & 0xff) as u8)
+        .filter(|bits| (36..=52).contains(bits))
+        .unwrap_or(36);
+    PagingFeatures {
+        phys_addr_bits,
+        gbpages: leaf(0x8000_0001).is_some_and(|e| e.edx & EXT_EDX_PDPE1GB != 0),
+        la57: leaf(0x7).is_some_and(|e| e.ecx & LEAF7_ECX_LA57 != 0),
+        nx: has_nx(entries),
+    }
+}
+
 /// Whether `entries` say the CPU has NX.
 pub fn has_nx(entries: &[CpuidEntry]) -> bool {
     entries
@@ -72,6 +106,28 @@ mod tests {
                 ..Default::default()
             },
         ]
+    }
+
+    #[test]
+    fn paging_features_follow_cpuid() {
+        let mut entries = sample();
+        entries.push(CpuidEntry {
+            function: 0x8000_0008,
+            eax: 0x3028,
+            ..Default::default()
+        });
+        let f = paging_features(&entries);
+        assert_eq!(
+            f,
+            PagingFeatures {
+                phys_addr_bits: 40,
+                gbpages: true,
+                la57: true,
+                nx: true
+            }
+        );
+        let f = paging_features(&guest_cpuid(&sample(), 0, true));
+        assert_eq!((f.phys_addr_bits, f.gbpages, f.la57), (36, false, false));
     }
 
     #[test]

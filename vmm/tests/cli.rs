@@ -1,0 +1,206 @@
+//! The `vmm` binary end to end: what a user types, what they see, and the exit status.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+use vmm::test_support::kvm_available;
+
+fn vmm(args: &[&str]) -> Output {
+    match Command::new(env!("CARGO_BIN_EXE_vmm")).args(args).output() {
+        Ok(out) => out,
+        Err(e) => panic!("cannot run vmm {args:?}: {e}"),
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn json_lines(out: &Output) -> Vec<Value> {
+    text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
+        .collect()
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("guestwalk-cli-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    dir
+}
+
+#[test]
+fn walk_prints_the_builtin_guests_mappings() {
+    if !kvm_available("walk_prints_the_builtin_guests_mappings") {
+        return;
+    }
+    let out = vmm(&["walk", "--memory", "64M"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}\n{stdout}", text(&out.stderr));
+    // The guest's direct map (8 x 2 MiB, RW, NX, supervisor) merged into one range, and
+    // its read-only 2 MiB page.
+    assert!(
+        stdout.contains("ffff888000000000-ffff888001000000 0000000001000000 -rw-"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("0000000040600000-0000000040800000 0000000000200000 -r--"),
+        "{stdout}"
+    );
+    assert!(text(&out.stderr).contains("status 0"));
+}
+
+#[test]
+fn json_walk_of_a_dump_equals_the_live_walk() {
+    if !kvm_available("json_walk_of_a_dump_equals_the_live_walk") {
+        return;
+    }
+    let dir = temp_dir("dump");
+    let dump = dir.join("ram.raw");
+    let dump_arg = dump.to_string_lossy().into_owned();
+    let live = vmm(&[
+        "walk",
+        "--memory",
+        "64M",
+        "--format",
+        "json",
+        "--pte-level",
+        "--all-address-spaces",
+        "--dump-memory",
+        &dump_arg,
+    ]);
+    assert!(live.status.success(), "{}", text(&live.stderr));
+    let lines = json_lines(&live);
+    let cr3s: std::collections::BTreeSet<String> = lines
+        .iter()
+        .map(|l| l["cr3"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(cr3s.len(), 2, "both address spaces: {cr3s:?}");
+    // 2 MiB leaves split into 512 shadow 4 KiB records each.
+    let shadow = lines.iter().filter(|l| l["shadow"] == true).count();
+    assert!(shadow >= 512 && shadow % 512 == 0, "{shadow}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["kind"] == "leaf" && l["size"] == 4096)
+    );
+    for cr3 in &cr3s {
+        let offline = vmm(&[
+            "inspect",
+            "--memory",
+            &dump_arg,
+            "--cr3",
+            cr3,
+            "--format",
+            "json",
+            "--pte-level",
+        ]);
+        assert!(offline.status.success(), "{}", text(&offline.stderr));
+        let want: Vec<&Value> = lines.iter().filter(|l| l["cr3"] == cr3.as_str()).collect();
+        let got = json_lines(&offline);
+        assert_eq!(got.iter().collect::<Vec<_>>(), want, "cr3 {cr3}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn translate_agrees_with_kvm() {
+    if !kvm_available("translate_agrees_with_kvm") {
+        return;
+    }
+    let out = vmm(&[
+        "translate",
+        "--memory",
+        "64M",
+        "0x40000123",
+        "0x40004000",
+        "0xffff888000abc000",
+        "0x800000000000",
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "{stdout}");
+    assert!(lines.iter().all(|l| l.ends_with("agrees)")), "{stdout}");
+    assert!(lines[0].contains("-> 0000000000400123 4K"), "{stdout}");
+    assert!(lines[1].contains("not present"), "{stdout}");
+    assert!(lines[2].contains("-> 0000000000abc000 2M"), "{stdout}");
+    assert!(lines[3].contains("not canonical"), "{stdout}");
+}
+
+#[test]
+fn hostile_guest_walk_is_bounded_and_says_so() {
+    if !kvm_available("hostile_guest_walk_is_bounded_and_says_so") {
+        return;
+    }
+    let out = vmm(&[
+        "walk", "--memory", "64M", "--mode", "hostile", "--budget", "1000000",
+    ]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("walk incomplete") && stderr.contains("alias"),
+        "{stderr}"
+    );
+    // The guest itself was unharmed and finished.
+    assert!(stderr.contains("status 0"), "{stderr}");
+}
+
+#[test]
+fn triple_fault_is_a_clear_failure() {
+    if !kvm_available("triple_fault_is_a_clear_failure") {
+        return;
+    }
+    let out = vmm(&["run", "--memory", "64M", "--mode", "triple-fault"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(100), "{stderr}");
+    assert!(stderr.contains("triple fault"), "{stderr}");
+    assert!(stderr.contains("RIP"), "a register dump: {stderr}");
+}
+
+#[test]
+fn bad_input_gets_a_clear_error() {
+    let out = vmm(&["run", "--memory", "12Q"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("12Q"));
+    let out = vmm(&[
+        "inspect",
+        "--memory",
+        "/nonexistent/ram.raw",
+        "--cr3",
+        "0x1000",
+    ]);
+    assert_eq!(out.status.code(), Some(101));
+    assert!(text(&out.stderr).contains("/nonexistent/ram.raw"));
+    let dir = temp_dir("bad");
+    let file = dir.join("tiny.raw");
+    std::fs::write(&file, [0u8; 100]).unwrap_or_else(|e| panic!("{e}"));
+    let file_arg = file.to_string_lossy().into_owned();
+    // CR4 without PAE: not a mode the walker reads.
+    let out = vmm(&["inspect", "--memory", &file_arg, "--cr3", "0", "--cr4", "0"]);
+    assert_eq!(out.status.code(), Some(101));
+    assert!(
+        text(&out.stderr).contains("long mode"),
+        "{}",
+        text(&out.stderr)
+    );
+    // A root table beyond the file: reported, not a crash.
+    let out = vmm(&["inspect", "--memory", &file_arg, "--cr3", "0x5000"]);
+    assert!(out.status.success());
+    assert!(
+        text(&out.stdout).contains("outside guest memory"),
+        "{}",
+        text(&out.stdout)
+    );
+    std::fs::remove_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    for args in [
+        &["walk", "--help"][..],
+        &["inspect", "--help"],
+        &["translate", "--help"],
+    ] {
+        let out = vmm(args);
+        assert!(out.status.success());
+        assert!(text(&out.stdout).contains("Usage"));
+    }
+}
