@@ -52,6 +52,20 @@ pub enum Command {
     Translate(TranslateArgs),
     /// Walk page tables in a raw guest-physical memory file (byte N = GPA N), offline.
     Inspect(InspectArgs),
+    /// Measure boot, pause, walks and translations on the built-in guest, each against
+    /// a baseline measured in the same run.
+    Bench(BenchArgs),
+}
+
+/// Arguments of `vmm bench`.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// How to boot.
+    #[command(flatten)]
+    pub boot: BootArgs,
+    /// Repetitions of each measurement (the median is reported).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub runs: u64,
 }
 
 /// How to boot the guest (shared by `run`, `walk` and `translate`).
@@ -224,6 +238,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Walk(args) => walk_guest(&args),
         Command::Translate(args) => translate_guest(&args),
         Command::Inspect(args) => inspect_file(&args),
+        Command::Bench(args) => bench(&args),
     }
 }
 
@@ -522,6 +537,65 @@ fn translate_guest(args: &TranslateArgs) -> anyhow::Result<ExitCode> {
     drop(out);
     p.vm.resume().context("resuming the vCPUs")?;
     finish(&p.vm, timeout)
+}
+
+fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
+    let timeout = Duration::from_secs(args.boot.timeout);
+    let runs = args.runs as usize;
+    // Boot to READY, several times; the last VM stays for the rest.
+    let mut boots = Vec::new();
+    let mut vm = None;
+    for _ in 0..runs {
+        if let Some((old, _)) = vm.take() {
+            drop::<Vm>(old);
+        }
+        let started = Instant::now();
+        let booted = boot(&args.boot, Console::capture())?;
+        let descriptor = booted
+            .wait_ready(timeout)
+            .context("waiting for the guest to report READY")?;
+        boots.push(started.elapsed());
+        vm = Some((booted, descriptor));
+    }
+    let Some((vm, descriptor)) = vm else {
+        bail!("no VM was booted");
+    };
+    boots.sort();
+    println!(
+        "boot to READY: median {:.2?} over {runs} boots (min {:.2?}, max {:.2?})",
+        boots[boots.len() / 2],
+        boots[0],
+        boots[boots.len() - 1]
+    );
+    let mut pauses = Vec::new();
+    for _ in 0..runs {
+        let t = Instant::now();
+        vm.pause().context("pausing")?;
+        pauses.push(t.elapsed());
+        vm.resume().context("resuming")?;
+    }
+    pauses.sort();
+    println!(
+        "pause {} vCPU(s) and read their state: median {:.2?}",
+        vm.vcpu_count(),
+        pauses[pauses.len() / 2]
+    );
+    let states = vm.pause().context("pausing")?;
+    let mut cr3s = vec![states[0].cr3];
+    if let Ok(d) = Descriptor::read(vm.guest_memory(), descriptor) {
+        cr3s.extend(
+            d.cr3
+                .iter()
+                .take(d.space_count as usize)
+                .filter(|c| **c != states[0].cr3),
+        );
+    }
+    print!(
+        "{}",
+        vmm::bench::measure_paused(&vm, &states[0], &cr3s, runs)?
+    );
+    vm.resume().context("resuming")?;
+    finish(&vm, timeout)
 }
 
 fn inspect_file(args: &InspectArgs) -> anyhow::Result<ExitCode> {

@@ -204,3 +204,23 @@ fn bad_input_gets_a_clear_error() {
         assert!(text(&out.stdout).contains("Usage"));
     }
 }
+
+#[test]
+fn bench_reports_every_measurement() {
+    if !kvm_available("bench_reports_every_measurement") {
+        return;
+    }
+    let out = vmm(&["bench", "--memory", "64M", "--runs", "2"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for expected in [
+        "boot to READY: median",
+        "pause 1 vCPU(s)",
+        "address space 0",
+        "address space 1",
+        "walker / KVM =",
+        "beyond guest RAM",
+    ] {
+        assert!(stdout.contains(expected), "{expected:?} missing:\n{stdout}");
+    }
+}

@@ -1,0 +1,204 @@
+//! `vmm bench`: what the VMM's own operations cost on this host, each compared with a
+//! baseline measured in the same run.
+//!
+//! - boot to READY, and pause (all vCPUs stopped with their registers read);
+//! - walks of every address space of the built-in guest, as mapped and split to 4 KiB,
+//!   against the time to merely read the same table pages (what any walk must do);
+//! - `walker::translate` against `KVM_TRANSLATE` on the same addresses;
+//! - the VMM's resident memory beyond the guest RAM it has touched.
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+use walker::{Granularity, Gva, Mapping, PagingContext, WalkOptions, for_each_mapping};
+
+use crate::vm::Vm;
+
+/// Times `f` `runs` times and returns the median.
+pub fn median<F: FnMut()>(runs: usize, mut f: F) -> Duration {
+    let mut times: Vec<Duration> = (0..runs.max(1))
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed()
+        })
+        .collect();
+    times.sort();
+    times[times.len() / 2]
+}
+
+/// Leaves of an address space, and how long walking it takes (median of `runs`).
+pub fn time_walk<M: GuestMemoryBackend>(
+    mem: &M,
+    ctx: &PagingContext,
+    granularity: Granularity,
+    runs: usize,
+) -> (u64, u64, Duration) {
+    let (mut leaves, mut bytes) = (0u64, 0u64);
+    let t = median(runs, || {
+        leaves = 0;
+        bytes = 0;
+        let _ = for_each_mapping(
+            mem,
+            ctx,
+            Gva(0)..=Gva(u64::MAX),
+            granularity,
+            WalkOptions::default(),
+            |m| {
+                if let Mapping::Leaf(l) = m {
+                    leaves += 1;
+                    bytes += l.size.bytes();
+                }
+                Ok::<(), ()>(())
+            },
+        );
+    });
+    (leaves, bytes, t)
+}
+
+/// Resident bytes of the guest RAM mappings and of the whole process, from
+/// `/proc/self/smaps` and `/proc/self/status`.
+pub fn resident_memory<M: GuestMemoryBackend>(mem: &M) -> Option<(u64, u64)> {
+    let ranges: Vec<(u64, u64)> = mem
+        .iter()
+        .filter_map(|r| {
+            let start = mem.get_host_address(r.start_addr()).ok()? as u64;
+            Some((start, start + r.len()))
+        })
+        .collect();
+    let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
+    let mut guest = 0u64;
+    let mut in_guest = false;
+    for line in smaps.lines() {
+        let mut words = line.split_whitespace();
+        let first = words.next().unwrap_or_default();
+        if let Some((lo, hi)) = first.split_once('-')
+            && let (Ok(lo), Ok(hi)) = (u64::from_str_radix(lo, 16), u64::from_str_radix(hi, 16))
+        {
+            in_guest = ranges.iter().any(|(s, e)| lo < *e && *s < hi);
+        } else if first == "Rss:" && in_guest {
+            guest += words.next()?.parse::<u64>().ok()? * 1024;
+        }
+    }
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let total = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse::<u64>()
+        .ok()?
+        * 1024;
+    Some((guest, total))
+}
+
+/// Measures a paused VM: walks of each CR3 in `cr3s`, and translations through the walker
+/// and through KVM_TRANSLATE on vCPU 0 (whose CR3 must be `cr3s[0]`). Returns a report.
+pub fn measure_paused(
+    vm: &Vm,
+    state: &crate::VcpuState,
+    cr3s: &[u64],
+    runs: usize,
+) -> Result<String, crate::VmError> {
+    let mem = vm.guest_memory();
+    let mut out = String::new();
+    for (i, cr3) in cr3s.iter().enumerate() {
+        let Ok(ctx) = vm.paging_context(state, Some(*cr3)) else {
+            continue;
+        };
+        let (leaves, bytes, as_mapped) = time_walk(mem, &ctx, Granularity::AsMapped, runs);
+        let (leaves_4k, _, split) = time_walk(mem, &ctx, Granularity::Split4K, runs);
+        let _ = writeln!(
+            out,
+            "address space {i} (CR3 {cr3:#x}): {leaves} leaves mapping {} KiB: walk {as_mapped:.2?}; split to {leaves_4k} 4 KiB leaves: {split:.2?} ({:.1} ns per 4 KiB leaf)",
+            bytes / 1024,
+            split.as_nanos() as f64 / leaves_4k.max(1) as f64
+        );
+    }
+    // Translate every page of every leaf of the current space (up to 4096 addresses).
+    let ctx = vm.paging_context(state, None).ok();
+    let mut addrs = Vec::new();
+    if let Some(ctx) = &ctx {
+        let _ = for_each_mapping(
+            mem,
+            ctx,
+            Gva(0)..=Gva(u64::MAX),
+            Granularity::Split4K,
+            WalkOptions::default(),
+            |m| {
+                if let Mapping::Leaf(l) = m
+                    && addrs.len() < 4096
+                {
+                    addrs.push(Gva(l.va.0 + 0x123));
+                }
+                Ok::<(), ()>(())
+            },
+        );
+    }
+    if let (Some(ctx), false) = (&ctx, addrs.is_empty()) {
+        let ours = median(runs, || {
+            for a in &addrs {
+                let _ = std::hint::black_box(walker::translate(mem, ctx, *a));
+            }
+        });
+        let mut kvm_err = None;
+        let kvm = median(runs.min(3), || {
+            for a in &addrs {
+                if let Err(e) = vm.translate(0, *a) {
+                    kvm_err = Some(e);
+                }
+            }
+        });
+        if let Some(e) = kvm_err {
+            return Err(e);
+        }
+        let n = addrs.len() as f64;
+        let (ours_ns, kvm_ns) = (ours.as_nanos() as f64 / n, kvm.as_nanos() as f64 / n);
+        let _ = writeln!(
+            out,
+            "translate ({} addresses): walker {ours_ns:.0} ns each, KVM_TRANSLATE {kvm_ns:.0} ns each (through the vCPU thread): walker / KVM = {:.3}",
+            addrs.len(),
+            ours_ns / kvm_ns
+        );
+    }
+    if let Some((guest, total)) = resident_memory(mem) {
+        let _ = writeln!(
+            out,
+            "resident memory: {} KiB in all, {} KiB of it guest RAM: {} KiB beyond guest RAM",
+            total / 1024,
+            guest / 1024,
+            total.saturating_sub(guest) / 1024
+        );
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_is_the_middle_run() {
+        let mut n = 0u64;
+        let d = median(5, || {
+            n += 1;
+            std::thread::sleep(Duration::from_micros(n * 100));
+        });
+        assert!(d >= Duration::from_micros(300), "{d:?}");
+        assert_eq!(n, 5);
+    }
+
+    #[test]
+    fn resident_memory_finds_the_guest_mapping() {
+        let mem =
+            vm_memory::GuestMemoryMmap::<()>::from_ranges(&[(vm_memory::GuestAddress(0), 8 << 20)])
+                .unwrap();
+        // Touch 1 MiB of it.
+        vm_memory::Bytes::write_slice(&mem, &vec![1u8; 1 << 20], vm_memory::GuestAddress(0))
+            .unwrap();
+        let (guest, total) = resident_memory(&mem).unwrap();
+        assert!((1 << 20..=8 << 20).contains(&guest), "{guest}");
+        assert!(total > guest);
+    }
+}
