@@ -32,7 +32,7 @@ use vm_memory::{
 };
 
 use crate::addr::{Gva, fold_range, unfold};
-use crate::context::PagingContext;
+use crate::context::{PagingContext, PagingMode};
 use crate::entry::{Access, Entry};
 use crate::level::Level;
 use crate::ops::{Action, Callbacks, EntrySource, Fault, FaultKind, Visit, Visitor, WalkError};
@@ -105,13 +105,52 @@ fn classify(entry: Entry, level: Level) -> Below {
     }
 }
 
+/// A paging level known at compile time. The walk is generic over it, so every level gets
+/// its own copy of the loop, with constant shifts and a direct call to its callback, as
+/// every level has its own function in `mm/pagewalk.c`.
+trait StaticLevel {
+    const LEVEL: Level;
+    /// The level an entry points to (the PTE level points nowhere; never used there).
+    type Below: StaticLevel;
+}
+
+struct Pml5Level;
+struct Pml4Level;
+struct PudLevel;
+struct PmdLevel;
+struct PteLevel;
+
+impl StaticLevel for Pml5Level {
+    const LEVEL: Level = Level::Pml5;
+    type Below = Pml4Level;
+}
+impl StaticLevel for Pml4Level {
+    const LEVEL: Level = Level::Pml4;
+    type Below = PudLevel;
+}
+impl StaticLevel for PudLevel {
+    const LEVEL: Level = Level::Pud;
+    type Below = PmdLevel;
+}
+impl StaticLevel for PmdLevel {
+    const LEVEL: Level = Level::Pmd;
+    type Below = PteLevel;
+}
+impl StaticLevel for PteLevel {
+    const LEVEL: Level = Level::Pte;
+    type Below = PteLevel;
+}
+
 struct Walk<'m, 'c, 'v, M: GuestMemoryBackend, V: Visitor> {
     mem: &'m M,
     ctx: &'c PagingContext,
     visitor: &'v mut V,
     callbacks: Callbacks,
     width: u32,
+    /// Entries left to read.
     budget: u64,
+    /// The budget the walk started with.
+    limit: u64,
     stats: WalkStats,
     /// The region the last table was found in: tables are usually close together, and
     /// this saves a region lookup per table.
@@ -148,7 +187,6 @@ where
     V: Visitor,
 {
     let width = ctx.mode().va_bits();
-    let root_level = ctx.mode().root_level();
     let callbacks = visitor.callbacks();
     let mut w = Walk {
         mem,
@@ -157,6 +195,7 @@ where
         callbacks,
         width,
         budget: options.entry_budget,
+        limit: options.entry_budget,
         stats: WalkStats::default(),
         region: None,
     };
@@ -164,13 +203,16 @@ where
         return Ok(w.stats);
     };
     let root = ctx.root();
-    match w.guest_table(TablePointer(root)) {
-        Some(table) => w.walk_table(root_level, &table, start, end, Access::ROOT)?,
+    let result = match w.guest_table(TablePointer(root)) {
+        Some(table) => match ctx.mode() {
+            PagingMode::FiveLevel => w.walk_table::<Pml5Level>(&table, start, end, Access::ROOT),
+            PagingMode::FourLevel => w.walk_table::<Pml4Level>(&table, start, end, Access::ROOT),
+        },
         None => {
             // The root itself is outside memory: report it as a fault of the root level
             // covering the whole range.
             let visit = Visit {
-                level: root_level,
+                level: ctx.mode().root_level(),
                 start: unfold(start, width),
                 last: unfold(end - 1, width),
                 entry: Entry(ctx.registers().cr3),
@@ -178,9 +220,11 @@ where
                 source: EntrySource::Cr3,
                 ctx,
             };
-            w.report_fault(&visit, FaultKind::OutsideMemory(root))?;
+            w.report_fault(&visit, FaultKind::OutsideMemory(root))
         }
-    }
+    };
+    result?;
+    w.stats.entries_read = w.limit - w.budget;
     Ok(w.stats)
 }
 
@@ -224,9 +268,11 @@ impl<'m, 'c, M: GuestMemoryBackend, V: Visitor> Walk<'m, 'c, '_, M, V> {
             })
     }
 
-    fn call(&mut self, visit: &Visit<'_>) -> Result<Action, WalkError<V::Error>> {
+    /// Calls the callback of level `L` (a constant: the match folds away).
+    #[inline]
+    fn call<L: StaticLevel>(&mut self, visit: &Visit<'_>) -> Result<Action, WalkError<V::Error>> {
         let v = &mut *self.visitor;
-        let result = match visit.level {
+        let result = match L::LEVEL {
             Level::Pte => v.pte_entry(visit),
             Level::Pmd => v.pmd_entry(visit),
             Level::Pud => v.pud_entry(visit),
@@ -236,37 +282,36 @@ impl<'m, 'c, M: GuestMemoryBackend, V: Visitor> Walk<'m, 'c, '_, M, V> {
         result.map_err(|error| WalkError::Callback {
             error,
             va: visit.start,
-            level: visit.level,
+            level: L::LEVEL,
         })
     }
 
-    /// Visits the entries of `table` (at `level`) covering folded `[start, end)`.
-    fn walk_table(
+    /// Visits the entries of `table` (of level `L`) covering folded `[start, end)`.
+    fn walk_table<L: StaticLevel>(
         &mut self,
-        level: Level,
         table: &Table<'_, MS<'m, M>>,
         start: u64,
         end: u64,
         parent: Access,
     ) -> Result<(), WalkError<V::Error>> {
-        let span_mask = level.entry_span() - 1;
-        let has_callback = self.callbacks.contains(Callbacks::of(level));
-        let descend_wanted = self.callbacks.any_below(level);
+        let span_mask = L::LEVEL.entry_span() - 1;
+        let has_callback = self.callbacks.contains(Callbacks::of(L::LEVEL));
+        let descend_wanted = L::LEVEL != Level::Pte && self.callbacks.any_below(L::LEVEL);
+        let nxe = self.ctx.nxe();
         let mut addr = start;
         loop {
             // Folded addresses are below 2^57, so this cannot overflow.
             let next = ((addr | span_mask) + 1).min(end);
             if self.budget == 0 {
                 return Err(WalkError::BudgetExhausted {
-                    limit: self.stats.entries_read,
+                    limit: self.limit,
                     va: unfold(addr, self.width),
-                    level,
+                    level: L::LEVEL,
                 });
             }
             self.budget -= 1;
-            self.stats.entries_read += 1;
 
-            let index = level.index(addr);
+            let index = L::LEVEL.index(addr);
             let (raw, source) = match table {
                 Table::Guest { base, slice } => {
                     let at = GuestAddress(base.0 + (index as u64) * 8);
@@ -276,8 +321,7 @@ impl<'m, 'c, M: GuestMemoryBackend, V: Visitor> Walk<'m, 'c, '_, M, V> {
                     match slice.get_atomic_ref::<AtomicU64>(index * 8) {
                         Ok(atomic) => (atomic.load(Ordering::Relaxed), EntrySource::Guest(at)),
                         Err(_) => {
-                            let visit = self.visit(
-                                level,
+                            let visit = self.visit::<L>(
                                 addr,
                                 next,
                                 Entry(0),
@@ -300,27 +344,27 @@ impl<'m, 'c, M: GuestMemoryBackend, V: Visitor> Walk<'m, 'c, '_, M, V> {
             if !entry.is_present() {
                 let (first, last) = (unfold(addr, self.width), unfold(next - 1, self.width));
                 self.visitor
-                    .hole(first, last, level)
+                    .hole(first, last, L::LEVEL)
                     .map_err(|error| WalkError::Callback {
                         error,
                         va: first,
-                        level,
+                        level: L::LEVEL,
                     })?;
             } else {
-                let effective = parent.through(entry, self.ctx.nxe());
-                let reserved = self.ctx.reserved_bits(entry, level);
+                let effective = parent.through(entry, nxe);
+                let reserved = self.ctx.reserved_bits(entry, L::LEVEL);
                 if reserved != 0 {
-                    let visit = self.visit(level, addr, next, entry, effective, source);
+                    let visit = self.visit::<L>(addr, next, entry, effective, source);
                     self.report_fault(&visit, FaultKind::ReservedBits(reserved))?;
                 } else {
                     let action = if has_callback {
-                        let visit = self.visit(level, addr, next, entry, effective, source);
-                        self.call(&visit)?
+                        let visit = self.visit::<L>(addr, next, entry, effective, source);
+                        self.call::<L>(&visit)?
                     } else {
                         Action::Descend
                     };
-                    if action == Action::Descend && descend_wanted {
-                        self.descend(level, entry, addr, next, effective, source)?;
+                    if descend_wanted && action == Action::Descend {
+                        self.descend::<L>(entry, addr, next, effective, source)?;
                     }
                 }
             }
@@ -332,32 +376,29 @@ impl<'m, 'c, M: GuestMemoryBackend, V: Visitor> Walk<'m, 'c, '_, M, V> {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn descend(
+    /// Enters the level below a present, well-formed entry of level `L`: its table, or the
+    /// shadow table of its split.
+    fn descend<L: StaticLevel>(
         &mut self,
-        level: Level,
         entry: Entry,
         addr: u64,
         next: u64,
         effective: Access,
         source: EntrySource,
     ) -> Result<(), WalkError<V::Error>> {
-        let Some(lower) = level.below() else {
-            return Ok(());
-        };
-        match classify(entry, level) {
+        match classify(entry, L::LEVEL) {
             Below::Page => Ok(()),
             Below::Huge(huge) => {
                 match huge.level() {
                     Level::Pud => self.stats.split_1g += 1,
                     _ => self.stats.split_2m += 1,
                 }
-                self.walk_split(huge, lower, addr, next, effective)
+                self.walk_split::<L::Below>(huge, addr, next, effective)
             }
             Below::Table(ptr) => match self.guest_table(ptr) {
-                Some(table) => self.walk_table(lower, &table, addr, next, effective),
+                Some(table) => self.walk_table::<L::Below>(&table, addr, next, effective),
                 None => {
-                    let visit = self.visit(level, addr, next, entry, effective, source);
+                    let visit = self.visit::<L>(addr, next, entry, effective, source);
                     self.report_fault(&visit, FaultKind::OutsideMemory(ptr.0))
                 }
             },
@@ -366,21 +407,20 @@ impl<'m, 'c, M: GuestMemoryBackend, V: Visitor> Walk<'m, 'c, '_, M, V> {
 
     /// Kept out of line so the 4 KiB shadow table is not in the frame of every level.
     #[inline(never)]
-    fn walk_split(
+    fn walk_split<B: StaticLevel>(
         &mut self,
         huge: HugeLeaf,
-        lower: Level,
         addr: u64,
         next: u64,
         effective: Access,
     ) -> Result<(), WalkError<V::Error>> {
         let shadow = ShadowTable::split(huge);
-        self.walk_table(lower, &Table::Shadow(&shadow), addr, next, effective)
+        self.walk_table::<B>(&Table::Shadow(&shadow), addr, next, effective)
     }
 
-    fn visit(
+    #[inline]
+    fn visit<L: StaticLevel>(
         &self,
-        level: Level,
         addr: u64,
         next: u64,
         entry: Entry,
@@ -388,7 +428,7 @@ impl<'m, 'c, M: GuestMemoryBackend, V: Visitor> Walk<'m, 'c, '_, M, V> {
         source: EntrySource,
     ) -> Visit<'c> {
         Visit {
-            level,
+            level: L::LEVEL,
             start: unfold(addr, self.width),
             last: unfold(next - 1, self.width),
             entry,
