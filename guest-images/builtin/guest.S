@@ -3,7 +3,7 @@
  *
  * The VMM loads this flat binary at GPA 0x100000 and enters it in 64-bit long mode on
  * its own identity boot page tables (first 1 GiB), with:
- *   RDI = mode: 0 normal, 1 hostile, 2 triple-fault
+ *   RDI = mode: 0 normal, 1 hostile, 2 triple-fault, 3 dirty-writer
  *   RSI = guest RAM size in bytes
  * APs (vCPUs other than the BSP) start at image + 0x10 and spin there without exits.
  *
@@ -28,7 +28,12 @@
     .set EV_READY,      1
     .set EV_DONE,       2
     .set EV_HEARTBEAT,  3
+    .set EV_ROUND_DONE, 5
     .set CMD_FINISH,    1
+    .set CMD_NEXT_ROUND, 2
+    .set MODE_DIRTY,    3
+    .set RECORD_MAX,    32          /* pages per round record (ROUND_RECORD_MAX_PAGES) */
+    .set SMALL_PAGE_COUNT, 9        /* entries of small_pages */
 
     /* ---- page-table entry bits (Intel SDM vol. 3, 4.5) ---- */
     .set PTE_P,        0x1
@@ -163,6 +168,7 @@ bsp_entry:
     mov mode(%rip), %rax
     cmp $2, %rax
     je triple_fault
+    cmp $MODE_DIRTY, %rax
     ja bad_mode
     mov ram_size(%rip), %rax
     cmp $MIN_RAM, %rax
@@ -179,6 +185,9 @@ bsp_entry:
     mov $EV_READY, %edi
     lea descriptor(%rip), %rsi
     call debug_event
+
+    cmpq $MODE_DIRTY, mode(%rip)
+    je dirty_loop
 
 main_loop:
     /* r12 = iteration, r13 = current address space (0 = A, 1 = B) */
@@ -227,12 +236,126 @@ main_loop:
     cmp $CMD_FINISH, %eax
     jne .Lloop
 
+report_done:
     lea msg_done(%rip), %rdi
     call puts
     mov $EV_DONE, %edi
     xor %esi, %esi
     call debug_event
     jmp halt_forever
+
+/*
+ * Dirty-writer mode (see vmm/src/guest/mod.rs for the table of pages): wait for
+ * NEXT_ROUND, write this round's pages, write the round record, ROUND_DONE, repeat;
+ * FINISH ends with DONE. Stays in address space A. r12 = round.
+ */
+dirty_loop:
+    xor %r12d, %r12d
+.Ldirty_wait:
+    mov $DEBUG_EVENT_PORT, %dx
+    in %dx, %eax
+    cmp $CMD_FINISH, %eax
+    je report_done
+    cmp $CMD_NEXT_ROUND, %eax
+    je 1f
+    pause
+    jmp .Ldirty_wait
+1:  inc %r12
+    call dirty_round
+    mov $EV_ROUND_DONE, %edi
+    lea round_record(%rip), %rsi
+    call debug_event
+    jmp .Ldirty_wait
+
+/* dirty_round: r12 = round. Writes the round's pages, each recorded by record_write. */
+dirty_round:
+    push %rbx
+    push %r13
+    push %r14
+    lea round_record(%rip), %rbx
+    mov %r12, 0(%rbx)
+    movq $0, 8(%rbx)
+    /* 4 KiB leaves TEST_VA + k pages, k from small_pages, when (k + round) % 3 == 0 */
+    xor %r13d, %r13d
+1:  lea small_pages(%rip), %rsi
+    movzbl (%rsi,%r13), %r14d       /* k */
+    lea (%r14,%r12), %rax
+    xor %edx, %edx
+    mov $3, %ecx
+    div %rcx
+    test %rdx, %rdx
+    jnz 2f
+    mov %r14, %rax
+    shl $12, %rax
+    lea TEST_VA(%rax), %rdi
+    lea FRAME_BASE(%rax), %rdx
+    call record_write
+2:  inc %r13
+    cmp $SMALL_PAGE_COUNT, %r13
+    jb 1b
+    /* user pages: F12 when the round is odd, F13 when round % 4 == 2 */
+    test $1, %r12
+    jz 3f
+    movabsq $USER_VA, %rdi
+    mov $F12, %edx
+    call record_write
+3:  mov %r12, %rax
+    and $3, %eax
+    cmp $2, %eax
+    jne 4f
+    movabsq $USER_VA + 0x1000, %rdi
+    mov $F12 + 0x1000, %edx
+    call record_write
+4:  /* the 2 MiB leaf at BIG0_VA: one page, (37 * round) % 512, when the round is odd */
+    test $1, %r12
+    jz 5f
+    imul $37, %r12, %rax
+    and $511, %eax
+    shl $12, %rax
+    lea BIG0_VA(%rax), %rdi
+    lea BIG0(%rax), %rdx
+    call record_write
+5:  /* the 2 MiB leaf at BIG2_VA: pages (53 r) % 512 and (53 r + 200) % 512, r % 3 == 0 */
+    mov %r12, %rax
+    xor %edx, %edx
+    mov $3, %ecx
+    div %rcx
+    test %rdx, %rdx
+    jnz 6f
+    imul $53, %r12, %r13
+    mov %r13, %rax
+    and $511, %eax
+    shl $12, %rax
+    lea BIG2_VA(%rax), %rdi
+    lea BIG2(%rax), %rdx
+    call record_write
+    lea 200(%r13), %rax
+    and $511, %eax
+    shl $12, %rax
+    lea BIG2_VA(%rax), %rdi
+    lea BIG2(%rax), %rdx
+    call record_write
+6:  pop %r14
+    pop %r13
+    pop %rbx
+    ret
+
+/* record_write: rdi = va, rdx = pa, rbx = round record, r12 = round. Writes the round
+ * number at va and appends (va, pa) to the record. Clobbers rax, r8. */
+record_write:
+    mov %r12, (%rdi)
+    mov 8(%rbx), %rax
+    cmp $RECORD_MAX, %rax
+    jae .Lrecord_full
+    mov %rax, %r8
+    shl $4, %r8
+    mov %rdi, 16(%rbx,%r8)
+    mov %rdx, 24(%rbx,%r8)
+    inc %rax
+    mov %rax, 8(%rbx)
+    ret
+.Lrecord_full:
+    FAIL 9
 
 .Lalias_mismatch:
     FAIL 2
@@ -776,6 +899,8 @@ puthex:
 
     .section .rodata
 hex_digits: .ascii "0123456789abcdef"
+/* dirty mode: the 4 KiB test leaves it may write (page index k from TEST_VA) */
+small_pages: .byte 0, 1, 2, 3, 7, 8, 9, 10, 11
 msg_hello:  .asciz "guestwalk builtin guest: building page tables\n"
 msg_ready:  .asciz "guestwalk builtin guest: READY\n"
 msg_done:   .asciz "guestwalk builtin guest: FINISH received, DONE\n"
@@ -825,6 +950,9 @@ pml4_b:     .quad 0
 cur_pml4:   .quad 0
 leaf_size:  .quad 0
 cr3_values: .quad 0, 0
+    /* dirty mode: {round, count, count x (va, pa)}, own page so it is one known extra */
+    .balign 4096
+round_record: .fill 16 + 16 * RECORD_MAX, 1, 0
     .balign 16
 stack:      .fill 16384, 1, 0
 stack_top:

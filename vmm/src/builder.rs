@@ -3,7 +3,7 @@
 use std::sync::mpsc::channel;
 use std::sync::{Arc, Mutex};
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 use crate::arch::x86_64::cpuid::{
     CpuidEntry, PagingFeatures, guest_cpuid, has_nx, paging_features,
@@ -11,10 +11,14 @@ use crate::arch::x86_64::cpuid::{
 use crate::arch::x86_64::layout;
 use crate::arch::x86_64::regs::{self, BOOT_GDT};
 use crate::devices::{Console, DebugControl, DebugPort, IoBus, SerialDevice, UnhandledAccesses};
+use crate::dirty::{
+    BitmapDirtyLog, DirtyError, DirtyLog, DirtyLogBackend, DirtyLogChoice, DirtyTracker,
+    ManualClearDirtyLog,
+};
 use crate::events::VmEvent;
 use crate::guest::{BUILTIN_IMAGE, GuestMode};
 use crate::kvm::{self, Hypervisor, KvmError, KvmVcpu, KvmVm, kick};
-use crate::memory::{MemoryError, MemorySize, create_guest_memory};
+use crate::memory::{GuestRam, MemoryError, MemorySize, create_guest_memory};
 use crate::vcpu::VcpuThread;
 use crate::vm::{VcpuHandle, Vm};
 
@@ -78,6 +82,9 @@ pub enum BuildError {
         #[source]
         source: vm_memory::GuestMemoryError,
     },
+    /// Dirty logging.
+    #[error(transparent)]
+    Dirty(#[from] DirtyError),
     /// Signal setup.
     #[error(transparent)]
     Kick(#[from] kick::KickError),
@@ -108,14 +115,43 @@ pub fn validate_config(config: &VmConfig) -> Result<(), BuildError> {
     Ok(())
 }
 
-/// Boots the built-in guest and returns the running VM.
+/// Boots the built-in guest and returns the running VM, without dirty logging.
 pub fn build_vm(config: &VmConfig) -> Result<Vm, BuildError> {
+    build_vm_with(config, None)
+}
+
+/// Boots the built-in guest; with `dirty_log`, every memory slot is registered with
+/// `KVM_MEM_LOG_DIRTY_PAGES` and the VM gets a [`DirtyTracker`] ([`Vm::fetch_dirty`]).
+/// Without it (the default of [`build_vm`]) normal runs pay nothing for dirty logging.
+///
+/// (A separate argument rather than a [`VmConfig`] field, so that code building
+/// `VmConfig` literals, such as the shared test helpers, keeps compiling.)
+pub fn build_vm_with(
+    config: &VmConfig,
+    dirty_log: Option<DirtyLogChoice>,
+) -> Result<Vm, BuildError> {
     validate_config(config)?;
     let hypervisor = Hypervisor::open()?;
     let pvm = kvm::host_is_pvm();
     let memory = create_guest_memory(config.memory)?;
-    let kvm_vm = hypervisor.create_vm()?;
-    kvm_vm.register_memory(&memory)?;
+    let kvm_vm = Arc::new(hypervisor.create_vm()?);
+    let dirty_backend = dirty_log
+        .map(|choice| choice.resolve(kvm_vm.dirty_log_capabilities()))
+        .transpose()?;
+    if dirty_backend == Some(DirtyLogBackend::ManualClear) {
+        // Before the slots exist, so their log is manual from the start.
+        kvm_vm.set_manual_dirty_log_protect(true)?;
+    }
+    let slots = kvm_vm.register_memory(&memory, dirty_backend.is_some())?;
+    let dirty = dirty_backend.map(|backend| {
+        let log: Box<dyn DirtyLog> = match backend {
+            DirtyLogBackend::Bitmap => Box::new(BitmapDirtyLog::new(kvm_vm.clone(), slots)),
+            DirtyLogBackend::ManualClear => {
+                Box::new(ManualClearDirtyLog::new(kvm_vm.clone(), slots))
+            }
+        };
+        DirtyTracker::new(log, memory.clone())
+    });
     kvm_vm.set_tss_address(layout::KVM_TSS_ADDRESS.0)?;
     write_boot_tables(&memory)?;
     write(
@@ -130,11 +166,11 @@ pub fn build_vm(config: &VmConfig) -> Result<Vm, BuildError> {
         .map(|index| create_vcpu(&kvm_vm, index, &supported_cpuid, pvm, config))
         .collect::<Result<Vec<_>, _>>()?;
     let paging = paging_features(&guest_cpuid(&supported_cpuid, 0, pvm));
-    start(kvm_vm, memory, vcpus, paging, config)
+    start(kvm_vm, memory, vcpus, paging, dirty, config)
 }
 
 /// Writes the boot GDT, the empty IDT and the identity page tables for [0, 1 GiB).
-fn write_boot_tables(memory: &GuestMemoryMmap) -> Result<(), BuildError> {
+fn write_boot_tables(memory: &GuestRam) -> Result<(), BuildError> {
     let gdt: Vec<u8> = BOOT_GDT.iter().flat_map(|e| e.to_le_bytes()).collect();
     write(memory, layout::BOOT_GDT_START, &gdt, "the boot GDT")?;
     write(memory, layout::BOOT_IDT_START, &[0; 8], "the boot IDT")?;
@@ -161,7 +197,7 @@ fn write_boot_tables(memory: &GuestMemoryMmap) -> Result<(), BuildError> {
 }
 
 fn write(
-    memory: &GuestMemoryMmap,
+    memory: &GuestRam,
     at: GuestAddress,
     bytes: &[u8],
     what: &'static str,
@@ -199,10 +235,11 @@ fn create_vcpu(
 
 /// Starts one thread per vCPU and returns the VM handle.
 fn start(
-    kvm_vm: KvmVm,
-    memory: GuestMemoryMmap,
+    kvm_vm: Arc<KvmVm>,
+    memory: GuestRam,
     vcpus: Vec<KvmVcpu>,
     paging: PagingFeatures,
+    dirty: Option<DirtyTracker>,
     config: &VmConfig,
 ) -> Result<Vm, BuildError> {
     let (events_tx, events) = channel::<VmEvent>();
@@ -219,6 +256,7 @@ fn start(
         kvm_vm,
         memory,
         paging,
+        dirty: dirty.map(Mutex::new),
     };
     for (index, vcpu) in (0u8..).zip(vcpus) {
         let (requests_tx, requests) = channel();

@@ -17,8 +17,8 @@ use clap::{Parser, Subcommand};
 use vm_memory::GuestMemoryBackend;
 use vmm::introspect::{Format, PrintError, VaRange, parse_hex, print_walk, translation_line};
 use vmm::{
-    Console, Descriptor, ExitOutcome, GuestMode, MemorySize, Vm, VmConfig, VmError, VmEvent,
-    build_vm, memfile,
+    Console, Descriptor, DirtyLogChoice, ExitOutcome, GuestMode, MemorySize, RoundRecord, Vm,
+    VmConfig, VmError, VmEvent, build_vm_with, memfile,
 };
 use walker::{ControlRegisters, Granularity, Gva, PagingContext, WalkOptions};
 
@@ -97,6 +97,30 @@ pub struct RunArgs {
     /// Heartbeats to wait for after READY before sending FINISH.
     #[arg(long, default_value_t = 3)]
     pub heartbeats: u32,
+    /// Boot with dirty logging and, every DURATION (e.g. 200ms), pause, fetch the dirty
+    /// set, print a dirty scan on stdout (GPA + GVA of each vCPU's CR3), resume. The
+    /// guest console then goes to stderr. With `--mode dirty`, each scan is preceded by
+    /// one guest round (NEXT_ROUND, then ROUND_DONE).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub dirty_scan_every: Option<Duration>,
+    /// How many dirty scans (rounds) before FINISH.
+    #[arg(long, default_value_t = 5, requires = "dirty_scan_every")]
+    pub rounds: u32,
+    /// Output format of the dirty scans.
+    #[arg(long, value_enum, default_value_t = ScanFormat::Text, requires = "dirty_scan_every")]
+    pub scan_format: ScanFormat,
+    /// Which KVM dirty log to use.
+    #[arg(long, value_enum, default_value_t = DirtyLogChoice::Auto, requires = "dirty_scan_every")]
+    pub dirty_log: DirtyLogChoice,
+}
+
+/// Output format of `vmm run --dirty-scan-every`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ScanFormat {
+    /// Headers and `VA -> PA N pages` runs.
+    Text,
+    /// One JSON object per scan (see the README).
+    Json,
 }
 
 /// When to pause a booted guest.
@@ -243,6 +267,14 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn boot(args: &BootArgs, console: Console) -> anyhow::Result<Vm> {
+    boot_with(args, console, None)
+}
+
+fn boot_with(
+    args: &BootArgs,
+    console: Console,
+    dirty_log: Option<DirtyLogChoice>,
+) -> anyhow::Result<Vm> {
     if let Some(kernel) = &args.kernel {
         bail!(
             "--kernel {} is not yet supported: the VMM can only boot the built-in guest for now",
@@ -255,10 +287,13 @@ fn boot(args: &BootArgs, console: Console) -> anyhow::Result<Vm> {
         mode: args.mode,
         console,
     };
-    build_vm(&config).context("cannot start the VM")
+    build_vm_with(&config, dirty_log).context("cannot start the VM")
 }
 
 fn run_guest(args: &RunArgs) -> anyhow::Result<ExitCode> {
+    if let Some(every) = args.dirty_scan_every {
+        return run_dirty_scans(args, every);
+    }
     let timeout = Duration::from_secs(args.boot.timeout);
     let started = Instant::now();
     let vm = boot(&args.boot, Console::Stdout)?;
@@ -285,6 +320,69 @@ fn run_guest(args: &RunArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(outcome) = wait_heartbeats(&vm, args.heartbeats, timeout)? {
         return Ok(report(&outcome));
+    }
+    finish(&vm, timeout)
+}
+
+/// `vmm run --dirty-scan-every`: READY, a first fetch that drops what boot dirtied, then
+/// `--rounds` scans, each DURATION after the previous one (after one guest round in
+/// `--mode dirty`), then FINISH.
+fn run_dirty_scans(args: &RunArgs, every: Duration) -> anyhow::Result<ExitCode> {
+    let timeout = Duration::from_secs(args.boot.timeout);
+    let vm = boot_with(&args.boot, Console::stderr(), Some(args.dirty_log))?;
+    if let Err(e) = vm.wait_ready(timeout) {
+        return match e {
+            VmError::StoppedBeforeReady(outcome) => Ok(report(&outcome)),
+            e => Err(e).context("waiting for the guest to report READY"),
+        };
+    }
+    let backend = vm.dirty_log_backend();
+    eprintln!(
+        "vmm: guest READY; dirty log: {}",
+        backend.map(|b| b.to_string()).unwrap_or_default()
+    );
+    vm.pause().context("pausing the vCPUs")?;
+    vm.fetch_dirty().context("fetching the dirty log")?;
+    vm.resume().context("resuming the vCPUs")?;
+    let dirty_mode = args.boot.mode == GuestMode::Dirty;
+    let mut next = Instant::now() + every;
+    for _ in 0..args.rounds {
+        if dirty_mode {
+            vm.next_round();
+            let record = loop {
+                match vm.wait_event(timeout).context("waiting for ROUND_DONE")? {
+                    VmEvent::RoundDone { record } => break record,
+                    VmEvent::VcpuStopped { .. } => {
+                        return Ok(vm
+                            .outcome()
+                            .map_or(ExitCode::from(EXIT_VM_FAILURE), |o| report(&o)));
+                    }
+                    _ => {}
+                }
+            };
+            match RoundRecord::read(vm.guest_memory(), record) {
+                Ok(r) => eprintln!("vmm: guest round {} wrote {} pages", r.round, r.pages.len()),
+                Err(e) => eprintln!("vmm: warning: {e}"),
+            }
+        }
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        next += every;
+        let states = vm.pause().context("pausing the vCPUs")?;
+        let started = Instant::now();
+        let (_, scan) = vm.dirty_scan(&states, &[]).context("dirty scan")?;
+        let took = started.elapsed();
+        let mut out = io::stdout().lock();
+        match args.scan_format {
+            ScanFormat::Json => writeln!(out, "{}", scan.to_json())?,
+            ScanFormat::Text => write!(out, "{}", scan.to_text())?,
+        }
+        out.flush()?;
+        drop(out);
+        eprintln!(
+            "vmm: dirty scan {} took {took:.2?} (fetch + scans)",
+            scan.seq
+        );
+        vm.resume().context("resuming the vCPUs")?;
     }
     finish(&vm, timeout)
 }
@@ -595,7 +693,41 @@ fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         vmm::bench::measure_paused(&vm, &states[0], &cr3s, runs)?
     );
     vm.resume().context("resuming")?;
-    finish(&vm, timeout)
+    let code = finish(&vm, timeout)?;
+    drop(vm);
+    bench_dirty(args, runs, timeout)?;
+    Ok(code)
+}
+
+/// Dirty-log measurements: fetch with each backend, and the skipping GVA scan against a
+/// full split walk, on the normal guest (which writes pages in its loop).
+fn bench_dirty(args: &BenchArgs, runs: usize, timeout: Duration) -> anyhow::Result<()> {
+    let gap = Duration::from_millis(5);
+    let mut fetch_times = Vec::new();
+    for choice in [DirtyLogChoice::Bitmap, DirtyLogChoice::ManualClear] {
+        let vm = match boot_with(&args.boot, Console::capture(), Some(choice)) {
+            Ok(vm) => vm,
+            Err(e) => {
+                println!("dirty log {choice:?}: not measured: {e:#}");
+                continue;
+            }
+        };
+        vm.wait_ready(timeout).context("waiting for READY")?;
+        let (fetch, scan, split) = vmm::bench::measure_dirty(&vm, runs, gap)?;
+        println!(
+            "dirty log {choice:?}: fetch {fetch:.2?}; GVA dirty scan {scan:.2?} vs full split walk {split:.2?}: scan / split = {:.3}",
+            scan.as_secs_f64() / split.as_secs_f64().max(1e-9)
+        );
+        fetch_times.push(fetch);
+        finish(&vm, timeout)?;
+    }
+    if let [bitmap, manual] = fetch_times[..] {
+        println!(
+            "dirty fetch: manual-clear / bitmap = {:.3}",
+            manual.as_secs_f64() / bitmap.as_secs_f64().max(1e-9)
+        );
+    }
+    Ok(())
 }
 
 fn inspect_file(args: &InspectArgs) -> anyhow::Result<ExitCode> {
@@ -672,6 +804,29 @@ mod tests {
         let e = err(&["vmm", "walk", "--after", "1s", "--at-serial", "x"]);
         assert!(e.contains("cannot be used with"), "{e}");
         assert!(Cli::try_parse_from(["vmm", "run", "--mode", "triple-fault"]).is_ok());
+        let e = err(&["vmm", "run", "--rounds", "3"]);
+        assert!(e.contains("--dirty-scan-every"), "{e}");
+        let cli = Cli::try_parse_from([
+            "vmm",
+            "run",
+            "--mode",
+            "dirty",
+            "--dirty-scan-every",
+            "100ms",
+            "--scan-format",
+            "json",
+            "--dirty-log",
+            "manual-clear",
+        ]);
+        let Ok(Cli {
+            command: Command::Run(run),
+        }) = cli
+        else {
+            panic!("dirty run did not parse: {cli:?}");
+        };
+        assert_eq!(run.dirty_scan_every, Some(Duration::from_millis(100)));
+        assert_eq!((run.rounds, run.scan_format), (5, ScanFormat::Json));
+        assert_eq!(run.dirty_log, DirtyLogChoice::ManualClear);
     }
 
     #[test]

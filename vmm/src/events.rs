@@ -28,6 +28,11 @@ pub enum VmEvent {
         /// The value.
         value: u64,
     },
+    /// The dirty-writer guest finished a round; its record is at this GPA.
+    RoundDone {
+        /// Where the round record is ([`crate::guest::RoundRecord`]).
+        record: GuestAddress,
+    },
     /// The guest sent an event code the protocol does not define.
     UnknownEvent {
         /// The code.

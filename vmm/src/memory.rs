@@ -6,7 +6,14 @@
 use std::fmt;
 use std::str::FromStr;
 
+use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+/// Guest RAM of a live VM. Each region carries vm-memory's [`AtomicBitmap`]: every write
+/// the VMM makes through vm-memory's `Bytes` API marks its 4 KiB page, which is how dirty
+/// scans see the VMM's own writes, that KVM's dirty log never reports (it only tracks
+/// writes by the guest); see [`crate::dirty`]. Reads (the walker's loads) mark nothing.
+pub type GuestRam = GuestMemoryMmap<AtomicBitmap>;
 
 use crate::arch::x86_64::layout::{MMIO_HOLE_END, MMIO_HOLE_START};
 
@@ -126,7 +133,7 @@ pub fn ram_ranges(size: MemorySize) -> Vec<(GuestAddress, u64)> {
 }
 
 /// Maps `size` bytes of anonymous guest RAM.
-pub fn create_guest_memory(size: MemorySize) -> Result<GuestMemoryMmap, MemoryError> {
+pub fn create_guest_memory(size: MemorySize) -> Result<GuestRam, MemoryError> {
     let ranges = ram_ranges(size)
         .into_iter()
         .map(|(start, len)| {

@@ -7,16 +7,18 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestAddress;
 use walker::{ContextError, ControlRegisters, Gva, PagingContext};
 
 use crate::arch::x86_64::cpuid::PagingFeatures;
 use crate::arch::x86_64::regs::RegisterDump;
-use crate::devices::debug_port::COMMAND_FINISH;
+use crate::devices::debug_port::{COMMAND_FINISH, COMMAND_NEXT_ROUND};
 use crate::devices::{DebugControl, UnhandledAccesses, UnhandledCounts};
+use crate::dirty::{DirtyError, DirtyLogBackend, DirtySet, DirtyTracker, ScanReport, scan_space};
 use crate::events::VmEvent;
 use crate::exit::VcpuStop;
 use crate::kvm::{KvmError, KvmTranslation, KvmVm, kick};
+use crate::memory::GuestRam;
 use crate::vcpu::{VcpuRequest, VcpuResponse, VcpuState};
 
 /// How long a vCPU thread may take to answer a request.
@@ -172,15 +174,19 @@ pub struct Vm {
     pub(crate) unhandled: Arc<UnhandledAccesses>,
     pub(crate) paused: AtomicBool,
     pub(crate) outcome: std::sync::Mutex<Option<ExitOutcome>>,
-    pub(crate) kvm_vm: KvmVm,
-    pub(crate) memory: GuestMemoryMmap,
+    pub(crate) kvm_vm: Arc<KvmVm>,
+    pub(crate) memory: GuestRam,
     pub(crate) paging: PagingFeatures,
+    pub(crate) dirty: Option<std::sync::Mutex<DirtyTracker>>,
 }
 
 impl Vm {
     /// Guest RAM (shared with the running guest: reads may race its writes; use
     /// single `load`s of naturally aligned values to avoid torn reads).
-    pub fn guest_memory(&self) -> &GuestMemoryMmap {
+    ///
+    /// Writes through it (vm-memory's `Bytes` API) are recorded for dirty scans
+    /// ([`crate::dirty`]).
+    pub fn guest_memory(&self) -> &GuestRam {
         &self.memory
     }
 
@@ -279,6 +285,72 @@ impl Vm {
         }
         self.paused.store(false, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// The dirty-log backend, when the VM was built with dirty logging.
+    pub fn dirty_log_backend(&self) -> Option<DirtyLogBackend> {
+        let tracker = self.dirty.as_ref()?.lock().ok()?;
+        Some(tracker.backend())
+    }
+
+    /// Fetches and resets the dirty set: pages the guest or the VMM wrote since the
+    /// previous fetch. Pause first for a set that the scan will not race.
+    pub fn fetch_dirty(&self) -> Result<DirtySet, DirtyError> {
+        let tracker = self.dirty.as_ref().ok_or(DirtyError::NotEnabled)?;
+        tracker.lock().map_err(|_| DirtyError::Poisoned)?.fetch()
+    }
+
+    /// Fetches the dirty set and scans it: the GPA scan, and a GVA scan of each distinct
+    /// CR3 of `states` (the vCPUs' current address spaces) and of each of `extra_cr3s`
+    /// (read with the paging mode of `states[0]`). Pause first.
+    pub fn dirty_scan(
+        &self,
+        states: &[VcpuState],
+        extra_cr3s: &[u64],
+    ) -> Result<(DirtySet, ScanReport), DirtyError> {
+        let set = self.fetch_dirty()?;
+        let report = self.scan_set(&set, states, extra_cr3s)?;
+        Ok((set, report))
+    }
+
+    /// Scans an already fetched set (see [`Vm::dirty_scan`]).
+    pub fn scan_set(
+        &self,
+        set: &DirtySet,
+        states: &[VcpuState],
+        extra_cr3s: &[u64],
+    ) -> Result<ScanReport, DirtyError> {
+        let mut seen = std::collections::BTreeSet::new();
+        let mut spaces = Vec::new();
+        let first = states.first();
+        let wanted = states.iter().map(|s| (s, s.cr3)).chain(
+            first
+                .into_iter()
+                .flat_map(|s| extra_cr3s.iter().map(move |c| (s, *c))),
+        );
+        for (state, cr3) in wanted {
+            if !seen.insert(cr3 & !0xfff) {
+                continue;
+            }
+            let ctx = self
+                .paging_context(state, Some(cr3))
+                .map_err(|e| DirtyError::Context {
+                    cr3,
+                    reason: e.to_string(),
+                })?;
+            spaces.push(scan_space(&self.memory, &ctx, set)?);
+        }
+        Ok(ScanReport {
+            seq: set.seq,
+            gpa: set.gpa_scan(),
+            vmm_pages: set.vmm_pages,
+            spaces,
+        })
+    }
+
+    /// Tells the dirty-writer guest to do one more round (consumed by the guest's read).
+    pub fn next_round(&self) {
+        self.control.set_command(COMMAND_NEXT_ROUND);
     }
 
     /// Tells the guest to finish: the debug port's command becomes FINISH.

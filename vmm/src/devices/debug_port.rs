@@ -8,11 +8,18 @@
 //! | `0x604` | 32-bit `OUT` | low 32 bits of the 64-bit argument latch |
 //! | `0x608` | 32-bit `OUT` | high 32 bits of the argument latch |
 //! | `0x600` | 32-bit `OUT` | event code, sent with the current argument latch (below) |
-//! | `0x600` | 32-bit `IN` | the VMM's command: 0 = keep going, 1 = FINISH |
+//! | `0x600` | 32-bit `IN` | the VMM's command: 0 = keep going, 1 = FINISH, 2 = NEXT_ROUND |
 //!
 //! Event codes: 1 READY (argument = GPA of the guest's descriptor, see
 //! [`crate::guest::descriptor`]), 2 DONE (argument = status, 0 = success),
-//! 3 HEARTBEAT (argument = iteration count), 4 MARK (argument = any value, for tests).
+//! 3 HEARTBEAT (argument = iteration count), 4 MARK (argument = any value, for tests),
+//! 5 ROUND_DONE (argument = GPA of the round record of the dirty-writer guest, see
+//! [`crate::guest::RoundRecord`]).
+//!
+//! Commands: FINISH is sticky (every later read returns it). NEXT_ROUND (sent by
+//! [`crate::vm::Vm::next_round`], for the dirty-writer guest `--mode dirty`) is consumed
+//! by the read that returns it: the command goes back to 0, so one NEXT_ROUND starts
+//! exactly one round however often the guest polls.
 //! Other codes are reported as [`VmEvent::UnknownEvent`]. The latch keeps its value
 //! after an event; each vCPU has its own latch. Accesses of another width to
 //! `0x600..=0x60b`, and reads of `0x604`/`0x608`/`0xE9`, are treated like unknown
@@ -49,11 +56,15 @@ pub const EVENT_DONE: u32 = 2;
 pub const EVENT_HEARTBEAT: u32 = 3;
 /// Event code MARK.
 pub const EVENT_MARK: u32 = 4;
+/// Event code ROUND_DONE.
+pub const EVENT_ROUND_DONE: u32 = 5;
 
 /// Command: keep going.
 pub const COMMAND_CONTINUE: u32 = 0;
 /// Command: finish, report DONE and stop.
 pub const COMMAND_FINISH: u32 = 1;
+/// Command: do one more round (dirty-writer guest); consumed when read.
+pub const COMMAND_NEXT_ROUND: u32 = 2;
 
 /// State shared between the VMM thread and every vCPU's debug port.
 #[derive(Debug, Default)]
@@ -71,6 +82,20 @@ impl DebugControl {
     /// The current command.
     pub fn command(&self) -> u32 {
         self.command.load(Ordering::SeqCst)
+    }
+
+    /// The command as the guest reads it: a NEXT_ROUND is consumed (the command goes
+    /// back to CONTINUE), unless FINISH replaced it first.
+    pub fn take_command(&self) -> u32 {
+        match self.command.compare_exchange(
+            COMMAND_NEXT_ROUND,
+            COMMAND_CONTINUE,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        ) {
+            Ok(next) => next,
+            Err(current) => current,
+        }
     }
 
     /// The status of the first DONE the guest reported, if any.
@@ -137,7 +162,7 @@ impl DebugPort {
     pub fn read(&mut self, port: u16, data: &mut [u8]) -> PortAccess {
         match (port, data.len()) {
             (EVENT_PORT, 4) => {
-                data.copy_from_slice(&self.control.command().to_le_bytes());
+                data.copy_from_slice(&self.control.take_command().to_le_bytes());
                 PortAccess::Handled
             }
             _ => PortAccess::Unclaimed,
@@ -158,6 +183,9 @@ impl DebugPort {
                 iteration: argument,
             },
             EVENT_MARK => VmEvent::Mark { value: argument },
+            EVENT_ROUND_DONE => VmEvent::RoundDone {
+                record: GuestAddress(argument),
+            },
             _ => VmEvent::UnknownEvent { code, argument },
         };
         // Nobody listening (the VM handle is gone) is not the guest's problem.
@@ -249,6 +277,30 @@ mod tests {
         p.write(DEBUGCON_PORT, b"o");
         p.write(DEBUGCON_PORT, b"k");
         assert_eq!(console.captured(), b"ok");
+    }
+
+    #[test]
+    fn next_round_is_consumed_and_round_done_reported() {
+        let (mut p, rx, control, _) = port();
+        let mut data = [0u8; 4];
+        control.set_command(COMMAND_NEXT_ROUND);
+        p.read(EVENT_PORT, &mut data);
+        assert_eq!(u32::from_le_bytes(data), COMMAND_NEXT_ROUND);
+        p.read(EVENT_PORT, &mut data);
+        assert_eq!(u32::from_le_bytes(data), COMMAND_CONTINUE, "consumed");
+        control.set_command(COMMAND_FINISH);
+        p.read(EVENT_PORT, &mut data);
+        p.read(EVENT_PORT, &mut data);
+        assert_eq!(u32::from_le_bytes(data), COMMAND_FINISH, "sticky");
+        out32(&mut p, ARG_LO_PORT, 0x10_2000);
+        out32(&mut p, ARG_HI_PORT, 0);
+        out32(&mut p, EVENT_PORT, EVENT_ROUND_DONE);
+        assert_eq!(
+            rx.try_recv().ok(),
+            Some(VmEvent::RoundDone {
+                record: GuestAddress(0x10_2000)
+            })
+        );
     }
 
     #[test]

@@ -52,11 +52,93 @@
 //! briefly without exits, HEARTBEAT every 256 iterations, poll for FINISH. Self-check
 //! failures end in DONE(code): 1 bad mode, 2 alias mismatch, 3 direct-map mismatch,
 //! 4 wrong space value, 5 RAM below 16 MiB, 6 table pool exhausted, 7 mapping
-//! conflict, 8 too many descriptor runs.
+//! conflict, 8 too many descriptor runs, 9 round record full.
+//!
+//! # Dirty-writer mode (`--mode dirty`, RDI = 3)
+//!
+//! Same tables and READY as normal mode, no CR3 switching. Then, in rounds: wait for
+//! the command NEXT_ROUND (polling `IN 0x600`; FINISH ends with DONE), increment the
+//! round `r` (1, 2, ...) and write the value `r` at offset 0 of these pages, all in
+//! address space 0:
+//!
+//! | pages | written when |
+//! |---|---|
+//! | 0x4000_0000 + k × 4 KiB, k ∈ {0, 1, 2, 3, 7, 8, 9, 10, 11} (4 KiB leaves, F_k) | (k + r) mod 3 = 0 |
+//! | 0x100_0000_0000 (F12, user) | r odd |
+//! | 0x100_0000_1000 (F13, user) | r mod 4 = 2 |
+//! | 0x4040_0000 + ((37 r) mod 512) × 4 KiB (inside the 2 MiB leaf at 6 MiB) | r odd |
+//! | 0x4080_0000 + ((53 r) mod 512) × 4 KiB and + ((53 r + 200) mod 512) × 4 KiB (the 2 MiB leaf at 10 MiB) | r mod 3 = 0 |
+//!
+//! So a 2 MiB leaf is entirely clean in some rounds, has one dirty page in others. Then
+//! the guest writes the round record ([`RoundRecord`]) and reports ROUND_DONE with its
+//! GPA. Besides those pages the guest writes, during a round, only its stack (a few
+//! bytes below its initial RSP), the round record, and whatever page-table pages the
+//! CPU updates accessed/dirty bits in (the table pool).
 
 pub mod descriptor;
 
 pub use descriptor::{Descriptor, DescriptorError, Features, Run, RunLevel};
+
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+use walker::Gva;
+
+/// The most pages the dirty-writer guest lists in one round record.
+pub const ROUND_RECORD_MAX_PAGES: u64 = 32;
+
+/// What the dirty-writer guest wrote in one round: `{round: u64, count: u64, then count
+/// × (va: u64, pa: u64)}` at the GPA of ROUND_DONE (little-endian).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoundRecord {
+    /// Round number (1, 2, ...).
+    pub round: u64,
+    /// Each page written: (virtual address in address space 0, guest-physical address).
+    pub pages: Vec<(Gva, GuestAddress)>,
+}
+
+/// Why a round record cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum RoundRecordError {
+    /// Reading guest memory failed.
+    #[error("cannot read the round record at {0:#x}: {1}")]
+    Memory(u64, #[source] vm_memory::GuestMemoryError),
+    /// The count is larger than the guest can write.
+    #[error("the round record at {at:#x} claims {count} pages, more than {ROUND_RECORD_MAX_PAGES}")]
+    TooLong {
+        /// Where.
+        at: u64,
+        /// The count.
+        count: u64,
+    },
+}
+
+impl RoundRecord {
+    /// Size in bytes of a record of `pages` pages.
+    pub fn size(pages: usize) -> u64 {
+        16 + 16 * pages as u64
+    }
+
+    /// Parses the record at `gpa`.
+    pub fn read<M: GuestMemoryBackend>(
+        memory: &M,
+        gpa: GuestAddress,
+    ) -> Result<Self, RoundRecordError> {
+        let word = |offset: u64| -> Result<u64, RoundRecordError> {
+            let at = gpa.0.wrapping_add(offset);
+            memory
+                .read_obj::<u64>(GuestAddress(at))
+                .map_err(|e| RoundRecordError::Memory(at, e))
+        };
+        let round = word(0)?;
+        let count = word(8)?;
+        if count > ROUND_RECORD_MAX_PAGES {
+            return Err(RoundRecordError::TooLong { at: gpa.0, count });
+        }
+        let pages = (0..count)
+            .map(|i| Ok((Gva(word(16 + 16 * i)?), GuestAddress(word(24 + 16 * i)?))))
+            .collect::<Result<_, RoundRecordError>>()?;
+        Ok(Self { round, pages })
+    }
+}
 
 #[cfg(doc)]
 use crate::arch::x86_64::layout;
@@ -75,6 +157,9 @@ pub enum GuestMode {
     Hostile,
     /// Print a line, then triple-fault on purpose.
     TripleFault,
+    /// As normal up to READY, then write a known set of pages per round on the VMM's
+    /// NEXT_ROUND command, reporting each round's record (dirty-scan tests).
+    Dirty,
 }
 
 impl GuestMode {
@@ -84,6 +169,44 @@ impl GuestMode {
             Self::Normal => 0,
             Self::Hostile => 1,
             Self::TripleFault => 2,
+            Self::Dirty => 3,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_records_parse() {
+        let Ok(mem) = vm_memory::GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x2000)])
+        else {
+            panic!("cannot map test memory");
+        };
+        let words: [u64; 6] = [3, 2, 0x4000_0000, 0x40_0000, 0x4040_5000, 0x60_5000];
+        for (i, w) in words.iter().enumerate() {
+            assert!(
+                mem.write_obj(*w, GuestAddress(0x100 + 8 * i as u64))
+                    .is_ok()
+            );
+        }
+        let r = RoundRecord::read(&mem, GuestAddress(0x100)).ok();
+        assert_eq!(
+            r,
+            Some(RoundRecord {
+                round: 3,
+                pages: vec![
+                    (Gva(0x4000_0000), GuestAddress(0x40_0000)),
+                    (Gva(0x4040_5000), GuestAddress(0x60_5000))
+                ]
+            })
+        );
+        assert!(mem.write_obj(33u64, GuestAddress(0x108)).is_ok());
+        assert!(matches!(
+            RoundRecord::read(&mem, GuestAddress(0x100)),
+            Err(RoundRecordError::TooLong { count: 33, .. })
+        ));
+        assert!(RoundRecord::read(&mem, GuestAddress(0x1ff8)).is_err());
     }
 }

@@ -9,9 +9,16 @@ pub mod kick;
 
 use std::path::Path;
 
-use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, kvm_fpu, kvm_userspace_memory_region};
+use kvm_bindings::{
+    KVM_CAP_DIRTY_LOG_RING, KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2, KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE,
+    KVM_MAX_CPUID_ENTRIES, KVM_MEM_LOG_DIRTY_PAGES, KVMIO, kvm_clear_dirty_log, kvm_enable_cap,
+    kvm_fpu, kvm_userspace_memory_region,
+};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vmm_sys_util::ioctl::ioctl_with_ref;
+
+use crate::memory::GuestRam;
 
 use crate::arch::x86_64::cpuid::CpuidEntry;
 use crate::arch::x86_64::regs::{Registers, SpecialRegisters};
@@ -40,6 +47,22 @@ pub enum KvmError {
         /// Index of the region.
         index: usize,
     },
+    /// A `KVM_CLEAR_DIRTY_LOG` range that the kernel would refuse.
+    #[error(
+        "cannot clear the dirty log of slot {slot} from page {first_page} for {pages} pages: \
+         the start must be a multiple of 64 pages and the length too, unless it reaches the \
+         end of the slot ({slot_pages} pages), and the bitmap must cover it"
+    )]
+    BadClearRange {
+        /// The slot.
+        slot: u32,
+        /// First page of the range.
+        first_page: u64,
+        /// Pages in the range.
+        pages: u64,
+        /// Pages in the slot.
+        slot_pages: u64,
+    },
 }
 
 fn ioctl(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> KvmError {
@@ -53,6 +76,83 @@ pub type Result<T> = std::result::Result<T, KvmError>;
 /// `kvm_pvm`), which lacks 1 GiB guest pages and LA57.
 pub fn host_is_pvm() -> bool {
     Path::new("/sys/module/kvm_pvm").exists()
+}
+
+/// Ioctl numbers kvm-ioctls does not define.
+mod ioctl_numbers {
+    use super::{KVMIO, kvm_clear_dirty_log};
+    use vmm_sys_util::ioctl_iowr_nr;
+
+    // include/uapi/linux/kvm.h: `_IOWR(KVMIO, 0xc0, struct kvm_clear_dirty_log)`.
+    ioctl_iowr_nr!(KVM_CLEAR_DIRTY_LOG, KVMIO, 0xc0, kvm_clear_dirty_log);
+}
+use ioctl_numbers::KVM_CLEAR_DIRTY_LOG;
+
+/// A KVM memory slot: which guest-physical range it covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemorySlot {
+    /// KVM slot number.
+    pub slot: u32,
+    /// First guest-physical address.
+    pub base: GuestAddress,
+    /// Length in bytes (a multiple of 4 KiB).
+    pub len: u64,
+}
+
+impl MemorySlot {
+    /// 4 KiB pages in the slot (one dirty bit each).
+    pub fn pages(&self) -> u64 {
+        self.len.div_ceil(4096)
+    }
+}
+
+/// What the host's KVM offers for dirty-page tracking, from `KVM_CHECK_EXTENSION` on a VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DirtyLogCapabilities {
+    /// `KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2`: the flags KVM accepts (bit 0
+    /// `MANUAL_PROTECT_ENABLE`, bit 1 `INITIALLY_SET`); 0 when unsupported.
+    pub manual_protect_flags: u32,
+    /// `KVM_CAP_DIRTY_LOG_RING`: the largest ring in bytes; 0 when unsupported.
+    pub dirty_ring_max_bytes: u32,
+}
+
+impl DirtyLogCapabilities {
+    /// Whether `KVM_CLEAR_DIRTY_LOG` (manual protect) can be enabled.
+    pub fn manual_protect(&self) -> bool {
+        self.manual_protect_flags & KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE != 0
+    }
+}
+
+/// Checks a `KVM_CLEAR_DIRTY_LOG` range and builds its argument. The kernel wants
+/// `first_page` a multiple of 64 and `pages` a multiple of 64 unless the range ends at
+/// the end of the slot; `bitmap` holds one bit per page of the range (bit 0 of word 0 is
+/// `first_page`). The returned struct points into `bitmap`.
+fn clear_dirty_log_arg(
+    slot: &MemorySlot,
+    first_page: u64,
+    pages: u64,
+    bitmap: &mut [u64],
+) -> Result<kvm_clear_dirty_log> {
+    let slot_pages = slot.pages();
+    let bad = || KvmError::BadClearRange {
+        slot: slot.slot,
+        first_page,
+        pages,
+        slot_pages,
+    };
+    let end = first_page.checked_add(pages).ok_or_else(bad)?;
+    let aligned = first_page % 64 == 0 && (pages % 64 == 0 || end == slot_pages);
+    if pages == 0 || end > slot_pages || !aligned || (bitmap.len() as u64) < pages.div_ceil(64) {
+        return Err(bad());
+    }
+    let mut arg = kvm_clear_dirty_log {
+        slot: slot.slot,
+        num_pages: u32::try_from(pages).map_err(|_| bad())?,
+        first_page,
+        ..Default::default()
+    };
+    arg.__bindgen_anon_1.dirty_bitmap = bitmap.as_mut_ptr().cast();
+    Ok(arg)
 }
 
 /// An open `/dev/kvm`.
@@ -93,11 +193,43 @@ pub struct KvmVm {
 }
 
 impl KvmVm {
-    /// Registers every region of `memory` as a KVM memory slot (slot = region index).
+    /// What KVM offers for dirty logging on this VM.
+    pub fn dirty_log_capabilities(&self) -> DirtyLogCapabilities {
+        let value = |cap: u32| {
+            u32::try_from(self.fd.check_extension_raw(libc::c_ulong::from(cap))).unwrap_or(0)
+        };
+        DirtyLogCapabilities {
+            manual_protect_flags: value(KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2),
+            dirty_ring_max_bytes: value(KVM_CAP_DIRTY_LOG_RING),
+        }
+    }
+
+    /// Enables (or, with `false`, disables) `KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2`:
+    /// `KVM_GET_DIRTY_LOG` then only reads the log, and [`KvmVm::clear_dirty_log`]
+    /// resets it and write-protects the pages again. Not `INITIALLY_SET`: the log starts
+    /// clean, as without manual protect.
+    pub fn set_manual_dirty_log_protect(&self, enable: bool) -> Result<()> {
+        let mut cap = kvm_enable_cap {
+            cap: KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2,
+            ..Default::default()
+        };
+        cap.args[0] = if enable {
+            u64::from(KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE)
+        } else {
+            0
+        };
+        self.fd
+            .enable_cap(&cap)
+            .map_err(ioctl("KVM_ENABLE_CAP(MANUAL_DIRTY_LOG_PROTECT2)"))
+    }
+
+    /// Registers every region of `memory` as a KVM memory slot (slot = region index),
+    /// with `KVM_MEM_LOG_DIRTY_PAGES` when `log_dirty`. Returns the slots.
     ///
     /// The caller must keep `memory` (or a clone of it, which shares the mappings)
     /// alive for as long as this VM exists; [`crate::vm::Vm`] does.
-    pub fn register_memory(&self, memory: &GuestMemoryMmap) -> Result<()> {
+    pub fn register_memory(&self, memory: &GuestRam, log_dirty: bool) -> Result<Vec<MemorySlot>> {
+        let mut slots = Vec::new();
         for (index, region) in memory.iter().enumerate() {
             let host = region
                 .get_host_address(vm_memory::MemoryRegionAddress(0))
@@ -105,7 +237,11 @@ impl KvmVm {
             let slot = u32::try_from(index).map_err(|_| KvmError::BadMemoryRegion { index })?;
             let region_desc = kvm_userspace_memory_region {
                 slot,
-                flags: 0,
+                flags: if log_dirty {
+                    KVM_MEM_LOG_DIRTY_PAGES
+                } else {
+                    0
+                },
                 guest_phys_addr: region.start_addr().0,
                 memory_size: region.len(),
                 userspace_addr: host as u64,
@@ -116,6 +252,49 @@ impl KvmVm {
             // never sees a dangling host range.
             unsafe { self.fd.set_user_memory_region(region_desc) }
                 .map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))?;
+            slots.push(MemorySlot {
+                slot,
+                base: region.start_addr(),
+                len: region.len(),
+            });
+        }
+        Ok(slots)
+    }
+
+    /// `KVM_GET_DIRTY_LOG` of one slot: one bit per 4 KiB page, bit `i % 64` of word
+    /// `i / 64` for page `i`. Without manual protect, this also resets the log.
+    pub fn get_dirty_log(&self, slot: &MemorySlot) -> Result<Vec<u64>> {
+        let len = usize::try_from(slot.len).map_err(|_| KvmError::BadMemoryRegion {
+            index: slot.slot as usize,
+        })?;
+        self.fd
+            .get_dirty_log(slot.slot, len)
+            .map_err(ioctl("KVM_GET_DIRTY_LOG"))
+    }
+
+    /// `KVM_CLEAR_DIRTY_LOG`: resets the dirty bits of `slot` set in `bitmap` (bit 0 of
+    /// word 0 = `first_page`) over `pages` pages, and write-protects those pages again.
+    /// Needs manual protect ([`KvmVm::set_manual_dirty_log_protect`]).
+    pub fn clear_dirty_log(
+        &self,
+        slot: &MemorySlot,
+        first_page: u64,
+        pages: u64,
+        bitmap: &[u64],
+    ) -> Result<()> {
+        // The kernel only reads the bitmap; a private copy keeps `bitmap` shared.
+        let mut words = bitmap.to_vec();
+        let arg = clear_dirty_log_arg(slot, first_page, pages, &mut words)?;
+        // SAFETY: `arg` is a fully initialised `kvm_clear_dirty_log` whose bitmap pointer
+        // points into `words`, which lives until after the call and holds at least
+        // `pages` bits (checked by `clear_dirty_log_arg`); the kernel reads the struct and
+        // the bitmap and writes neither. `self.fd` is a VM fd.
+        let ret = unsafe { ioctl_with_ref(&self.fd, KVM_CLEAR_DIRTY_LOG(), &arg) };
+        if ret < 0 {
+            return Err(KvmError::Ioctl {
+                what: "KVM_CLEAR_DIRTY_LOG",
+                source: kvm_ioctls::Error::last(),
+            });
         }
         Ok(())
     }
@@ -310,5 +489,62 @@ impl KvmVcpu {
     /// ([`kick`]). Valid for as long as this vCPU exists.
     pub fn immediate_exit_ptr(&mut self) -> *mut u8 {
         &raw mut self.fd.get_kvm_run().immediate_exit
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SLOT: MemorySlot = MemorySlot {
+        slot: 1,
+        base: GuestAddress(0x1_0000_0000),
+        len: 100 * 4096,
+    };
+
+    #[test]
+    fn clear_dirty_log_ioctl_number_matches_the_kernel() {
+        // _IOWR(0xAE, 0xC0, 24 bytes), from include/uapi/linux/kvm.h.
+        assert_eq!(std::mem::size_of::<kvm_clear_dirty_log>(), 24);
+        assert_eq!(KVM_CLEAR_DIRTY_LOG(), 0xc018_aec0);
+    }
+
+    #[test]
+    fn clear_ranges_follow_the_kernel_rules() {
+        let mut words = vec![0x5u64; 2];
+        let Ok(arg) = clear_dirty_log_arg(&SLOT, 0, 100, &mut words) else {
+            panic!("the whole slot must be accepted");
+        };
+        assert_eq!((arg.slot, arg.num_pages, arg.first_page), (1, 100, 0));
+        // SAFETY: the union member was just written by `clear_dirty_log_arg`.
+        let ptr = unsafe { arg.__bindgen_anon_1.dirty_bitmap };
+        assert_eq!(ptr.cast::<u64>(), words.as_mut_ptr());
+        assert!(clear_dirty_log_arg(&SLOT, 0, 64, &mut words).is_ok());
+        assert!(
+            clear_dirty_log_arg(&SLOT, 64, 36, &mut words).is_ok(),
+            "to the end"
+        );
+        let rejected = [(1, 63), (0, 10), (64, 37), (64, 0), (u64::MAX, 2)];
+        for (first, pages) in rejected {
+            assert!(
+                matches!(
+                    clear_dirty_log_arg(&SLOT, first, pages, &mut words),
+                    Err(KvmError::BadClearRange { .. })
+                ),
+                "{first} + {pages}"
+            );
+        }
+        let mut short = vec![0u64; 1];
+        assert!(clear_dirty_log_arg(&SLOT, 0, 100, &mut short).is_err());
+    }
+
+    #[test]
+    fn capabilities_decode() {
+        let caps = DirtyLogCapabilities {
+            manual_protect_flags: 3,
+            dirty_ring_max_bytes: 0,
+        };
+        assert!(caps.manual_protect());
+        assert!(!DirtyLogCapabilities::default().manual_protect());
     }
 }

@@ -1,0 +1,298 @@
+//! Dirty scans on the live built-in guest in `--mode dirty`: over several rounds the GPA
+//! and GVA scans report every page the guest says it wrote, and nothing unexplained.
+//!
+//! Extras allowed in a round's GPA set, and only these: the guest's page-table pool (the
+//! CPU sets accessed/dirty bits in its tables), the page(s) of the round record, the page
+//! just below the guest's RSP (the calls of the round push return addresses), and in the
+//! round after the test wrote guest memory from the VMM, that page.
+//!
+//! Both KVM backends run the same deterministic guest; where
+//! `KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2` is absent the comparison is skipped with a printed
+//! reason (also under `GUESTWALK_REQUIRE_KVM=1`: the capability is optional); where it is
+//! present, any failure of the manual-clear backend fails the test.
+
+use std::collections::BTreeSet;
+
+use guestwalk_tests::{TIMEOUT, kvm_available, test_memory};
+use vm_memory::{Bytes, GuestAddress};
+use vmm::dirty::{DirtyLogBackend, DirtyLogChoice, DirtySet, ScanReport};
+use vmm::kvm::Hypervisor;
+use vmm::{Console, GuestMode, RoundRecord, Vm, VmConfig, VmEvent, build_vm_with};
+use walker::{DirtyPages, Granularity, Gva, Mapping, PageSize};
+
+const ROUNDS: u64 = 6;
+const TABLE_POOL: std::ops::Range<u64> = 0x20_0000..0x40_0000;
+const BIG0_VA: u64 = 0x4040_0000;
+const BIG2_VA: u64 = 0x4080_0000;
+const HUGE: u64 = 2 << 20;
+/// F5: mapped read-only at 0x4000_5000, never written by the guest after READY.
+const VMM_WRITE_GPA: u64 = 0x40_5000;
+const VMM_WRITE_VA: u64 = 0x4000_5000;
+/// The VMM writes after the scan of this round, so the next round must report it.
+const VMM_WRITE_AFTER_ROUND: u64 = 3;
+
+struct Round {
+    record: RoundRecord,
+    record_gpa: u64,
+    rsp: u64,
+    set: DirtySet,
+    report: ScanReport,
+    huge_leaves: Vec<(u64, u64)>,
+}
+
+fn page(a: u64) -> u64 {
+    a & !0xfff
+}
+
+fn boot(choice: DirtyLogChoice) -> (Vm, Console) {
+    let console = Console::capture();
+    let config = VmConfig {
+        mode: GuestMode::Dirty,
+        vcpus: 1,
+        console: console.clone(),
+        memory: test_memory(),
+    };
+    match build_vm_with(&config, Some(choice)) {
+        Ok(vm) => (vm, console),
+        Err(e) => panic!("cannot boot the dirty-writer guest ({choice:?}): {e}"),
+    }
+}
+
+/// Boots, drops the boot-time set, runs `ROUNDS` rounds scanning after each one.
+fn run_rounds(choice: DirtyLogChoice) -> (DirtyLogBackend, Vec<Round>) {
+    let (vm, console) = boot(choice);
+    if let Err(e) = vm.wait_ready(TIMEOUT) {
+        panic!(
+            "no READY: {e}\n{}",
+            String::from_utf8_lossy(&console.captured())
+        );
+    }
+    let backend = vm.dirty_log_backend().unwrap_or(DirtyLogBackend::Bitmap);
+    let pause = |vm: &Vm| vm.pause().unwrap_or_else(|e| panic!("pause: {e}"));
+    pause(&vm);
+    vm.fetch_dirty()
+        .unwrap_or_else(|e| panic!("first fetch: {e}"));
+    vm.resume().unwrap_or_else(|e| panic!("resume: {e}"));
+    let mut rounds = Vec::new();
+    for n in 1..=ROUNDS {
+        vm.next_round();
+        let record_gpa = loop {
+            match vm.wait_event(TIMEOUT) {
+                Ok(VmEvent::RoundDone { record }) => break record,
+                Ok(VmEvent::VcpuStopped { stop, .. }) => panic!(
+                    "guest stopped in round {n}: {stop}\n{}",
+                    String::from_utf8_lossy(&console.captured())
+                ),
+                Ok(_) => {}
+                Err(e) => panic!("no ROUND_DONE in round {n}: {e}"),
+            }
+        };
+        let states = pause(&vm);
+        let (set, report) = vm
+            .dirty_scan(&states, &[])
+            .unwrap_or_else(|e| panic!("scan of round {n}: {e}"));
+        let record = RoundRecord::read(vm.guest_memory(), record_gpa)
+            .unwrap_or_else(|e| panic!("round {n}: {e}"));
+        let ctx = vm
+            .paging_context(&states[0], None)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let huge_leaves = walker::mappings(
+            vm.guest_memory(),
+            &ctx,
+            Gva(0)..=Gva(u64::MAX),
+            Granularity::AsMapped,
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_iter()
+        .filter_map(|m| match m {
+            Mapping::Leaf(l) if l.size != PageSize::Size4K => Some((l.pa.0, l.size.bytes())),
+            _ => None,
+        })
+        .collect();
+        if n == VMM_WRITE_AFTER_ROUND {
+            vm.guest_memory()
+                .write_obj(0x5eed_u64, GuestAddress(VMM_WRITE_GPA))
+                .unwrap_or_else(|e| panic!("VMM write: {e}"));
+        }
+        vm.resume().unwrap_or_else(|e| panic!("resume: {e}"));
+        rounds.push(Round {
+            record,
+            record_gpa: record_gpa.0,
+            rsp: states[0].rsp,
+            set,
+            report,
+            huge_leaves,
+        });
+    }
+    guestwalk_tests::finish(&vm, &console);
+    (backend, rounds)
+}
+
+/// Checks one backend's rounds; returns each round's dirty GPA list.
+fn check_rounds(backend: DirtyLogBackend, rounds: &[Round]) -> Vec<Vec<u64>> {
+    let mut seen_clean_big0 = false;
+    let mut seen_single_big0 = false;
+    let mut all = Vec::new();
+    for (i, r) in rounds.iter().enumerate() {
+        let n = i as u64 + 1;
+        let what = format!("{backend:?} round {n}");
+        assert_eq!(r.record.round, n, "{what}: the guest's round number");
+        assert!(
+            !r.record.pages.is_empty(),
+            "{what}: the guest wrote nothing"
+        );
+        // GPA scan: no misses.
+        let written: BTreeSet<u64> = r.record.pages.iter().map(|(_, pa)| pa.0).collect();
+        for pa in &written {
+            assert!(
+                r.set.contains(GuestAddress(*pa)),
+                "{what}: missed GPA {pa:#x}"
+            );
+        }
+        // Extras: only the allowed ones.
+        let record_end = r.record_gpa + RoundRecord::size(r.record.pages.len());
+        let vmm_wrote = n == VMM_WRITE_AFTER_ROUND + 1;
+        let mut counted = [0u64; 4];
+        for gpa in r.set.iter().map(|g| g.0) {
+            if written.contains(&gpa) {
+                continue;
+            }
+            let kind = if TABLE_POOL.contains(&gpa) {
+                0
+            } else if (page(r.record_gpa)..record_end).contains(&gpa) {
+                1
+            } else if gpa == page(r.rsp - 8) || gpa == page(r.rsp - 256) {
+                2
+            } else if vmm_wrote && gpa == VMM_WRITE_GPA {
+                3
+            } else {
+                panic!("{what}: unexplained dirty GPA {gpa:#x} (guest wrote {written:#x?})");
+            };
+            counted[kind] += 1;
+        }
+        eprintln!(
+            "{what}: {} pages written by the guest; extras: {} page-table, {} record, {} stack, {} VMM",
+            written.len(),
+            counted[0],
+            counted[1],
+            counted[2],
+            counted[3]
+        );
+        if vmm_wrote {
+            assert_eq!(counted[3], 1, "{what}: the VMM's write is missing");
+            assert!(r.set.vmm_pages >= 1, "{what}: {}", r.set.vmm_pages);
+        }
+        // GVA scan of the current space: no misses, nothing outside the GPA set.
+        let space = &r.report.spaces[0];
+        let gva: BTreeSet<(u64, u64)> = space.scan.pages.iter().map(|p| (p.va.0, p.pa.0)).collect();
+        for (va, pa) in &r.record.pages {
+            assert!(
+                gva.contains(&(va.0, pa.0)),
+                "{what}: GVA scan missed {:#x} -> {:#x}",
+                va.0,
+                pa.0
+            );
+        }
+        for p in &space.scan.pages {
+            assert!(r.set.contains(p.pa), "{what}: {p:?} is not in the GPA set");
+        }
+        if vmm_wrote {
+            assert!(
+                gva.contains(&(VMM_WRITE_VA, VMM_WRITE_GPA)),
+                "{what}: VMM write by VA"
+            );
+        }
+        // Huge leaves: split exactly when their physical range is dirty.
+        let dirty_huge = r
+            .huge_leaves
+            .iter()
+            .filter(|(pa, size)| r.set.bitmaps.any_dirty(GuestAddress(*pa), *size))
+            .count() as u64;
+        assert_eq!(space.scan.huge_split, dirty_huge, "{what}");
+        assert_eq!(
+            space.scan.huge_skipped,
+            r.huge_leaves.len() as u64 - dirty_huge,
+            "{what}"
+        );
+        for base in [BIG0_VA, BIG2_VA] {
+            let mut expected: Vec<u64> = r
+                .record
+                .pages
+                .iter()
+                .map(|(va, _)| va.0)
+                .filter(|va| (base..base + HUGE).contains(va))
+                .collect();
+            expected.sort_unstable();
+            let reported: Vec<_> = space
+                .scan
+                .pages
+                .iter()
+                .filter(|p| (base..base + HUGE).contains(&p.va.0))
+                .collect();
+            assert_eq!(
+                reported.iter().map(|p| p.va.0).collect::<Vec<_>>(),
+                expected,
+                "{what}: the 2 MiB leaf at {base:#x}"
+            );
+            assert!(reported.iter().all(|p| p.shadow), "{what}: {reported:?}");
+            if base == BIG0_VA {
+                seen_clean_big0 |= expected.is_empty();
+                seen_single_big0 |= expected.len() == 1;
+            }
+        }
+        all.push(r.set.iter().map(|g| g.0).collect());
+    }
+    assert!(
+        seen_clean_big0 && seen_single_big0,
+        "the rounds must cover both cases"
+    );
+    all
+}
+
+#[test]
+fn dirty_rounds_report_every_written_page_bitmap_backend() {
+    if !kvm_available("dirty_rounds_report_every_written_page_bitmap_backend") {
+        return;
+    }
+    let (backend, rounds) = run_rounds(DirtyLogChoice::Bitmap);
+    assert_eq!(backend, DirtyLogBackend::Bitmap);
+    check_rounds(backend, &rounds);
+}
+
+#[test]
+fn manual_clear_backend_reports_the_same_pages_as_bitmap() {
+    let test = "manual_clear_backend_reports_the_same_pages_as_bitmap";
+    if !kvm_available(test) {
+        return;
+    }
+    let caps = Hypervisor::open()
+        .and_then(|h| h.create_vm())
+        .map(|vm| vm.dirty_log_capabilities())
+        .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!(
+        "{test}: MANUAL_DIRTY_LOG_PROTECT2 flags {:#x}, DIRTY_LOG_RING max {} bytes",
+        caps.manual_protect_flags, caps.dirty_ring_max_bytes
+    );
+    if !caps.manual_protect() {
+        eprintln!("{test}: skipped: KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 is not offered by this host");
+        return;
+    }
+    let (manual, manual_rounds) = run_rounds(DirtyLogChoice::ManualClear);
+    assert_eq!(manual, DirtyLogBackend::ManualClear);
+    let from_manual = check_rounds(manual, &manual_rounds);
+    let (bitmap, bitmap_rounds) = run_rounds(DirtyLogChoice::Bitmap);
+    let from_bitmap = check_rounds(bitmap, &bitmap_rounds);
+    assert_eq!(from_manual, from_bitmap, "same guest run, same dirty pages");
+}
+
+#[test]
+fn dirty_logging_is_off_by_default() {
+    if !kvm_available("dirty_logging_is_off_by_default") {
+        return;
+    }
+    let (vm, console) = guestwalk_tests::boot(GuestMode::Normal, 1);
+    guestwalk_tests::ready(&vm, &console);
+    assert_eq!(vm.dirty_log_backend(), None);
+    assert!(vm.fetch_dirty().is_err());
+    guestwalk_tests::finish(&vm, &console);
+}

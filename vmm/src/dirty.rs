@@ -1,0 +1,612 @@
+//! Dirty-page tracking and dirty scans of a live guest.
+//!
+//! - [`DirtyLog`]: where the set of pages the *guest* dirtied comes from. Two backends over
+//!   KVM's per-slot bitmap: [`BitmapDirtyLog`] (`KVM_GET_DIRTY_LOG`, which fetches and
+//!   resets in one call) and [`ManualClearDirtyLog`] (`KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2`:
+//!   `KVM_GET_DIRTY_LOG` only reads, `KVM_CLEAR_DIRTY_LOG` resets and re-protects). A
+//!   dirty-ring backend (`KVM_CAP_DIRTY_LOG_RING`, per-vCPU rings of GFNs) fits the same
+//!   trait: it would harvest the rings and set bits in the same per-slot bitmaps.
+//! - The VMM's own writes: KVM never sees them (they do not go through the guest's
+//!   MMU), so guest RAM is a [`GuestRam`], whose regions carry vm-memory's atomic bitmap;
+//!   every write through vm-memory's `Bytes` API marks it. [`DirtyTracker::fetch`] ORs that
+//!   bitmap into the KVM set and resets it, as Firecracker does for snapshots. We chose the
+//!   bitmap over recording writes by hand because it cannot be forgotten: any VMM code (a
+//!   device, a test) that writes guest memory marks it, whatever path it takes through
+//!   vm-memory. Raw pointer writes (none in this VMM) would bypass it.
+//! - Scans: [`GpaScan`] (per slot counts) and [`scan_space`] (a GVA scan of one address
+//!   space with [`walker::scan_dirty`], which skips clean huge leaves unsplit), gathered in
+//!   a [`ScanReport`] that prints as text or one JSON line.
+//!
+//! Fetch with the vCPUs paused ([`crate::vm::Vm::pause`]) for a consistent set: a fetch
+//! while the guest runs is correct (nothing is lost: a page dirtied during the fetch is in
+//! this set or the next), but the scan then races the guest's writes.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::Serialize;
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use walker::{DirtyBitmap, DirtyPages, DirtyScan, Gva, PagingContext, WalkOptions, scan_dirty};
+
+use crate::kvm::{DirtyLogCapabilities, KvmError, KvmVm, MemorySlot};
+use crate::memory::GuestRam;
+
+/// Errors of dirty tracking and scans.
+#[derive(Debug, thiserror::Error)]
+pub enum DirtyError {
+    /// A KVM dirty-log call failed.
+    #[error("dirty log: {0}")]
+    Kvm(#[from] KvmError),
+    /// Manual-clear was asked for but KVM does not offer it.
+    #[error(
+        "KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 is not available on this host (flags {0:#x}): use the bitmap backend"
+    )]
+    ManualClearUnavailable(u32),
+    /// The VM was built without dirty logging.
+    #[error("the VM was built without dirty logging (see build_vm_with)")]
+    NotEnabled,
+    /// The tracker's lock was poisoned by a panic elsewhere.
+    #[error("the dirty tracker is unusable after a panic in another thread")]
+    Poisoned,
+    /// A GVA scan stopped early (its entry budget ran out).
+    #[error("the dirty scan of CR3 {cr3:#x} stopped early: {reason}")]
+    Walk {
+        /// The address space.
+        cr3: u64,
+        /// Why.
+        reason: String,
+    },
+    /// The vCPU's registers do not describe paging the walker knows.
+    #[error("cannot scan CR3 {cr3:#x}: {reason}")]
+    Context {
+        /// The address space.
+        cr3: u64,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Which KVM mechanism gives the guest's dirty pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DirtyLogBackend {
+    /// `KVM_GET_DIRTY_LOG`: fetch and reset in one call.
+    Bitmap,
+    /// `KVM_GET_DIRTY_LOG` + `KVM_CLEAR_DIRTY_LOG` (manual protect).
+    ManualClear,
+}
+
+impl fmt::Display for DirtyLogBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Bitmap => "bitmap (KVM_GET_DIRTY_LOG)",
+            Self::ManualClear => "manual-clear (KVM_GET_DIRTY_LOG + KVM_CLEAR_DIRTY_LOG)",
+        })
+    }
+}
+
+/// What [`crate::build_vm_with`] is asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum DirtyLogChoice {
+    /// Manual-clear when KVM offers it, else bitmap.
+    #[default]
+    Auto,
+    /// Always [`DirtyLogBackend::Bitmap`].
+    Bitmap,
+    /// Always [`DirtyLogBackend::ManualClear`] (fails when unavailable).
+    ManualClear,
+}
+
+impl DirtyLogChoice {
+    /// The backend for a host with `caps`.
+    pub fn resolve(self, caps: DirtyLogCapabilities) -> Result<DirtyLogBackend, DirtyError> {
+        match self {
+            Self::Auto if caps.manual_protect() => Ok(DirtyLogBackend::ManualClear),
+            Self::Auto | Self::Bitmap => Ok(DirtyLogBackend::Bitmap),
+            Self::ManualClear if caps.manual_protect() => Ok(DirtyLogBackend::ManualClear),
+            Self::ManualClear => Err(DirtyError::ManualClearUnavailable(
+                caps.manual_protect_flags,
+            )),
+        }
+    }
+}
+
+/// A source of the pages the guest dirtied.
+pub trait DirtyLog: Send + fmt::Debug {
+    /// Which mechanism this is.
+    fn backend(&self) -> DirtyLogBackend;
+
+    /// The guest-physical pages the guest wrote since the previous fetch (or since the
+    /// slots were registered), one bitmap per memory slot with its base and length;
+    /// resets the log.
+    fn fetch(&mut self) -> Result<Vec<DirtyBitmap>, DirtyError>;
+}
+
+fn to_bitmap(slot: &MemorySlot, words: &[u64]) -> DirtyBitmap {
+    DirtyBitmap::from_words(slot.base, slot.len, words)
+}
+
+/// `KVM_GET_DIRTY_LOG` per slot: the kernel hands over the bitmap and resets it (and
+/// write-protects the dirty pages again) in the same call.
+#[derive(Debug)]
+pub struct BitmapDirtyLog {
+    vm: Arc<KvmVm>,
+    slots: Vec<MemorySlot>,
+}
+
+impl BitmapDirtyLog {
+    /// A backend over `slots`, registered with `KVM_MEM_LOG_DIRTY_PAGES`.
+    pub fn new(vm: Arc<KvmVm>, slots: Vec<MemorySlot>) -> Self {
+        Self { vm, slots }
+    }
+}
+
+impl DirtyLog for BitmapDirtyLog {
+    fn backend(&self) -> DirtyLogBackend {
+        DirtyLogBackend::Bitmap
+    }
+
+    fn fetch(&mut self) -> Result<Vec<DirtyBitmap>, DirtyError> {
+        self.slots
+            .iter()
+            .map(|slot| Ok(to_bitmap(slot, &self.vm.get_dirty_log(slot)?)))
+            .collect()
+    }
+}
+
+/// Manual protect: `KVM_GET_DIRTY_LOG` only reads the bitmap; `KVM_CLEAR_DIRTY_LOG`
+/// then resets exactly the bits read and re-protects those pages. (The win on large
+/// guests is that clearing can be done in chunks, later, instead of all at once under
+/// the slot lock; this first step clears whole slots right after reading them.)
+#[derive(Debug)]
+pub struct ManualClearDirtyLog {
+    vm: Arc<KvmVm>,
+    slots: Vec<MemorySlot>,
+}
+
+impl ManualClearDirtyLog {
+    /// A backend over `slots`; manual protect must already be enabled on `vm`.
+    pub fn new(vm: Arc<KvmVm>, slots: Vec<MemorySlot>) -> Self {
+        Self { vm, slots }
+    }
+}
+
+impl DirtyLog for ManualClearDirtyLog {
+    fn backend(&self) -> DirtyLogBackend {
+        DirtyLogBackend::ManualClear
+    }
+
+    fn fetch(&mut self) -> Result<Vec<DirtyBitmap>, DirtyError> {
+        self.slots
+            .iter()
+            .map(|slot| {
+                let words = self.vm.get_dirty_log(slot)?;
+                if words.iter().any(|w| *w != 0) {
+                    self.vm.clear_dirty_log(slot, 0, slot.pages(), &words)?;
+                }
+                Ok(to_bitmap(slot, &words))
+            })
+            .collect()
+    }
+}
+
+/// Takes (and resets) the pages the VMM wrote through vm-memory since the last call, one
+/// bitmap per region, from the regions' [`vm_memory::bitmap::AtomicBitmap`].
+pub fn take_vmm_writes(memory: &GuestRam) -> Vec<DirtyBitmap> {
+    memory
+        .iter()
+        .map(|region| {
+            // `GuestRegionMmap` derefs to its `MmapRegion`, which owns the whole-region
+            // bitmap (`region.bitmap()` would be a slice view without `get_and_reset`).
+            let words = vm_memory::MmapRegion::bitmap(region).get_and_reset();
+            DirtyBitmap::from_words(region.start_addr(), region.len(), &words)
+        })
+        .collect()
+}
+
+/// One fetch: the union of the guest's and the VMM's writes since the previous one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirtySet {
+    /// Fetch number (1 for the first fetch after boot).
+    pub seq: u64,
+    /// The backend it came from.
+    pub backend: DirtyLogBackend,
+    /// Dirty pages, one bitmap per memory slot (guest and VMM writes ORed).
+    pub bitmaps: Vec<DirtyBitmap>,
+    /// Pages the VMM wrote (also in `bitmaps`).
+    pub vmm_pages: u64,
+}
+
+impl DirtySet {
+    /// Number of dirty pages.
+    pub fn pages(&self) -> u64 {
+        self.bitmaps.iter().map(DirtyBitmap::count).sum()
+    }
+
+    /// Whether the page containing `gpa` is dirty.
+    pub fn contains(&self, gpa: GuestAddress) -> bool {
+        self.bitmaps.is_dirty(gpa)
+    }
+
+    /// Every dirty page, in address order.
+    pub fn iter(&self) -> impl Iterator<Item = GuestAddress> + '_ {
+        self.bitmaps.iter().flat_map(DirtyBitmap::iter)
+    }
+
+    /// The GPA scan: pages per slot.
+    pub fn gpa_scan(&self) -> GpaScan {
+        GpaScan {
+            slots: self
+                .bitmaps
+                .iter()
+                .map(|b| SlotCount {
+                    base: b.base(),
+                    pages: b.count(),
+                })
+                .collect(),
+            pages: self.pages(),
+        }
+    }
+}
+
+/// Dirty pages of one memory slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotCount {
+    /// First GPA of the slot.
+    pub base: GuestAddress,
+    /// Dirty 4 KiB pages in it.
+    pub pages: u64,
+}
+
+/// The guest-physical side of a scan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpaScan {
+    /// Per slot.
+    pub slots: Vec<SlotCount>,
+    /// In all.
+    pub pages: u64,
+}
+
+/// The dirty log of a VM plus the VMM's own writes, numbered fetch by fetch.
+#[derive(Debug)]
+pub struct DirtyTracker {
+    log: Box<dyn DirtyLog>,
+    memory: GuestRam,
+    seq: u64,
+}
+
+impl DirtyTracker {
+    /// A tracker over `log`; `memory` must be the VM's RAM (a clone shares the bitmaps).
+    pub fn new(log: Box<dyn DirtyLog>, memory: GuestRam) -> Self {
+        Self {
+            log,
+            memory,
+            seq: 0,
+        }
+    }
+
+    /// The backend in use.
+    pub fn backend(&self) -> DirtyLogBackend {
+        self.log.backend()
+    }
+
+    /// Fetches and resets the guest's dirty log and the VMM's write bitmap, ORed.
+    pub fn fetch(&mut self) -> Result<DirtySet, DirtyError> {
+        let mut bitmaps = self.log.fetch()?;
+        let vmm = take_vmm_writes(&self.memory);
+        let vmm_pages = vmm.iter().map(DirtyBitmap::count).sum();
+        for (kvm, own) in bitmaps.iter_mut().zip(&vmm) {
+            kvm.merge(own);
+        }
+        self.seq += 1;
+        Ok(DirtySet {
+            seq: self.seq,
+            backend: self.log.backend(),
+            bitmaps,
+            vmm_pages,
+        })
+    }
+}
+
+/// The GVA scan of one address space.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpaceScan {
+    /// The CR3 scanned (with PCID bits, as the vCPU had it).
+    pub cr3: u64,
+    /// What the walk found.
+    pub scan: DirtyScan,
+}
+
+/// Scans the address space of `ctx` for virtual pages backed by a dirty page of `set`.
+pub fn scan_space<M: GuestMemoryBackend>(
+    memory: &M,
+    ctx: &PagingContext,
+    set: &DirtySet,
+) -> Result<SpaceScan, DirtyError> {
+    let cr3 = ctx.registers().cr3;
+    let scan = scan_dirty(
+        memory,
+        ctx,
+        Gva(0)..=Gva(u64::MAX),
+        set.bitmaps.as_slice(),
+        WalkOptions::default(),
+    )
+    .map_err(|e| DirtyError::Walk {
+        cr3,
+        reason: e.to_string(),
+    })?;
+    Ok(SpaceScan { cr3, scan })
+}
+
+/// One scan: the GPA set and the GVA scans of some address spaces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanReport {
+    /// Fetch number.
+    pub seq: u64,
+    /// The GPA scan.
+    pub gpa: GpaScan,
+    /// Pages written by the VMM (included in `gpa`).
+    pub vmm_pages: u64,
+    /// The GVA scans.
+    pub spaces: Vec<SpaceScan>,
+}
+
+#[derive(Serialize)]
+struct JsonRange {
+    va: String,
+    pa: String,
+    pages: u64,
+}
+
+#[derive(Serialize)]
+struct JsonSpace {
+    cr3: String,
+    ranges: Vec<JsonRange>,
+    huge_skipped: u64,
+    huge_split: u64,
+}
+
+#[derive(Serialize)]
+struct JsonSlot {
+    base: String,
+    pages: u64,
+}
+
+#[derive(Serialize)]
+struct JsonScan {
+    kind: &'static str,
+    seq: u64,
+    gpa_pages: u64,
+    vmm_pages: u64,
+    slots: Vec<JsonSlot>,
+    spaces: Vec<JsonSpace>,
+}
+
+fn hex(v: u64) -> String {
+    format!("{v:#x}")
+}
+
+impl ScanReport {
+    /// One JSON line: `{"kind":"dirty-scan","seq","gpa_pages","vmm_pages","slots":[{"base",
+    /// "pages"}],"spaces":[{"cr3","ranges":[{"va","pa","pages"}],"huge_skipped",
+    /// "huge_split"}]}` (addresses as hex strings).
+    pub fn to_json(&self) -> String {
+        let j = JsonScan {
+            kind: "dirty-scan",
+            seq: self.seq,
+            gpa_pages: self.gpa.pages,
+            vmm_pages: self.vmm_pages,
+            slots: self
+                .gpa
+                .slots
+                .iter()
+                .map(|s| JsonSlot {
+                    base: hex(s.base.0),
+                    pages: s.pages,
+                })
+                .collect(),
+            spaces: self
+                .spaces
+                .iter()
+                .map(|s| JsonSpace {
+                    cr3: hex(s.cr3),
+                    ranges: s
+                        .scan
+                        .runs()
+                        .into_iter()
+                        .map(|(va, pa, pages)| JsonRange {
+                            va: hex(va.0),
+                            pa: hex(pa.0),
+                            pages,
+                        })
+                        .collect(),
+                    huge_skipped: s.scan.huge_skipped,
+                    huge_split: s.scan.huge_split,
+                })
+                .collect(),
+        };
+        serde_json::to_string(&j).unwrap_or_default()
+    }
+
+    /// Text: a header per scan and per space, then one `VA -> PA pages` line per run.
+    pub fn to_text(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        let slots: Vec<String> = self
+            .gpa
+            .slots
+            .iter()
+            .map(|s| format!("{:#x}: {}", s.base.0, s.pages))
+            .collect();
+        let _ = writeln!(
+            out,
+            "# dirty scan {}: {} dirty guest-physical pages ({} written by the VMM); per slot {}",
+            self.seq,
+            self.gpa.pages,
+            self.vmm_pages,
+            slots.join(", ")
+        );
+        for s in &self.spaces {
+            let runs = s.scan.runs();
+            let _ = writeln!(
+                out,
+                "# CR3 {:#x}: {} dirty virtual pages in {} runs; huge leaves skipped {}, split {}",
+                s.cr3,
+                s.scan.pages.len(),
+                runs.len(),
+                s.scan.huge_skipped,
+                s.scan.huge_split
+            );
+            for (va, pa, pages) in runs {
+                let _ = writeln!(out, "{:016x} -> {:016x} {pages} pages", va.0, pa.0);
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::Bytes;
+
+    #[derive(Debug)]
+    struct FakeLog(Vec<DirtyBitmap>);
+
+    impl DirtyLog for FakeLog {
+        fn backend(&self) -> DirtyLogBackend {
+            DirtyLogBackend::Bitmap
+        }
+        fn fetch(&mut self) -> Result<Vec<DirtyBitmap>, DirtyError> {
+            let out = self.0.clone();
+            for b in &mut self.0 {
+                *b = DirtyBitmap::new(b.base(), b.pages() * 4096);
+            }
+            Ok(out)
+        }
+    }
+
+    fn ram() -> GuestRam {
+        match GuestRam::from_ranges(&[(GuestAddress(0), 1 << 20), (GuestAddress(1 << 32), 1 << 20)])
+        {
+            Ok(m) => m,
+            Err(e) => panic!("cannot map test memory: {e}"),
+        }
+    }
+
+    #[test]
+    fn choice_follows_capabilities() {
+        let none = DirtyLogCapabilities::default();
+        let manual = DirtyLogCapabilities {
+            manual_protect_flags: 3,
+            dirty_ring_max_bytes: 65536,
+        };
+        assert_eq!(
+            DirtyLogChoice::Auto.resolve(none).ok(),
+            Some(DirtyLogBackend::Bitmap)
+        );
+        assert_eq!(
+            DirtyLogChoice::Auto.resolve(manual).ok(),
+            Some(DirtyLogBackend::ManualClear)
+        );
+        assert_eq!(
+            DirtyLogChoice::Bitmap.resolve(manual).ok(),
+            Some(DirtyLogBackend::Bitmap)
+        );
+        assert!(matches!(
+            DirtyLogChoice::ManualClear.resolve(none),
+            Err(DirtyError::ManualClearUnavailable(0))
+        ));
+    }
+
+    #[test]
+    fn vmm_writes_are_merged_then_reset() {
+        let mem = ram();
+        // Creating the memory marks nothing.
+        assert!(take_vmm_writes(&mem).iter().all(|b| b.count() == 0));
+        let mut guest = DirtyBitmap::new(GuestAddress(0), 1 << 20);
+        guest.set(GuestAddress(0x3000));
+        let log = FakeLog(vec![
+            guest,
+            DirtyBitmap::new(GuestAddress(1 << 32), 1 << 20),
+        ]);
+        let mut tracker = DirtyTracker::new(Box::new(log), mem.clone());
+        assert!(mem.write_obj(7u64, GuestAddress(0x5008)).is_ok());
+        assert!(
+            mem.write_slice(&[1; 8], GuestAddress((1 << 32) + 0x1ffc))
+                .is_ok()
+        );
+        let Ok(set) = tracker.fetch() else {
+            panic!("fetch failed")
+        };
+        assert_eq!(set.seq, 1);
+        let pages: Vec<u64> = set.iter().map(|g| g.0).collect();
+        assert_eq!(
+            pages,
+            vec![0x3000, 0x5000, (1 << 32) + 0x1000, (1 << 32) + 0x2000]
+        );
+        assert_eq!(set.vmm_pages, 3);
+        assert_eq!(
+            set.gpa_scan()
+                .slots
+                .iter()
+                .map(|s| s.pages)
+                .collect::<Vec<_>>(),
+            vec![2, 2]
+        );
+        let Ok(again) = tracker.fetch() else {
+            panic!("fetch failed")
+        };
+        assert_eq!((again.seq, again.pages()), (2, 0), "both sources reset");
+    }
+
+    #[test]
+    fn reports_print_as_text_and_json() {
+        let mut b = DirtyBitmap::new(GuestAddress(0), 1 << 20);
+        b.set(GuestAddress(0x4000));
+        let set = DirtySet {
+            seq: 4,
+            backend: DirtyLogBackend::Bitmap,
+            bitmaps: vec![b],
+            vmm_pages: 0,
+        };
+        let scan = DirtyScan {
+            pages: vec![
+                walker::DirtyPage {
+                    va: Gva(0x4000_0000),
+                    pa: GuestAddress(0x4000),
+                    shadow: false,
+                },
+                walker::DirtyPage {
+                    va: Gva(0x4000_1000),
+                    pa: GuestAddress(0x5000),
+                    shadow: false,
+                },
+            ],
+            huge_skipped: 3,
+            huge_split: 1,
+            ..DirtyScan::default()
+        };
+        let report = ScanReport {
+            seq: set.seq,
+            gpa: set.gpa_scan(),
+            vmm_pages: 0,
+            spaces: vec![SpaceScan {
+                cr3: 0x20_0001,
+                scan,
+            }],
+        };
+        assert_eq!(
+            report.to_json(),
+            r#"{"kind":"dirty-scan","seq":4,"gpa_pages":1,"vmm_pages":0,"slots":[{"base":"0x0","pages":1}],"spaces":[{"cr3":"0x200001","ranges":[{"va":"0x40000000","pa":"0x4000","pages":2}],"huge_skipped":3,"huge_split":1}]}"#
+        );
+        let text = report.to_text();
+        assert!(
+            text.contains("# dirty scan 4: 1 dirty guest-physical pages"),
+            "{text}"
+        );
+        assert!(
+            text.contains("0000000040000000 -> 0000000000004000 2 pages"),
+            "{text}"
+        );
+    }
+}
