@@ -5,14 +5,17 @@
 //! - walks of every address space of the built-in guest, as mapped and split to 4 KiB,
 //!   against the time to merely read the same table pages (what any walk must do);
 //! - `walker::translate` against `KVM_TRANSLATE` on the same addresses;
-//! - the VMM's resident memory beyond the guest RAM it has touched.
+//! - the VMM's resident memory beyond the guest RAM it has touched;
+//! - full and diff snapshot writes against a plain sequential write of the same bytes.
 
 use std::fmt::Write as _;
+use std::io;
 use std::time::{Duration, Instant};
 
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use walker::{Granularity, Gva, Mapping, PagingContext, WalkOptions, for_each_mapping};
 
+use crate::snapshot::{SnapshotDir, SnapshotError};
 use crate::vm::Vm;
 
 /// Times `f` `runs` times and returns the median.
@@ -210,6 +213,109 @@ pub fn measure_paused(
         );
     }
     Ok(out)
+}
+
+/// Snapshot write costs against a plain sequential write of the same bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct SnapshotCosts {
+    /// Bytes of guest RAM (the full snapshot's memory file).
+    pub full_bytes: u64,
+    /// Time of the full snapshot (fetch, registers, write, fsyncs).
+    pub full: Duration,
+    /// Time to write the same bytes sequentially to one file, with one fsync.
+    pub full_plain: Duration,
+    /// Dirty pages in the diff.
+    pub diff_pages: u64,
+    /// Time of the diff snapshot.
+    pub diff: Duration,
+    /// Time to write the diff's page bytes sequentially, with one fsync.
+    pub diff_plain: Duration,
+}
+
+/// Writes the first `bytes` bytes of `mem` (at most all of it) to `path` and fsyncs it.
+fn plain_write<M: GuestMemoryBackend>(
+    mem: &M,
+    path: &std::path::Path,
+    bytes: u64,
+) -> io::Result<Duration> {
+    use std::io::Write as _;
+    let mut buf = vec![0u8; 1 << 20];
+    let started = Instant::now();
+    let mut file = std::fs::File::create(path)?;
+    let mut done = 0u64;
+    for region in mem.iter() {
+        let mut off = 0;
+        while off < region.len() && done < bytes {
+            let n = (region.len() - off).min(buf.len() as u64).min(bytes - done) as usize;
+            vm_memory::Bytes::read_slice(
+                mem,
+                &mut buf[..n],
+                vm_memory::GuestAddress(region.start_addr().0 + off),
+            )
+            .map_err(io::Error::other)?;
+            file.write_all(&buf[..n])?;
+            off += n as u64;
+            done += n as u64;
+        }
+        if done >= bytes {
+            break;
+        }
+    }
+    file.sync_all()?;
+    let took = started.elapsed();
+    std::fs::remove_file(path)?;
+    Ok(took)
+}
+
+/// On a VM with dirty logging, paused for the whole measurement: a full snapshot of all
+/// RAM into `scratch`, then the VMM dirties `percent`% of the pages (spread evenly,
+/// through vm-memory) and a diff snapshot is taken; each against a plain sequential
+/// write of the same bytes to the same directory. The VM stays paused; `scratch` is left
+/// empty.
+pub fn measure_snapshots(
+    vm: &Vm,
+    scratch: &std::path::Path,
+    percent: u64,
+) -> Result<SnapshotCosts, SnapshotError> {
+    let io_error = |source| SnapshotError::Io {
+        op: "write a baseline file in",
+        path: scratch.to_owned(),
+        source,
+    };
+    let dir = scratch.join(format!("vmm-bench-snapshot-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut snaps = SnapshotDir::create(&dir)?;
+    let mem = vm.guest_memory();
+    let states = vm.pause().map_err(Box::new)?;
+    let full = vm.snapshot_paused(&mut snaps, &states)?;
+    let full_bytes = full.data_bytes;
+    let full_plain =
+        plain_write(mem, &scratch.join("vmm-bench-plain.raw"), full_bytes).map_err(io_error)?;
+    let pages: Vec<u64> = mem
+        .iter()
+        .flat_map(|r| (0..r.len() / 4096).map(move |i| r.start_addr().0 + i * 4096))
+        .collect();
+    let stride = (100 / percent.clamp(1, 100)) as usize;
+    for (i, gpa) in pages.iter().step_by(stride).enumerate() {
+        vm_memory::Bytes::write_obj(
+            mem,
+            i as u64 | 0xbe00_0000_0000,
+            vm_memory::GuestAddress(*gpa),
+        )
+        .map_err(|source| SnapshotError::Memory { addr: *gpa, source })?;
+    }
+    let diff = vm.snapshot_paused(&mut snaps, &states)?;
+    let diff_plain = plain_write(mem, &scratch.join("vmm-bench-plain.raw"), diff.pages * 4096)
+        .map_err(io_error)?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(SnapshotCosts {
+        full_bytes,
+        full: full.elapsed,
+        full_plain,
+        diff_pages: diff.pages,
+        diff: diff.elapsed,
+        diff_plain,
+    })
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use vm_memory::GuestMemoryBackend;
 use vmm::introspect::{Format, PrintError, VaRange, parse_hex, print_walk, translation_line};
 use vmm::{
     Console, Descriptor, DirtyLogChoice, ExitOutcome, GuestMode, MemorySize, RoundRecord, Vm,
-    VmConfig, VmError, VmEvent, build_vm_with, memfile,
+    VmConfig, VmError, VmEvent, build_vm_with, memfile, snapshot,
 };
 use walker::{ControlRegisters, Granularity, Gva, PagingContext, WalkOptions};
 
@@ -50,8 +50,11 @@ pub enum Command {
     /// Boot a guest, pause it when ready, and translate virtual addresses through its
     /// page tables (checked against KVM_TRANSLATE).
     Translate(TranslateArgs),
-    /// Walk page tables in a raw guest-physical memory file (byte N = GPA N), offline.
+    /// Walk page tables offline: in a raw guest-physical memory file (byte N = GPA N), or
+    /// in a generation of a snapshot directory (registers from the snapshot).
     Inspect(InspectArgs),
+    /// Work with snapshot directories (`vmm run --snapshot-dir`): merge, list.
+    Snapshot(SnapshotArgs),
     /// Measure boot, pause, walks and translations on the built-in guest, each against
     /// a baseline measured in the same run.
     Bench(BenchArgs),
@@ -112,6 +115,63 @@ pub struct RunArgs {
     /// Which KVM dirty log to use.
     #[arg(long, value_enum, default_value_t = DirtyLogChoice::Auto, requires = "dirty_scan_every")]
     pub dirty_log: DirtyLogChoice,
+    /// Boot with dirty logging and write snapshots into DIR (new or empty): a full one,
+    /// then diffs (see the README, "Snapshots"). The guest console then goes to stderr;
+    /// one line per snapshot is printed on stdout.
+    #[arg(
+        long,
+        value_name = "DIR",
+        requires = "snapshot_every",
+        conflicts_with = "dirty_scan_every"
+    )]
+    pub snapshot_dir: Option<PathBuf>,
+    /// Time between snapshots (e.g. 200ms). With `--mode dirty`, each snapshot is
+    /// preceded by one guest round (NEXT_ROUND, then ROUND_DONE).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "snapshot_dir")]
+    pub snapshot_every: Option<Duration>,
+    /// How many snapshots (generation 0 full, then diffs) before FINISH.
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u64).range(1..), requires = "snapshot_dir")]
+    pub snapshots: u64,
+}
+
+/// Arguments of `vmm snapshot`.
+#[derive(Debug, clap::Args)]
+pub struct SnapshotArgs {
+    /// What to do with a snapshot directory.
+    #[command(subcommand)]
+    pub command: SnapshotCommand,
+}
+
+/// Subcommands of `vmm snapshot`.
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Rebuild guest RAM of one generation (the full snapshot plus every diff up to it)
+    /// as a raw memory file (byte N = GPA N), after verifying every file of the chain.
+    Merge(MergeArgs),
+    /// List the generations of a snapshot directory (each one verified and loaded).
+    List(ListArgs),
+}
+
+/// Arguments of `vmm snapshot merge`.
+#[derive(Debug, clap::Args)]
+pub struct MergeArgs {
+    /// The snapshot directory.
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+    /// The generation to rebuild (default: the latest).
+    #[arg(long, value_name = "G")]
+    pub generation: Option<u64>,
+    /// The raw memory file to write (written to a temporary name, then renamed).
+    #[arg(short = 'o', long = "output", value_name = "OUT")]
+    pub output: PathBuf,
+}
+
+/// Arguments of `vmm snapshot list`.
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    /// The snapshot directory.
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
 }
 
 /// Output format of `vmm run --dirty-scan-every`.
@@ -196,11 +256,26 @@ pub struct TranslateArgs {
 #[derive(Debug, clap::Args)]
 pub struct InspectArgs {
     /// Raw guest-physical memory file (byte N is GPA N).
-    #[arg(long, value_name = "FILE")]
-    pub memory: PathBuf,
-    /// CR3 of the address space (hex).
-    #[arg(long, value_parser = parse_hex_arg)]
-    pub cr3: u64,
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "snapshot",
+        conflicts_with = "snapshot"
+    )]
+    pub memory: Option<PathBuf>,
+    /// A snapshot directory: walk the CR3 saved in it, with the saved CR0, CR4, EFER,
+    /// MAXPHYADDR and 1 GiB-page support (the register flags are not needed).
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["cr4", "efer", "cr0", "maxphyaddr", "no_gbpages"])]
+    pub snapshot: Option<PathBuf>,
+    /// With --snapshot: the generation (default: the latest).
+    #[arg(long, value_name = "G", requires = "snapshot")]
+    pub generation: Option<u64>,
+    /// With --snapshot: the vCPU whose saved registers are used.
+    #[arg(long, default_value_t = 0, requires = "snapshot")]
+    pub vcpu: usize,
+    /// CR3 of the address space (hex); with --snapshot, default: the vCPU's saved CR3.
+    #[arg(long, value_parser = parse_hex_arg, required_unless_present = "snapshot")]
+    pub cr3: Option<u64>,
     /// CR4 (hex); default: PAE and PGE (4-level paging). Set bit 12 for 5-level paging.
     #[arg(long, value_parser = parse_hex_arg)]
     pub cr4: Option<u64>,
@@ -210,9 +285,9 @@ pub struct InspectArgs {
     /// CR0 (hex); default: PE, WP and PG.
     #[arg(long, value_parser = parse_hex_arg)]
     pub cr0: Option<u64>,
-    /// MAXPHYADDR of the guest's CPU.
-    #[arg(long, default_value_t = 52, value_parser = clap::value_parser!(u8).range(36..=52))]
-    pub maxphyaddr: u8,
+    /// MAXPHYADDR of the guest's CPU (default 52).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(36..=52))]
+    pub maxphyaddr: Option<u8>,
     /// The guest's CPU has no 1 GiB pages (PS in a PUD is then a reserved bit).
     #[arg(long)]
     pub no_gbpages: bool,
@@ -262,6 +337,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Walk(args) => walk_guest(&args),
         Command::Translate(args) => translate_guest(&args),
         Command::Inspect(args) => inspect_file(&args),
+        Command::Snapshot(args) => snapshot_command(&args),
         Command::Bench(args) => bench(&args),
     }
 }
@@ -293,6 +369,9 @@ fn boot_with(
 fn run_guest(args: &RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(every) = args.dirty_scan_every {
         return run_dirty_scans(args, every);
+    }
+    if let (Some(dir), Some(every)) = (&args.snapshot_dir, args.snapshot_every) {
+        return run_snapshots(args, dir, every);
     }
     let timeout = Duration::from_secs(args.boot.timeout);
     let started = Instant::now();
@@ -347,23 +426,8 @@ fn run_dirty_scans(args: &RunArgs, every: Duration) -> anyhow::Result<ExitCode> 
     let dirty_mode = args.boot.mode == GuestMode::Dirty;
     let mut next = Instant::now() + every;
     for _ in 0..args.rounds {
-        if dirty_mode {
-            vm.next_round();
-            let record = loop {
-                match vm.wait_event(timeout).context("waiting for ROUND_DONE")? {
-                    VmEvent::RoundDone { record } => break record,
-                    VmEvent::VcpuStopped { .. } => {
-                        return Ok(vm
-                            .outcome()
-                            .map_or(ExitCode::from(EXIT_VM_FAILURE), |o| report(&o)));
-                    }
-                    _ => {}
-                }
-            };
-            match RoundRecord::read(vm.guest_memory(), record) {
-                Ok(r) => eprintln!("vmm: guest round {} wrote {} pages", r.round, r.pages.len()),
-                Err(e) => eprintln!("vmm: warning: {e}"),
-            }
+        if dirty_mode && let Some(code) = guest_round(&vm, timeout)? {
+            return Ok(code);
         }
         std::thread::sleep(next.saturating_duration_since(Instant::now()));
         next += every;
@@ -383,6 +447,74 @@ fn run_dirty_scans(args: &RunArgs, every: Duration) -> anyhow::Result<ExitCode> 
             scan.seq
         );
         vm.resume().context("resuming the vCPUs")?;
+    }
+    finish(&vm, timeout)
+}
+
+/// One round of the dirty-writer guest: NEXT_ROUND, then its ROUND_DONE. Returns the exit
+/// status instead if the guest stops.
+fn guest_round(vm: &Vm, timeout: Duration) -> anyhow::Result<Option<ExitCode>> {
+    vm.next_round();
+    let record = loop {
+        match vm.wait_event(timeout).context("waiting for ROUND_DONE")? {
+            VmEvent::RoundDone { record } => break record,
+            VmEvent::VcpuStopped { .. } => {
+                return Ok(Some(
+                    vm.outcome()
+                        .map_or(ExitCode::from(EXIT_VM_FAILURE), |o| report(&o)),
+                ));
+            }
+            _ => {}
+        }
+    };
+    match RoundRecord::read(vm.guest_memory(), record) {
+        Ok(r) => eprintln!("vmm: guest round {} wrote {} pages", r.round, r.pages.len()),
+        Err(e) => eprintln!("vmm: warning: {e}"),
+    }
+    Ok(None)
+}
+
+/// `vmm run --snapshot-dir DIR --snapshot-every DURATION`: READY, then `--snapshots`
+/// generations (full, then diffs), each DURATION after the previous one (after one guest
+/// round in `--mode dirty`), then FINISH.
+fn run_snapshots(
+    args: &RunArgs,
+    dir: &std::path::Path,
+    every: Duration,
+) -> anyhow::Result<ExitCode> {
+    let timeout = Duration::from_secs(args.boot.timeout);
+    let mut snaps = snapshot::SnapshotDir::create(dir)?;
+    let vm = boot_with(&args.boot, Console::stderr(), Some(DirtyLogChoice::Auto))?;
+    let descriptor = match vm.wait_ready(timeout) {
+        Ok(d) => d,
+        Err(VmError::StoppedBeforeReady(outcome)) => return Ok(report(&outcome)),
+        Err(e) => return Err(e).context("waiting for the guest to report READY"),
+    };
+    if let Ok(d) = Descriptor::read(vm.guest_memory(), descriptor) {
+        snaps.set_guest_cr3s(d.cr3.iter().take(d.space_count as usize).copied().collect());
+    }
+    eprintln!(
+        "vmm: guest READY; snapshots into {} every {every:.2?}",
+        dir.display()
+    );
+    let dirty_mode = args.boot.mode == GuestMode::Dirty;
+    let mut next = Instant::now() + every;
+    for _ in 0..args.snapshots {
+        if dirty_mode && let Some(code) = guest_round(&vm, timeout)? {
+            return Ok(code);
+        }
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        next += every;
+        let info = vm.snapshot(&mut snaps).context("taking a snapshot")?;
+        println!(
+            "generation {} {:?}: {} pages, {} bytes in {}, written in {:.2?}",
+            info.generation,
+            info.kind,
+            info.pages,
+            info.data_bytes,
+            info.data_path.display(),
+            info.elapsed
+        );
     }
     finish(&vm, timeout)
 }
@@ -696,7 +828,41 @@ fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     let code = finish(&vm, timeout)?;
     drop(vm);
     bench_dirty(args, runs, timeout)?;
+    bench_snapshots(args, timeout)?;
     Ok(code)
+}
+
+/// Snapshot writes into the temporary directory: a full snapshot of all guest RAM and a
+/// diff of 1% of its pages dirtied by the VMM, each against a plain sequential write of
+/// the same bytes to the same directory in the same run.
+fn bench_snapshots(args: &BenchArgs, timeout: Duration) -> anyhow::Result<()> {
+    let vm = boot_with(&args.boot, Console::capture(), Some(DirtyLogChoice::Auto))?;
+    vm.wait_ready(timeout).context("waiting for READY")?;
+    let scratch = std::env::temp_dir();
+    let c = vmm::bench::measure_snapshots(&vm, &scratch, 1)?;
+    let gbps = |bytes: u64, t: Duration| bytes as f64 / t.as_secs_f64().max(1e-9) / 1e9;
+    let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64().max(1e-9);
+    println!(
+        "snapshot full of {} MiB into {}: {:.2?} ({:.2} GB/s); plain sequential write + fsync of the same bytes {:.2?}: full / plain = {:.2}",
+        c.full_bytes >> 20,
+        scratch.display(),
+        c.full,
+        gbps(c.full_bytes, c.full),
+        c.full_plain,
+        ratio(c.full, c.full_plain)
+    );
+    let dirty = c.diff_pages * 4096;
+    println!(
+        "snapshot diff of {} dirty pages (1% of RAM, written by the VMM): {:.2?} ({:.2} GB/s of dirty data); plain write + fsync of the same bytes {:.2?}: diff / plain = {:.2}",
+        c.diff_pages,
+        c.diff,
+        gbps(dirty, c.diff),
+        c.diff_plain,
+        ratio(c.diff, c.diff_plain)
+    );
+    vm.resume().context("resuming")?;
+    finish(&vm, timeout)?;
+    Ok(())
 }
 
 /// Dirty-log measurements: fetch with each backend, and the skipping GVA scan against a
@@ -731,24 +897,93 @@ fn bench_dirty(args: &BenchArgs, runs: usize, timeout: Duration) -> anyhow::Resu
 }
 
 fn inspect_file(args: &InspectArgs) -> anyhow::Result<ExitCode> {
-    let mem = memfile::open(&args.memory)?;
-    let defaults = ControlRegisters::long_mode(args.cr3);
+    if let Some(dir) = &args.snapshot {
+        return inspect_snapshot(args, dir);
+    }
+    let (Some(path), Some(cr3)) = (&args.memory, args.cr3) else {
+        bail!("vmm inspect needs --memory FILE --cr3 HEX, or --snapshot DIR");
+    };
+    let mem = memfile::open(path)?;
+    let defaults = ControlRegisters::long_mode(cr3);
     let regs = ControlRegisters {
         cr0: args.cr0.unwrap_or(defaults.cr0),
-        cr3: args.cr3,
+        cr3,
         cr4: args.cr4.unwrap_or(defaults.cr4),
         efer: args.efer.unwrap_or(defaults.efer),
     };
     let ctx = PagingContext::new(regs)
-        .and_then(|c| c.with_phys_addr_bits(args.maxphyaddr))
+        .and_then(|c| c.with_phys_addr_bits(args.maxphyaddr.unwrap_or(52)))
         .map(|c| c.with_gbpages(!args.no_gbpages))
         .context("the registers given do not describe 4- or 5-level paging")?;
-    let label = args.memory.display().to_string();
+    let label = path.display().to_string();
     Ok(if walk_one(&mem, &ctx, &label, &args.output)? {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_WALK_INCOMPLETE)
     })
+}
+
+/// `vmm inspect --snapshot DIR`: loads the generation and walks with its saved registers.
+fn inspect_snapshot(args: &InspectArgs, dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let snap = snapshot::load(dir, args.generation)?;
+    let ctx = snap.paging_context(args.vcpu, args.cr3)?;
+    let label = format!(
+        "vcpu {} in generation {} of {}",
+        args.vcpu,
+        snap.state.generation,
+        dir.display()
+    );
+    Ok(if walk_one(snap.memory(), &ctx, &label, &args.output)? {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_WALK_INCOMPLETE)
+    })
+}
+
+fn snapshot_command(args: &SnapshotArgs) -> anyhow::Result<ExitCode> {
+    match &args.command {
+        SnapshotCommand::Merge(m) => {
+            let started = Instant::now();
+            let state = snapshot::merge(&m.dir, m.generation, &m.output)?;
+            eprintln!(
+                "vmm: generation {} of {} (base + {} diffs) written to {} in {:.2?}",
+                state.generation,
+                m.dir.display(),
+                state.generation,
+                m.output.display(),
+                started.elapsed()
+            );
+        }
+        SnapshotCommand::List(l) => {
+            let mut out = io::stdout().lock();
+            for generation in snapshot::generations(&l.dir)? {
+                let s = snapshot::read_state(&l.dir, generation)?;
+                let cr3s: Vec<String> = s
+                    .vcpus
+                    .iter()
+                    .map(|v| format!("{:#x}", v.sregs.cr3))
+                    .collect();
+                writeln!(
+                    out,
+                    "generation {} {:?}: {} pages, {} bytes in {}, vCPU CR3 {}",
+                    s.generation,
+                    s.kind,
+                    s.pages,
+                    s.data.len,
+                    s.data.name,
+                    cr3s.join(" ")
+                )?;
+            }
+            drop(out);
+            // Loading the latest verifies every file of its chain.
+            let latest = snapshot::load(&l.dir, None)?;
+            eprintln!(
+                "vmm: generation {} loads (chain {:?})",
+                latest.state.generation, latest.chain
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]

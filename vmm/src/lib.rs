@@ -7,6 +7,8 @@
 //!   addresses with `KVM_TRANSLATE`, gives access to guest memory, and reports guest
 //!   events ([`events::VmEvent`]) from the debug port ([`devices::debug_port`]).
 //! - [`guest::Descriptor`] parses what the guest says it mapped.
+//! - [`snapshot`] writes full and diff snapshots of a running guest, and loads, merges
+//!   and walks them offline.
 //! - [`introspect`] prints a guest's address spaces with the walker (live or from a
 //!   memory file, [`memfile`]).
 //!
@@ -26,6 +28,7 @@ pub mod introspect;
 pub mod kvm;
 pub mod memfile;
 pub mod memory;
+pub mod snapshot;
 pub mod test_support;
 pub mod vcpu;
 pub mod vm;
@@ -37,5 +40,6 @@ pub use events::VmEvent;
 pub use guest::{Descriptor, DescriptorError, GuestMode, RoundRecord};
 pub use kvm::KvmTranslation;
 pub use memory::MemorySize;
+pub use snapshot::{SnapshotDir, SnapshotError, SnapshotInfo};
 pub use vcpu::VcpuState;
 pub use vm::{ExitOutcome, Vm, VmError};

@@ -132,7 +132,13 @@ pub fn dump<M: GuestMemoryBackend>(mem: &M, path: &Path) -> Result<(), MemFileEr
         file.set_len(end).map_err(wrap)?;
         file.flush().map_err(wrap)?;
         file.sync_all().map_err(wrap)?;
-        std::fs::rename(&tmp, path).map_err(wrap)
+        std::fs::rename(&tmp, path).map_err(wrap)?;
+        // The rename is durable only once the directory is synced.
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        File::open(dir).and_then(|d| d.sync_all()).map_err(wrap)
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);

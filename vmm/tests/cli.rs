@@ -220,7 +220,125 @@ fn bench_reports_every_measurement() {
         "address space 1",
         "walker / KVM =",
         "beyond guest RAM",
+        "snapshot full of 64 MiB",
+        "diff / plain =",
     ] {
         assert!(stdout.contains(expected), "{expected:?} missing:\n{stdout}");
     }
+}
+
+/// The JSON state of a snapshot generation (after its header line).
+fn snapshot_state(dir: &std::path::Path, generation: u64) -> Value {
+    let text = std::fs::read_to_string(dir.join(format!("gen-{generation:06}.state")))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let json = text.split_once('\n').map(|(_, j)| j).unwrap_or_default();
+    serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn snapshots_from_run_inspect_and_merge() {
+    if !kvm_available("snapshots_from_run_inspect_and_merge") {
+        return;
+    }
+    let dir = temp_dir("snapshots");
+    let snaps = dir.join("snaps");
+    let snaps_arg = snaps.to_string_lossy().into_owned();
+    let out = vmm(&[
+        "run",
+        "--memory",
+        "64M",
+        "--snapshot-dir",
+        &snaps_arg,
+        "--snapshot-every",
+        "30ms",
+        "--snapshots",
+        "4",
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(stdout.contains("generation 0 Full"), "{stdout}");
+    assert!(stdout.contains("generation 3 Diff"), "{stdout}");
+    // A second run into the same directory is refused.
+    let again = vmm(&[
+        "run",
+        "--memory",
+        "64M",
+        "--snapshot-dir",
+        &snaps_arg,
+        "--snapshot-every",
+        "30ms",
+    ]);
+    assert_eq!(again.status.code(), Some(101));
+    assert!(text(&again.stderr).contains("already holds"));
+
+    // inspect --snapshot walks generation 2 with the saved registers; the same walk of
+    // the merged memory file with those registers given by hand prints the same.
+    let merged = dir.join("gen2.raw");
+    let merged_arg = merged.to_string_lossy().into_owned();
+    let merge = vmm(&[
+        "snapshot",
+        "merge",
+        &snaps_arg,
+        "--generation",
+        "2",
+        "-o",
+        &merged_arg,
+    ]);
+    assert!(merge.status.success(), "{}", text(&merge.stderr));
+    let offline = vmm(&[
+        "inspect",
+        "--snapshot",
+        &snaps_arg,
+        "--generation",
+        "2",
+        "--format",
+        "json",
+        "--pte-level",
+    ]);
+    assert!(offline.status.success(), "{}", text(&offline.stderr));
+    let state = snapshot_state(&snaps, 2);
+    let sregs = &state["vcpus"][0]["sregs"];
+    let hex = |v: &Value| format!("{:#x}", v.as_u64().unwrap_or_default());
+    let maxphyaddr = state["paging"]["phys_addr_bits"].to_string();
+    let mut args = vec![
+        "inspect".to_owned(),
+        "--memory".to_owned(),
+        merged_arg.clone(),
+        "--cr3".to_owned(),
+        hex(&sregs["cr3"]),
+        "--cr0".to_owned(),
+        hex(&sregs["cr0"]),
+        "--cr4".to_owned(),
+        hex(&sregs["cr4"]),
+        "--efer".to_owned(),
+        hex(&sregs["efer"]),
+        "--maxphyaddr".to_owned(),
+        maxphyaddr,
+        "--format".to_owned(),
+        "json".to_owned(),
+        "--pte-level".to_owned(),
+    ];
+    if state["paging"]["gbpages"] == false {
+        args.push("--no-gbpages".to_owned());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let by_hand = vmm(&args);
+    assert!(by_hand.status.success(), "{}", text(&by_hand.stderr));
+    let lines = json_lines(&offline);
+    assert!(lines.len() > 512, "{}", text(&offline.stdout));
+    assert_eq!(lines, json_lines(&by_hand));
+
+    // A corrupted memory file is refused, naming the file, for every generation.
+    let mem = snaps.join("gen-000000.mem");
+    let mut bytes = std::fs::read(&mem).unwrap_or_else(|e| panic!("{e}"));
+    bytes[0x1234] ^= 1;
+    std::fs::write(&mem, bytes).unwrap_or_else(|e| panic!("{e}"));
+    let bad = vmm(&["inspect", "--snapshot", &snaps_arg, "--generation", "3"]);
+    let stderr = text(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(101), "{stderr}");
+    assert!(
+        stderr.contains("gen-000000.mem") && stderr.contains("corrupted"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
 }

@@ -24,7 +24,7 @@ pub const EXT_EDX_NX: u32 = 1 << 20;
 
 /// What a guest's CPUID says about paging: it decides how the walker must read the
 /// guest's tables (which bits are reserved, whether PS in a PUD is a 1 GiB leaf).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PagingFeatures {
     /// MAXPHYADDR (CPUID 0x8000_0008 EAX[7:0]); 36 when the leaf is missing, as the SDM
     /// says for CPUs without it.

@@ -41,7 +41,7 @@ pub const RFLAGS_RESERVED: u64 = 1 << 1;
 
 /// General-purpose registers, RIP and RFLAGS.
 #[allow(missing_docs)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Registers {
     pub rax: u64,
     pub rbx: u64,
@@ -65,7 +65,7 @@ pub struct Registers {
 
 /// A segment register as KVM describes it (the hidden part included).
 #[allow(missing_docs)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Segment {
     pub base: u64,
     pub limit: u32,
@@ -113,7 +113,7 @@ impl Segment {
 }
 
 /// A descriptor-table register (GDTR or IDTR).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DescriptorTable {
     /// Linear base address.
     pub base: u64,
@@ -123,7 +123,7 @@ pub struct DescriptorTable {
 
 /// Segment, control and descriptor-table registers, plus EFER.
 #[allow(missing_docs)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SpecialRegisters {
     pub cs: Segment,
     pub ds: Segment,
@@ -226,7 +226,7 @@ pub fn entry_registers(rip: u64, rdi: u64, rsi: u64) -> Registers {
 }
 
 /// The registers of a stopped vCPU, for error messages.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RegisterDump {
     /// General-purpose registers.
     pub regs: Registers,

@@ -1,0 +1,480 @@
+//! Reading generations: verification, loading (base + diffs, copy-on-write), merging.
+
+use std::fs::File;
+use std::io::{self, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use vm_memory::mmap::MmapRegionBuilder;
+use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
+use walker::{ContextError, ControlRegisters, PagingContext};
+
+use super::file::CrcReader;
+use super::{
+    DIFF_HEADER_LEN, DIFF_MAGIC, FORMAT_VERSION, PAGE_SIZE, Result, STATE_MAGIC, SnapshotError,
+    SnapshotKind, SnapshotState, data_file_name, state_file_name,
+};
+
+/// The generations in `dir` (those with a state file), in order.
+pub fn generations(dir: &Path) -> Result<Vec<u64>> {
+    let entries = std::fs::read_dir(dir).map_err(|source| SnapshotError::Io {
+        op: "list",
+        path: dir.to_owned(),
+        source,
+    })?;
+    let mut found: Vec<u64> = entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let digits = name.strip_prefix("gen-")?.strip_suffix(".state")?;
+            (digits.len() == 6).then(|| digits.parse().ok())?
+        })
+        .collect();
+    found.sort_unstable();
+    Ok(found)
+}
+
+fn malformed(path: &Path, reason: impl Into<String>) -> SnapshotError {
+    SnapshotError::Malformed {
+        path: path.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// Reads and verifies the state file of `generation` (its header, length, CRC32, version
+/// and consistency; not its data file).
+pub fn read_state(dir: &Path, generation: u64) -> Result<SnapshotState> {
+    let path = dir.join(state_file_name(generation));
+    let bytes = std::fs::read(&path).map_err(|source| SnapshotError::Io {
+        op: "read",
+        path: path.clone(),
+        source,
+    })?;
+    let newline = bytes
+        .iter()
+        .position(|b| *b == b'\n')
+        .ok_or_else(|| malformed(&path, "no header line"))?;
+    let header = String::from_utf8_lossy(&bytes[..newline]).into_owned();
+    let fields: Vec<&str> = header.split_whitespace().collect();
+    let [magic, version, len, crc] = fields[..] else {
+        return Err(malformed(&path, format!("bad header line {header:?}")));
+    };
+    if magic != STATE_MAGIC {
+        return Err(malformed(
+            &path,
+            format!("it does not start with {STATE_MAGIC}"),
+        ));
+    }
+    let version: u64 = version
+        .parse()
+        .map_err(|_| malformed(&path, format!("bad version {version:?}")))?;
+    if version != u64::from(FORMAT_VERSION) {
+        return Err(SnapshotError::Version {
+            path,
+            found: version,
+        });
+    }
+    let len: u64 = len
+        .parse()
+        .map_err(|_| malformed(&path, format!("bad length {len:?}")))?;
+    let crc = u32::from_str_radix(crc, 16)
+        .map_err(|_| malformed(&path, format!("bad checksum {crc:?}")))?;
+    let body = &bytes[newline + 1..];
+    if (body.len() as u64) < len {
+        return Err(SnapshotError::Truncated {
+            path,
+            expected: (newline as u64 + 1) + len + 1,
+            found: bytes.len() as u64,
+        });
+    }
+    let json = &body[..len as usize];
+    let found = crc32fast::hash(json);
+    if found != crc {
+        return Err(SnapshotError::Checksum {
+            path,
+            expected: crc,
+            found,
+        });
+    }
+    let state: SnapshotState = serde_json::from_slice(json)
+        .map_err(|e| malformed(&path, format!("bad state JSON: {e}")))?;
+    check_state(&path, generation, &state)?;
+    Ok(state)
+}
+
+fn check_state(path: &Path, generation: u64, state: &SnapshotState) -> Result<()> {
+    if u64::from(state.version) != u64::from(FORMAT_VERSION) {
+        return Err(SnapshotError::Version {
+            path: path.to_owned(),
+            found: u64::from(state.version),
+        });
+    }
+    if state.generation != generation {
+        return Err(malformed(
+            path,
+            format!("it says generation {}", state.generation),
+        ));
+    }
+    let parent_ok = match state.kind {
+        SnapshotKind::Full => state.parent.is_none(),
+        SnapshotKind::Diff => generation > 0 && state.parent == Some(generation - 1),
+    };
+    if !parent_ok {
+        return Err(malformed(
+            path,
+            format!(
+                "a {:?} generation {generation} with parent {:?}",
+                state.kind, state.parent
+            ),
+        ));
+    }
+    if state.page_size != PAGE_SIZE {
+        return Err(malformed(path, format!("page size {}", state.page_size)));
+    }
+    if state.data.name != data_file_name(generation, state.kind) {
+        return Err(malformed(path, format!("data file {:?}", state.data.name)));
+    }
+    let mut offset = 0;
+    let mut end = 0;
+    for r in &state.regions {
+        let aligned = r.gpa % PAGE_SIZE == 0 && r.len % PAGE_SIZE == 0 && r.len > 0;
+        if !aligned || r.file_offset != offset || r.gpa < end {
+            return Err(malformed(path, format!("bad region {r:?}")));
+        }
+        offset += r.len;
+        end = r
+            .gpa
+            .checked_add(r.len)
+            .ok_or_else(|| malformed(path, "region overflow"))?;
+    }
+    if state.regions.is_empty() || state.vcpus.is_empty() {
+        return Err(malformed(path, "no regions or no vCPUs"));
+    }
+    Ok(())
+}
+
+/// A generation loaded into memory: the base memory file mapped private (copy-on-write)
+/// with every diff up to it applied. The files are never changed.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The snapshot directory.
+    pub dir: PathBuf,
+    /// The state of the generation loaded.
+    pub state: SnapshotState,
+    /// The generations applied, base first.
+    pub chain: Vec<u64>,
+    memory: GuestMemoryMmap,
+}
+
+impl Snapshot {
+    /// Guest RAM at that generation.
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.memory
+    }
+
+    /// How the walker must read the tables of vCPU `vcpu` at that generation, with its
+    /// saved CR3 or another root `cr3`: CR0, CR4, EFER, MAXPHYADDR and 1 GiB pages come
+    /// from the state.
+    pub fn paging_context(&self, vcpu: usize, cr3: Option<u64>) -> Result<PagingContext> {
+        let record = self
+            .state
+            .vcpus
+            .get(vcpu)
+            .ok_or(SnapshotError::NoSuchVcpu {
+                vcpu,
+                count: self.state.vcpus.len(),
+            })?;
+        let s = &record.sregs;
+        let regs = ControlRegisters {
+            cr0: s.cr0,
+            cr3: cr3.unwrap_or(s.cr3),
+            cr4: s.cr4,
+            efer: s.efer,
+        };
+        let paging = self.state.paging;
+        (|| -> std::result::Result<PagingContext, ContextError> {
+            Ok(PagingContext::new(regs)?
+                .with_phys_addr_bits(paging.phys_addr_bits)?
+                .with_gbpages(paging.gbpages))
+        })()
+        .map_err(|e| SnapshotError::Context {
+            vcpu,
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// Reads the state of `generation`, which generation `needed_by` needs.
+fn needed_state(dir: &Path, generation: u64, needed_by: u64) -> Result<SnapshotState> {
+    match read_state(dir, generation) {
+        Err(SnapshotError::Io { source, path, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            Err(SnapshotError::MissingGeneration {
+                path,
+                generation,
+                needed_by,
+            })
+        }
+        other => other,
+    }
+}
+
+/// Loads generation `generation` of `dir` (default: the latest), verifying every file of
+/// its chain (state checksums, data file lengths and checksums, versions, parents).
+pub fn load(dir: &Path, generation: Option<u64>) -> Result<Snapshot> {
+    let target = match generation {
+        Some(g) => g,
+        None => *generations(dir)?
+            .last()
+            .ok_or_else(|| SnapshotError::Empty(dir.to_owned()))?,
+    };
+    let mut states = Vec::new();
+    let mut current = target;
+    loop {
+        let state = needed_state(dir, current, target)?;
+        let parent = state.parent;
+        states.push(state);
+        match parent {
+            Some(p) => current = p,
+            None => break,
+        }
+    }
+    states.reverse();
+    let base = &states[0];
+    for s in &states[1..] {
+        if s.regions != base.regions {
+            return Err(malformed(
+                &dir.join(state_file_name(s.generation)),
+                "its regions differ from the base generation's",
+            ));
+        }
+    }
+    let memory = map_full(dir, base)?;
+    for s in &states[1..] {
+        apply_diff(dir, s, &memory)?;
+    }
+    let chain = states.iter().map(|s| s.generation).collect();
+    let state = states
+        .pop()
+        .ok_or_else(|| SnapshotError::Empty(dir.to_owned()))?;
+    Ok(Snapshot {
+        dir: dir.to_owned(),
+        state,
+        chain,
+        memory,
+    })
+}
+
+/// Opens a data file and checks its length against the state.
+fn open_data(dir: &Path, state: &SnapshotState) -> Result<(PathBuf, File)> {
+    let path = dir.join(&state.data.name);
+    let file = File::open(&path).map_err(|source| SnapshotError::Io {
+        op: "open",
+        path: path.clone(),
+        source,
+    })?;
+    let len = file
+        .metadata()
+        .map_err(|source| SnapshotError::Io {
+            op: "read the size of",
+            path: path.clone(),
+            source,
+        })?
+        .len();
+    if len < state.data.len {
+        return Err(SnapshotError::Truncated {
+            path,
+            expected: state.data.len,
+            found: len,
+        });
+    }
+    if len > state.data.len {
+        return Err(malformed(
+            &path,
+            format!(
+                "{len} bytes, longer than the {} its state says",
+                state.data.len
+            ),
+        ));
+    }
+    Ok((path, file))
+}
+
+fn checksum(path: &Path, expected: u32, found: u32) -> Result<()> {
+    if expected == found {
+        Ok(())
+    } else {
+        Err(SnapshotError::Checksum {
+            path: path.to_owned(),
+            expected,
+            found,
+        })
+    }
+}
+
+/// Maps the memory file of a full generation private and writable (copy-on-write) and
+/// verifies its checksum.
+fn map_full(dir: &Path, state: &SnapshotState) -> Result<GuestMemoryMmap> {
+    let (path, file) = open_data(dir, state)?;
+    let total: u64 = state.regions.iter().map(|r| r.len).sum();
+    if total != state.data.len {
+        return Err(malformed(
+            &path,
+            format!("{} bytes for regions of {total}", state.data.len),
+        ));
+    }
+    let map_error = |reason: String| SnapshotError::Map {
+        path: path.clone(),
+        reason,
+    };
+    let mut regions = Vec::new();
+    for r in &state.regions {
+        let len = usize::try_from(r.len).map_err(|_| map_error(format!("{r:?} is too large")))?;
+        let fd = file.try_clone().map_err(|e| map_error(e.to_string()))?;
+        let region = MmapRegionBuilder::<()>::new(len)
+            .with_file_offset(FileOffset::new(fd, r.file_offset))
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+            .build()
+            .map_err(|e| map_error(e.to_string()))?;
+        regions.push(
+            GuestRegionMmap::new(region, GuestAddress(r.gpa))
+                .ok_or_else(|| map_error(format!("{r:?} overflows")))?,
+        );
+    }
+    let memory = GuestMemoryMmap::from_regions(regions).map_err(|e| map_error(e.to_string()))?;
+    let mut hasher = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    for r in &state.regions {
+        let mut off = 0;
+        while off < r.len {
+            let n = (r.len - off).min(buf.len() as u64) as usize;
+            let addr = r.gpa + off;
+            memory
+                .read_slice(&mut buf[..n], GuestAddress(addr))
+                .map_err(|source| SnapshotError::Memory { addr, source })?;
+            hasher.update(&buf[..n]);
+            off += n as u64;
+        }
+    }
+    checksum(&path, state.data.crc32, hasher.finalize())?;
+    Ok(memory)
+}
+
+/// Reads a diff's header and page list, checked.
+fn read_diff_header<R: Read>(
+    path: &Path,
+    state: &SnapshotState,
+    reader: &mut R,
+) -> Result<Vec<u64>> {
+    let io_error = |source| SnapshotError::Io {
+        op: "read",
+        path: path.to_owned(),
+        source,
+    };
+    let mut header = [0u8; DIFF_HEADER_LEN as usize];
+    reader.read_exact(&mut header).map_err(io_error)?;
+    let word = |at: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&header[at..at + 8]);
+        u64::from_le_bytes(w)
+    };
+    if header[..8] != DIFF_MAGIC {
+        return Err(malformed(path, "no GWSNAPDF magic"));
+    }
+    let version = word(8) & 0xffff_ffff;
+    if version != u64::from(FORMAT_VERSION) {
+        return Err(SnapshotError::Version {
+            path: path.to_owned(),
+            found: version,
+        });
+    }
+    if word(8) >> 32 != PAGE_SIZE {
+        return Err(malformed(path, format!("page size {}", word(8) >> 32)));
+    }
+    if word(16) != state.generation {
+        return Err(malformed(path, format!("it says generation {}", word(16))));
+    }
+    let count = word(24);
+    let expected = count
+        .checked_mul(8 + PAGE_SIZE)
+        .and_then(|b| b.checked_add(DIFF_HEADER_LEN));
+    if count != state.pages || expected != Some(state.data.len) {
+        return Err(malformed(
+            path,
+            format!(
+                "{count} pages, but its state says {} pages in {} bytes",
+                state.pages, state.data.len
+            ),
+        ));
+    }
+    let mut list = vec![0u8; (count * 8) as usize];
+    reader.read_exact(&mut list).map_err(io_error)?;
+    let pages: Vec<u64> = list
+        .chunks_exact(8)
+        .map(|c| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            u64::from_le_bytes(w)
+        })
+        .collect();
+    let mut previous: Option<u64> = None;
+    for &gpa in &pages {
+        let inside = state
+            .regions
+            .iter()
+            .any(|r| gpa >= r.gpa && gpa - r.gpa < r.len);
+        if gpa % PAGE_SIZE != 0 || !inside || previous.is_some_and(|p| p >= gpa) {
+            return Err(malformed(
+                path,
+                format!("page {gpa:#x} is unaligned, out of order or outside guest RAM"),
+            ));
+        }
+        previous = Some(gpa);
+    }
+    Ok(pages)
+}
+
+/// Applies a diff to `memory`, verifying it.
+fn apply_diff(dir: &Path, state: &SnapshotState, memory: &GuestMemoryMmap) -> Result<()> {
+    let (path, file) = open_data(dir, state)?;
+    let mut reader = CrcReader::new(BufReader::with_capacity(1 << 20, file));
+    let pages = read_diff_header(&path, state, &mut reader)?;
+    let mut page = vec![0u8; PAGE_SIZE as usize];
+    for gpa in pages {
+        reader
+            .read_exact(&mut page)
+            .map_err(|source| SnapshotError::Io {
+                op: "read",
+                path: path.clone(),
+                source,
+            })?;
+        memory
+            .write_slice(&page, GuestAddress(gpa))
+            .map_err(|source| SnapshotError::Memory { addr: gpa, source })?;
+    }
+    let (_, crc) = reader.finish();
+    checksum(&path, state.data.crc32, crc)
+}
+
+/// The pages a generation's data file holds (every page of RAM for a full one).
+pub fn diff_pages(dir: &Path, generation: u64) -> Result<Vec<GuestAddress>> {
+    let state = read_state(dir, generation)?;
+    if state.kind == SnapshotKind::Full {
+        return Ok(state
+            .regions
+            .iter()
+            .flat_map(|r| (0..r.len / PAGE_SIZE).map(move |i| GuestAddress(r.gpa + i * PAGE_SIZE)))
+            .collect());
+    }
+    let (path, file) = open_data(dir, &state)?;
+    let pages = read_diff_header(&path, &state, &mut BufReader::new(file))?;
+    Ok(pages.into_iter().map(GuestAddress).collect())
+}
+
+/// Rebuilds guest RAM of `generation` (default: the latest) as a raw memory file `out`
+/// (byte N = GPA N, as [`crate::memfile::dump`] writes it, so `vmm inspect --memory`
+/// reads it). Returns the state of the generation merged.
+pub fn merge(dir: &Path, generation: Option<u64>, out: &Path) -> Result<SnapshotState> {
+    let snapshot = load(dir, generation)?;
+    crate::memfile::dump(snapshot.memory(), out)?;
+    Ok(snapshot.state)
+}
