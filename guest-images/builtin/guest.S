@@ -521,7 +521,10 @@ build_tables:
  *  - PML4[16..47] -> one PDPT whose 512 entries -> one PD whose 512 entries -> one
  *    PT whose 512 entries map F14: 32 * 512^3 leaves.
  *  - PML4[100] -> the PML4 itself.
- *  - PML4[101] -> a PDPT at GPA 0x70000000000, outside RAM.
+ *  - PML4[101] -> a PDPT at GPA 0xf00000000 (60 GiB), outside RAM. Below 2^36, the
+ *    smallest MAXPHYADDR, so it is outside memory on every CPU, never a reserved bit
+ *    (0x700_0000_0000 was reserved on a CPU with MAXPHYADDR 40). Guests of 60 GiB
+ *    or more would have RAM there.
  *  - PML4[102] -> a PDPT with: [0] a PD outside RAM, [1] bit 51 set (reserved when
  *    MAXPHYADDR <= 51), [2] a PD whose [0] is a 2 MiB leaf with bit 13 set (reserved)
  *    and whose [1] points at a PT outside RAM.
@@ -557,12 +560,12 @@ build_hostile:
     or $(PTE_P | PTE_RW), %rax
     mov %rax, 100 * 8(%rbx)
     /* outside RAM */
-    movabsq $0x70000000000 | PTE_P | PTE_RW, %rax
+    movabsq $0xf00000000 | PTE_P | PTE_RW, %rax
     mov %rax, 101 * 8(%rbx)
     call alloc_table
     mov %rax, %r12                  /* bad PDPT */
     call alloc_table                /* bad PD */
-    movabsq $0x70000001000 | PTE_P | PTE_RW, %rdx
+    movabsq $0xf00001000 | PTE_P | PTE_RW, %rdx
     mov %rdx, 0(%r12)
     mov %rax, %rdx
     or $(PTE_P | PTE_RW), %rdx
@@ -571,7 +574,7 @@ build_hostile:
     mov %rdx, 8(%r12)
     mov $(BIG0 | PTE_P | PTE_RW | PTE_PS | 0x2000), %edx
     mov %rdx, 0(%rax)
-    movabsq $0x70000002000 | PTE_P | PTE_RW, %rdx
+    movabsq $0xf00002000 | PTE_P | PTE_RW, %rdx
     mov %rdx, 8(%rax)
     mov %r12, %rax
     or $(PTE_P | PTE_RW), %rax

@@ -41,7 +41,7 @@
 //! descriptor does not list: PML4 slots 16..=47 all point to one PDPT whose 512
 //! entries point to one PD whose 512 entries point to one PT whose 512 entries map F14
 //! (32 × 512³ leaves); slot 100 points to the PML4 itself; slot 101 to a PDPT at GPA
-//! 0x700_0000_0000 (outside RAM); slot 102 to a PDPT whose entry 0 points to a PD
+//! 0xf_0000_0000 (outside RAM below 60 GiB, and below 2^36 so never a reserved bit); slot 102 to a PDPT whose entry 0 points to a PD
 //! outside RAM, entry 1 has bit 51 set, entry 2 points to a PD whose entry 0 is a
 //! 2 MiB leaf with bit 13 set (reserved) and whose entry 1 points to a PT outside RAM;
 //! slot 103 is slot 102 with PS set (reserved in a PML4E).
