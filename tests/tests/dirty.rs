@@ -9,15 +9,24 @@
 //! Both KVM backends run the same deterministic guest; where
 //! `KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2` is absent the comparison is skipped with a printed
 //! reason (also under `GUESTWALK_REQUIRE_KVM=1`: the capability is optional); where it is
-//! present, any failure of the manual-clear backend fails the test.
+//! present, any failure of the manual-clear backend fails the test. The same holds for
+//! the dirty-ring backend and `KVM_CAP_DIRTY_LOG_RING`: with the default ring and with
+//! the smallest ring KVM accepts (so that the guest fills it and the vCPU exits with
+//! `KVM_EXIT_DIRTY_RING_FULL`, is harvested and resumes), it must report exactly the
+//! pages the bitmap reports for the same guest run.
 
 use std::collections::BTreeSet;
 
 use guestwalk_tests::{TIMEOUT, kvm_available, test_memory};
 use vm_memory::{Bytes, GuestAddress};
-use vmm::dirty::{DirtyLogBackend, DirtyLogChoice, DirtySet, ScanReport};
-use vmm::kvm::Hypervisor;
-use vmm::{Console, GuestMode, RoundRecord, Vm, VmConfig, VmEvent, build_vm_with};
+use vmm::dirty::{DirtyLogBackend, DirtyLogChoice, DirtySet, RingStats, ScanReport};
+use vmm::exit::VcpuStop;
+use vmm::kvm::dirty_ring::DIRTY_RING_MIN_BYTES;
+use vmm::kvm::{DirtyLogCapabilities, Hypervisor};
+use vmm::{
+    Console, ExitOutcome, GuestMode, RoundRecord, Vm, VmConfig, VmError, VmEvent, build_vm_with,
+    build_vm_with_dirty_ring,
+};
 use walker::{DirtyPages, Granularity, Gva, Mapping, PageSize};
 
 const ROUNDS: u64 = 6;
@@ -44,7 +53,8 @@ fn page(a: u64) -> u64 {
     a & !0xfff
 }
 
-fn boot(choice: DirtyLogChoice) -> (Vm, Console) {
+/// `ring_bytes`: with the ring backend, the size of each vCPU's ring (else the default).
+fn boot(choice: DirtyLogChoice, ring_bytes: Option<u32>) -> (Vm, Console) {
     let console = Console::capture();
     let config = VmConfig {
         mode: GuestMode::Dirty,
@@ -52,7 +62,11 @@ fn boot(choice: DirtyLogChoice) -> (Vm, Console) {
         console: console.clone(),
         memory: test_memory(),
     };
-    match build_vm_with(&config, Some(choice)) {
+    let built = match ring_bytes {
+        Some(bytes) => build_vm_with_dirty_ring(&config, bytes),
+        None => build_vm_with(&config, Some(choice)),
+    };
+    match built {
         Ok(vm) => (vm, console),
         Err(e) => panic!("cannot boot the dirty-writer guest ({choice:?}): {e}"),
     }
@@ -60,7 +74,16 @@ fn boot(choice: DirtyLogChoice) -> (Vm, Console) {
 
 /// Boots, drops the boot-time set, runs `ROUNDS` rounds scanning after each one.
 fn run_rounds(choice: DirtyLogChoice) -> (DirtyLogBackend, Vec<Round>) {
-    let (vm, console) = boot(choice);
+    let (backend, rounds, _) = run_rounds_with(choice, None);
+    (backend, rounds)
+}
+
+/// As [`run_rounds`], also returning the dirty-ring counters (ring backend only).
+fn run_rounds_with(
+    choice: DirtyLogChoice,
+    ring_bytes: Option<u32>,
+) -> (DirtyLogBackend, Vec<Round>, Option<RingStats>) {
+    let (vm, console) = boot(choice, ring_bytes);
     if let Err(e) = vm.wait_ready(TIMEOUT) {
         panic!(
             "no READY: {e}\n{}",
@@ -124,8 +147,9 @@ fn run_rounds(choice: DirtyLogChoice) -> (DirtyLogBackend, Vec<Round>) {
             huge_leaves,
         });
     }
+    let stats = vm.dirty_ring_stats();
     guestwalk_tests::finish(&vm, &console);
-    (backend, rounds)
+    (backend, rounds, stats)
 }
 
 /// Checks one backend's rounds; returns each round's dirty GPA list.
@@ -295,4 +319,127 @@ fn dirty_logging_is_off_by_default() {
     assert_eq!(vm.dirty_log_backend(), None);
     assert!(vm.fetch_dirty().is_err());
     guestwalk_tests::finish(&vm, &console);
+}
+
+fn capabilities(test: &str) -> DirtyLogCapabilities {
+    let caps = Hypervisor::open()
+        .and_then(|h| h.create_vm())
+        .map(|vm| vm.dirty_log_capabilities())
+        .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!(
+        "{test}: DIRTY_LOG_RING max {} bytes, DIRTY_LOG_RING_ACQ_REL max {} bytes",
+        caps.dirty_ring_max_bytes, caps.dirty_ring_acq_rel_max_bytes
+    );
+    caps
+}
+
+/// The smallest ring KVM accepts here: KVM reserves 64 entries, more with a hardware
+/// dirty log (PML), so try each power of two from 64 entries up on a bare VM.
+fn smallest_ring(max: u32) -> u32 {
+    let mut bytes = DIRTY_RING_MIN_BYTES;
+    while bytes < max {
+        let vm = Hypervisor::open()
+            .and_then(|h| h.create_vm())
+            .unwrap_or_else(|e| panic!("{e}"));
+        if vm.enable_dirty_ring(bytes).is_ok() {
+            return bytes;
+        }
+        bytes *= 2;
+    }
+    max
+}
+
+/// Runs the ring backend with `ring_bytes` (or the default) and the bitmap backend on
+/// the same guest; both must pass every round check and report the same pages.
+fn ring_matches_bitmap(test: &str, ring_bytes: Option<u32>) -> Option<RingStats> {
+    if capabilities(test).dirty_ring().is_none() {
+        eprintln!("{test}: skipped: KVM_CAP_DIRTY_LOG_RING is not offered by this host");
+        return None;
+    }
+    let (ring, ring_rounds, stats) = run_rounds_with(DirtyLogChoice::Ring, ring_bytes);
+    assert_eq!(ring, DirtyLogBackend::Ring);
+    let stats = stats.unwrap_or_else(|| panic!("{test}: no ring counters"));
+    eprintln!("{test}: {stats:?}");
+    assert_eq!(
+        stats.stray, 0,
+        "{test}: ring entries naming no page of ours"
+    );
+    assert!(stats.harvested > 0, "{test}: nothing came through the ring");
+    let from_ring = check_rounds(ring, &ring_rounds);
+    let (bitmap, bitmap_rounds) = run_rounds(DirtyLogChoice::Bitmap);
+    let from_bitmap = check_rounds(bitmap, &bitmap_rounds);
+    assert_eq!(from_ring, from_bitmap, "same guest run, same dirty pages");
+    Some(stats)
+}
+
+#[test]
+fn ring_backend_reports_the_same_pages_as_bitmap() {
+    let test = "ring_backend_reports_the_same_pages_as_bitmap";
+    if !kvm_available(test) {
+        return;
+    }
+    if let Some(stats) = ring_matches_bitmap(test, None) {
+        assert_eq!(
+            stats.ring_bytes,
+            vmm::dirty::DEFAULT_DIRTY_RING_BYTES,
+            "the default ring"
+        );
+    }
+}
+
+/// The smallest ring overflows in the guest's boot. On a KVM that honours the soft limit
+/// the vCPU exits with `KVM_EXIT_DIRTY_RING_FULL`, its thread harvests, and the rounds
+/// must then match the bitmap exactly. On PVM the vCPU does not exit at the soft limit:
+/// the ring overflows, KVM loses entries and the ring stays full for good; the run loop
+/// must then stop the vCPU with a dirty-ring error instead of spinning.
+#[test]
+fn smallest_ring_fills_up_and_loses_no_page() {
+    let test = "smallest_ring_fills_up_and_loses_no_page";
+    if !kvm_available(test) {
+        return;
+    }
+    let Some((_, max)) = capabilities(test).dirty_ring() else {
+        eprintln!("{test}: skipped: KVM_CAP_DIRTY_LOG_RING is not offered by this host");
+        return;
+    };
+    let bytes = smallest_ring(max);
+    eprintln!(
+        "{test}: smallest ring {bytes} bytes ({} entries)",
+        bytes / 16
+    );
+    let (vm, console) = boot(DirtyLogChoice::Ring, Some(bytes));
+    let ready = vm.wait_ready(TIMEOUT);
+    let stats = vm.dirty_ring_stats().unwrap_or_default();
+    eprintln!("{test}: {stats:?}");
+    assert!(
+        stats.full_exits > 0,
+        "{test}: the guest never filled a ring of {bytes} bytes: {stats:?}"
+    );
+    match ready {
+        Ok(_) => {
+            guestwalk_tests::finish(&vm, &console);
+            drop(vm);
+            let stats = ring_matches_bitmap(test, Some(bytes));
+            assert!(stats.is_some_and(|s| s.full_exits > 0), "{test}: {stats:?}");
+        }
+        Err(VmError::StoppedBeforeReady(outcome))
+            if vmm::kvm::host_is_pvm()
+                && matches!(
+                    &*outcome,
+                    ExitOutcome::Failed {
+                        stop: VcpuStop::DirtyRing(_),
+                        ..
+                    }
+                ) =>
+        {
+            eprintln!(
+                "{test}: PVM: the ring of {bytes} bytes overflowed without a timely \
+                 KVM_EXIT_DIRTY_RING_FULL; the vCPU was stopped, not left spinning: {outcome}"
+            );
+        }
+        Err(e) => panic!(
+            "{test}: {e}\n{}",
+            String::from_utf8_lossy(&console.captured())
+        ),
+    }
 }

@@ -12,12 +12,12 @@ use crate::arch::x86_64::layout;
 use crate::arch::x86_64::regs::{self, BOOT_GDT};
 use crate::devices::{Console, DebugControl, DebugPort, IoBus, SerialDevice, UnhandledAccesses};
 use crate::dirty::{
-    BitmapDirtyLog, DirtyError, DirtyLog, DirtyLogBackend, DirtyLogChoice, DirtyTracker,
-    ManualClearDirtyLog,
+    BitmapDirtyLog, DEFAULT_DIRTY_RING_BYTES, DirtyError, DirtyLog, DirtyLogBackend,
+    DirtyLogChoice, DirtyRings, DirtyTracker, ManualClearDirtyLog, RingDirtyLog,
 };
 use crate::events::VmEvent;
 use crate::guest::{BUILTIN_IMAGE, GuestMode};
-use crate::kvm::{self, Hypervisor, KvmError, KvmVcpu, KvmVm, kick};
+use crate::kvm::{self, Hypervisor, KvmError, KvmVcpu, KvmVm, MemorySlot, kick};
 use crate::memory::{GuestRam, MemoryError, MemorySize, create_guest_memory};
 use crate::vcpu::VcpuThread;
 use crate::vm::{VcpuHandle, Vm};
@@ -130,28 +130,44 @@ pub fn build_vm_with(
     config: &VmConfig,
     dirty_log: Option<DirtyLogChoice>,
 ) -> Result<Vm, BuildError> {
+    build(config, dirty_log, None)
+}
+
+/// Boots the built-in guest with the dirty-ring backend ([`DirtyLogChoice::Ring`]) and
+/// rings of `ring_bytes` bytes per vCPU (a power of two from
+/// [`kvm::dirty_ring::DIRTY_RING_MIN_BYTES`] to the host's maximum). [`build_vm_with`]
+/// uses [`DEFAULT_DIRTY_RING_BYTES`] (or the host's maximum when smaller).
+pub fn build_vm_with_dirty_ring(config: &VmConfig, ring_bytes: u32) -> Result<Vm, BuildError> {
+    build(config, Some(DirtyLogChoice::Ring), Some(ring_bytes))
+}
+
+fn build(
+    config: &VmConfig,
+    dirty_log: Option<DirtyLogChoice>,
+    ring_bytes: Option<u32>,
+) -> Result<Vm, BuildError> {
     validate_config(config)?;
     let hypervisor = Hypervisor::open()?;
     let pvm = kvm::host_is_pvm();
     let memory = create_guest_memory(config.memory)?;
     let kvm_vm = Arc::new(hypervisor.create_vm()?);
-    let dirty_backend = dirty_log
-        .map(|choice| choice.resolve(kvm_vm.dirty_log_capabilities()))
-        .transpose()?;
-    if dirty_backend == Some(DirtyLogBackend::ManualClear) {
+    let caps = kvm_vm.dirty_log_capabilities();
+    let dirty_backend = dirty_log.map(|choice| choice.resolve(caps)).transpose()?;
+    let mut ring_size = None;
+    match dirty_backend {
         // Before the slots exist, so their log is manual from the start.
-        kvm_vm.set_manual_dirty_log_protect(true)?;
+        Some(DirtyLogBackend::ManualClear) => kvm_vm.set_manual_dirty_log_protect(true)?,
+        // Before any vCPU exists: KVM allocates each vCPU's ring when creating it.
+        Some(DirtyLogBackend::Ring) => {
+            let max = caps.dirty_ring().map_or(0, |(_, max)| max);
+            let bytes = ring_bytes.unwrap_or(DEFAULT_DIRTY_RING_BYTES.min(max));
+            kvm_vm.enable_dirty_ring(bytes)?;
+            ring_size = Some(bytes);
+        }
+        Some(DirtyLogBackend::Bitmap) | None => {}
     }
+    // With rings the slots still need KVM_MEM_LOG_DIRTY_PAGES (it turns write tracking on).
     let slots = kvm_vm.register_memory(&memory, dirty_backend.is_some())?;
-    let dirty = dirty_backend.map(|backend| {
-        let log: Box<dyn DirtyLog> = match backend {
-            DirtyLogBackend::Bitmap => Box::new(BitmapDirtyLog::new(kvm_vm.clone(), slots)),
-            DirtyLogBackend::ManualClear => {
-                Box::new(ManualClearDirtyLog::new(kvm_vm.clone(), slots))
-            }
-        };
-        DirtyTracker::new(log, memory.clone())
-    });
     kvm_vm.set_tss_address(layout::KVM_TSS_ADDRESS.0)?;
     write_boot_tables(&memory)?;
     write(
@@ -165,8 +181,43 @@ pub fn build_vm_with(
     let vcpus = (0..config.vcpus)
         .map(|index| create_vcpu(&kvm_vm, index, &supported_cpuid, pvm, config))
         .collect::<Result<Vec<_>, _>>()?;
+    let rings = ring_size
+        .map(|bytes| map_dirty_rings(&kvm_vm, &slots, &vcpus, bytes))
+        .transpose()?;
+    let dirty = match (dirty_backend, &rings) {
+        (None, _) => None,
+        (Some(backend), rings) => {
+            let log: Box<dyn DirtyLog> = match (backend, rings) {
+                (DirtyLogBackend::Ring, Some(rings)) => Box::new(RingDirtyLog::new(rings.clone())),
+                (DirtyLogBackend::ManualClear, _) => {
+                    Box::new(ManualClearDirtyLog::new(kvm_vm.clone(), slots))
+                }
+                _ => Box::new(BitmapDirtyLog::new(kvm_vm.clone(), slots)),
+            };
+            Some(DirtyTracker::new(log, memory.clone()))
+        }
+    };
     let paging = paging_features(&guest_cpuid(&supported_cpuid, 0, pvm));
-    start(kvm_vm, memory, vcpus, paging, dirty, config)
+    start(kvm_vm, memory, vcpus, paging, dirty, rings, config)
+}
+
+/// Maps every vCPU's dirty ring, shared by the VMM thread and the vCPU threads.
+fn map_dirty_rings(
+    kvm_vm: &Arc<KvmVm>,
+    slots: &[MemorySlot],
+    vcpus: &[KvmVcpu],
+    bytes: u32,
+) -> Result<Arc<DirtyRings>, BuildError> {
+    let rings = vcpus
+        .iter()
+        .map(|vcpu| vcpu.map_dirty_ring(bytes))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Arc::new(DirtyRings::new(
+        kvm_vm.clone(),
+        slots.to_vec(),
+        rings,
+        bytes,
+    )))
 }
 
 /// Writes the boot GDT, the empty IDT and the identity page tables for [0, 1 GiB).
@@ -240,6 +291,7 @@ fn start(
     vcpus: Vec<KvmVcpu>,
     paging: PagingFeatures,
     dirty: Option<DirtyTracker>,
+    dirty_rings: Option<Arc<DirtyRings>>,
     config: &VmConfig,
 ) -> Result<Vm, BuildError> {
     let (events_tx, events) = channel::<VmEvent>();
@@ -257,6 +309,7 @@ fn start(
         memory,
         paging,
         dirty: dirty.map(Mutex::new),
+        dirty_rings: dirty_rings.clone(),
     };
     for (index, vcpu) in (0u8..).zip(vcpus) {
         let (requests_tx, requests) = channel();
@@ -272,6 +325,7 @@ fn start(
             requests,
             responses: responses_tx,
             events: events_tx.clone(),
+            dirty_rings: dirty_rings.clone(),
         };
         let handle = std::thread::Builder::new()
             .name(format!("vcpu{index}"))

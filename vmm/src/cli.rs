@@ -870,7 +870,11 @@ fn bench_snapshots(args: &BenchArgs, timeout: Duration) -> anyhow::Result<()> {
 fn bench_dirty(args: &BenchArgs, runs: usize, timeout: Duration) -> anyhow::Result<()> {
     let gap = Duration::from_millis(5);
     let mut fetch_times = Vec::new();
-    for choice in [DirtyLogChoice::Bitmap, DirtyLogChoice::ManualClear] {
+    for choice in [
+        DirtyLogChoice::Bitmap,
+        DirtyLogChoice::ManualClear,
+        DirtyLogChoice::Ring,
+    ] {
         let vm = match boot_with(&args.boot, Console::capture(), Some(choice)) {
             Ok(vm) => vm,
             Err(e) => {
@@ -880,18 +884,39 @@ fn bench_dirty(args: &BenchArgs, runs: usize, timeout: Duration) -> anyhow::Resu
         };
         vm.wait_ready(timeout).context("waiting for READY")?;
         let (fetch, scan, split) = vmm::bench::measure_dirty(&vm, runs, gap)?;
+        let rings = vm
+            .dirty_ring_stats()
+            .map(|s| {
+                format!(
+                    " ({} rings of {} KiB, {} entries harvested, {} ring-full exits)",
+                    s.rings,
+                    s.ring_bytes >> 10,
+                    s.harvested,
+                    s.full_exits
+                )
+            })
+            .unwrap_or_default();
         println!(
-            "dirty log {choice:?}: fetch {fetch:.2?}; GVA dirty scan {scan:.2?} vs full split walk {split:.2?}: scan / split = {:.3}",
+            "dirty log {choice:?}: fetch {fetch:.2?}{rings}; GVA dirty scan {scan:.2?} vs full split walk {split:.2?}: scan / split = {:.3}",
             scan.as_secs_f64() / split.as_secs_f64().max(1e-9)
         );
-        fetch_times.push(fetch);
+        fetch_times.push((choice, fetch));
         finish(&vm, timeout)?;
     }
-    if let [bitmap, manual] = fetch_times[..] {
-        println!(
-            "dirty fetch: manual-clear / bitmap = {:.3}",
-            manual.as_secs_f64() / bitmap.as_secs_f64().max(1e-9)
-        );
+    let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64().max(1e-9);
+    if let Some((_, bitmap)) = fetch_times
+        .iter()
+        .find(|(c, _)| *c == DirtyLogChoice::Bitmap)
+    {
+        for (choice, time) in &fetch_times {
+            if *choice != DirtyLogChoice::Bitmap {
+                println!(
+                    "dirty fetch ({} of RAM, same guest loop): {choice:?} / bitmap = {:.3}",
+                    args.boot.memory,
+                    ratio(*time, *bitmap)
+                );
+            }
+        }
     }
     Ok(())
 }

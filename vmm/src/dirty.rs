@@ -3,9 +3,22 @@
 //! - [`DirtyLog`]: where the set of pages the *guest* dirtied comes from. Two backends over
 //!   KVM's per-slot bitmap: [`BitmapDirtyLog`] (`KVM_GET_DIRTY_LOG`, which fetches and
 //!   resets in one call) and [`ManualClearDirtyLog`] (`KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2`:
-//!   `KVM_GET_DIRTY_LOG` only reads, `KVM_CLEAR_DIRTY_LOG` resets and re-protects). A
-//!   dirty-ring backend (`KVM_CAP_DIRTY_LOG_RING`, per-vCPU rings of GFNs) fits the same
-//!   trait: it would harvest the rings and set bits in the same per-slot bitmaps.
+//!   `KVM_GET_DIRTY_LOG` only reads, `KVM_CLEAR_DIRTY_LOG` resets and re-protects); and
+//!   [`RingDirtyLog`] over KVM's per-vCPU dirty rings (`KVM_CAP_DIRTY_LOG_RING`, see
+//!   [`crate::kvm::dirty_ring`]), whose entries are harvested into the same per-slot
+//!   bitmaps ([`DirtyRings`]).
+//! - Dirty rings fill up: a vCPU whose ring reaches its soft limit exits with
+//!   `KVM_EXIT_DIRTY_RING_FULL`; its thread harvests every ring into the shared
+//!   accumulator and resets them (`KVM_RESET_DIRTY_RINGS`) before it runs the guest
+//!   again, and the next fetch takes the accumulated pages with the rest. One lock covers
+//!   harvest and reset, so no fetch can fall between a harvest and its reset (a page
+//!   written in that window pushes no new entry; it must stay in a set not yet taken).
+//! - Why [`DirtyLogChoice::Auto`] does not pick rings: each vCPU pins a ring (1 MiB by
+//!   default, see [`DEFAULT_DIRTY_RING_BYTES`]) whatever the guest does, the guest stops for a ring-full exit every
+//!   soft-limit pages it dirties, and a ring can only describe as many pages between
+//!   harvests as it holds. The bitmap's costs (a scan of one bit per page of RAM) only
+//!   matter for very large guests with sparse dirtying; `vmm bench` measures the three
+//!   fetches on the same guest (see the README).
 //! - The VMM's own writes: KVM never sees them (they do not go through the guest's
 //!   MMU), so guest RAM is a [`GuestRam`], whose regions carry vm-memory's atomic bitmap;
 //!   every write through vm-memory's `Bytes` API marks it. [`DirtyTracker::fetch`] ORs that
@@ -22,13 +35,14 @@
 //! this set or the next), but the scan then races the guest's writes.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use walker::{DirtyBitmap, DirtyPages, DirtyScan, Gva, PagingContext, WalkOptions, scan_dirty};
 
-use crate::kvm::{DirtyLogCapabilities, KvmError, KvmVm, MemorySlot};
+use crate::kvm::{DirtyLogCapabilities, DirtyRing, KvmError, KvmVm, MemorySlot};
 use crate::memory::GuestRam;
 
 /// Errors of dirty tracking and scans.
@@ -42,6 +56,11 @@ pub enum DirtyError {
         "KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 is not available on this host (flags {0:#x}): use the bitmap backend"
     )]
     ManualClearUnavailable(u32),
+    /// Dirty rings were asked for but KVM does not offer them.
+    #[error(
+        "KVM_CAP_DIRTY_LOG_RING is not available on this host: use the bitmap or manual-clear backend"
+    )]
+    RingUnavailable,
     /// The VM was built without dirty logging.
     #[error("the VM was built without dirty logging (see build_vm_with)")]
     NotEnabled,
@@ -73,6 +92,8 @@ pub enum DirtyLogBackend {
     Bitmap,
     /// `KVM_GET_DIRTY_LOG` + `KVM_CLEAR_DIRTY_LOG` (manual protect).
     ManualClear,
+    /// Per-vCPU dirty rings (`KVM_CAP_DIRTY_LOG_RING`).
+    Ring,
 }
 
 impl fmt::Display for DirtyLogBackend {
@@ -80,6 +101,7 @@ impl fmt::Display for DirtyLogBackend {
         f.write_str(match self {
             Self::Bitmap => "bitmap (KVM_GET_DIRTY_LOG)",
             Self::ManualClear => "manual-clear (KVM_GET_DIRTY_LOG + KVM_CLEAR_DIRTY_LOG)",
+            Self::Ring => "ring (KVM_CAP_DIRTY_LOG_RING + KVM_RESET_DIRTY_RINGS)",
         })
     }
 }
@@ -87,13 +109,15 @@ impl fmt::Display for DirtyLogBackend {
 /// What [`crate::build_vm_with`] is asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum DirtyLogChoice {
-    /// Manual-clear when KVM offers it, else bitmap.
+    /// Manual-clear when KVM offers it, else bitmap (never rings: see the module docs).
     #[default]
     Auto,
     /// Always [`DirtyLogBackend::Bitmap`].
     Bitmap,
     /// Always [`DirtyLogBackend::ManualClear`] (fails when unavailable).
     ManualClear,
+    /// Always [`DirtyLogBackend::Ring`] (fails when unavailable).
+    Ring,
 }
 
 impl DirtyLogChoice {
@@ -106,6 +130,8 @@ impl DirtyLogChoice {
             Self::ManualClear => Err(DirtyError::ManualClearUnavailable(
                 caps.manual_protect_flags,
             )),
+            Self::Ring if caps.dirty_ring().is_some() => Ok(DirtyLogBackend::Ring),
+            Self::Ring => Err(DirtyError::RingUnavailable),
         }
     }
 }
@@ -186,6 +212,202 @@ impl DirtyLog for ManualClearDirtyLog {
                 Ok(to_bitmap(slot, &words))
             })
             .collect()
+    }
+}
+
+/// The default size of each vCPU's dirty ring: 1 MiB, 65536 entries (clamped to the
+/// host's maximum). Larger than a KVM with a working soft limit needs (64 KiB would do):
+/// on PVM the vCPU does not exit at the soft limit and pushes the same page once per
+/// write fault, so a ring smaller than what the guest pushes in one `KVM_RUN` overflows
+/// and stays full for good; the built-in guest pushes about 37 000 entries before READY.
+pub const DEFAULT_DIRTY_RING_BYTES: u32 = 1 << 20;
+
+/// Dirty-ring entries turned into per-slot bitmaps: the pages harvested but not yet
+/// fetched. Pure bookkeeping (no KVM), so it is tested over fake rings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RingAccumulator {
+    slots: Vec<MemorySlot>,
+    pending: Vec<DirtyBitmap>,
+    stray: u64,
+}
+
+impl RingAccumulator {
+    /// An empty accumulator over `slots`.
+    pub fn new(slots: Vec<MemorySlot>) -> Self {
+        let pending = Self::clean(&slots);
+        Self {
+            slots,
+            pending,
+            stray: 0,
+        }
+    }
+
+    fn clean(slots: &[MemorySlot]) -> Vec<DirtyBitmap> {
+        slots
+            .iter()
+            .map(|s| DirtyBitmap::new(s.base, s.len))
+            .collect()
+    }
+
+    /// Records one ring entry: `slot` is KVM's `address space << 16 | slot id`,
+    /// `offset` the page within the slot. An entry naming no page of ours (another
+    /// address space, an unknown slot, an offset past the end) is counted as stray.
+    pub fn record(&mut self, slot: u32, offset: u64) {
+        let (address_space, id) = (slot >> 16, slot & 0xffff);
+        let found = self
+            .slots
+            .iter()
+            .position(|s| s.slot == id)
+            .filter(|i| address_space == 0 && offset < self.slots[*i].pages());
+        match found {
+            Some(i) => {
+                let gpa = GuestAddress(self.slots[i].base.0 + offset * 4096);
+                self.pending[i].set(gpa);
+            }
+            None => self.stray += 1,
+        }
+    }
+
+    /// Takes the pages recorded so far, one bitmap per slot, leaving it empty.
+    pub fn take(&mut self) -> Vec<DirtyBitmap> {
+        std::mem::replace(&mut self.pending, Self::clean(&self.slots))
+    }
+
+    /// Entries that named no page of ours, since creation.
+    pub fn stray(&self) -> u64 {
+        self.stray
+    }
+}
+
+/// What the dirty rings of a VM have done so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RingStats {
+    /// Bytes of each vCPU's ring.
+    pub ring_bytes: u32,
+    /// Number of rings (one per vCPU).
+    pub rings: usize,
+    /// Entries harvested in all.
+    pub harvested: u64,
+    /// `KVM_EXIT_DIRTY_RING_FULL` exits handled.
+    pub full_exits: u64,
+    /// Entries that named no page of ours (should stay 0).
+    pub stray: u64,
+}
+
+#[derive(Debug)]
+struct RingsState {
+    rings: Vec<DirtyRing>,
+    accumulator: RingAccumulator,
+    harvested: u64,
+}
+
+/// The dirty rings of one VM, shared by the VMM thread (fetches) and the vCPU threads
+/// (harvests on ring-full exits).
+#[derive(Debug)]
+pub struct DirtyRings {
+    vm: Arc<KvmVm>,
+    ring_bytes: u32,
+    state: Mutex<RingsState>,
+    full_exits: AtomicU64,
+}
+
+impl DirtyRings {
+    /// The rings (one per vCPU, each `ring_bytes` long) of `vm`, over its `slots`.
+    pub fn new(
+        vm: Arc<KvmVm>,
+        slots: Vec<MemorySlot>,
+        rings: Vec<DirtyRing>,
+        ring_bytes: u32,
+    ) -> Self {
+        Self {
+            vm,
+            ring_bytes,
+            state: Mutex::new(RingsState {
+                rings,
+                accumulator: RingAccumulator::new(slots),
+                harvested: 0,
+            }),
+            full_exits: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, RingsState>, DirtyError> {
+        self.state.lock().map_err(|_| DirtyError::Poisoned)
+    }
+
+    /// Harvests every ring into the accumulator, then resets the rings; under one lock,
+    /// so that no fetch sees the harvest without the reset. Returns the entries taken.
+    fn harvest_locked(&self, state: &mut RingsState) -> Result<u64, DirtyError> {
+        let RingsState {
+            rings,
+            accumulator,
+            harvested,
+        } = state;
+        let mut taken = 0u64;
+        for ring in rings.iter_mut() {
+            taken += u64::from(ring.harvest(|slot, offset| accumulator.record(slot, offset)));
+        }
+        if taken > 0 {
+            self.vm.reset_dirty_rings()?;
+        }
+        *harvested += taken;
+        Ok(taken)
+    }
+
+    /// For a vCPU that exited with `KVM_EXIT_DIRTY_RING_FULL`: harvests and resets every
+    /// ring (the accumulated pages wait for the next fetch). Returns the entries taken.
+    pub fn harvest_full(&self) -> Result<u64, DirtyError> {
+        self.full_exits.fetch_add(1, Ordering::Relaxed);
+        let mut state = self.lock()?;
+        self.harvest_locked(&mut state)
+    }
+
+    /// Harvests and resets, then takes everything accumulated since the last take.
+    pub fn take(&self) -> Result<Vec<DirtyBitmap>, DirtyError> {
+        let mut state = self.lock()?;
+        self.harvest_locked(&mut state)?;
+        Ok(state.accumulator.take())
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> RingStats {
+        let (rings, harvested, stray) = self
+            .state
+            .lock()
+            .map(|s| (s.rings.len(), s.harvested, s.accumulator.stray()))
+            .unwrap_or_default();
+        RingStats {
+            ring_bytes: self.ring_bytes,
+            rings,
+            harvested,
+            full_exits: self.full_exits.load(Ordering::Relaxed),
+            stray,
+        }
+    }
+}
+
+/// Per-vCPU dirty rings: a fetch harvests every ring (with the vCPUs paused, as for the
+/// other backends; harvesting while they run is allowed by KVM too), resets them, and
+/// returns what was harvested since the previous fetch, ring-full harvests included.
+#[derive(Debug)]
+pub struct RingDirtyLog {
+    rings: Arc<DirtyRings>,
+}
+
+impl RingDirtyLog {
+    /// A backend over `rings` (shared with the vCPU threads).
+    pub fn new(rings: Arc<DirtyRings>) -> Self {
+        Self { rings }
+    }
+}
+
+impl DirtyLog for RingDirtyLog {
+    fn backend(&self) -> DirtyLogBackend {
+        DirtyLogBackend::Ring
+    }
+
+    fn fetch(&mut self) -> Result<Vec<DirtyBitmap>, DirtyError> {
+        self.rings.take()
     }
 }
 
@@ -499,6 +721,7 @@ mod tests {
         let manual = DirtyLogCapabilities {
             manual_protect_flags: 3,
             dirty_ring_max_bytes: 65536,
+            dirty_ring_acq_rel_max_bytes: 0,
         };
         assert_eq!(
             DirtyLogChoice::Auto.resolve(none).ok(),
@@ -516,6 +739,84 @@ mod tests {
             DirtyLogChoice::ManualClear.resolve(none),
             Err(DirtyError::ManualClearUnavailable(0))
         ));
+        assert_eq!(
+            DirtyLogChoice::Ring.resolve(manual).ok(),
+            Some(DirtyLogBackend::Ring)
+        );
+        assert!(matches!(
+            DirtyLogChoice::Ring.resolve(none),
+            Err(DirtyError::RingUnavailable)
+        ));
+    }
+
+    const SLOTS: [MemorySlot; 2] = [
+        MemorySlot {
+            slot: 0,
+            base: GuestAddress(0),
+            len: 1 << 20,
+        },
+        MemorySlot {
+            slot: 1,
+            base: GuestAddress(1 << 32),
+            len: 1 << 20,
+        },
+    ];
+
+    fn pages(bitmaps: &[DirtyBitmap]) -> Vec<u64> {
+        bitmaps
+            .iter()
+            .flat_map(DirtyBitmap::iter)
+            .map(|g| g.0)
+            .collect()
+    }
+
+    #[test]
+    fn ring_entries_become_per_slot_pages() {
+        use crate::kvm::dirty_ring::{DirtyGfn, harvest_ring};
+        let ring: Vec<DirtyGfn> = (0..8).map(|_| DirtyGfn::default()).collect();
+        ring[0].publish(0, 3);
+        ring[1].publish(1, 2);
+        ring[2].publish(0, 3); // the same page twice: one bit
+        ring[3].publish(1 << 16, 4); // address space 1 (SMM): not ours
+        ring[4].publish(7, 0); // unknown slot
+        ring[5].publish(1, 256); // one past the end of slot 1
+        let mut acc = RingAccumulator::new(SLOTS.to_vec());
+        let mut index = 0;
+        let taken = harvest_ring(&ring, &mut index, |s, o| acc.record(s, o));
+        assert_eq!((taken, index), (6, 6));
+        assert_eq!(acc.stray(), 3);
+        let got = acc.take();
+        assert_eq!(got.len(), 2, "one bitmap per slot");
+        assert_eq!(pages(&got), vec![0x3000, (1 << 32) + 0x2000]);
+        assert_eq!(pages(&acc.take()), Vec::<u64>::new(), "taken means reset");
+    }
+
+    #[test]
+    fn ring_full_harvests_are_kept_for_the_next_fetch() {
+        use crate::kvm::dirty_ring::{DirtyGfn, harvest_ring};
+        // A 4-entry ring overflowed twice before one fetch: what the ring-full exits
+        // harvested stays in the accumulator and comes out with the final harvest.
+        let ring: Vec<DirtyGfn> = (0..4).map(|_| DirtyGfn::default()).collect();
+        let mut acc = RingAccumulator::new(SLOTS.to_vec());
+        let mut index = 0;
+        let mut written = Vec::new();
+        for page in 0..10u64 {
+            let kvm_index = page as usize % 4;
+            if page >= 4 {
+                // KVM_RESET_DIRTY_RINGS after the ring-full harvest recycled it.
+                assert!(ring[kvm_index].recycle(), "page {page}");
+            }
+            ring[kvm_index].publish(0, page);
+            written.push(page * 4096);
+            if kvm_index == 3 {
+                // ring full: the vCPU thread harvests.
+                assert_eq!(harvest_ring(&ring, &mut index, |s, o| acc.record(s, o)), 4);
+            }
+        }
+        // The fetch: harvest the rest, then take.
+        assert_eq!(harvest_ring(&ring, &mut index, |s, o| acc.record(s, o)), 2);
+        assert_eq!(pages(&acc.take()), written);
+        assert_eq!(acc.stray(), 0);
     }
 
     #[test]

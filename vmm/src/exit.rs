@@ -29,6 +29,8 @@ pub enum VcpuStop {
     Unhandled(String),
     /// `KVM_RUN` itself failed.
     RunFailed(String),
+    /// The vCPU's dirty ring was full and could not be emptied.
+    DirtyRing(String),
 }
 
 impl VcpuStop {
@@ -62,6 +64,10 @@ impl fmt::Display for VcpuStop {
             ),
             Self::Unhandled(name) => write!(f, "unhandled vCPU exit {name}"),
             Self::RunFailed(message) => write!(f, "KVM_RUN failed: {message}"),
+            Self::DirtyRing(message) => write!(
+                f,
+                "the dirty ring was full (KVM_EXIT_DIRTY_RING_FULL) and could not be harvested: {message}"
+            ),
         }
     }
 }
@@ -73,6 +79,9 @@ pub enum ExitAction {
     Continue,
     /// Look at pending requests (pause, stop), then run again.
     Interrupted,
+    /// Harvest the dirty rings and reset them, then run again (entering the guest with
+    /// a full ring only exits again).
+    HarvestDirtyRing,
     /// Stop this vCPU for good.
     Stop(VcpuStop),
 }
@@ -99,6 +108,7 @@ pub fn handle_exit(exit: VmExit<'_>, devices: &mut impl ExitDevices) -> ExitActi
             ExitAction::Continue
         }
         VmExit::Interrupted => ExitAction::Interrupted,
+        VmExit::DirtyRingFull => ExitAction::HarvestDirtyRing,
         VmExit::Hlt => ExitAction::Stop(VcpuStop::Halted),
         VmExit::Shutdown => ExitAction::Stop(VcpuStop::Shutdown),
         VmExit::InternalError { suberror } => {
@@ -249,6 +259,21 @@ mod tests {
         assert_eq!(
             handle_exit(VmExit::Interrupted, &mut bus),
             ExitAction::Interrupted
+        );
+    }
+
+    #[test]
+    fn a_full_dirty_ring_is_harvested_not_fatal() {
+        let (mut bus, _, unhandled, _) = bus();
+        assert_eq!(
+            handle_exit(VmExit::DirtyRingFull, &mut bus),
+            ExitAction::HarvestDirtyRing
+        );
+        assert_eq!(unhandled.counts(), UnhandledCounts::default());
+        assert!(
+            VcpuStop::DirtyRing("x".into())
+                .to_string()
+                .contains("KVM_EXIT_DIRTY_RING_FULL")
         );
     }
 

@@ -33,7 +33,7 @@ pub mod test_support;
 pub mod vcpu;
 pub mod vm;
 
-pub use builder::{BuildError, VmConfig, build_vm, build_vm_with};
+pub use builder::{BuildError, VmConfig, build_vm, build_vm_with, build_vm_with_dirty_ring};
 pub use devices::Console;
 pub use dirty::{DirtyLog, DirtyLogBackend, DirtyLogChoice, DirtySet, ScanReport};
 pub use events::VmEvent;

@@ -7,12 +7,14 @@
 //! whether the guest was exiting often or not at all. While paused, the thread blocks
 //! on its queue and the vCPU's registers do not change.
 
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 
 use walker::{ControlRegisters, Gva};
 
 use crate::arch::x86_64::regs::{RegisterDump, Registers, SpecialRegisters};
 use crate::devices::IoBus;
+use crate::dirty::DirtyRings;
 use crate::events::VmEvent;
 use crate::exit::{ExitAction, VcpuStop, handle_exit};
 use crate::kvm::kick::ArmedVcpu;
@@ -110,7 +112,13 @@ pub(crate) struct VcpuThread {
     pub requests: Receiver<VcpuRequest>,
     pub responses: Sender<VcpuResponse>,
     pub events: Sender<VmEvent>,
+    /// The VM's dirty rings, when it uses them (harvested on ring-full exits).
+    pub dirty_rings: Option<Arc<DirtyRings>>,
 }
+
+/// Ring-full exits in a row that harvest nothing before the vCPU is stopped: a ring
+/// that stays full would otherwise make the vCPU exit forever without running.
+const EMPTY_RING_FULL_LIMIT: u32 = 1000;
 
 impl VcpuThread {
     /// The thread body: run until told to exit.
@@ -118,6 +126,7 @@ impl VcpuThread {
         let _armed = ArmedVcpu::arm(&mut self.vcpu);
         let mut paused = false;
         let mut finished = false;
+        let mut empty_ring_full = 0u32;
         loop {
             // Serve requests: all pending ones, and block while paused.
             loop {
@@ -159,8 +168,12 @@ impl VcpuThread {
                 Ok(exit) => handle_exit(exit, &mut self.bus),
                 Err(e) => ExitAction::Stop(VcpuStop::RunFailed(e.to_string())),
             };
+            let action = match action {
+                ExitAction::HarvestDirtyRing => self.harvest_dirty_rings(&mut empty_ring_full),
+                other => other,
+            };
             match action {
-                ExitAction::Continue => {}
+                ExitAction::Continue | ExitAction::HarvestDirtyRing => {}
                 ExitAction::Interrupted => self.vcpu.set_immediate_exit(false),
                 ExitAction::Stop(stop) => {
                     finished = true;
@@ -172,6 +185,34 @@ impl VcpuThread {
                     });
                 }
             }
+        }
+    }
+
+    /// A ring-full exit: harvest and reset the rings (into the accumulator that the next
+    /// fetch takes), then run again.
+    fn harvest_dirty_rings(&self, empty_in_a_row: &mut u32) -> ExitAction {
+        let Some(rings) = &self.dirty_rings else {
+            return ExitAction::Stop(VcpuStop::DirtyRing(
+                "the VM was built without dirty rings".into(),
+            ));
+        };
+        match rings.harvest_full() {
+            Ok(0) => {
+                // Another thread may have harvested this ring meanwhile (a fetch while
+                // the guest runs); a ring that stays full is a bug, not a reason to spin.
+                *empty_in_a_row += 1;
+                if *empty_in_a_row >= EMPTY_RING_FULL_LIMIT {
+                    return ExitAction::Stop(VcpuStop::DirtyRing(format!(
+                        "{empty_in_a_row} ring-full exits in a row found no entry to harvest"
+                    )));
+                }
+                ExitAction::Continue
+            }
+            Ok(_) => {
+                *empty_in_a_row = 0;
+                ExitAction::Continue
+            }
+            Err(e) => ExitAction::Stop(VcpuStop::DirtyRing(e.to_string())),
         }
     }
 

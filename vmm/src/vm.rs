@@ -14,7 +14,10 @@ use crate::arch::x86_64::cpuid::PagingFeatures;
 use crate::arch::x86_64::regs::RegisterDump;
 use crate::devices::debug_port::{COMMAND_FINISH, COMMAND_NEXT_ROUND};
 use crate::devices::{DebugControl, UnhandledAccesses, UnhandledCounts};
-use crate::dirty::{DirtyError, DirtyLogBackend, DirtySet, DirtyTracker, ScanReport, scan_space};
+use crate::dirty::{
+    DirtyError, DirtyLogBackend, DirtyRings, DirtySet, DirtyTracker, RingStats, ScanReport,
+    scan_space,
+};
 use crate::events::VmEvent;
 use crate::exit::VcpuStop;
 use crate::kvm::{KvmError, KvmTranslation, KvmVm, kick};
@@ -178,6 +181,7 @@ pub struct Vm {
     pub(crate) memory: GuestRam,
     pub(crate) paging: PagingFeatures,
     pub(crate) dirty: Option<std::sync::Mutex<DirtyTracker>>,
+    pub(crate) dirty_rings: Option<Arc<DirtyRings>>,
 }
 
 impl Vm {
@@ -291,6 +295,12 @@ impl Vm {
     pub fn dirty_log_backend(&self) -> Option<DirtyLogBackend> {
         let tracker = self.dirty.as_ref()?.lock().ok()?;
         Some(tracker.backend())
+    }
+
+    /// What the dirty rings did so far (ring-full exits, entries harvested), when the VM
+    /// uses the ring backend.
+    pub fn dirty_ring_stats(&self) -> Option<RingStats> {
+        self.dirty_rings.as_ref().map(|r| r.stats())
     }
 
     /// Fetches and resets the dirty set: pages the guest or the VMM wrote since the

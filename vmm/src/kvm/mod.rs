@@ -5,20 +5,23 @@
 //! conversions from and to the raw KVM structures happen here, via `From`.
 
 mod convert;
+pub mod dirty_ring;
 pub mod kick;
 
 use std::path::Path;
 
 use kvm_bindings::{
-    KVM_CAP_DIRTY_LOG_RING, KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2, KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE,
-    KVM_MAX_CPUID_ENTRIES, KVM_MEM_LOG_DIRTY_PAGES, KVMIO, kvm_clear_dirty_log, kvm_enable_cap,
-    kvm_fpu, kvm_userspace_memory_region,
+    KVM_CAP_DIRTY_LOG_RING, KVM_CAP_DIRTY_LOG_RING_ACQ_REL, KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2,
+    KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE, KVM_EXIT_DIRTY_RING_FULL, KVM_MAX_CPUID_ENTRIES,
+    KVM_MEM_LOG_DIRTY_PAGES, KVMIO, kvm_clear_dirty_log, kvm_enable_cap, kvm_fpu,
+    kvm_userspace_memory_region,
 };
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
-use vmm_sys_util::ioctl::ioctl_with_ref;
+use vmm_sys_util::ioctl::{ioctl, ioctl_with_ref};
 
 use crate::memory::GuestRam;
+pub use dirty_ring::DirtyRing;
 
 use crate::arch::x86_64::cpuid::CpuidEntry;
 use crate::arch::x86_64::regs::{Registers, SpecialRegisters};
@@ -63,9 +66,30 @@ pub enum KvmError {
         /// Pages in the slot.
         slot_pages: u64,
     },
+    /// A dirty-ring size KVM would refuse.
+    #[error(
+        "a dirty ring of {bytes} bytes is not possible here: it must be a power of two \
+         from {} bytes to the host's maximum of {max} bytes (0: no dirty rings)",
+        dirty_ring::DIRTY_RING_MIN_BYTES
+    )]
+    BadDirtyRingSize {
+        /// What was asked for.
+        bytes: u32,
+        /// `KVM_CHECK_EXTENSION(KVM_CAP_DIRTY_LOG_RING)`.
+        max: u32,
+    },
+    /// Mapping a vCPU's dirty ring failed.
+    #[error("cannot map the vCPU's dirty ring of {bytes} bytes: {source}")]
+    DirtyRingMap {
+        /// Ring size.
+        bytes: u32,
+        /// The error from mmap.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
-fn ioctl(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> KvmError {
+fn ioctl_error(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> KvmError {
     move |source| KvmError::Ioctl { what, source }
 }
 
@@ -81,12 +105,14 @@ pub fn host_is_pvm() -> bool {
 /// Ioctl numbers kvm-ioctls does not define.
 mod ioctl_numbers {
     use super::{KVMIO, kvm_clear_dirty_log};
-    use vmm_sys_util::ioctl_iowr_nr;
+    use vmm_sys_util::{ioctl_io_nr, ioctl_iowr_nr};
 
     // include/uapi/linux/kvm.h: `_IOWR(KVMIO, 0xc0, struct kvm_clear_dirty_log)`.
     ioctl_iowr_nr!(KVM_CLEAR_DIRTY_LOG, KVMIO, 0xc0, kvm_clear_dirty_log);
+    // include/uapi/linux/kvm.h: `_IO(KVMIO, 0xc7)`.
+    ioctl_io_nr!(KVM_RESET_DIRTY_RINGS, KVMIO, 0xc7);
 }
-use ioctl_numbers::KVM_CLEAR_DIRTY_LOG;
+use ioctl_numbers::{KVM_CLEAR_DIRTY_LOG, KVM_RESET_DIRTY_RINGS};
 
 /// A KVM memory slot: which guest-physical range it covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,6 +140,9 @@ pub struct DirtyLogCapabilities {
     pub manual_protect_flags: u32,
     /// `KVM_CAP_DIRTY_LOG_RING`: the largest ring in bytes; 0 when unsupported.
     pub dirty_ring_max_bytes: u32,
+    /// `KVM_CAP_DIRTY_LOG_RING_ACQ_REL` (the same rings, for weakly ordered hosts; x86
+    /// may offer both): the largest ring in bytes; 0 when unsupported.
+    pub dirty_ring_acq_rel_max_bytes: u32,
 }
 
 impl DirtyLogCapabilities {
@@ -121,6 +150,28 @@ impl DirtyLogCapabilities {
     pub fn manual_protect(&self) -> bool {
         self.manual_protect_flags & KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE != 0
     }
+
+    /// Which dirty-ring capability to enable and its largest ring: the plain one when
+    /// offered (the usual one on x86, whose memory order is strong), else `ACQ_REL`. Our
+    /// harvesting uses acquire/release either way. `None` without dirty rings.
+    pub fn dirty_ring(&self) -> Option<(DirtyRingCap, u32)> {
+        if self.dirty_ring_max_bytes > 0 {
+            Some((DirtyRingCap::Plain, self.dirty_ring_max_bytes))
+        } else if self.dirty_ring_acq_rel_max_bytes > 0 {
+            Some((DirtyRingCap::AcqRel, self.dirty_ring_acq_rel_max_bytes))
+        } else {
+            None
+        }
+    }
+}
+
+/// Which of the two dirty-ring capabilities a VM uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirtyRingCap {
+    /// `KVM_CAP_DIRTY_LOG_RING`.
+    Plain,
+    /// `KVM_CAP_DIRTY_LOG_RING_ACQ_REL`.
+    AcqRel,
 }
 
 /// Checks a `KVM_CLEAR_DIRTY_LOG` range and builds its argument. The kernel wants
@@ -174,14 +225,14 @@ impl Hypervisor {
         let cpuid = self
             .kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(ioctl("KVM_GET_SUPPORTED_CPUID"))?;
+            .map_err(ioctl_error("KVM_GET_SUPPORTED_CPUID"))?;
         Ok(cpuid.as_slice().iter().map(CpuidEntry::from).collect())
     }
 
     /// Creates a VM.
     pub fn create_vm(&self) -> Result<KvmVm> {
         Ok(KvmVm {
-            fd: self.kvm.create_vm().map_err(ioctl("KVM_CREATE_VM"))?,
+            fd: self.kvm.create_vm().map_err(ioctl_error("KVM_CREATE_VM"))?,
         })
     }
 }
@@ -201,7 +252,45 @@ impl KvmVm {
         DirtyLogCapabilities {
             manual_protect_flags: value(KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2),
             dirty_ring_max_bytes: value(KVM_CAP_DIRTY_LOG_RING),
+            dirty_ring_acq_rel_max_bytes: value(KVM_CAP_DIRTY_LOG_RING_ACQ_REL),
         }
+    }
+
+    /// Enables per-vCPU dirty rings of `bytes` bytes each (see [`dirty_ring`]). Must be
+    /// called before the first vCPU is created; the memory slots still need
+    /// `KVM_MEM_LOG_DIRTY_PAGES`, and `KVM_GET_DIRTY_LOG` no longer works. Returns the
+    /// capability used.
+    pub fn enable_dirty_ring(&self, bytes: u32) -> Result<DirtyRingCap> {
+        let caps = self.dirty_log_capabilities();
+        let (which, max) = caps.dirty_ring().unwrap_or((DirtyRingCap::Plain, 0));
+        if !dirty_ring::valid_ring_bytes(bytes, max) {
+            return Err(KvmError::BadDirtyRingSize { bytes, max });
+        }
+        let mut cap = kvm_enable_cap {
+            cap: match which {
+                DirtyRingCap::Plain => KVM_CAP_DIRTY_LOG_RING,
+                DirtyRingCap::AcqRel => KVM_CAP_DIRTY_LOG_RING_ACQ_REL,
+            },
+            ..Default::default()
+        };
+        cap.args[0] = u64::from(bytes);
+        self.fd
+            .enable_cap(&cap)
+            .map_err(ioctl_error("KVM_ENABLE_CAP(DIRTY_LOG_RING)"))?;
+        Ok(which)
+    }
+
+    /// `KVM_RESET_DIRTY_RINGS`: recycles every harvested (RESET) entry of every vCPU's
+    /// ring and write-protects those pages again. Returns how many entries it recycled.
+    pub fn reset_dirty_rings(&self) -> Result<u32> {
+        // SAFETY: `KVM_RESET_DIRTY_RINGS` takes no argument and touches no userspace
+        // memory other than the rings, which KVM owns and we only access atomically.
+        // `self.fd` is a VM fd.
+        let ret = unsafe { ioctl(&self.fd, KVM_RESET_DIRTY_RINGS()) };
+        u32::try_from(ret).map_err(|_| KvmError::Ioctl {
+            what: "KVM_RESET_DIRTY_RINGS",
+            source: kvm_ioctls::Error::last(),
+        })
     }
 
     /// Enables (or, with `false`, disables) `KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2`:
@@ -220,7 +309,7 @@ impl KvmVm {
         };
         self.fd
             .enable_cap(&cap)
-            .map_err(ioctl("KVM_ENABLE_CAP(MANUAL_DIRTY_LOG_PROTECT2)"))
+            .map_err(ioctl_error("KVM_ENABLE_CAP(MANUAL_DIRTY_LOG_PROTECT2)"))
     }
 
     /// Registers every region of `memory` as a KVM memory slot (slot = region index),
@@ -251,7 +340,7 @@ impl KvmVm {
             // clone of `memory` alive for as long as the VM fd exists, so the kernel
             // never sees a dangling host range.
             unsafe { self.fd.set_user_memory_region(region_desc) }
-                .map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))?;
+                .map_err(ioctl_error("KVM_SET_USER_MEMORY_REGION"))?;
             slots.push(MemorySlot {
                 slot,
                 base: region.start_addr(),
@@ -269,7 +358,7 @@ impl KvmVm {
         })?;
         self.fd
             .get_dirty_log(slot.slot, len)
-            .map_err(ioctl("KVM_GET_DIRTY_LOG"))
+            .map_err(ioctl_error("KVM_GET_DIRTY_LOG"))
     }
 
     /// `KVM_CLEAR_DIRTY_LOG`: resets the dirty bits of `slot` set in `bitmap` (bit 0 of
@@ -305,7 +394,7 @@ impl KvmVm {
         let address = usize::try_from(address).unwrap_or(usize::MAX);
         self.fd
             .set_tss_address(address)
-            .map_err(ioctl("KVM_SET_TSS_ADDR"))
+            .map_err(ioctl_error("KVM_SET_TSS_ADDR"))
     }
 
     /// Creates vCPU `index`.
@@ -314,7 +403,7 @@ impl KvmVm {
             fd: self
                 .fd
                 .create_vcpu(u64::from(index))
-                .map_err(ioctl("KVM_CREATE_VCPU"))?,
+                .map_err(ioctl_error("KVM_CREATE_VCPU"))?,
         })
     }
 }
@@ -386,6 +475,9 @@ pub enum VmExit<'a> {
     },
     /// `KVM_RUN` returned because of a signal or `immediate_exit` (EINTR/EAGAIN).
     Interrupted,
+    /// `KVM_EXIT_DIRTY_RING_FULL`: the vCPU's dirty ring reached its soft limit; it
+    /// exits again at once unless the ring is harvested and reset.
+    DirtyRingFull,
     /// Any other exit, named.
     Other(String),
 }
@@ -403,32 +495,44 @@ impl KvmVcpu {
             entries.iter().copied().map(Into::into).collect();
         let cpuid = kvm_bindings::CpuId::from_entries(&raw)
             .map_err(|_| KvmError::CpuidTooLarge(entries.len()))?;
-        self.fd.set_cpuid2(&cpuid).map_err(ioctl("KVM_SET_CPUID2"))
+        self.fd
+            .set_cpuid2(&cpuid)
+            .map_err(ioctl_error("KVM_SET_CPUID2"))
     }
 
     /// The general-purpose registers.
     pub fn registers(&self) -> Result<Registers> {
-        Ok(self.fd.get_regs().map_err(ioctl("KVM_GET_REGS"))?.into())
+        Ok(self
+            .fd
+            .get_regs()
+            .map_err(ioctl_error("KVM_GET_REGS"))?
+            .into())
     }
 
     /// Sets the general-purpose registers.
     pub fn set_registers(&self, registers: &Registers) -> Result<()> {
         self.fd
             .set_regs(&(*registers).into())
-            .map_err(ioctl("KVM_SET_REGS"))
+            .map_err(ioctl_error("KVM_SET_REGS"))
     }
 
     /// The special registers (segments, control registers, EFER).
     pub fn special_registers(&self) -> Result<SpecialRegisters> {
-        Ok(self.fd.get_sregs().map_err(ioctl("KVM_GET_SREGS"))?.into())
+        Ok(self
+            .fd
+            .get_sregs()
+            .map_err(ioctl_error("KVM_GET_SREGS"))?
+            .into())
     }
 
     /// Sets the special registers; fields we do not model (the pending-interrupt
     /// bitmap) keep their current value.
     pub fn set_special_registers(&self, sregs: &SpecialRegisters) -> Result<()> {
-        let mut raw = self.fd.get_sregs().map_err(ioctl("KVM_GET_SREGS"))?;
+        let mut raw = self.fd.get_sregs().map_err(ioctl_error("KVM_GET_SREGS"))?;
         convert::fill_sregs(&mut raw, sregs);
-        self.fd.set_sregs(&raw).map_err(ioctl("KVM_SET_SREGS"))
+        self.fd
+            .set_sregs(&raw)
+            .map_err(ioctl_error("KVM_SET_SREGS"))
     }
 
     /// Sets the x87/SSE state to its reset values (FCW 0x37f, MXCSR 0x1f80).
@@ -438,12 +542,21 @@ impl KvmVcpu {
             mxcsr: 0x1f80,
             ..Default::default()
         };
-        self.fd.set_fpu(&fpu).map_err(ioctl("KVM_SET_FPU"))
+        self.fd.set_fpu(&fpu).map_err(ioctl_error("KVM_SET_FPU"))
+    }
+
+    /// Maps this vCPU's dirty ring of `bytes` bytes (enabled on the VM with
+    /// [`KvmVm::enable_dirty_ring`] before the vCPU was created).
+    pub fn map_dirty_ring(&self, bytes: u32) -> Result<DirtyRing> {
+        DirtyRing::map(&self.fd, bytes)
     }
 
     /// Translates a guest-virtual address with the vCPU's current paging state.
     pub fn translate(&self, gva: u64) -> Result<KvmTranslation> {
-        let raw = self.fd.translate_gva(gva).map_err(ioctl("KVM_TRANSLATE"))?;
+        let raw = self
+            .fd
+            .translate_gva(gva)
+            .map_err(ioctl_error("KVM_TRANSLATE"))?;
         Ok(raw.into())
     }
 
@@ -466,6 +579,7 @@ impl KvmVcpu {
             Ok(VcpuExit::Shutdown) => Ok(VmExit::Shutdown),
             Ok(VcpuExit::FailEntry(reason, cpu)) => Ok(VmExit::FailEntry { reason, cpu }),
             Ok(VcpuExit::Intr) => Ok(VmExit::Interrupted),
+            Ok(VcpuExit::Unsupported(KVM_EXIT_DIRTY_RING_FULL)) => Ok(VmExit::DirtyRingFull),
             Ok(VcpuExit::InternalError) => {
                 // SAFETY: `kvm_run` points into the vCPU's kvm_run mmap, which lives as
                 // long as `self.fd`. KVM_RUN just returned KVM_EXIT_INTERNAL_ERROR, for
@@ -507,6 +621,8 @@ mod tests {
         // _IOWR(0xAE, 0xC0, 24 bytes), from include/uapi/linux/kvm.h.
         assert_eq!(std::mem::size_of::<kvm_clear_dirty_log>(), 24);
         assert_eq!(KVM_CLEAR_DIRTY_LOG(), 0xc018_aec0);
+        // _IO(0xAE, 0xC7).
+        assert_eq!(KVM_RESET_DIRTY_RINGS(), 0xaec7);
     }
 
     #[test]
@@ -543,8 +659,21 @@ mod tests {
         let caps = DirtyLogCapabilities {
             manual_protect_flags: 3,
             dirty_ring_max_bytes: 0,
+            dirty_ring_acq_rel_max_bytes: 0,
         };
         assert!(caps.manual_protect());
         assert!(!DirtyLogCapabilities::default().manual_protect());
+        assert_eq!(caps.dirty_ring(), None);
+        let both = DirtyLogCapabilities {
+            dirty_ring_max_bytes: 1 << 20,
+            dirty_ring_acq_rel_max_bytes: 1 << 20,
+            ..caps
+        };
+        assert_eq!(both.dirty_ring(), Some((DirtyRingCap::Plain, 1 << 20)));
+        let acq_rel = DirtyLogCapabilities {
+            dirty_ring_acq_rel_max_bytes: 1 << 16,
+            ..caps
+        };
+        assert_eq!(acq_rel.dirty_ring(), Some((DirtyRingCap::AcqRel, 1 << 16)));
     }
 }
