@@ -396,11 +396,13 @@ fn ring_backend_reports_the_same_pages_as_bitmap() {
     }
 }
 
-/// The smallest ring overflows in the guest's boot. On a KVM that honours the soft limit
-/// the vCPU exits with `KVM_EXIT_DIRTY_RING_FULL`, its thread harvests, and the rounds
-/// must then match the bitmap exactly. On PVM the vCPU does not exit at the soft limit:
-/// the ring overflows, KVM loses entries and the ring stays full for good; the run loop
-/// must then stop the vCPU with a dirty-ring error instead of spinning.
+/// The smallest ring KVM accepts. On PVM, which pushes an entry for every write fault (about
+/// 36,800 during boot), it overflows, and since the vCPU does not exit at the soft limit the
+/// ring stays full for good: the run loop must then stop the vCPU with a dirty-ring error
+/// instead of spinning. Hardware-style KVM pushes a page once until it is reset, and the
+/// guest dirties fewer distinct pages than even the smallest ring holds, so there the ring
+/// must simply give the same pages as the bitmap, whether or not it filled (the ring-full
+/// harvest itself is covered by unit tests over a fake ring).
 #[test]
 fn smallest_ring_fills_up_and_loses_no_page() {
     let test = "smallest_ring_fills_up_and_loses_no_page";
@@ -420,19 +422,20 @@ fn smallest_ring_fills_up_and_loses_no_page() {
     let ready = vm.wait_ready(TIMEOUT);
     let stats = vm.dirty_ring_stats().unwrap_or_default();
     eprintln!("{test}: {stats:?}");
-    assert!(
-        stats.full_exits > 0,
-        "{test}: the guest never filled a ring of {bytes} bytes: {stats:?}"
-    );
     match ready {
         Ok(_) => {
             guestwalk_tests::finish(&vm, &console);
             drop(vm);
             let stats = ring_matches_bitmap(test, Some(bytes));
-            assert!(stats.is_some_and(|s| s.full_exits > 0), "{test}: {stats:?}");
+            eprintln!(
+                "{test}: the rounds matched the bitmap with a ring of {bytes} bytes \
+                 ({} ring-full exits)",
+                stats.map(|s| s.full_exits).unwrap_or_default()
+            );
         }
         Err(VmError::StoppedBeforeReady(outcome))
             if vmm::kvm::host_is_pvm()
+                && stats.full_exits > 0
                 && matches!(
                     &*outcome,
                     ExitOutcome::Failed {
