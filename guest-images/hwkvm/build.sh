@@ -178,7 +178,7 @@ default_commands() {
 # newc cpio, gzip (the kernel unpacks it into its rootfs). Binaries lose their DWARF (they
 # are 30 MiB each with it) but keep symbols for panic backtraces.
 initramfs() {
-    local root=$out/initramfs-root name path vmm_path
+    local root=$out/initramfs-root name path
     rm -rf "$root"
     mkdir -p "$root"/{bin,dev,proc,sys,tmp,root,etc/hwkvm,hwkvm/bin,hwkvm/tests,lib/modules}
     cp "$bbdir/bin/busybox" "$root/bin/busybox"
@@ -215,11 +215,10 @@ EOF
     while IFS=$'\t' read -r name path; do
         if [ "$name" = vmm-bin ]; then
             # vmm's cli test runs env!("CARGO_BIN_EXE_vmm"), an absolute path fixed at
-            # compile time: the binary must sit at exactly that path in the initramfs.
-            vmm_path=$path
-            mkdir -p "$root$(dirname "$vmm_path")"
-            strip --strip-debug -o "$root$vmm_path" "$path"
-            ln -s "$vmm_path" "$root/hwkvm/bin/vmm"
+            # compile time. /init links that path to the binary after it has mounted its
+            # file systems: the checkout may live under /tmp, which /init mounts a tmpfs on.
+            strip --strip-debug -o "$root/hwkvm/bin/vmm" "$path"
+            printf '%s\n' "$path" >"$root/etc/hwkvm/vmm-path"
         else
             strip --strip-debug -o "$root/hwkvm/tests/$name" "$path"
         fi

@@ -14,7 +14,10 @@
 # Environment: HWKVM_TIMEOUT (whole run, s, default 3600), HWKVM_CMD_TIMEOUT (one command,
 # s, default 1200), HWKVM_MEMORY (MiB, default 4096), HWKVM_SMP (default 2),
 # HWKVM_CPU (QEMU -cpu, default max; e.g. max,phys-bits=46 for a server-like MAXPHYADDR),
-# HWKVM_QUIET=1 (print only the @@@ marker lines while running), HWKVM_OUT.
+# HWKVM_QUIET=1 (print only the @@@ marker lines while running), HWKVM_OUT,
+# HWKVM_COMMANDS=linux (opt in: also ship the Linux test guest of guest-images/linux/ —
+# build it first with guest-images/linux/build.sh — and, without arguments, run the
+# list in linux-commands instead of the default one).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -35,6 +38,25 @@ overlay=$(mktemp -d)
 trap 'rm -rf "$overlay"' EXIT
 mkdir -p "$overlay/etc/hwkvm"
 echo "HWKVM_CMD_TIMEOUT=$cmd_timeout" >"$overlay/etc/hwkvm/config"
+case "${HWKVM_COMMANDS:-default}" in
+    default) ;;
+    linux)
+        linux_out=${LINUX_OUT:-$repo/guest-images/out/linux}
+        for f in bzImage initramfs.cpio.gz; do
+            [ -e "$linux_out/$f" ] || {
+                echo "hwkvm-run: $linux_out/$f is missing: run guest-images/linux/build.sh first" >&2
+                exit 1
+            }
+        done
+        mkdir -p "$overlay/hwkvm/linux"
+        cp "$linux_out/bzImage" "$linux_out/initramfs.cpio.gz" "$here/linux-boot.sh" "$overlay/hwkvm/linux/"
+        [ "$#" -gt 0 ] || grep -v '^#' "$here/linux-commands" >"$overlay/etc/hwkvm/commands"
+        ;;
+    *)
+        echo "hwkvm-run: HWKVM_COMMANDS must be default or linux, not ${HWKVM_COMMANDS}" >&2
+        exit 2
+        ;;
+esac
 if [ "$#" -gt 0 ]; then
     i=0
     for arg in "$@"; do
