@@ -75,7 +75,11 @@ pub fn next_heartbeat(vm: &Vm) -> u64 {
     loop {
         match vm.wait_event(TIMEOUT) {
             Ok(VmEvent::Heartbeat { iteration }) => return iteration,
-            Ok(VmEvent::VcpuStopped { stop, .. }) => panic!("guest stopped while running: {stop}"),
+            Ok(VmEvent::VcpuStopped { vcpu, stop, dump }) => panic!(
+                "guest stopped while running: vCPU {vcpu}: {stop}\n{}",
+                dump.map(|d| d.to_string())
+                    .unwrap_or_else(|| "(no register dump)".into())
+            ),
             Ok(_) => {}
             Err(e) => panic!("no heartbeat: {e}"),
         }
