@@ -5,12 +5,18 @@ use std::sync::{Arc, Mutex};
 
 use vm_memory::{Bytes, GuestAddress};
 
+use vmm_sys_util::eventfd::EventFd;
+
 use crate::arch::x86_64::cpuid::{
-    CpuidEntry, PagingFeatures, guest_cpuid, has_nx, paging_features,
+    CpuidEntry, PagingFeatures, guest_cpuid, has_nx, linux_cpuid, paging_features,
 };
 use crate::arch::x86_64::layout;
 use crate::arch::x86_64::regs::{self, BOOT_GDT};
-use crate::devices::{Console, DebugControl, DebugPort, IoBus, SerialDevice, UnhandledAccesses};
+use crate::devices::serial::COM1_IRQ;
+use crate::devices::{
+    Console, DebugControl, DebugPort, IoBus, LegacyDevices, SerialDevice, SerialInterrupt,
+    UnhandledAccesses,
+};
 use crate::dirty::{
     BitmapDirtyLog, DEFAULT_DIRTY_RING_BYTES, DirtyError, DirtyLog, DirtyLogBackend,
     DirtyLogChoice, DirtyRings, DirtyTracker, ManualClearDirtyLog, RingDirtyLog,
@@ -18,6 +24,7 @@ use crate::dirty::{
 use crate::events::VmEvent;
 use crate::guest::{BUILTIN_IMAGE, GuestMode};
 use crate::kvm::{self, Hypervisor, KvmError, KvmVcpu, KvmVm, MemorySlot, kick};
+use crate::linux::{LinuxBoot, LinuxError};
 use crate::memory::{GuestRam, MemoryError, MemorySize, create_guest_memory};
 use crate::vcpu::VcpuThread;
 use crate::vm::{VcpuHandle, Vm};
@@ -88,6 +95,27 @@ pub enum BuildError {
     /// Signal setup.
     #[error(transparent)]
     Kick(#[from] kick::KickError),
+    /// Loading the Linux guest failed.
+    #[error(transparent)]
+    Linux(#[from] LinuxError),
+    /// A stock kernel cannot run on PVM.
+    #[error(
+        "this host's /dev/kvm is PVM (kvm_pvm is loaded): a stock Linux kernel cannot boot on \
+         it (it dies after ~53 s with KVM_EXIT_INTERNAL_ERROR on instructions PVM cannot \
+         emulate: lock cmpxchg16b, xrstor64, int3 at CPL0). Boot it inside the emulated \
+         hardware-KVM host instead (guest-images/hwkvm/README.md, HWKVM_COMMANDS=linux), \
+         or pass --force to try anyway"
+    )]
+    LinuxOnPvm,
+    /// SMP Linux needs firmware tables we do not write yet.
+    #[error(
+        "--vcpus {0} with --kernel: a Linux guest needs an MP table or ACPI MADT to find \
+         more than one CPU, which the VMM does not write yet; use --vcpus 1"
+    )]
+    LinuxSmp(u8),
+    /// Creating the serial interrupt's eventfd failed.
+    #[error("cannot create the serial port's interrupt eventfd: {0}")]
+    EventFd(#[source] std::io::Error),
     /// Spawning a vCPU thread failed.
     #[error("cannot start the thread of vCPU {index}: {source}")]
     Thread {
@@ -198,7 +226,64 @@ fn build(
         }
     };
     let paging = paging_features(&guest_cpuid(&supported_cpuid, 0, pvm));
-    start(kvm_vm, memory, vcpus, paging, dirty, rings, config)
+    let serial = SerialDevice::new(config.console.clone());
+    start(
+        kvm_vm, memory, vcpus, paging, dirty, rings, config, serial, None,
+    )
+}
+
+/// Boots a Linux bzImage (64-bit boot protocol) with one vCPU: the kernel, initrd, command
+/// line and zero page from [`crate::linux::load`]; identity page tables for the first
+/// 4 GiB; the in-kernel irqchip and PIT; COM1 on IRQ 4 through an irqfd; the CMOS RTC
+/// and the i8042 (whose reset ends the VM cleanly, [`crate::vm::ExitOutcome::Reset`]).
+/// Refused on a PVM host unless `linux.force`.
+pub fn build_linux_vm(config: &VmConfig, linux: &LinuxBoot) -> Result<Vm, BuildError> {
+    if config.vcpus != 1 {
+        return Err(BuildError::LinuxSmp(config.vcpus));
+    }
+    crate::linux::check_files(linux)?;
+    let pvm = kvm::host_is_pvm();
+    if pvm && !linux.force {
+        return Err(BuildError::LinuxOnPvm);
+    }
+    let hypervisor = Hypervisor::open()?;
+    let memory = create_guest_memory(config.memory)?;
+    let loaded = crate::linux::load(&memory, config.memory, linux)?;
+    write_identity_tables(&memory, layout::LINUX_BOOT_PD_COUNT)?;
+    let kvm_vm = Arc::new(hypervisor.create_vm()?);
+    kvm_vm.register_memory(&memory, false)?;
+    kvm_vm.set_tss_address(layout::KVM_TSS_ADDRESS.0)?;
+    // Before any vCPU: each vCPU gets its in-kernel LAPIC when created.
+    kvm_vm.create_irqchip_and_pit()?;
+    let supported_cpuid = hypervisor.supported_cpuid()?;
+    kick::install_handler()?;
+    let cpuid = linux_cpuid(&supported_cpuid, 0, pvm);
+    let vcpu = kvm_vm.create_vcpu(0)?;
+    vcpu.set_cpuid(&cpuid)?;
+    vcpu.set_msrs(&regs::boot_msrs())?;
+    vcpu.set_default_fpu()?;
+    let sregs = regs::long_mode_sregs(&vcpu.special_registers()?, has_nx(&supported_cpuid));
+    vcpu.set_special_registers(&sregs)?;
+    vcpu.set_registers(&regs::linux_entry_registers(
+        loaded.entry.0,
+        loaded.boot_params.0,
+    ))?;
+    vcpu.update_lapic_lints(regs::boot_lint_value)?;
+    let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
+    kvm_vm.register_irqfd(&irq, COM1_IRQ)?;
+    let serial = SerialDevice::with_interrupt(config.console.clone(), SerialInterrupt::Irqfd(irq));
+    let legacy = Arc::new(Mutex::new(LegacyDevices::default()));
+    start(
+        kvm_vm,
+        memory,
+        vec![vcpu],
+        paging_features(&cpuid),
+        None,
+        None,
+        config,
+        serial,
+        Some(legacy),
+    )
 }
 
 /// Maps every vCPU's dirty ring, shared by the VMM thread and the vCPU threads.
@@ -222,6 +307,13 @@ fn map_dirty_rings(
 
 /// Writes the boot GDT, the empty IDT and the identity page tables for [0, 1 GiB).
 fn write_boot_tables(memory: &GuestRam) -> Result<(), BuildError> {
+    write_identity_tables(memory, 1)
+}
+
+/// Writes the boot GDT, the empty IDT and identity page tables for the first
+/// `gib` GiB (`gib` PDs of 2 MiB leaves from [`layout::BOOT_PD_START`], at most
+/// [`layout::LINUX_BOOT_PD_COUNT`]).
+fn write_identity_tables(memory: &GuestRam, gib: u64) -> Result<(), BuildError> {
     let gdt: Vec<u8> = BOOT_GDT.iter().flat_map(|e| e.to_le_bytes()).collect();
     write(memory, layout::BOOT_GDT_START, &gdt, "the boot GDT")?;
     write(memory, layout::BOOT_IDT_START, &[0; 8], "the boot IDT")?;
@@ -233,18 +325,16 @@ fn write_boot_tables(memory: &GuestRam) -> Result<(), BuildError> {
         &pml4e.to_le_bytes(),
         "the boot PML4",
     )?;
-    let pdpte = layout::BOOT_PD_START.0 | table_flags;
-    write(
-        memory,
-        layout::BOOT_PDPT_START,
-        &pdpte.to_le_bytes(),
-        "the boot PDPT",
-    )?;
+    let gib = gib.clamp(1, layout::LINUX_BOOT_PD_COUNT);
+    let pdpt: Vec<u8> = (0..gib)
+        .flat_map(|i| ((layout::BOOT_PD_START.0 + i * 0x1000) | table_flags).to_le_bytes())
+        .collect();
+    write(memory, layout::BOOT_PDPT_START, &pdpt, "the boot PDPT")?;
     let huge_page = 1u64 << 21;
-    let pd: Vec<u8> = (0..layout::BOOT_IDENTITY_MAP_SIZE / huge_page)
+    let pd: Vec<u8> = (0..gib * layout::BOOT_IDENTITY_MAP_SIZE / huge_page)
         .flat_map(|i| ((i * huge_page) | table_flags | 0x80).to_le_bytes())
         .collect();
-    write(memory, layout::BOOT_PD_START, &pd, "the boot PD")
+    write(memory, layout::BOOT_PD_START, &pd, "the boot PDs")
 }
 
 fn write(
@@ -284,7 +374,9 @@ fn create_vcpu(
     Ok(vcpu)
 }
 
-/// Starts one thread per vCPU and returns the VM handle.
+/// Starts one thread per vCPU and returns the VM handle. `legacy` (the Linux VM's RTC
+/// and i8042) goes on every vCPU's bus when given.
+#[allow(clippy::too_many_arguments)]
 fn start(
     kvm_vm: Arc<KvmVm>,
     memory: GuestRam,
@@ -293,11 +385,13 @@ fn start(
     dirty: Option<DirtyTracker>,
     dirty_rings: Option<Arc<DirtyRings>>,
     config: &VmConfig,
+    serial: SerialDevice,
+    legacy: Option<Arc<Mutex<LegacyDevices>>>,
 ) -> Result<Vm, BuildError> {
     let (events_tx, events) = channel::<VmEvent>();
     let control = Arc::new(DebugControl::default());
     let unhandled = Arc::new(UnhandledAccesses::default());
-    let serial = Arc::new(Mutex::new(SerialDevice::new(config.console.clone())));
+    let serial = Arc::new(Mutex::new(serial));
     let mut vm = Vm {
         vcpus: Vec::with_capacity(vcpus.len()),
         events,
@@ -314,14 +408,18 @@ fn start(
     for (index, vcpu) in (0u8..).zip(vcpus) {
         let (requests_tx, requests) = channel();
         let (responses_tx, responses) = channel();
+        let mut bus = IoBus::new(
+            DebugPort::new(control.clone(), events_tx.clone(), config.console.clone()),
+            serial.clone(),
+            unhandled.clone(),
+        );
+        if let Some(legacy) = &legacy {
+            bus = bus.with_legacy(legacy.clone());
+        }
         let thread = VcpuThread {
             index,
             vcpu,
-            bus: IoBus::new(
-                DebugPort::new(control.clone(), events_tx.clone(), config.console.clone()),
-                serial.clone(),
-                unhandled.clone(),
-            ),
+            bus,
             requests,
             responses: responses_tx,
             events: events_tx.clone(),
@@ -388,5 +486,53 @@ mod tests {
             .read_obj(GuestAddress(layout::BOOT_PD_START.0 + 511 * 8))
             .unwrap_or(0);
         assert_eq!(last, (511 << 21) | 0x83);
+        // Only one PDPT entry: nothing above 1 GiB is mapped for the built-in guest.
+        let second: u64 = memory
+            .read_obj(GuestAddress(layout::BOOT_PDPT_START.0 + 8))
+            .unwrap_or(1);
+        assert_eq!(second, 0);
+    }
+
+    #[test]
+    fn linux_boot_tables_identity_map_4_gib() {
+        let Ok(memory) = create_guest_memory(MemorySize::default()) else {
+            panic!("cannot map test memory");
+        };
+        assert!(write_identity_tables(&memory, layout::LINUX_BOOT_PD_COUNT).is_ok());
+        for i in 0..4u64 {
+            let pdpte: u64 = memory
+                .read_obj(GuestAddress(layout::BOOT_PDPT_START.0 + i * 8))
+                .unwrap_or(0);
+            assert_eq!(pdpte, (layout::BOOT_PD_START.0 + i * 0x1000) | 3);
+        }
+        // The last 2 MiB leaf maps [4 GiB - 2 MiB, 4 GiB).
+        let last: u64 = memory
+            .read_obj(GuestAddress(layout::BOOT_PD_START.0 + 4 * 0x1000 - 8))
+            .unwrap_or(0);
+        assert_eq!(last, ((4u64 << 30) - (2 << 20)) | 0x83);
+        const { assert!(layout::BOOT_PD_START.0 + 4 * 0x1000 <= layout::CMDLINE_START.0) };
+    }
+
+    #[test]
+    fn linux_config_errors_are_clear() {
+        let config = VmConfig {
+            vcpus: 2,
+            ..VmConfig::default()
+        };
+        let linux = LinuxBoot {
+            kernel: "/nonexistent/bzImage".into(),
+            initrd: None,
+            cmdline: String::new(),
+            force: true,
+        };
+        let Err(e) = build_linux_vm(&config, &linux) else {
+            panic!("two vCPUs must be refused");
+        };
+        assert!(e.to_string().contains("--vcpus 1"), "{e}");
+        assert!(
+            BuildError::LinuxOnPvm
+                .to_string()
+                .contains("guest-images/hwkvm")
+        );
     }
 }

@@ -15,10 +15,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use vm_memory::GuestMemoryBackend;
-use vmm::introspect::{Format, PrintError, VaRange, parse_hex, print_walk, translation_line};
+use vmm::introspect::{
+    Format, OracleVerdict, PrintError, VaRange, oracle_verdict, parse_hex, print_walk,
+    translation_line,
+};
 use vmm::{
-    Console, Descriptor, DirtyLogChoice, ExitOutcome, GuestMode, MemorySize, RoundRecord, Vm,
-    VmConfig, VmError, VmEvent, build_vm_with, memfile, snapshot,
+    Console, Descriptor, DirtyLogChoice, ExitOutcome, GuestMode, LinuxBoot, MemorySize,
+    RoundRecord, Vm, VmConfig, VmError, VmEvent, build_linux_vm, build_vm_with, memfile, snapshot,
 };
 use walker::{ControlRegisters, Granularity, Gva, PagingContext, WalkOptions};
 
@@ -71,6 +74,10 @@ pub struct BenchArgs {
     pub runs: u64,
 }
 
+/// The default Linux command line: console on COM1, no boot chatter (each serial byte
+/// is an exit), reboot at once on panic (which ends the VM).
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 quiet panic=-1";
+
 /// How to boot the guest (shared by `run`, `walk` and `translate`).
 #[derive(Debug, clap::Args)]
 pub struct BootArgs {
@@ -83,9 +90,20 @@ pub struct BootArgs {
     /// What the built-in guest does.
     #[arg(long, value_enum, default_value_t = GuestMode::Normal)]
     pub mode: GuestMode,
-    /// Boot this kernel instead of the built-in guest (not yet supported).
+    /// Boot this Linux bzImage instead of the built-in guest (64-bit boot protocol, one
+    /// vCPU; `run` waits until the guest resets or --timeout passes; `walk`/`translate`
+    /// need --at-serial or --after). Refused on a PVM host unless --force.
     #[arg(long, value_name = "PATH")]
     pub kernel: Option<PathBuf>,
+    /// With --kernel: the initrd (initramfs) to load.
+    #[arg(long, value_name = "FILE", requires = "kernel")]
+    pub initrd: Option<PathBuf>,
+    /// With --kernel: the kernel command line.
+    #[arg(long, value_name = "STR", default_value = DEFAULT_CMDLINE, requires = "kernel")]
+    pub cmdline: String,
+    /// With --kernel: boot even on a PVM host, where a stock kernel cannot run.
+    #[arg(long, requires = "kernel")]
+    pub force: bool,
     /// Seconds to wait for each phase (READY, heartbeats, DONE).
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub timeout: u64,
@@ -351,18 +369,27 @@ fn boot_with(
     console: Console,
     dirty_log: Option<DirtyLogChoice>,
 ) -> anyhow::Result<Vm> {
-    if let Some(kernel) = &args.kernel {
-        bail!(
-            "--kernel {} is not yet supported: the VMM can only boot the built-in guest for now",
-            kernel.display()
-        );
-    }
     let config = VmConfig {
         memory: args.memory,
         vcpus: args.vcpus,
         mode: args.mode,
         console,
     };
+    if let Some(kernel) = &args.kernel {
+        if dirty_log.is_some() {
+            bail!(
+                "--kernel {}: dirty logging and snapshots of a Linux guest are not supported yet",
+                kernel.display()
+            );
+        }
+        let linux = LinuxBoot {
+            kernel: kernel.clone(),
+            initrd: args.initrd.clone(),
+            cmdline: args.cmdline.clone(),
+            force: args.force,
+        };
+        return build_linux_vm(&config, &linux).context("cannot start the Linux VM");
+    }
     build_vm_with(&config, dirty_log).context("cannot start the VM")
 }
 
@@ -372,6 +399,9 @@ fn run_guest(args: &RunArgs) -> anyhow::Result<ExitCode> {
     }
     if let (Some(dir), Some(every)) = (&args.snapshot_dir, args.snapshot_every) {
         return run_snapshots(args, dir, every);
+    }
+    if args.boot.kernel.is_some() {
+        return run_linux(&args.boot);
     }
     let timeout = Duration::from_secs(args.boot.timeout);
     let started = Instant::now();
@@ -544,8 +574,25 @@ fn wait_heartbeats(vm: &Vm, count: u32, timeout: Duration) -> anyhow::Result<Opt
     Ok(None)
 }
 
+/// `vmm run --kernel`: boots Linux, console on stdout, and waits (at most --timeout)
+/// until the VM ends; a guest reset is a clean end (status 0).
+fn run_linux(args: &BootArgs) -> anyhow::Result<ExitCode> {
+    let timeout = Duration::from_secs(args.timeout);
+    let started = Instant::now();
+    let vm = boot(args, Console::Stdout)?;
+    let outcome = vm
+        .wait(timeout)
+        .with_context(|| format!("waiting for the Linux guest to end (--timeout {timeout:?})"))?;
+    eprintln!("vmm: the VM ran for {:.2?}", started.elapsed());
+    Ok(report(&outcome))
+}
+
 fn report(outcome: &ExitOutcome) -> ExitCode {
     match outcome {
+        ExitOutcome::Reset { .. } => {
+            eprintln!("vmm: {outcome}");
+            ExitCode::SUCCESS
+        }
         ExitOutcome::Done { status: 0 } => {
             eprintln!("vmm: {outcome}");
             ExitCode::SUCCESS
@@ -575,6 +622,9 @@ fn boot_and_pause(
     pause: &PauseArgs,
 ) -> anyhow::Result<Result<Paused, ExitOutcome>> {
     let timeout = Duration::from_secs(boot_args.timeout);
+    if boot_args.kernel.is_some() && pause.at_serial.is_none() && pause.after.is_none() {
+        bail!("with --kernel, say when to pause: --at-serial MARKER or --after DURATION");
+    }
     let console = Console::stderr();
     let started = Instant::now();
     let vm = boot(boot_args, console.clone())?;
@@ -745,10 +795,13 @@ fn translate_guest(args: &TranslateArgs) -> anyhow::Result<ExitCode> {
         let kvm =
             p.vm.translate(args.pause.vcpu, *gva)
                 .context("KVM_TRANSLATE")?;
-        let agrees = match &ours {
-            Ok(t) => kvm.valid && kvm.gpa == t.gpa,
-            Err(_) => !kvm.valid,
-        };
+        let verdict = oracle_verdict(
+            &ours,
+            kvm.valid,
+            kvm.gpa.0,
+            state.sregs.cr4,
+            state.regs.rflags,
+        );
         let kvm_text = if kvm.valid {
             format!("{:#x}", kvm.gpa.0)
         } else {
@@ -760,7 +813,12 @@ fn translate_guest(args: &TranslateArgs) -> anyhow::Result<ExitCode> {
             writeln!(
                 out,
                 "{line} (KVM_TRANSLATE: {kvm_text}, {})",
-                if agrees { "agrees" } else { "DISAGREES" }
+                match verdict {
+                    OracleVerdict::Agrees => "agrees",
+                    OracleVerdict::SmapHidesUserPage =>
+                        "agrees: a user page, which CR4.SMAP hides from its supervisor read",
+                    OracleVerdict::Disagrees => "DISAGREES",
+                }
             )?;
         }
     }
@@ -771,6 +829,9 @@ fn translate_guest(args: &TranslateArgs) -> anyhow::Result<ExitCode> {
 
 fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     let timeout = Duration::from_secs(args.boot.timeout);
+    if args.boot.kernel.is_some() {
+        bail!("vmm bench measures the built-in guest: --kernel is not supported here");
+    }
     let runs = args.runs as usize;
     // Boot to READY, several times; the last VM stays for the rest.
     let mut boots = Vec::new();
@@ -1119,6 +1180,43 @@ mod tests {
             t.addresses,
             vec![Gva(0x4000_0000), Gva(0xffff_8880_0000_0000)]
         );
+    }
+
+    #[test]
+    fn parses_kernel_options() {
+        let cli = Cli::try_parse_from([
+            "vmm",
+            "run",
+            "--kernel",
+            "bzImage",
+            "--initrd",
+            "initrd.gz",
+            "--cmdline",
+            "console=ttyS0",
+            "--force",
+        ]);
+        let Ok(Cli {
+            command: Command::Run(args),
+        }) = cli
+        else {
+            panic!("kernel run did not parse: {cli:?}");
+        };
+        assert_eq!(args.boot.kernel, Some(PathBuf::from("bzImage")));
+        assert_eq!(args.boot.initrd, Some(PathBuf::from("initrd.gz")));
+        assert_eq!(args.boot.cmdline, "console=ttyS0");
+        assert!(args.boot.force);
+        let Ok(Cli {
+            command: Command::Run(args),
+        }) = Cli::try_parse_from(["vmm", "run", "--kernel", "k"])
+        else {
+            panic!("kernel run did not parse");
+        };
+        assert_eq!(args.boot.cmdline, DEFAULT_CMDLINE);
+        // The Linux-only options need --kernel.
+        for extra in [["--initrd", "i"], ["--cmdline", "x"]] {
+            let e = Cli::try_parse_from(["vmm", "run", extra[0], extra[1]]);
+            assert!(e.is_err_and(|e| e.to_string().contains("--kernel")));
+        }
     }
 
     #[test]

@@ -13,6 +13,10 @@ pub enum VcpuStop {
     Halted,
     /// Triple fault: the vCPU shut down.
     Shutdown,
+    /// The guest asked for a machine reset (i8042 command 0xFE), or shut down (triple
+    /// fault) after asking: how Linux without ACPI ends `reboot -f` / `poweroff -f`. A
+    /// clean end.
+    ResetRequested,
     /// KVM could not handle something the guest did.
     InternalError {
         /// `kvm_run.internal.suberror`.
@@ -36,7 +40,7 @@ pub enum VcpuStop {
 impl VcpuStop {
     /// Whether this stop is a failure in itself (a HLT is judged by the guest's DONE).
     pub fn is_failure(&self) -> bool {
-        !matches!(self, Self::Halted)
+        !matches!(self, Self::Halted | Self::ResetRequested)
     }
 }
 
@@ -45,6 +49,10 @@ impl fmt::Display for VcpuStop {
         match self {
             Self::Halted => write!(f, "the vCPU executed HLT"),
             Self::Shutdown => write!(f, "triple fault: the vCPU shut down (KVM_EXIT_SHUTDOWN)"),
+            Self::ResetRequested => write!(
+                f,
+                "the guest asked for a reset (i8042 command 0xfe on port 0x64)"
+            ),
             Self::InternalError { suberror } => {
                 let what = match suberror {
                     1 => "emulation failure",
@@ -88,15 +96,22 @@ pub enum ExitAction {
 
 /// Handles one exit: I/O goes to `devices` (unknown ports and all MMIO read as all
 /// ones, writes are ignored and counted), everything else decides whether the vCPU
-/// stops.
+/// stops. A write that makes the devices request a reset stops the vCPU with
+/// [`VcpuStop::ResetRequested`]; a triple fault counts as that too, but only once a
+/// reset was requested (otherwise it is the failure [`VcpuStop::Shutdown`]).
 pub fn handle_exit(exit: VmExit<'_>, devices: &mut impl ExitDevices) -> ExitAction {
     match exit {
-        VmExit::IoIn { port, data } => {
-            devices.port_read(port, data);
-            ExitAction::Continue
-        }
         VmExit::IoOut { port, data } => {
             devices.port_write(port, data);
+            if devices.reset_requested() {
+                ExitAction::Stop(VcpuStop::ResetRequested)
+            } else {
+                ExitAction::Continue
+            }
+        }
+        VmExit::Shutdown if devices.reset_requested() => ExitAction::Stop(VcpuStop::ResetRequested),
+        VmExit::IoIn { port, data } => {
+            devices.port_read(port, data);
             ExitAction::Continue
         }
         VmExit::MmioRead { address, data } => {
@@ -141,6 +156,89 @@ mod tests {
             unhandled.clone(),
         );
         (bus, rx, unhandled, console)
+    }
+
+    #[test]
+    fn i8042_reset_ends_the_vm_cleanly_only_on_a_linux_bus() {
+        use crate::devices::LegacyDevices;
+        let (plain, _, unhandled, _) = bus();
+        let mut linux = plain.with_legacy(Arc::new(Mutex::new(LegacyDevices::default())));
+        // A triple fault before any reset request is a failure.
+        assert_eq!(
+            handle_exit(VmExit::Shutdown, &mut linux),
+            ExitAction::Stop(VcpuStop::Shutdown)
+        );
+        let mut status = [0xffu8];
+        handle_exit(
+            VmExit::IoIn {
+                port: 0x64,
+                data: &mut status,
+            },
+            &mut linux,
+        );
+        assert_eq!(status[0] & 0x2, 0, "input buffer empty: kb_wait returns");
+        let action = handle_exit(
+            VmExit::IoOut {
+                port: 0x64,
+                data: &[0xfe],
+            },
+            &mut linux,
+        );
+        assert_eq!(action, ExitAction::Stop(VcpuStop::ResetRequested));
+        assert!(!VcpuStop::ResetRequested.is_failure());
+        // A triple fault after the request (another vCPU still running) is clean too.
+        assert_eq!(
+            handle_exit(VmExit::Shutdown, &mut linux),
+            ExitAction::Stop(VcpuStop::ResetRequested)
+        );
+        assert_eq!(unhandled.counts(), UnhandledCounts::default());
+        // The built-in guest's bus has no i8042: the same write is just unhandled.
+        let (mut builtin, _, unhandled, _) = bus();
+        let action = handle_exit(
+            VmExit::IoOut {
+                port: 0x64,
+                data: &[0xfe],
+            },
+            &mut builtin,
+        );
+        assert_eq!(action, ExitAction::Continue);
+        assert_eq!(unhandled.counts().port_writes, 1);
+        assert_eq!(
+            handle_exit(VmExit::Shutdown, &mut builtin),
+            ExitAction::Stop(VcpuStop::Shutdown)
+        );
+    }
+
+    #[test]
+    fn rtc_is_on_the_linux_bus_only() {
+        use crate::devices::LegacyDevices;
+        let (plain, _, _, _) = bus();
+        let mut linux = plain.with_legacy(Arc::new(Mutex::new(LegacyDevices::default())));
+        handle_exit(
+            VmExit::IoOut {
+                port: 0x70,
+                data: &[0x0d],
+            },
+            &mut linux,
+        );
+        let mut data = [0u8];
+        handle_exit(
+            VmExit::IoIn {
+                port: 0x71,
+                data: &mut data,
+            },
+            &mut linux,
+        );
+        assert_eq!(data[0], 0x80, "register D: valid time");
+        let (mut builtin, _, _, _) = bus();
+        handle_exit(
+            VmExit::IoIn {
+                port: 0x71,
+                data: &mut data,
+            },
+            &mut builtin,
+        );
+        assert_eq!(data[0], 0xff);
     }
 
     #[test]

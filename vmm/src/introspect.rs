@@ -281,6 +281,45 @@ pub fn print_walk<M: GuestMemoryBackend, W: Write>(
     Ok(summary)
 }
 
+/// CR4.SMAP: supervisor accesses to user pages fault.
+pub const CR4_SMAP: u64 = 1 << 21;
+/// RFLAGS.AC: with SMAP, explicit supervisor accesses to user pages are allowed.
+pub const RFLAGS_AC: u64 = 1 << 18;
+
+/// How the walker's translation compares with `KVM_TRANSLATE`'s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OracleVerdict {
+    /// Same answer.
+    Agrees,
+    /// The walker maps a user page that KVM_TRANSLATE calls invalid, as it must: KVM
+    /// translates as a supervisor data read, which SMAP forbids on user pages (CR4.SMAP
+    /// set, RFLAGS.AC clear, as in a Linux kernel).
+    SmapHidesUserPage,
+    /// Different answers.
+    Disagrees,
+}
+
+/// Compares the walker's translation of one address with `KVM_TRANSLATE`'s (`kvm_valid`,
+/// `kvm_gpa`), given the vCPU's CR4 and RFLAGS.
+pub fn oracle_verdict(
+    ours: &Result<Translation, TranslateError>,
+    kvm_valid: bool,
+    kvm_gpa: u64,
+    cr4: u64,
+    rflags: u64,
+) -> OracleVerdict {
+    match ours {
+        Ok(t) if kvm_valid && kvm_gpa == t.gpa.0 => OracleVerdict::Agrees,
+        Ok(t)
+            if !kvm_valid && t.effective.user && cr4 & CR4_SMAP != 0 && rflags & RFLAGS_AC == 0 =>
+        {
+            OracleVerdict::SmapHidesUserPage
+        }
+        Err(_) if !kvm_valid => OracleVerdict::Agrees,
+        _ => OracleVerdict::Disagrees,
+    }
+}
+
 /// One line describing a translation (or why there is none).
 pub fn translation_line(
     gva: Gva,
@@ -323,6 +362,46 @@ mod tests {
     use super::*;
     use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
     use walker::ControlRegisters;
+
+    #[test]
+    fn smap_explains_invalid_kvm_translations_of_user_pages() {
+        let page = |user| {
+            Ok(Translation {
+                gva: Gva(0x40_0000),
+                gpa: GuestAddress(0x1fc0_0000),
+                size: walker::PageSize::Size4K,
+                effective: walker::Access {
+                    writable: false,
+                    user,
+                    nx: false,
+                },
+                memory_type: walker::MemoryType(0),
+                entry: walker::Entry(0x1fc0_0005),
+            })
+        };
+        let smap = CR4_SMAP;
+        let v = |ours, valid, gpa, cr4, rflags| oracle_verdict(&ours, valid, gpa, cr4, rflags);
+        assert_eq!(
+            v(page(true), true, 0x1fc0_0000, 0, 2),
+            OracleVerdict::Agrees
+        );
+        assert_eq!(v(page(true), true, 0x1000, 0, 2), OracleVerdict::Disagrees);
+        assert_eq!(
+            v(page(true), false, 0, smap, 2),
+            OracleVerdict::SmapHidesUserPage
+        );
+        // Without SMAP, with RFLAGS.AC, or on a supervisor page: a real disagreement.
+        assert_eq!(v(page(true), false, 0, 0, 2), OracleVerdict::Disagrees);
+        assert_eq!(
+            v(page(true), false, 0, smap, 2 | RFLAGS_AC),
+            OracleVerdict::Disagrees
+        );
+        assert_eq!(v(page(false), false, 0, smap, 2), OracleVerdict::Disagrees);
+        let hole = Err(TranslateError::NonCanonical(Gva(1 << 63)));
+        assert_eq!(v(hole, false, 0, smap, 2), OracleVerdict::Agrees);
+        let hole = Err(TranslateError::NonCanonical(Gva(1 << 63)));
+        assert_eq!(v(hole, true, 0, smap, 2), OracleVerdict::Disagrees);
+    }
 
     #[test]
     fn ranges_parse() {

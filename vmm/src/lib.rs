@@ -2,7 +2,8 @@
 //! lets the VMM thread stop them and look at their page tables.
 //!
 //! - [`builder::build_vm`] boots the built-in guest ([`guest`]) in 64-bit mode and
-//!   returns a running [`vm::Vm`].
+//!   returns a running [`vm::Vm`]; [`builder::build_linux_vm`] boots a Linux bzImage
+//!   ([`linux`]) with the in-kernel irqchip, an RTC and an i8042 reset line.
 //! - [`vm::Vm`] pauses and resumes the vCPUs, reads their registers, translates
 //!   addresses with `KVM_TRANSLATE`, gives access to guest memory, and reports guest
 //!   events ([`events::VmEvent`]) from the debug port ([`devices::debug_port`]).
@@ -26,6 +27,7 @@ pub mod exit;
 pub mod guest;
 pub mod introspect;
 pub mod kvm;
+pub mod linux;
 pub mod memfile;
 pub mod memory;
 pub mod snapshot;
@@ -33,12 +35,15 @@ pub mod test_support;
 pub mod vcpu;
 pub mod vm;
 
-pub use builder::{BuildError, VmConfig, build_vm, build_vm_with, build_vm_with_dirty_ring};
+pub use builder::{
+    BuildError, VmConfig, build_linux_vm, build_vm, build_vm_with, build_vm_with_dirty_ring,
+};
 pub use devices::Console;
 pub use dirty::{DirtyLog, DirtyLogBackend, DirtyLogChoice, DirtySet, ScanReport};
 pub use events::VmEvent;
 pub use guest::{Descriptor, DescriptorError, GuestMode, RoundRecord};
 pub use kvm::KvmTranslation;
+pub use linux::LinuxBoot;
 pub use memory::MemorySize;
 pub use snapshot::{SnapshotDir, SnapshotError, SnapshotInfo};
 pub use vcpu::VcpuState;

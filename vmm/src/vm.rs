@@ -88,6 +88,13 @@ pub enum ExitOutcome {
         /// The guest's status.
         status: u64,
     },
+    /// The guest asked for a machine reset (a Linux guest's `reboot -f`, `poweroff -f`
+    /// without ACPI, or `panic=-1`): a clean end with status 0. Whether the guest got
+    /// where it should have is for its console output to say.
+    Reset {
+        /// The vCPU that asked.
+        vcpu: u8,
+    },
     /// A vCPU stopped without a DONE from the guest, or in a failure state.
     Failed {
         /// Which vCPU.
@@ -102,7 +109,7 @@ pub enum ExitOutcome {
 impl ExitOutcome {
     /// Whether the guest reported success.
     pub fn is_success(&self) -> bool {
-        matches!(self, Self::Done { status: 0 })
+        matches!(self, Self::Done { status: 0 } | Self::Reset { .. })
     }
 }
 
@@ -113,6 +120,10 @@ impl fmt::Display for ExitOutcome {
                 write!(f, "the guest reported DONE with status 0 (success)")
             }
             Self::Done { status } => write!(f, "the guest reported failure status {status:#x}"),
+            Self::Reset { vcpu } => write!(
+                f,
+                "vCPU {vcpu}: the guest asked for a reset (i8042 0xfe): the VM ended cleanly"
+            ),
             Self::Failed { vcpu, stop, dump } => {
                 if *stop == VcpuStop::Halted {
                     write!(f, "vCPU {vcpu} halted without the guest reporting DONE")?;
@@ -421,6 +432,7 @@ impl Vm {
     fn record_stop(&self, vcpu: u8, stop: &VcpuStop, dump: Option<Box<RegisterDump>>) {
         let outcome = match (stop, self.control.done_status()) {
             (VcpuStop::Halted, Some(status)) => ExitOutcome::Done { status },
+            (VcpuStop::ResetRequested, _) => ExitOutcome::Reset { vcpu },
             _ => ExitOutcome::Failed {
                 vcpu,
                 stop: stop.clone(),

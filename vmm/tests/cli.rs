@@ -342,3 +342,27 @@ fn snapshots_from_run_inspect_and_merge() {
     );
     std::fs::remove_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
 }
+
+#[test]
+fn bad_kernel_files_are_named_before_anything_boots() {
+    let out = vmm(&["run", "--kernel", "/nonexistent/bzImage"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(101), "{stderr}");
+    assert!(
+        stderr.contains("cannot read the kernel /nonexistent/bzImage"),
+        "{stderr}"
+    );
+    // An ELF executable (this very binary) is not a bzImage.
+    let binary = env!("CARGO_BIN_EXE_vmm");
+    let out = vmm(&["run", "--kernel", binary]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(101), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{binary} is not a Linux bzImage")),
+        "{stderr}"
+    );
+    let out = vmm(&["run", "--kernel", binary, "--vcpus", "2"]);
+    assert!(text(&out.stderr).contains("use --vcpus 1"));
+    let out = vmm(&["walk", "--kernel", "/nonexistent/bzImage"]);
+    assert!(text(&out.stderr).contains("--at-serial MARKER or --after DURATION"));
+}

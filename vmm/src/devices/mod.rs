@@ -2,6 +2,8 @@
 
 pub mod console;
 pub mod debug_port;
+pub mod i8042;
+pub mod rtc;
 pub mod serial;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,7 +11,19 @@ use std::sync::{Arc, Mutex};
 
 pub use console::Console;
 pub use debug_port::{DebugControl, DebugPort, PortAccess};
-pub use serial::SerialDevice;
+pub use i8042::I8042;
+pub use rtc::Rtc;
+pub use serial::{SerialDevice, SerialInterrupt};
+
+/// The PC legacy devices a Linux guest needs beyond the UART: the CMOS RTC and the
+/// i8042 (for its reset line). The built-in guest's VM has none of them.
+#[derive(Debug, Default)]
+pub struct LegacyDevices {
+    /// CMOS RTC, ports 0x70/0x71.
+    pub rtc: Rtc,
+    /// Keyboard controller, ports 0x60/0x64.
+    pub i8042: I8042,
+}
 
 /// Counters of accesses no device claimed (shared by all vCPUs).
 #[derive(Debug, Default)]
@@ -54,6 +68,7 @@ impl UnhandledAccesses {
 pub struct IoBus {
     debug_port: DebugPort,
     serial: Arc<Mutex<SerialDevice>>,
+    legacy: Option<Arc<Mutex<LegacyDevices>>>,
     unhandled: Arc<UnhandledAccesses>,
 }
 
@@ -67,8 +82,36 @@ impl IoBus {
         Self {
             debug_port,
             serial,
+            legacy: None,
             unhandled,
         }
+    }
+
+    /// The same bus with the VM's shared legacy devices (RTC, i8042) on it.
+    pub fn with_legacy(mut self, legacy: Arc<Mutex<LegacyDevices>>) -> Self {
+        self.legacy = Some(legacy);
+        self
+    }
+
+    /// A one-byte access to a legacy device: `Some(value read)` when one claims `port`.
+    fn legacy_access(&self, port: u16, write: Option<u8>) -> Option<u8> {
+        let legacy = self.legacy.as_ref()?;
+        if !(Rtc::claims(port) || I8042::claims(port)) {
+            return None;
+        }
+        let mut devices = legacy.lock().ok()?;
+        Some(match (Rtc::claims(port), write) {
+            (true, Some(value)) => {
+                devices.rtc.write(port, value);
+                0
+            }
+            (true, None) => devices.rtc.read(port),
+            (false, Some(value)) => {
+                devices.i8042.write(port, value);
+                0
+            }
+            (false, None) => devices.i8042.read(port),
+        })
     }
 }
 
@@ -83,6 +126,11 @@ pub trait ExitDevices {
     fn mmio_read(&mut self, address: u64, data: &mut [u8]);
     /// A write to non-RAM guest-physical memory.
     fn mmio_write(&mut self, address: u64, data: &[u8]);
+    /// Whether the guest asked for a machine reset (i8042 command 0xFE). Devices
+    /// without a reset line never do.
+    fn reset_requested(&self) -> bool {
+        false
+    }
 }
 
 impl ExitDevices for IoBus {
@@ -90,6 +138,12 @@ impl ExitDevices for IoBus {
         if SerialDevice::claims(port) && data.len() == 1 {
             if let Ok(mut serial) = self.serial.lock() {
                 data[0] = serial.read(port);
+                return;
+            }
+        }
+        if data.len() == 1 {
+            if let Some(value) = self.legacy_access(port, None) {
+                data[0] = value;
                 return;
             }
         }
@@ -107,6 +161,11 @@ impl ExitDevices for IoBus {
                 return;
             }
         }
+        if let [value] = data {
+            if self.legacy_access(port, Some(*value)).is_some() {
+                return;
+            }
+        }
         if self.debug_port.write(port, data) == PortAccess::Handled {
             return;
         }
@@ -120,5 +179,12 @@ impl ExitDevices for IoBus {
 
     fn mmio_write(&mut self, _address: u64, _data: &[u8]) {
         self.unhandled.mmio_writes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn reset_requested(&self) -> bool {
+        self.legacy
+            .as_ref()
+            .and_then(|legacy| legacy.lock().ok().map(|d| d.i8042.reset_requested()))
+            .unwrap_or(false)
     }
 }

@@ -78,6 +78,18 @@ pub enum KvmError {
         /// `KVM_CHECK_EXTENSION(KVM_CAP_DIRTY_LOG_RING)`.
         max: u32,
     },
+    /// KVM did not take every boot MSR.
+    #[error(
+        "KVM_SET_MSRS took only {set} of the {total} boot MSRs; the first refused is {first_refused:#x}"
+    )]
+    MsrsRefused {
+        /// How many KVM set.
+        set: usize,
+        /// How many were asked for.
+        total: usize,
+        /// The index of the first MSR KVM did not set.
+        first_refused: u32,
+    },
     /// Mapping a vCPU's dirty ring failed.
     #[error("cannot map the vCPU's dirty ring of {bytes} bytes: {source}")]
     DirtyRingMap {
@@ -397,6 +409,29 @@ impl KvmVm {
             .map_err(ioctl_error("KVM_SET_TSS_ADDR"))
     }
 
+    /// Creates the in-kernel interrupt controllers (two 8259 PICs, an IOAPIC and a
+    /// LAPIC per vCPU) and the 8254 PIT (with a dummy speaker port 0x61). Before any
+    /// vCPU exists. With them, KVM handles HLT itself: no more `Hlt` exits.
+    pub fn create_irqchip_and_pit(&self) -> Result<()> {
+        self.fd
+            .create_irq_chip()
+            .map_err(ioctl_error("KVM_CREATE_IRQCHIP"))?;
+        let pit = kvm_bindings::kvm_pit_config {
+            flags: kvm_bindings::KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        self.fd
+            .create_pit2(pit)
+            .map_err(ioctl_error("KVM_CREATE_PIT2"))
+    }
+
+    /// Makes every write to `event` raise interrupt line `gsi` (an edge, `KVM_IRQFD`).
+    pub fn register_irqfd(&self, event: &vmm_sys_util::eventfd::EventFd, gsi: u32) -> Result<()> {
+        self.fd
+            .register_irqfd(event, gsi)
+            .map_err(ioctl_error("KVM_IRQFD"))
+    }
+
     /// Creates vCPU `index`.
     pub fn create_vcpu(&self, index: u8) -> Result<KvmVcpu> {
         Ok(KvmVcpu {
@@ -543,6 +578,52 @@ impl KvmVcpu {
             ..Default::default()
         };
         self.fd.set_fpu(&fpu).map_err(ioctl_error("KVM_SET_FPU"))
+    }
+
+    /// Sets model-specific registers, `(index, value)` each; fails naming the first
+    /// one KVM refuses.
+    pub fn set_msrs(&self, msrs: &[(u32, u64)]) -> Result<()> {
+        let entries: Vec<kvm_bindings::kvm_msr_entry> = msrs
+            .iter()
+            .map(|&(index, data)| kvm_bindings::kvm_msr_entry {
+                index,
+                data,
+                ..Default::default()
+            })
+            .collect();
+        let raw = kvm_bindings::Msrs::from_entries(&entries)
+            .map_err(|_| KvmError::CpuidTooLarge(entries.len()))?;
+        let set = self
+            .fd
+            .set_msrs(&raw)
+            .map_err(ioctl_error("KVM_SET_MSRS"))?;
+        if set < msrs.len() {
+            return Err(KvmError::MsrsRefused {
+                set,
+                total: msrs.len(),
+                first_refused: msrs[set].0,
+            });
+        }
+        Ok(())
+    }
+
+    /// Rewrites the local APIC's LVT LINT0 and LINT1 registers with `f(offset, value)`
+    /// (`KVM_GET_LAPIC`, then `KVM_SET_LAPIC`). Needs the in-kernel irqchip.
+    pub fn update_lapic_lints(&self, f: impl Fn(usize, u32) -> u32) -> Result<()> {
+        use crate::arch::x86_64::regs::{APIC_LVT_LINT0, APIC_LVT_LINT1};
+        let mut lapic = self.fd.get_lapic().map_err(ioctl_error("KVM_GET_LAPIC"))?;
+        for offset in [APIC_LVT_LINT0, APIC_LVT_LINT1] {
+            // The register page is an array of C chars; each register is a
+            // little-endian u32 at its offset.
+            let bytes: [u8; 4] = std::array::from_fn(|i| lapic.regs[offset + i] as u8);
+            let value = f(offset, u32::from_le_bytes(bytes));
+            for (i, byte) in value.to_le_bytes().into_iter().enumerate() {
+                lapic.regs[offset + i] = byte as libc::c_char;
+            }
+        }
+        self.fd
+            .set_lapic(&lapic)
+            .map_err(ioctl_error("KVM_SET_LAPIC"))
     }
 
     /// Maps this vCPU's dirty ring of `bytes` bytes (enabled on the VM with

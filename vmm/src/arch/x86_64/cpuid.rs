@@ -22,6 +22,22 @@ pub const LEAF7_ECX_LA57: u32 = 1 << 16;
 /// CPUID 0x8000_0001 EDX bit 20: NX (execute-disable).
 pub const EXT_EDX_NX: u32 = 1 << 20;
 
+/// CPUID 1 ECX bit 31: running under a hypervisor.
+pub const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
+
+/// The CPUID of a Linux guest's vCPU `index`: [`guest_cpuid`] (APIC ID, PVM's missing
+/// features hidden only on PVM) plus the hypervisor bit, so that Linux looks for KVM's
+/// paravirtual leaves (kvm-clock) instead of calibrating against the PIT.
+pub fn linux_cpuid(supported: &[CpuidEntry], index: u8, pvm: bool) -> Vec<CpuidEntry> {
+    let mut entries = guest_cpuid(supported, index, pvm);
+    for entry in &mut entries {
+        if entry.function == 0x1 {
+            entry.ecx |= LEAF1_ECX_HYPERVISOR;
+        }
+    }
+    entries
+}
+
 /// What a guest's CPUID says about paging: it decides how the walker must read the
 /// guest's tables (which bits are reserved, whether PS in a PUD is a 1 GiB leaf).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -142,6 +158,15 @@ mod tests {
     fn detects_nx() {
         assert!(has_nx(&sample()));
         assert!(!has_nx(&sample()[..2]));
+    }
+
+    #[test]
+    fn linux_cpuid_adds_the_hypervisor_bit_and_keeps_the_apic_id() {
+        let out = linux_cpuid(&sample(), 2, false);
+        assert_eq!(out[0].ecx & LEAF1_ECX_HYPERVISOR, LEAF1_ECX_HYPERVISOR);
+        assert_eq!(out[0].ebx >> 24, 2);
+        assert_eq!(out[2].edx, EXT_EDX_PDPE1GB | (1 << 20));
+        assert_eq!(linux_cpuid(&sample(), 0, true)[2].edx, 1 << 20);
     }
 
     #[test]

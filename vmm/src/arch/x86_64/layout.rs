@@ -3,14 +3,21 @@
 //! ```text
 //! 0x0000_0500  BOOT_GDT_START    boot GDT (null, code64 0x08, data 0x10, TSS 0x18)
 //! 0x0000_0520  BOOT_IDT_START    boot IDT (empty, limit 7)
-//! 0x0000_8000  BOOT_STACK_TOP    initial RSP (stack grows down below it)
+//! 0x0000_7000  BOOT_PARAMS_START Linux: the zero page (`struct boot_params`)
+//! 0x0000_8000  BOOT_STACK_TOP    built-in guest: initial RSP (stack grows down below it)
+//! 0x0000_8ff0  LINUX_STACK_TOP   Linux: initial RSP, stack in [0x8000, 0x8ff0)
 //! 0x0000_9000  BOOT_PML4_START   boot PML4 -> PDPT
-//! 0x0000_a000  BOOT_PDPT_START   boot PDPT[0] -> PD
+//! 0x0000_a000  BOOT_PDPT_START   boot PDPT[0..4] -> PDs
 //! 0x0000_b000  BOOT_PD_START     boot PD: identity map of [0, 1 GiB) with 2 MiB pages
+//!                                (Linux: 4 PDs to 0xf000, identity map of [0, 4 GiB))
+//! 0x0002_0000  CMDLINE_START     Linux: kernel command line, at most CMDLINE_MAX_SIZE bytes
+//! 0x0009_fc00  EBDA_START        Linux e820: RAM below it, [EBDA, 1 MiB) reserved
 //! 0x0010_0000  GUEST_IMAGE_START built-in guest (flat binary), BSP entry
+//!              LINUX_KERNEL_START Linux: the bzImage's protected-mode kernel, 64-bit entry +0x200
 //! 0x0010_0010  GUEST_AP_ENTRY    where non-boot vCPUs start (a spin loop)
 //! 0x0020_0000  GUEST_TABLE_POOL  the built-in guest's own page tables (2 MiB)
 //! 0x0040_0000  GUEST_TEST_FRAMES the built-in guest's test frames, to 16 MiB
+//!              (Linux: the initrd goes as high as possible below the hole / RAM end)
 //! 0xc000_0000  MMIO_HOLE_START   [3 GiB, 4 GiB) is never RAM; RAM above it goes to 4 GiB+
 //! ```
 
@@ -52,3 +59,96 @@ pub const BUILTIN_GUEST_MIN_MEMORY: u64 = 32 << 20;
 pub const MMIO_HOLE_START: GuestAddress = GuestAddress(0xc000_0000);
 /// End of the 32-bit MMIO hole; RAM beyond 3 GiB continues here.
 pub const MMIO_HOLE_END: GuestAddress = GuestAddress(0x1_0000_0000);
+
+/// Linux: the zero page (`struct boot_params`, 4 KiB), as in Firecracker.
+pub const BOOT_PARAMS_START: GuestAddress = GuestAddress(0x7000);
+/// Linux: initial stack pointer (the kernel switches to its own stack at once; this
+/// one lives in [0x8000, 0x8ff0), clear of the zero page and the page tables).
+pub const LINUX_STACK_TOP: GuestAddress = GuestAddress(0x8ff0);
+/// Linux: how many boot PDs follow [`BOOT_PD_START`] (one per GiB identity-mapped).
+pub const LINUX_BOOT_PD_COUNT: u64 = 4;
+/// Linux: how much the boot page tables identity-map. The 64-bit boot protocol needs the
+/// kernel, the zero page, the command line and the initrd mapped; they all lie below
+/// the 3 GiB hole, and the 4 GiB cover it all with 2 MiB pages (no 1 GiB pages: PVM and
+/// some hosts lack them).
+pub const LINUX_IDENTITY_MAP_SIZE: u64 = LINUX_BOOT_PD_COUNT << 30;
+/// Linux: the kernel command line (NUL-terminated), as in Firecracker.
+pub const CMDLINE_START: GuestAddress = GuestAddress(0x2_0000);
+/// Linux: the longest command line including its NUL (x86's `COMMAND_LINE_SIZE`; a
+/// kernel whose header says less gets less).
+pub const CMDLINE_MAX_SIZE: u64 = 2048;
+/// Linux: start of the Extended BIOS Data Area. The e820 map gives [0, EBDA) as RAM and
+/// reserves [EBDA, 1 MiB) (legacy VGA/ROM area, never RAM on a PC).
+pub const EBDA_START: GuestAddress = GuestAddress(0x9_fc00);
+/// Linux: the first byte above the legacy area; e820 RAM resumes here.
+pub const HIMEM_START: GuestAddress = GuestAddress(0x10_0000);
+/// Linux: where the bzImage's protected-mode part is loaded (the header's default
+/// `code32_start`); the 64-bit entry point is 0x200 bytes in.
+pub const LINUX_KERNEL_START: GuestAddress = GuestAddress(0x10_0000);
+/// Linux: offset of `startup_64` from the load address (boot protocol 2.10+, `XLF_KERNEL_64`).
+pub const LINUX_64BIT_ENTRY_OFFSET: u64 = 0x200;
+/// Linux: the initrd's start is aligned down to this (2 MiB: one huge page of the boot map).
+pub const INITRD_ALIGN: u64 = 2 << 20;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every fixed region of the low boot area: [start, end) and a name.
+    fn linux_regions() -> Vec<(u64, u64, &'static str)> {
+        vec![
+            (BOOT_GDT_START.0, BOOT_GDT_START.0 + 32, "gdt"),
+            (BOOT_IDT_START.0, BOOT_IDT_START.0 + 8, "idt"),
+            (
+                BOOT_PARAMS_START.0,
+                BOOT_PARAMS_START.0 + 0x1000,
+                "zero page",
+            ),
+            (0x8000, LINUX_STACK_TOP.0, "linux stack"),
+            (BOOT_PML4_START.0, BOOT_PML4_START.0 + 0x1000, "pml4"),
+            (BOOT_PDPT_START.0, BOOT_PDPT_START.0 + 0x1000, "pdpt"),
+            (
+                BOOT_PD_START.0,
+                BOOT_PD_START.0 + LINUX_BOOT_PD_COUNT * 0x1000,
+                "pds",
+            ),
+            (
+                CMDLINE_START.0,
+                CMDLINE_START.0 + CMDLINE_MAX_SIZE,
+                "cmdline",
+            ),
+            (LINUX_KERNEL_START.0, LINUX_KERNEL_START.0 + 1, "kernel"),
+        ]
+    }
+
+    #[test]
+    fn linux_boot_regions_do_not_overlap() {
+        let mut regions = linux_regions();
+        regions.sort();
+        for pair in regions.windows(2) {
+            assert!(
+                pair[0].1 <= pair[1].0,
+                "{:?} overlaps {:?}",
+                pair[0],
+                pair[1]
+            );
+        }
+        // Everything the boot needs below 1 MiB sits in e820 RAM below the EBDA, the
+        // kernel above the legacy area, all of it inside the identity map.
+        for (_, end, name) in &regions {
+            if *name != "kernel" {
+                assert!(*end <= EBDA_START.0, "{name}");
+            }
+            assert!(*end <= LINUX_IDENTITY_MAP_SIZE, "{name}");
+        }
+        assert!(LINUX_KERNEL_START >= HIMEM_START);
+        const { assert!(MMIO_HOLE_END.0 <= LINUX_IDENTITY_MAP_SIZE) };
+        assert!(KVM_TSS_ADDRESS >= MMIO_HOLE_START && KVM_TSS_ADDRESS < MMIO_HOLE_END);
+    }
+
+    #[test]
+    fn builtin_tables_stay_where_they_were() {
+        assert_eq!(BOOT_PD_START.0 + 0x1000, 0xc000);
+        const { assert!(BOOT_STACK_TOP.0 <= BOOT_PML4_START.0) };
+    }
+}

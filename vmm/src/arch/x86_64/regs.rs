@@ -39,6 +39,70 @@ pub const EFER_NXE: u64 = 1 << 11;
 /// RFLAGS bit 1, which is always set.
 pub const RFLAGS_RESERVED: u64 = 1 << 1;
 
+/// Offset of the local APIC's LVT LINT0 register in its register page.
+pub const APIC_LVT_LINT0: usize = 0x350;
+/// Offset of the local APIC's LVT LINT1 register.
+pub const APIC_LVT_LINT1: usize = 0x360;
+/// LVT delivery mode ExtINT (bits 10:8 = 0b111): the 8259 PIC's interrupts.
+pub const APIC_MODE_EXTINT: u32 = 0x7;
+/// LVT delivery mode NMI (bits 10:8 = 0b100).
+pub const APIC_MODE_NMI: u32 = 0x4;
+
+/// An LVT register with its delivery mode (bits 10:8) replaced by `mode`.
+pub const fn lvt_with_delivery_mode(value: u32, mode: u32) -> u32 {
+    (value & !0x700) | ((mode & 0x7) << 8)
+}
+
+/// The PC's virtual-wire setup (as Firecracker does): LINT0 takes the 8259's ExtINT,
+/// LINT1 is NMI. Linux without an MP table or MADT routes the legacy IRQs this way.
+pub fn boot_lint_value(offset: usize, value: u32) -> u32 {
+    match offset {
+        APIC_LVT_LINT0 => lvt_with_delivery_mode(value, APIC_MODE_EXTINT),
+        APIC_LVT_LINT1 => lvt_with_delivery_mode(value, APIC_MODE_NMI),
+        _ => value,
+    }
+}
+
+/// IA32_TSC.
+pub const MSR_IA32_TSC: u32 = 0x10;
+/// IA32_SYSENTER_CS.
+pub const MSR_IA32_SYSENTER_CS: u32 = 0x174;
+/// IA32_SYSENTER_ESP.
+pub const MSR_IA32_SYSENTER_ESP: u32 = 0x175;
+/// IA32_SYSENTER_EIP.
+pub const MSR_IA32_SYSENTER_EIP: u32 = 0x176;
+/// IA32_MISC_ENABLE.
+pub const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
+/// IA32_MISC_ENABLE bit 0: fast string operations.
+pub const MISC_ENABLE_FAST_STRING: u64 = 1;
+/// STAR (`syscall` segments).
+pub const MSR_STAR: u32 = 0xc000_0081;
+/// LSTAR (64-bit `syscall` target).
+pub const MSR_LSTAR: u32 = 0xc000_0082;
+/// CSTAR (compatibility-mode `syscall` target).
+pub const MSR_CSTAR: u32 = 0xc000_0083;
+/// SYSCALL_MASK (FMASK).
+pub const MSR_SYSCALL_MASK: u32 = 0xc000_0084;
+/// KERNEL_GS_BASE (`swapgs`).
+pub const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
+
+/// The MSRs a Linux boot vCPU gets (Firecracker's `create_boot_msr_entries` without the
+/// MTRRs): the system-call MSRs and the TSC zeroed, fast strings on.
+pub fn boot_msrs() -> Vec<(u32, u64)> {
+    vec![
+        (MSR_IA32_SYSENTER_CS, 0),
+        (MSR_IA32_SYSENTER_ESP, 0),
+        (MSR_IA32_SYSENTER_EIP, 0),
+        (MSR_STAR, 0),
+        (MSR_CSTAR, 0),
+        (MSR_KERNEL_GS_BASE, 0),
+        (MSR_SYSCALL_MASK, 0),
+        (MSR_LSTAR, 0),
+        (MSR_IA32_TSC, 0),
+        (MSR_IA32_MISC_ENABLE, MISC_ENABLE_FAST_STRING),
+    ]
+}
+
 /// General-purpose registers, RIP and RFLAGS.
 #[allow(missing_docs)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -225,6 +289,19 @@ pub fn entry_registers(rip: u64, rdi: u64, rsi: u64) -> Registers {
     }
 }
 
+/// The general-purpose registers at Linux's 64-bit entry (boot protocol, "64-bit BOOT
+/// PROTOCOL"): RIP at `startup_64`, RSI the zero page, interrupts off.
+pub fn linux_entry_registers(entry: u64, boot_params: u64) -> Registers {
+    Registers {
+        rip: entry,
+        rsi: boot_params,
+        rsp: layout::LINUX_STACK_TOP.0,
+        rbp: layout::LINUX_STACK_TOP.0,
+        rflags: RFLAGS_RESERVED,
+        ..Registers::default()
+    }
+}
+
 /// The registers of a stopped vCPU, for error messages.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RegisterDump {
@@ -296,6 +373,24 @@ mod tests {
         let tss = Segment::from_gdt_entry(BOOT_GDT[3], BOOT_TSS_SELECTOR);
         assert!(!tss.s && tss.present);
         assert_eq!(tss.type_, 0xb);
+    }
+
+    #[test]
+    fn lints_become_extint_and_nmi() {
+        // Reset value of an LVT: masked (bit 16), fixed delivery.
+        assert_eq!(boot_lint_value(APIC_LVT_LINT0, 0x1_0000), 0x1_0700);
+        assert_eq!(boot_lint_value(APIC_LVT_LINT1, 0x1_0000), 0x1_0400);
+        assert_eq!(boot_lint_value(APIC_LVT_LINT1, 0x700), 0x400);
+        assert_eq!(boot_lint_value(0x320, 0x1234), 0x1234);
+    }
+
+    #[test]
+    fn linux_entry_and_msrs() {
+        let r = linux_entry_registers(0x10_0200, layout::BOOT_PARAMS_START.0);
+        assert_eq!((r.rip, r.rsi, r.rflags), (0x10_0200, 0x7000, 2));
+        let msrs = boot_msrs();
+        assert!(msrs.contains(&(MSR_IA32_MISC_ENABLE, MISC_ENABLE_FAST_STRING)));
+        assert_eq!(msrs.len(), 10);
     }
 
     #[test]

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Builds the Linux test guest for `vmm run --kernel` (step 1 of Linux boot):
+#   guest-images/out/linux/bzImage          Debian's stock cloud kernel (linux-image-*-cloud-amd64)
+#   guest-images/out/linux/initramfs.cpio.gz busybox-static and an /init (init beside this
+#                                           file) that prints GUESTWALK-LINUX-INIT and reboots
+# Everything downloaded (`apt-get download`, cached .debs) or built stays under
+# guest-images/out/linux/ (git-ignored). Prints the two paths on stdout, one a line.
+#
+# Environment:
+#   LINUX_KERNEL_PKG  Debian kernel package (default: what linux-image-cloud-amd64 depends on)
+#   LINUX_OUT         output directory (default: guest-images/out/linux)
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+out=${LINUX_OUT:-$repo/guest-images/out/linux}
+mkdir -p "$out/debs"
+
+log() { echo "linux-build: $*" >&2; }
+
+apt_updated=0
+apt_update_once() {
+    if [ "$apt_updated" = 0 ]; then
+        log "apt-get update"
+        apt-get update -qq
+        apt_updated=1
+    fi
+}
+
+# Downloads package $1 into $out/debs unless a .deb of it is there already.
+download_deb() {
+    local package=$1
+    if compgen -G "$out/debs/${package}_*.deb" >/dev/null; then
+        return
+    fi
+    apt_update_once
+    log "apt-get download $package"
+    (cd "$out/debs" && apt-get download -qq -o APT::Sandbox::User=root "$package")
+}
+
+kernel_package() {
+    if [ -n "${LINUX_KERNEL_PKG:-}" ]; then
+        echo "$LINUX_KERNEL_PKG"
+        return
+    fi
+    local cached
+    cached=$(compgen -G "$out/debs/linux-image-*-cloud-amd64_*.deb" | sort -V | tail -n1 || true)
+    if [ -n "$cached" ]; then
+        basename "$cached" | cut -d_ -f1
+        return
+    fi
+    apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-/ { print $2; exit }'
+}
+
+# kernel_package runs in a subshell: update apt's lists here if it will need them.
+if [ -z "${LINUX_KERNEL_PKG:-}" ] && ! compgen -G "$out/debs/linux-image-*-cloud-amd64_*.deb" >/dev/null; then
+    apt_update_once
+fi
+kpkg=$(kernel_package)
+[ -n "$kpkg" ] || { log "cannot find the Debian cloud kernel package"; exit 1; }
+download_deb "$kpkg"
+download_deb busybox-static
+
+# busybox-static: the only program in the guest.
+bbdir=$out/busybox
+if [ ! -x "$bbdir/bin/busybox" ]; then
+    rm -rf "$bbdir"
+    mkdir -p "$bbdir"
+    dpkg-deb -x "$(compgen -G "$out/debs/busybox-static_*.deb" | head -n1)" "$bbdir"
+fi
+
+# Only the bzImage is needed (no modules: the guest loads none).
+kdir=$out/kernel/$kpkg
+if [ ! -e "$kdir/.done" ]; then
+    rm -rf "$kdir"
+    mkdir -p "$kdir"
+    dpkg-deb --fsys-tarfile "$(compgen -G "$out/debs/${kpkg}_*.deb" | head -n1)" |
+        tar -x -C "$kdir" --wildcards './boot/vmlinuz-*'
+    touch "$kdir/.done"
+fi
+cp "$(compgen -G "$kdir/boot/vmlinuz-*" | head -n1)" "$out/bzImage"
+
+root=$out/initramfs-root
+rm -rf "$root"
+mkdir -p "$root"/{bin,dev,proc,sys}
+cp "$bbdir/bin/busybox" "$root/bin/busybox"
+install -m 0755 "$here/init" "$root/init"
+# The kernel opens /dev/console for PID 1 before anything is mounted: without the node
+# /init's output goes nowhere (init also mounts devtmpfs and reopens it, for non-root builds).
+mknod -m 600 "$root/dev/console" c 5 1 2>/dev/null || log "cannot mknod /dev/console (not root?)"
+(cd "$root" && find . | LC_ALL=C sort | "$bbdir/bin/busybox" cpio -o -H newc 2>/dev/null) |
+    gzip -9 >"$out/initramfs.cpio.gz.tmp"
+mv "$out/initramfs.cpio.gz.tmp" "$out/initramfs.cpio.gz"
+log "kernel $kpkg ($(du -h "$out/bzImage" | cut -f1)), initramfs $(du -h "$out/initramfs.cpio.gz" | cut -f1)"
+echo "$out/bzImage"
+echo "$out/initramfs.cpio.gz"

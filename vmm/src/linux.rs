@@ -1,0 +1,818 @@
+//! Loading a Linux bzImage for the 64-bit boot protocol (Documentation/arch/x86/boot.rst):
+//! the protected-mode kernel at [`layout::LINUX_KERNEL_START`] (`linux-loader`'s
+//! `BzImage`), the command line at [`layout::CMDLINE_START`], the initrd as high as
+//! possible below the 3 GiB hole, and the zero page (`struct boot_params`, with the
+//! image's setup header and our e820 map) at [`layout::BOOT_PARAMS_START`].
+//!
+//! The pure parts (header checks, e820 map, initrd placement, zero page) are separate
+//! functions so they are tested without files or KVM.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use linux_loader::bootparam::{
+    E820_MAX_ENTRIES_ZEROPAGE, boot_e820_entry, boot_params, setup_header,
+};
+use linux_loader::configurator::linux::LinuxBootConfigurator;
+use linux_loader::configurator::{BootConfigurator, BootParams};
+use linux_loader::loader::{BzImage, KernelLoader};
+use vm_memory::{ByteValued, Bytes, GuestAddress};
+
+use crate::arch::x86_64::layout;
+use crate::memory::{GuestRam, MemorySize, ram_ranges};
+
+/// What to boot: a bzImage, an optional initrd and a command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinuxBoot {
+    /// The bzImage.
+    pub kernel: PathBuf,
+    /// The initrd / initramfs, if any.
+    pub initrd: Option<PathBuf>,
+    /// The kernel command line.
+    pub cmdline: String,
+    /// Boot even on a PVM host (where a stock kernel dies on instructions PVM cannot run).
+    pub force: bool,
+}
+
+/// Offset of the setup header in a bzImage (and in the zero page).
+pub const SETUP_HEADER_OFFSET: u64 = 0x1f1;
+/// "HdrS", the setup header's magic (`header` field, at offset 0x202).
+pub const SETUP_HEADER_MAGIC: u32 = 0x5372_6448;
+/// `loadflags` bit 0: the protected-mode kernel is loaded at 1 MiB (a bzImage).
+pub const LOADED_HIGH: u8 = 1 << 0;
+/// `loadflags` bit 5: QUIET_FLAG (suppress early decompressor messages).
+pub const QUIET_FLAG: u8 = 1 << 5;
+/// `loadflags` bit 6: KEEP_SEGMENTS (32-bit protocol only).
+pub const KEEP_SEGMENTS: u8 = 1 << 6;
+/// `loadflags` bit 7: CAN_USE_HEAP (`heap_end_ptr` is valid; real-mode setup only).
+pub const CAN_USE_HEAP: u8 = 1 << 7;
+/// `xloadflags` bit 0: the kernel has the 64-bit entry point at +0x200.
+pub const XLF_KERNEL_64: u16 = 1 << 0;
+/// `type_of_loader` for a boot loader without an assigned ID.
+pub const LOADER_TYPE_UNDEFINED: u8 = 0xff;
+/// e820 type: usable RAM.
+pub const E820_RAM: u32 = 1;
+/// e820 type: reserved.
+pub const E820_RESERVED: u32 = 2;
+/// The oldest boot protocol with `xloadflags` (2.12).
+pub const MIN_PROTOCOL_VERSION: u16 = 0x020c;
+
+/// Errors while loading a Linux guest. Each names the file or the limit involved.
+#[derive(Debug, thiserror::Error)]
+pub enum LinuxError {
+    /// The kernel file cannot be opened or read.
+    #[error("cannot read the kernel {path}: {source}")]
+    ReadKernel {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The kernel file is not a bzImage.
+    #[error("{path} is not a Linux bzImage: {reason}")]
+    NotBzImage {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A bzImage without the 64-bit entry point.
+    #[error(
+        "{path} cannot be booted with the 64-bit boot protocol: boot protocol {version:#06x}, \
+         xloadflags {xloadflags:#x} (needs 2.12+ with XLF_KERNEL_64, i.e. an x86_64 kernel)"
+    )]
+    Not64Bit {
+        /// The file.
+        path: PathBuf,
+        /// `version` of the setup header.
+        version: u16,
+        /// `xloadflags` of the setup header.
+        xloadflags: u16,
+    },
+    /// The kernel does not fit in guest RAM below the hole.
+    #[error(
+        "the kernel {path} needs guest memory up to {needed_end:#x} (loaded at {load:#x}, \
+         {init_size} bytes once decompressed), but RAM below the 3 GiB hole ends at \
+         {ram_end:#x}: use a larger --memory"
+    )]
+    KernelTooBig {
+        /// The file.
+        path: PathBuf,
+        /// Load address.
+        load: u64,
+        /// `init_size` of the setup header.
+        init_size: u32,
+        /// First byte the kernel does not need.
+        needed_end: u64,
+        /// End of RAM below the hole.
+        ram_end: u64,
+    },
+    /// `linux-loader` refused the image.
+    #[error("cannot load the kernel {path}: {reason}")]
+    Load {
+        /// The file.
+        path: PathBuf,
+        /// The loader's error.
+        reason: String,
+    },
+    /// The initrd file cannot be read.
+    #[error("cannot read the initrd {path}: {source}")]
+    ReadInitrd {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The initrd does not fit between the kernel and the top of RAM.
+    #[error(
+        "the initrd {path} ({size} bytes) does not fit in guest memory between the kernel's \
+         end at {kernel_end:#x} and {top:#x}: use a larger --memory"
+    )]
+    InitrdTooBig {
+        /// The file.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+        /// First byte above the kernel's decompression area.
+        kernel_end: u64,
+        /// The highest end an initrd may have.
+        top: u64,
+    },
+    /// The command line is too long.
+    #[error(
+        "the kernel command line is {len} bytes; this kernel takes at most {max} (plus the NUL)"
+    )]
+    CmdlineTooLong {
+        /// Its length.
+        len: usize,
+        /// The most the kernel accepts.
+        max: u64,
+    },
+    /// The command line contains a NUL byte.
+    #[error("the kernel command line contains a NUL byte")]
+    CmdlineNul,
+    /// Writing into guest memory failed.
+    #[error("cannot write {what} into guest memory: {reason}")]
+    WriteMemory {
+        /// What was being written.
+        what: &'static str,
+        /// The error.
+        reason: String,
+    },
+}
+
+/// What [`load`] put where.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadedLinux {
+    /// The 64-bit entry point (`startup_64`).
+    pub entry: GuestAddress,
+    /// The zero page.
+    pub boot_params: GuestAddress,
+    /// The initrd's start and size, if any.
+    pub initrd: Option<(GuestAddress, u64)>,
+}
+
+/// Reads and checks the setup header of a bzImage: magic, a protected-mode part after
+/// the setup sectors, the 64-bit entry point.
+pub fn read_setup_header(path: &Path, file: &mut File) -> Result<setup_header, LinuxError> {
+    let read_err = |source| LinuxError::ReadKernel {
+        path: path.to_owned(),
+        source,
+    };
+    let not_bz = |reason: String| LinuxError::NotBzImage {
+        path: path.to_owned(),
+        reason,
+    };
+    let len = file.metadata().map_err(read_err)?.len();
+    let header_end = SETUP_HEADER_OFFSET + std::mem::size_of::<setup_header>() as u64;
+    if len < header_end {
+        return Err(not_bz(format!(
+            "it is {len} bytes, shorter than a boot sector and setup header ({header_end} bytes)"
+        )));
+    }
+    let mut header = setup_header::default();
+    file.seek(SeekFrom::Start(SETUP_HEADER_OFFSET))
+        .and_then(|_| file.read_exact(header.as_mut_slice()))
+        .map_err(read_err)?;
+    check_setup_header(&header, len).map_err(|e| match e {
+        HeaderProblem::Not64Bit => LinuxError::Not64Bit {
+            path: path.to_owned(),
+            version: header.version,
+            xloadflags: header.xloadflags,
+        },
+        HeaderProblem::Invalid(reason) => not_bz(reason),
+    })?;
+    Ok(header)
+}
+
+/// Why a setup header is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderProblem {
+    /// Not a (complete) bzImage.
+    Invalid(String),
+    /// A bzImage without the 64-bit entry.
+    Not64Bit,
+}
+
+/// Checks a setup header read from a file of `file_len` bytes.
+pub fn check_setup_header(header: &setup_header, file_len: u64) -> Result<(), HeaderProblem> {
+    let magic = header.header;
+    if magic != SETUP_HEADER_MAGIC {
+        return Err(HeaderProblem::Invalid(format!(
+            "no \"HdrS\" magic at offset 0x202 (found {magic:#010x})"
+        )));
+    }
+    if header.loadflags & LOADED_HIGH == 0 {
+        return Err(HeaderProblem::Invalid(
+            "a zImage (LOADED_HIGH clear), not a bzImage".into(),
+        ));
+    }
+    let setup = setup_bytes(header);
+    if file_len <= setup {
+        return Err(HeaderProblem::Invalid(format!(
+            "truncated: {file_len} bytes end inside its {setup} bytes of setup code"
+        )));
+    }
+    let syssize = u64::from(header.syssize) * 16;
+    let version = header.version;
+    if version >= 0x0204 && syssize > 0 && file_len < setup + syssize {
+        return Err(HeaderProblem::Invalid(format!(
+            "truncated: {file_len} bytes, but its header says {} (setup {setup} + kernel {syssize})",
+            setup + syssize
+        )));
+    }
+    let xloadflags = header.xloadflags;
+    if version < MIN_PROTOCOL_VERSION || xloadflags & XLF_KERNEL_64 == 0 {
+        return Err(HeaderProblem::Not64Bit);
+    }
+    Ok(())
+}
+
+/// Bytes of the real-mode part (boot sector + setup sectors) that precede the kernel.
+fn setup_bytes(header: &setup_header) -> u64 {
+    let sects = match header.setup_sects {
+        0 => 4,
+        n => u64::from(n),
+    };
+    (sects + 1) * 512
+}
+
+/// The guest-physical range the kernel needs at boot: from where it is loaded to the end
+/// of where the decompressor puts it (a relocatable kernel decompresses at its load
+/// address aligned up to `kernel_alignment`, but never below `pref_address`), `init_size`
+/// bytes long.
+pub fn kernel_extent(header: &setup_header, load: GuestAddress) -> (u64, u64) {
+    let align = u64::from(header.kernel_alignment).max(1);
+    let aligned = load.0.div_ceil(align) * align;
+    let start = aligned.max(header.pref_address);
+    (load.0, start + u64::from(header.init_size))
+}
+
+/// The e820 map of `memory` bytes of RAM ([`ram_ranges`]): RAM below the EBDA, the
+/// legacy area up to 1 MiB reserved, RAM from 1 MiB to the 3 GiB hole, and RAM above
+/// 4 GiB when there is more.
+pub fn e820_map(memory: MemorySize) -> Vec<boot_e820_entry> {
+    let entry = |addr: u64, end: u64, kind: u32| boot_e820_entry {
+        addr,
+        size: end - addr,
+        r#type: kind,
+    };
+    let mut map = vec![
+        entry(0, layout::EBDA_START.0, E820_RAM),
+        entry(layout::EBDA_START.0, layout::HIMEM_START.0, E820_RESERVED),
+    ];
+    for (start, len) in ram_ranges(memory) {
+        let begin = start.0.max(layout::HIMEM_START.0);
+        let end = start.0 + len;
+        if end > begin {
+            map.push(entry(begin, end, E820_RAM));
+        }
+    }
+    map
+}
+
+/// End of RAM below the 3 GiB hole.
+pub fn low_ram_end(memory: MemorySize) -> u64 {
+    ram_ranges(memory)
+        .first()
+        .map_or(0, |(start, len)| start.0 + len)
+}
+
+/// Where an initrd of `size` bytes goes: as high as possible with its end at most `top`
+/// (the end of low RAM, or the kernel's `initrd_addr_max + 1` if lower), its start
+/// aligned down to [`layout::INITRD_ALIGN`] and at or above `kernel_end`.
+pub fn place_initrd(size: u64, kernel_end: u64, top: u64) -> Option<GuestAddress> {
+    let start = top.checked_sub(size)? / layout::INITRD_ALIGN * layout::INITRD_ALIGN;
+    (start >= kernel_end).then_some(GuestAddress(start))
+}
+
+/// The most command-line bytes (without the NUL) this kernel takes: its header's
+/// `cmdline_size` (protocol 2.06+), never more than [`layout::CMDLINE_MAX_SIZE`] - 1.
+pub fn cmdline_limit(header: &setup_header) -> u64 {
+    let ours = layout::CMDLINE_MAX_SIZE - 1;
+    let theirs = header.cmdline_size;
+    if header.version >= 0x0206 && theirs > 0 {
+        u64::from(theirs).min(ours)
+    } else {
+        ours
+    }
+}
+
+/// The command line as the bytes written to guest memory (with the NUL), checked
+/// against the kernel's limit.
+pub fn cmdline_bytes(cmdline: &str, header: &setup_header) -> Result<Vec<u8>, LinuxError> {
+    if cmdline.as_bytes().contains(&0) {
+        return Err(LinuxError::CmdlineNul);
+    }
+    let max = cmdline_limit(header);
+    if cmdline.len() as u64 > max {
+        return Err(LinuxError::CmdlineTooLong {
+            len: cmdline.len(),
+            max,
+        });
+    }
+    let mut bytes = cmdline.as_bytes().to_vec();
+    bytes.push(0);
+    Ok(bytes)
+}
+
+/// The zero page: the image's setup header with the loader's fields filled in, and the
+/// e820 map.
+pub fn build_boot_params(
+    header: &setup_header,
+    cmdline: (GuestAddress, u64),
+    initrd: Option<(GuestAddress, u64)>,
+    e820: &[boot_e820_entry],
+) -> boot_params {
+    let mut params = boot_params {
+        hdr: *header,
+        ..Default::default()
+    };
+    params.hdr.type_of_loader = LOADER_TYPE_UNDEFINED;
+    // Early messages on; no real-mode heap or 32-bit segment rules (64-bit entry).
+    params.hdr.loadflags =
+        (header.loadflags | LOADED_HIGH) & !(QUIET_FLAG | KEEP_SEGMENTS | CAN_USE_HEAP);
+    params.hdr.cmd_line_ptr = cmdline.0.0 as u32;
+    params.ext_cmd_line_ptr = (cmdline.0.0 >> 32) as u32;
+    if let Some((start, size)) = initrd {
+        params.hdr.ramdisk_image = start.0 as u32;
+        params.ext_ramdisk_image = (start.0 >> 32) as u32;
+        params.hdr.ramdisk_size = size as u32;
+        params.ext_ramdisk_size = (size >> 32) as u32;
+    }
+    let count = e820.len().min(E820_MAX_ENTRIES_ZEROPAGE);
+    params.e820_table[..count].copy_from_slice(&e820[..count]);
+    params.e820_entries = count as u8;
+    params
+}
+
+/// Checks the files of `boot` without guest memory or KVM: the kernel is a readable
+/// 64-bit bzImage, the initrd (if any) is readable. Cheap, so bad paths are reported
+/// before anything else (such as the PVM refusal).
+pub fn check_files(boot: &LinuxBoot) -> Result<(), LinuxError> {
+    let mut file = File::open(&boot.kernel).map_err(|source| LinuxError::ReadKernel {
+        path: boot.kernel.clone(),
+        source,
+    })?;
+    read_setup_header(&boot.kernel, &mut file)?;
+    if let Some(initrd) = &boot.initrd {
+        File::open(initrd).map_err(|source| LinuxError::ReadInitrd {
+            path: initrd.clone(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// Loads everything of `boot` into `memory` (`memory_size` bytes of RAM) and writes the
+/// zero page.
+pub fn load(
+    memory: &GuestRam,
+    memory_size: MemorySize,
+    boot: &LinuxBoot,
+) -> Result<LoadedLinux, LinuxError> {
+    let path = &boot.kernel;
+    let mut file = File::open(path).map_err(|source| LinuxError::ReadKernel {
+        path: path.clone(),
+        source,
+    })?;
+    let header = read_setup_header(path, &mut file)?;
+    let ram_end = low_ram_end(memory_size);
+    let (load, kernel_end) = kernel_extent(&header, layout::LINUX_KERNEL_START);
+    let file_len = file.metadata().map_or(0, |m| m.len());
+    let kernel_end = kernel_end.max(load + file_len);
+    if kernel_end > ram_end {
+        return Err(LinuxError::KernelTooBig {
+            path: path.clone(),
+            load,
+            init_size: header.init_size,
+            needed_end: kernel_end,
+            ram_end,
+        });
+    }
+    let loaded = BzImage::load(
+        memory,
+        Some(layout::LINUX_KERNEL_START),
+        &mut file,
+        Some(layout::HIMEM_START),
+    )
+    .map_err(|e| LinuxError::Load {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    // linux-loader's copy of the header, with code32_start set to the load address.
+    let header = loaded.setup_header.unwrap_or(header);
+
+    let cmdline = cmdline_bytes(&boot.cmdline, &header)?;
+    write(
+        memory,
+        layout::CMDLINE_START,
+        &cmdline,
+        "the kernel command line",
+    )?;
+
+    let initrd = match &boot.initrd {
+        None => None,
+        Some(initrd_path) => {
+            let read_err = |source| LinuxError::ReadInitrd {
+                path: initrd_path.clone(),
+                source,
+            };
+            let size = std::fs::metadata(initrd_path).map_err(read_err)?.len();
+            let max = u64::from(header.initrd_addr_max);
+            let top = if max == 0 {
+                ram_end
+            } else {
+                ram_end.min(max + 1)
+            };
+            let start =
+                place_initrd(size, kernel_end, top).ok_or_else(|| LinuxError::InitrdTooBig {
+                    path: initrd_path.clone(),
+                    size,
+                    kernel_end,
+                    top,
+                })?;
+            let bytes = std::fs::read(initrd_path).map_err(read_err)?;
+            write(memory, start, &bytes, "the initrd")?;
+            Some((start, bytes.len() as u64))
+        }
+    };
+
+    let params = build_boot_params(
+        &header,
+        (layout::CMDLINE_START, cmdline.len() as u64),
+        initrd,
+        &e820_map(memory_size),
+    );
+    LinuxBootConfigurator::write_bootparams(
+        &BootParams::new(&params, layout::BOOT_PARAMS_START),
+        memory,
+    )
+    .map_err(|e| LinuxError::WriteMemory {
+        what: "the zero page",
+        reason: e.to_string(),
+    })?;
+    Ok(LoadedLinux {
+        entry: GuestAddress(loaded.kernel_load.0 + layout::LINUX_64BIT_ENTRY_OFFSET),
+        boot_params: layout::BOOT_PARAMS_START,
+        initrd,
+    })
+}
+
+fn write(
+    memory: &GuestRam,
+    at: GuestAddress,
+    bytes: &[u8],
+    what: &'static str,
+) -> Result<(), LinuxError> {
+    memory
+        .write_slice(bytes, at)
+        .map_err(|e| LinuxError::WriteMemory {
+            what,
+            reason: e.to_string(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::create_guest_memory;
+
+    const MIB: u64 = 1 << 20;
+
+    fn size(bytes: u64) -> MemorySize {
+        MemorySize::from_bytes(bytes).unwrap_or_default()
+    }
+
+    /// A 64-bit bzImage header: one setup sector, 2 MiB alignment, decompressed at
+    /// 16 MiB into `init_size` bytes.
+    fn header(init_size: u32) -> setup_header {
+        setup_header {
+            setup_sects: 1,
+            header: SETUP_HEADER_MAGIC,
+            version: 0x020f,
+            loadflags: LOADED_HIGH | QUIET_FLAG | CAN_USE_HEAP,
+            code32_start: 0x10_0000,
+            initrd_addr_max: 0x7fff_ffff,
+            kernel_alignment: 0x20_0000,
+            relocatable_kernel: 1,
+            xloadflags: XLF_KERNEL_64 | 0x2,
+            cmdline_size: 2047,
+            pref_address: 0x100_0000,
+            init_size,
+            ..Default::default()
+        }
+    }
+
+    /// A file with `header` at 0x1f1 and `kernel_bytes` of "kernel" after the setup.
+    fn image(header: &setup_header, kernel_bytes: usize) -> Vec<u8> {
+        let mut bytes = vec![0u8; setup_bytes(header) as usize + kernel_bytes];
+        let at = SETUP_HEADER_OFFSET as usize;
+        bytes[at..at + header.as_slice().len()].copy_from_slice(header.as_slice());
+        bytes
+    }
+
+    struct TempFile(PathBuf);
+
+    impl TempFile {
+        fn new(name: &str, contents: &[u8]) -> Self {
+            let path =
+                std::env::temp_dir().join(format!("guestwalk-linux-{}-{name}", std::process::id()));
+            if let Err(e) = std::fs::write(&path, contents) {
+                panic!("cannot write {}: {e}", path.display());
+            }
+            Self(path)
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    fn boot(kernel: &TempFile, initrd: Option<&TempFile>, cmdline: &str) -> LinuxBoot {
+        LinuxBoot {
+            kernel: kernel.0.clone(),
+            initrd: initrd.map(|f| f.0.clone()),
+            cmdline: cmdline.into(),
+            force: false,
+        }
+    }
+
+    #[test]
+    fn e820_below_the_hole() {
+        let map = e820_map(size(512 * MIB));
+        let triples: Vec<_> = map.iter().map(|e| (e.addr, e.size, e.r#type)).collect();
+        assert_eq!(
+            triples,
+            vec![
+                (0, 0x9_fc00, E820_RAM),
+                (0x9_fc00, 0x10_0000 - 0x9_fc00, E820_RESERVED),
+                (0x10_0000, 512 * MIB - 0x10_0000, E820_RAM),
+            ]
+        );
+        assert_eq!(low_ram_end(size(512 * MIB)), 512 * MIB);
+    }
+
+    #[test]
+    fn e820_above_the_hole() {
+        let map = e820_map(size(5 << 30));
+        let triples: Vec<_> = map.iter().map(|e| (e.addr, e.size, e.r#type)).collect();
+        assert_eq!(
+            triples[2..],
+            [
+                (0x10_0000, (3 << 30) - 0x10_0000, E820_RAM),
+                (4 << 30, 2 << 30, E820_RAM),
+            ]
+        );
+        // Nothing in the hole is RAM.
+        assert!(
+            map.iter()
+                .all(|e| e.addr + e.size <= 3 << 30 || e.addr >= 4 << 30)
+        );
+        assert_eq!(low_ram_end(size(5 << 30)), 3 << 30);
+    }
+
+    #[test]
+    fn boot_params_carry_the_loader_fields() {
+        let e820 = e820_map(size(5 << 30));
+        let p = build_boot_params(
+            &header(32 * MIB as u32),
+            (layout::CMDLINE_START, 12),
+            Some((GuestAddress(0x1_2340_0000), 0x1_0000_1000)),
+            &e820,
+        );
+        assert_eq!(p.hdr.type_of_loader, 0xff);
+        assert_eq!(
+            p.hdr.loadflags, LOADED_HIGH,
+            "quiet, heap and segment flags cleared"
+        );
+        let magic = p.hdr.header;
+        assert_eq!(magic, SETUP_HEADER_MAGIC);
+        let (cmd, ext_cmd) = (p.hdr.cmd_line_ptr, p.ext_cmd_line_ptr);
+        assert_eq!((cmd, ext_cmd), (0x2_0000, 0));
+        let (image, ext_image) = (p.hdr.ramdisk_image, p.ext_ramdisk_image);
+        let (rd_size, ext_size) = (p.hdr.ramdisk_size, p.ext_ramdisk_size);
+        assert_eq!((image, ext_image), (0x2340_0000, 1));
+        assert_eq!((rd_size, ext_size), (0x1000, 1));
+        assert_eq!(usize::from(p.e820_entries), e820.len());
+        let last = p.e820_table[e820.len() - 1];
+        let (addr, len) = (last.addr, last.size);
+        assert_eq!((addr, len), (4 << 30, 2 << 30));
+        let none = build_boot_params(&header(0), (layout::CMDLINE_START, 1), None, &[]);
+        let (image, rd_size) = (none.hdr.ramdisk_image, none.hdr.ramdisk_size);
+        assert_eq!((image, rd_size, none.e820_entries), (0, 0, 0));
+    }
+
+    #[test]
+    fn cmdline_limits() {
+        let h = header(0);
+        assert_eq!(
+            cmdline_bytes("console=ttyS0", &h).ok(),
+            Some(b"console=ttyS0\0".to_vec())
+        );
+        assert_eq!(cmdline_limit(&h), 2047);
+        let short = setup_header {
+            cmdline_size: 255,
+            ..h
+        };
+        assert_eq!(cmdline_limit(&short), 255);
+        assert!(cmdline_bytes(&"x".repeat(255), &short).is_ok());
+        let err = cmdline_bytes(&"x".repeat(256), &short)
+            .err()
+            .map(|e| e.to_string());
+        assert_eq!(
+            err.as_deref(),
+            Some(
+                "the kernel command line is 256 bytes; this kernel takes at most 255 (plus the NUL)"
+            )
+        );
+        // Old protocols have no cmdline_size: our own limit applies.
+        let old = setup_header {
+            version: 0x0205,
+            cmdline_size: 10,
+            ..h
+        };
+        assert_eq!(cmdline_limit(&old), layout::CMDLINE_MAX_SIZE - 1);
+        assert!(matches!(
+            cmdline_bytes("a\0b", &h),
+            Err(LinuxError::CmdlineNul)
+        ));
+    }
+
+    #[test]
+    fn kernel_extent_and_initrd_placement() {
+        let h = header(40 * MIB as u32);
+        assert_eq!(
+            kernel_extent(&h, layout::LINUX_KERNEL_START),
+            (0x10_0000, 56 * MIB)
+        );
+        // Loaded above pref_address: decompressed at the aligned load address.
+        assert_eq!(
+            kernel_extent(&h, GuestAddress(0x210_0000)).1,
+            0x220_0000 + 40 * MIB
+        );
+        // As high as possible, aligned down to 2 MiB.
+        assert_eq!(
+            place_initrd(2 * MIB + 1, 56 * MIB, 512 * MIB),
+            Some(GuestAddress(508 * MIB))
+        );
+        assert_eq!(
+            place_initrd(MIB, 56 * MIB, 512 * MIB),
+            Some(GuestAddress(510 * MIB))
+        );
+        assert_eq!(place_initrd(457 * MIB, 56 * MIB, 512 * MIB), None);
+        assert_eq!(place_initrd(600 * MIB, 0, 512 * MIB), None);
+    }
+
+    #[test]
+    fn bad_kernel_files_give_errors_naming_them() {
+        let Ok(memory) = create_guest_memory(size(64 * MIB)) else {
+            panic!("cannot map test memory");
+        };
+        let load_err = |file: &TempFile| {
+            load(&memory, size(64 * MIB), &boot(file, None, ""))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        let missing = LinuxBoot {
+            kernel: "/nonexistent/vmlinuz".into(),
+            initrd: None,
+            cmdline: String::new(),
+            force: false,
+        };
+        let e = load(&memory, size(64 * MIB), &missing)
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            e.as_deref()
+                .is_some_and(|e| e.starts_with("cannot read the kernel /nonexistent/vmlinuz")),
+            "{e:?}"
+        );
+
+        let empty = TempFile::new("empty", &[]);
+        let e = load_err(&empty);
+        assert!(
+            e.contains(&*empty.0.to_string_lossy()) && e.contains("shorter than"),
+            "{e}"
+        );
+
+        let elf = TempFile::new("elf", &[0x7f; 4096]);
+        let e = load_err(&elf);
+        assert!(
+            e.contains("is not a Linux bzImage") && e.contains("HdrS"),
+            "{e}"
+        );
+
+        let h = header(MIB as u32);
+        let truncated = TempFile::new("truncated", &image(&h, 0)[..900]);
+        let e = load_err(&truncated);
+        assert!(e.contains("truncated"), "{e}");
+        let sized = setup_header {
+            syssize: 0x1000,
+            ..h
+        };
+        let short_kernel = TempFile::new("short", &image(&sized, 4096));
+        let e = load_err(&short_kernel);
+        assert!(e.contains("truncated") && e.contains("kernel 65536"), "{e}");
+
+        let old = setup_header { xloadflags: 0, ..h };
+        let i386 = TempFile::new("i386", &image(&old, 4096));
+        let e = load_err(&i386);
+        assert!(
+            e.contains("64-bit boot protocol") && e.contains(&*i386.0.to_string_lossy()),
+            "{e}"
+        );
+
+        let huge = TempFile::new("huge", &image(&header(60 * MIB as u32), 4096));
+        let e = load_err(&huge);
+        assert!(
+            e.contains("use a larger --memory") && e.contains("0x4c00000"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn loads_kernel_initrd_cmdline_and_zero_page() {
+        let Ok(memory) = create_guest_memory(size(64 * MIB)) else {
+            panic!("cannot map test memory");
+        };
+        let kernel = TempFile::new("good", &image(&header(MIB as u32), 8192));
+        let initrd = TempFile::new("initrd", &[0xab; 5000]);
+        let loaded = match load(
+            &memory,
+            size(64 * MIB),
+            &boot(&kernel, Some(&initrd), "quiet"),
+        ) {
+            Ok(loaded) => loaded,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(loaded.entry, GuestAddress(0x10_0200));
+        assert_eq!(loaded.initrd, Some((GuestAddress(62 * MIB), 5000)));
+        let params: boot_params = memory
+            .read_obj(layout::BOOT_PARAMS_START)
+            .unwrap_or_default();
+        let (image, rd_size, cmd) = (
+            params.hdr.ramdisk_image,
+            params.hdr.ramdisk_size,
+            params.hdr.cmd_line_ptr,
+        );
+        assert_eq!((image, rd_size, cmd), (62 << 20, 5000, 0x2_0000));
+        assert_eq!(params.e820_entries, 3);
+        let mut text = [0u8; 6];
+        assert!(memory.read_slice(&mut text, layout::CMDLINE_START).is_ok());
+        assert_eq!(&text, b"quiet\0");
+        let first: u8 = memory.read_obj(GuestAddress(62 * MIB)).unwrap_or(0);
+        assert_eq!(first, 0xab);
+
+        assert!(check_files(&boot(&kernel, Some(&initrd), "")).is_ok());
+        let no_initrd = LinuxBoot {
+            initrd: Some("/nonexistent/initrd".into()),
+            ..boot(&kernel, None, "")
+        };
+        let e = check_files(&no_initrd).err().map(|e| e.to_string());
+        assert!(
+            e.as_deref()
+                .is_some_and(|e| e.starts_with("cannot read the initrd /nonexistent/initrd")),
+            "{e:?}"
+        );
+        let big_initrd = TempFile::new("big-initrd", &vec![0; (50 * MIB) as usize]);
+        let e = load(
+            &memory,
+            size(64 * MIB),
+            &boot(&kernel, Some(&big_initrd), ""),
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(
+            e.contains("the initrd") && e.contains("use a larger --memory"),
+            "{e}"
+        );
+    }
+}
