@@ -7,6 +7,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::arch::x86_64::acpi::AcpiTables;
 use crate::arch::x86_64::cpuid::{
     CpuidEntry, PagingFeatures, guest_cpuid, has_nx, linux_cpuid, paging_features,
 };
@@ -107,12 +108,9 @@ pub enum BuildError {
          or pass --force to try anyway"
     )]
     LinuxOnPvm,
-    /// SMP Linux needs firmware tables we do not write yet.
-    #[error(
-        "--vcpus {0} with --kernel: a Linux guest needs an MP table or ACPI MADT to find \
-         more than one CPU, which the VMM does not write yet; use --vcpus 1"
-    )]
-    LinuxSmp(u8),
+    /// The ACPI tables could not be built or written.
+    #[error(transparent)]
+    Acpi(#[from] crate::arch::x86_64::acpi::AcpiError),
     /// Creating the serial interrupt's eventfd failed.
     #[error("cannot create the serial port's interrupt eventfd: {0}")]
     EventFd(#[source] std::io::Error),
@@ -232,14 +230,20 @@ fn build(
     )
 }
 
-/// Boots a Linux bzImage (64-bit boot protocol) with one vCPU: the kernel, initrd, command
-/// line and zero page from [`crate::linux::load`]; identity page tables for the first
-/// 4 GiB; the in-kernel irqchip and PIT; COM1 on IRQ 4 through an irqfd; the CMOS RTC
-/// and the i8042 (whose reset ends the VM cleanly, [`crate::vm::ExitOutcome::Reset`]).
-/// Refused on a PVM host unless `linux.force`.
+/// Boots a Linux bzImage (64-bit boot protocol) on `config.vcpus` vCPUs: the kernel,
+/// initrd, command line and zero page from [`crate::linux::load`]; ACPI tables
+/// ([`crate::arch::x86_64::acpi`]: the MADT is how the guest finds the other vCPUs);
+/// identity page tables for the first 4 GiB; the in-kernel irqchip and PIT; COM1 on
+/// IRQ 4 through an irqfd; the CMOS RTC, the i8042 (whose reset ends the VM cleanly,
+/// [`crate::vm::ExitOutcome::Reset`]) and the ACPI sleep registers (power-off,
+/// [`crate::vm::ExitOutcome::PowerOff`]). Refused on a PVM host unless `linux.force`.
+///
+/// Every vCPU gets the same boot registers, but only vCPU 0 runs from them: with the
+/// in-kernel LAPIC, KVM holds the others until the guest wakes them with INIT/SIPI,
+/// which resets their state.
 pub fn build_linux_vm(config: &VmConfig, linux: &LinuxBoot) -> Result<Vm, BuildError> {
-    if config.vcpus != 1 {
-        return Err(BuildError::LinuxSmp(config.vcpus));
+    if config.vcpus == 0 || config.vcpus > MAX_VCPUS {
+        return Err(BuildError::VcpuCount(config.vcpus));
     }
     crate::linux::check_files(linux)?;
     let pvm = kvm::host_is_pvm();
@@ -248,7 +252,8 @@ pub fn build_linux_vm(config: &VmConfig, linux: &LinuxBoot) -> Result<Vm, BuildE
     }
     let hypervisor = Hypervisor::open()?;
     let memory = create_guest_memory(config.memory)?;
-    let loaded = crate::linux::load(&memory, config.memory, linux)?;
+    let rsdp = AcpiTables::build(usize::from(config.vcpus))?.write(&memory)?;
+    let loaded = crate::linux::load(&memory, config.memory, linux, Some(rsdp))?;
     write_identity_tables(&memory, layout::LINUX_BOOT_PD_COUNT)?;
     let kvm_vm = Arc::new(hypervisor.create_vm()?);
     kvm_vm.register_memory(&memory, false)?;
@@ -257,18 +262,23 @@ pub fn build_linux_vm(config: &VmConfig, linux: &LinuxBoot) -> Result<Vm, BuildE
     kvm_vm.create_irqchip_and_pit()?;
     let supported_cpuid = hypervisor.supported_cpuid()?;
     kick::install_handler()?;
-    let cpuid = linux_cpuid(&supported_cpuid, 0, pvm);
-    let vcpu = kvm_vm.create_vcpu(0)?;
-    vcpu.set_cpuid(&cpuid)?;
-    vcpu.set_msrs(&regs::boot_msrs())?;
-    vcpu.set_default_fpu()?;
-    let sregs = regs::long_mode_sregs(&vcpu.special_registers()?, has_nx(&supported_cpuid));
-    vcpu.set_special_registers(&sregs)?;
-    vcpu.set_registers(&regs::linux_entry_registers(
-        loaded.entry.0,
-        loaded.boot_params.0,
-    ))?;
-    vcpu.update_lapic_lints(regs::boot_lint_value)?;
+    let nx = has_nx(&supported_cpuid);
+    let vcpus = (0..config.vcpus)
+        .map(|index| {
+            let vcpu = kvm_vm.create_vcpu(index)?;
+            vcpu.set_cpuid(&linux_cpuid(&supported_cpuid, index, pvm))?;
+            vcpu.set_msrs(&regs::boot_msrs())?;
+            vcpu.set_default_fpu()?;
+            let sregs = regs::long_mode_sregs(&vcpu.special_registers()?, nx);
+            vcpu.set_special_registers(&sregs)?;
+            vcpu.set_registers(&regs::linux_entry_registers(
+                loaded.entry.0,
+                loaded.boot_params.0,
+            ))?;
+            vcpu.update_lapic_lints(regs::boot_lint_value)?;
+            Ok(vcpu)
+        })
+        .collect::<Result<Vec<_>, BuildError>>()?;
     let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
     kvm_vm.register_irqfd(&irq, COM1_IRQ)?;
     let serial = SerialDevice::with_interrupt(config.console.clone(), SerialInterrupt::Irqfd(irq));
@@ -276,8 +286,8 @@ pub fn build_linux_vm(config: &VmConfig, linux: &LinuxBoot) -> Result<Vm, BuildE
     start(
         kvm_vm,
         memory,
-        vec![vcpu],
-        paging_features(&cpuid),
+        vcpus,
+        paging_features(&linux_cpuid(&supported_cpuid, 0, pvm)),
         None,
         None,
         config,
@@ -515,20 +525,31 @@ mod tests {
 
     #[test]
     fn linux_config_errors_are_clear() {
-        let config = VmConfig {
-            vcpus: 2,
-            ..VmConfig::default()
-        };
         let linux = LinuxBoot {
             kernel: "/nonexistent/bzImage".into(),
             initrd: None,
             cmdline: String::new(),
             force: true,
         };
-        let Err(e) = build_linux_vm(&config, &linux) else {
-            panic!("two vCPUs must be refused");
+        for vcpus in [0, MAX_VCPUS + 1] {
+            let config = VmConfig {
+                vcpus,
+                ..VmConfig::default()
+            };
+            let Err(e) = build_linux_vm(&config, &linux) else {
+                panic!("{vcpus} vCPUs must be refused");
+            };
+            assert!(e.to_string().contains("--vcpus"), "{e}");
+        }
+        // Several vCPUs are fine (the MADT lists them); the missing kernel is the error.
+        let config = VmConfig {
+            vcpus: 2,
+            ..VmConfig::default()
         };
-        assert!(e.to_string().contains("--vcpus 1"), "{e}");
+        let Err(e) = build_linux_vm(&config, &linux) else {
+            panic!("a missing kernel must be refused");
+        };
+        assert!(e.to_string().contains("/nonexistent/bzImage"), "{e}");
         assert!(
             BuildError::LinuxOnPvm
                 .to_string()

@@ -589,7 +589,7 @@ fn run_linux(args: &BootArgs) -> anyhow::Result<ExitCode> {
 
 fn report(outcome: &ExitOutcome) -> ExitCode {
     match outcome {
-        ExitOutcome::Reset { .. } => {
+        ExitOutcome::Reset { .. } | ExitOutcome::PowerOff { .. } => {
             eprintln!("vmm: {outcome}");
             ExitCode::SUCCESS
         }

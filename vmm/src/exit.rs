@@ -17,6 +17,9 @@ pub enum VcpuStop {
     /// fault) after asking: how Linux without ACPI ends `reboot -f` / `poweroff -f`. A
     /// clean end.
     ResetRequested,
+    /// The guest powered off through ACPI (the sleep control register, soft-off): how
+    /// Linux with ACPI ends `poweroff`. A clean end.
+    PowerOff,
     /// KVM could not handle something the guest did.
     InternalError {
         /// `kvm_run.internal.suberror`.
@@ -40,7 +43,7 @@ pub enum VcpuStop {
 impl VcpuStop {
     /// Whether this stop is a failure in itself (a HLT is judged by the guest's DONE).
     pub fn is_failure(&self) -> bool {
-        !matches!(self, Self::Halted | Self::ResetRequested)
+        !matches!(self, Self::Halted | Self::ResetRequested | Self::PowerOff)
     }
 }
 
@@ -52,6 +55,10 @@ impl fmt::Display for VcpuStop {
             Self::ResetRequested => write!(
                 f,
                 "the guest asked for a reset (i8042 command 0xfe on port 0x64)"
+            ),
+            Self::PowerOff => write!(
+                f,
+                "the guest powered off (ACPI soft-off on the sleep control register)"
             ),
             Self::InternalError { suberror } => {
                 let what = match suberror {
@@ -98,13 +105,16 @@ pub enum ExitAction {
 /// ones, writes are ignored and counted), everything else decides whether the vCPU
 /// stops. A write that makes the devices request a reset stops the vCPU with
 /// [`VcpuStop::ResetRequested`]; a triple fault counts as that too, but only once a
-/// reset was requested (otherwise it is the failure [`VcpuStop::Shutdown`]).
+/// reset was requested (otherwise it is the failure [`VcpuStop::Shutdown`]). A write
+/// that requests ACPI soft-off stops it with [`VcpuStop::PowerOff`].
 pub fn handle_exit(exit: VmExit<'_>, devices: &mut impl ExitDevices) -> ExitAction {
     match exit {
         VmExit::IoOut { port, data } => {
             devices.port_write(port, data);
             if devices.reset_requested() {
                 ExitAction::Stop(VcpuStop::ResetRequested)
+            } else if devices.power_off_requested() {
+                ExitAction::Stop(VcpuStop::PowerOff)
             } else {
                 ExitAction::Continue
             }
@@ -207,6 +217,33 @@ mod tests {
             handle_exit(VmExit::Shutdown, &mut builtin),
             ExitAction::Stop(VcpuStop::Shutdown)
         );
+    }
+
+    #[test]
+    fn acpi_soft_off_ends_the_vm_cleanly_only_on_a_linux_bus() {
+        use crate::devices::LegacyDevices;
+        let (plain, _, unhandled, _) = bus();
+        let mut linux = plain.with_legacy(Arc::new(Mutex::new(LegacyDevices::default())));
+        let out = |bus: &mut IoBus, port: u16, value: u8| {
+            handle_exit(
+                VmExit::IoOut {
+                    port,
+                    data: &[value],
+                },
+                bus,
+            )
+        };
+        // Linux clears the status register, then writes SLP_TYP=5 | SLP_EN.
+        assert_eq!(out(&mut linux, 0x5f1, 0x80), ExitAction::Continue);
+        assert_eq!(
+            out(&mut linux, 0x5f0, 0x34),
+            ExitAction::Stop(VcpuStop::PowerOff)
+        );
+        assert!(!VcpuStop::PowerOff.is_failure());
+        assert_eq!(unhandled.counts(), UnhandledCounts::default());
+        let (mut builtin, _, unhandled, _) = bus();
+        assert_eq!(out(&mut builtin, 0x5f0, 0x34), ExitAction::Continue);
+        assert_eq!(unhandled.counts().port_writes, 1);
     }
 
     #[test]

@@ -339,13 +339,14 @@ pub fn cmdline_bytes(cmdline: &str, header: &setup_header) -> Result<Vec<u8>, Li
     Ok(bytes)
 }
 
-/// The zero page: the image's setup header with the loader's fields filled in, and the
-/// e820 map.
+/// The zero page: the image's setup header with the loader's fields filled in, the e820
+/// map, and where the ACPI RSDP is (if the VM has ACPI tables).
 pub fn build_boot_params(
     header: &setup_header,
     cmdline: (GuestAddress, u64),
     initrd: Option<(GuestAddress, u64)>,
     e820: &[boot_e820_entry],
+    rsdp: Option<GuestAddress>,
 ) -> boot_params {
     let mut params = boot_params {
         hdr: *header,
@@ -363,6 +364,8 @@ pub fn build_boot_params(
         params.hdr.ramdisk_size = size as u32;
         params.ext_ramdisk_size = (size >> 32) as u32;
     }
+    // Protocol 2.14's field; older kernels find the RSDP by scanning [0xe0000, 1 MiB).
+    params.acpi_rsdp_addr = rsdp.map_or(0, |at| at.0);
     let count = e820.len().min(E820_MAX_ENTRIES_ZEROPAGE);
     params.e820_table[..count].copy_from_slice(&e820[..count]);
     params.e820_entries = count as u8;
@@ -388,11 +391,12 @@ pub fn check_files(boot: &LinuxBoot) -> Result<(), LinuxError> {
 }
 
 /// Loads everything of `boot` into `memory` (`memory_size` bytes of RAM) and writes the
-/// zero page.
+/// zero page, pointing it at the ACPI RSDP at `rsdp` if the tables were written.
 pub fn load(
     memory: &GuestRam,
     memory_size: MemorySize,
     boot: &LinuxBoot,
+    rsdp: Option<GuestAddress>,
 ) -> Result<LoadedLinux, LinuxError> {
     let path = &boot.kernel;
     let mut file = File::open(path).map_err(|source| LinuxError::ReadKernel {
@@ -466,6 +470,7 @@ pub fn load(
         (layout::CMDLINE_START, cmdline.len() as u64),
         initrd,
         &e820_map(memory_size),
+        rsdp,
     );
     LinuxBootConfigurator::write_bootparams(
         &BootParams::new(&params, layout::BOOT_PARAMS_START),
@@ -605,6 +610,7 @@ mod tests {
             (layout::CMDLINE_START, 12),
             Some((GuestAddress(0x1_2340_0000), 0x1_0000_1000)),
             &e820,
+            Some(GuestAddress(0xe_0000)),
         );
         assert_eq!(p.hdr.type_of_loader, 0xff);
         assert_eq!(
@@ -623,9 +629,15 @@ mod tests {
         let last = p.e820_table[e820.len() - 1];
         let (addr, len) = (last.addr, last.size);
         assert_eq!((addr, len), (4 << 30, 2 << 30));
-        let none = build_boot_params(&header(0), (layout::CMDLINE_START, 1), None, &[]);
-        let (image, rd_size) = (none.hdr.ramdisk_image, none.hdr.ramdisk_size);
-        assert_eq!((image, rd_size, none.e820_entries), (0, 0, 0));
+        let rsdp = p.acpi_rsdp_addr;
+        assert_eq!(rsdp, 0xe_0000);
+        let none = build_boot_params(&header(0), (layout::CMDLINE_START, 1), None, &[], None);
+        let (image, rd_size, rsdp) = (
+            none.hdr.ramdisk_image,
+            none.hdr.ramdisk_size,
+            none.acpi_rsdp_addr,
+        );
+        assert_eq!((image, rd_size, none.e820_entries, rsdp), (0, 0, 0, 0));
     }
 
     #[test]
@@ -695,7 +707,7 @@ mod tests {
             panic!("cannot map test memory");
         };
         let load_err = |file: &TempFile| {
-            load(&memory, size(64 * MIB), &boot(file, None, ""))
+            load(&memory, size(64 * MIB), &boot(file, None, ""), None)
                 .err()
                 .map(|e| e.to_string())
                 .unwrap_or_default()
@@ -706,7 +718,7 @@ mod tests {
             cmdline: String::new(),
             force: false,
         };
-        let e = load(&memory, size(64 * MIB), &missing)
+        let e = load(&memory, size(64 * MIB), &missing, None)
             .err()
             .map(|e| e.to_string());
         assert!(
@@ -768,6 +780,7 @@ mod tests {
             &memory,
             size(64 * MIB),
             &boot(&kernel, Some(&initrd), "quiet"),
+            None,
         ) {
             Ok(loaded) => loaded,
             Err(e) => panic!("{e}"),
@@ -806,6 +819,7 @@ mod tests {
             &memory,
             size(64 * MIB),
             &boot(&kernel, Some(&big_initrd), ""),
+            None,
         )
         .err()
         .map(|e| e.to_string())

@@ -95,6 +95,12 @@ pub enum ExitOutcome {
         /// The vCPU that asked.
         vcpu: u8,
     },
+    /// The guest powered off through ACPI (a Linux guest's `poweroff`): a clean end with
+    /// status 0, judged like [`ExitOutcome::Reset`].
+    PowerOff {
+        /// The vCPU that asked.
+        vcpu: u8,
+    },
     /// A vCPU stopped without a DONE from the guest, or in a failure state.
     Failed {
         /// Which vCPU.
@@ -109,7 +115,10 @@ pub enum ExitOutcome {
 impl ExitOutcome {
     /// Whether the guest reported success.
     pub fn is_success(&self) -> bool {
-        matches!(self, Self::Done { status: 0 } | Self::Reset { .. })
+        matches!(
+            self,
+            Self::Done { status: 0 } | Self::Reset { .. } | Self::PowerOff { .. }
+        )
     }
 }
 
@@ -123,6 +132,10 @@ impl fmt::Display for ExitOutcome {
             Self::Reset { vcpu } => write!(
                 f,
                 "vCPU {vcpu}: the guest asked for a reset (i8042 0xfe): the VM ended cleanly"
+            ),
+            Self::PowerOff { vcpu } => write!(
+                f,
+                "vCPU {vcpu}: the guest powered off (ACPI soft-off): the VM ended cleanly"
             ),
             Self::Failed { vcpu, stop, dump } => {
                 if *stop == VcpuStop::Halted {
@@ -433,6 +446,7 @@ impl Vm {
         let outcome = match (stop, self.control.done_status()) {
             (VcpuStop::Halted, Some(status)) => ExitOutcome::Done { status },
             (VcpuStop::ResetRequested, _) => ExitOutcome::Reset { vcpu },
+            (VcpuStop::PowerOff, _) => ExitOutcome::PowerOff { vcpu },
             _ => ExitOutcome::Failed {
                 vcpu,
                 stop: stop.clone(),

@@ -1,5 +1,6 @@
 //! Emulated devices and the port/MMIO bus a vCPU's exits go to.
 
+pub mod acpi_sleep;
 pub mod console;
 pub mod debug_port;
 pub mod i8042;
@@ -9,20 +10,24 @@ pub mod serial;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+pub use acpi_sleep::AcpiSleep;
 pub use console::Console;
 pub use debug_port::{DebugControl, DebugPort, PortAccess};
 pub use i8042::I8042;
 pub use rtc::Rtc;
 pub use serial::{SerialDevice, SerialInterrupt};
 
-/// The PC legacy devices a Linux guest needs beyond the UART: the CMOS RTC and the
-/// i8042 (for its reset line). The built-in guest's VM has none of them.
+/// The PC legacy devices a Linux guest needs beyond the UART: the CMOS RTC, the i8042
+/// (for its reset line) and the ACPI sleep registers (for power-off). The built-in
+/// guest's VM has none of them.
 #[derive(Debug, Default)]
 pub struct LegacyDevices {
     /// CMOS RTC, ports 0x70/0x71.
     pub rtc: Rtc,
     /// Keyboard controller, ports 0x60/0x64.
     pub i8042: I8042,
+    /// ACPI sleep control/status, ports 0x5f0/0x5f1.
+    pub acpi_sleep: AcpiSleep,
 }
 
 /// Counters of accesses no device claimed (shared by all vCPUs).
@@ -96,21 +101,25 @@ impl IoBus {
     /// A one-byte access to a legacy device: `Some(value read)` when one claims `port`.
     fn legacy_access(&self, port: u16, write: Option<u8>) -> Option<u8> {
         let legacy = self.legacy.as_ref()?;
-        if !(Rtc::claims(port) || I8042::claims(port)) {
+        if !(Rtc::claims(port) || I8042::claims(port) || AcpiSleep::claims(port)) {
             return None;
         }
         let mut devices = legacy.lock().ok()?;
-        Some(match (Rtc::claims(port), write) {
-            (true, Some(value)) => {
-                devices.rtc.write(port, value);
+        let d = &mut *devices;
+        Some(match write {
+            Some(value) => {
+                if Rtc::claims(port) {
+                    d.rtc.write(port, value);
+                } else if I8042::claims(port) {
+                    d.i8042.write(port, value);
+                } else {
+                    d.acpi_sleep.write(port, value);
+                }
                 0
             }
-            (true, None) => devices.rtc.read(port),
-            (false, Some(value)) => {
-                devices.i8042.write(port, value);
-                0
-            }
-            (false, None) => devices.i8042.read(port),
+            None if Rtc::claims(port) => d.rtc.read(port),
+            None if I8042::claims(port) => d.i8042.read(port),
+            None => d.acpi_sleep.read(port),
         })
     }
 }
@@ -129,6 +138,11 @@ pub trait ExitDevices {
     /// Whether the guest asked for a machine reset (i8042 command 0xFE). Devices
     /// without a reset line never do.
     fn reset_requested(&self) -> bool {
+        false
+    }
+    /// Whether the guest asked to be powered off (ACPI soft-off). Devices without the
+    /// ACPI sleep registers never do.
+    fn power_off_requested(&self) -> bool {
         false
     }
 }
@@ -185,6 +199,18 @@ impl ExitDevices for IoBus {
         self.legacy
             .as_ref()
             .and_then(|legacy| legacy.lock().ok().map(|d| d.i8042.reset_requested()))
+            .unwrap_or(false)
+    }
+
+    fn power_off_requested(&self) -> bool {
+        self.legacy
+            .as_ref()
+            .and_then(|legacy| {
+                legacy
+                    .lock()
+                    .ok()
+                    .map(|d| d.acpi_sleep.power_off_requested())
+            })
             .unwrap_or(false)
     }
 }
