@@ -85,6 +85,8 @@ rm -rf "$root"
 mkdir -p "$root"/{bin,dev,proc,sys}
 cp "$bbdir/bin/busybox" "$root/bin/busybox"
 install -m 0755 "$here/init" "$root/init"
+# The THP test process: static, so the initramfs needs no libc.
+gcc -static -O2 -Wall -Werror -o "$root/bin/thp" "$here/thp.c"
 # The kernel opens /dev/console for PID 1 before anything is mounted: without the node
 # /init's output goes nowhere (init also mounts devtmpfs and reopens it, for non-root builds).
 mknod -m 600 "$root/dev/console" c 5 1 2>/dev/null || log "cannot mknod /dev/console (not root?)"

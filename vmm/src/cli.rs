@@ -211,6 +211,11 @@ pub struct PauseArgs {
     /// Pause DURATION after boot (e.g. 500ms, 2s), instead of at READY.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub after: Option<Duration>,
+    /// Pause when a vCPU parks itself through the debug port (event 6, PARK), as the
+    /// Linux test guest's THP process does: that vCPU stopped right after its signal, so
+    /// its CR3 is the signalling process's. It becomes the walked vCPU (not --vcpu).
+    #[arg(long, conflicts_with_all = ["at_serial", "after"])]
+    pub at_signal: bool,
     /// The vCPU whose CR3 is walked.
     #[arg(long, default_value_t = 0)]
     pub vcpu: usize,
@@ -611,6 +616,8 @@ fn report(outcome: &ExitOutcome) -> ExitCode {
 /// A booted guest, paused at the moment asked for.
 struct Paused {
     vm: Vm,
+    /// The vCPU to walk or translate with: --vcpu, or the one that parked.
+    vcpu: usize,
     states: Vec<vmm::VcpuState>,
     descriptor: Option<Descriptor>,
 }
@@ -622,8 +629,14 @@ fn boot_and_pause(
     pause: &PauseArgs,
 ) -> anyhow::Result<Result<Paused, ExitOutcome>> {
     let timeout = Duration::from_secs(boot_args.timeout);
-    if boot_args.kernel.is_some() && pause.at_serial.is_none() && pause.after.is_none() {
-        bail!("with --kernel, say when to pause: --at-serial MARKER or --after DURATION");
+    if boot_args.kernel.is_some()
+        && pause.at_serial.is_none()
+        && pause.after.is_none()
+        && !pause.at_signal
+    {
+        bail!(
+            "with --kernel, say when to pause: --at-signal, --at-serial MARKER or --after DURATION"
+        );
     }
     let console = Console::stderr();
     let started = Instant::now();
@@ -636,7 +649,39 @@ fn boot_and_pause(
         );
     }
     let mut descriptor = None;
-    if let Some(marker) = &pause.at_serial {
+    let mut vcpu = pause.vcpu;
+    if pause.at_signal {
+        let deadline = Instant::now() + timeout;
+        let mut mark = None;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match vm.wait_event(left) {
+                Ok(VmEvent::Parked {
+                    vcpu: parked,
+                    argument,
+                }) => {
+                    eprintln!(
+                        "vmm: vCPU {parked} parked with argument {argument:#x}{}",
+                        mark.map(|m: u64| format!(" (last MARK {m:#x})"))
+                            .unwrap_or_default()
+                    );
+                    vcpu = usize::from(parked);
+                    break;
+                }
+                Ok(VmEvent::Mark { value }) => mark = Some(value),
+                Ok(VmEvent::VcpuStopped { .. }) => {
+                    if let Some(outcome) = vm.outcome() {
+                        return Ok(Err(outcome));
+                    }
+                }
+                Ok(_) => {}
+                Err(VmError::Timeout(_)) => {
+                    bail!("no vCPU parked (debug-port PARK) within {timeout:?}")
+                }
+                Err(e) => return Err(e).context("waiting for a vCPU to park"),
+            }
+        }
+    } else if let Some(marker) = &pause.at_serial {
         while !console.contains(marker.as_bytes()) {
             if let Some(outcome) = vm.outcome() {
                 return Ok(Err(outcome));
@@ -670,6 +715,7 @@ fn boot_and_pause(
     );
     Ok(Ok(Paused {
         vm,
+        vcpu,
         states,
         descriptor,
     }))
@@ -681,9 +727,9 @@ fn walk_guest(args: &WalkArgs) -> anyhow::Result<ExitCode> {
         Ok(p) => p,
         Err(outcome) => return Ok(report(&outcome)),
     };
-    let state = &p.states[args.pause.vcpu];
+    let state = &p.states[p.vcpu];
     // The address spaces: (label, CR3).
-    let mut spaces: Vec<(String, u64)> = vec![(format!("vcpu {}", args.pause.vcpu), state.cr3)];
+    let mut spaces: Vec<(String, u64)> = vec![(format!("vcpu {}", p.vcpu), state.cr3)];
     if args.all_address_spaces {
         let mut seen: BTreeSet<u64> = BTreeSet::from([state.cr3 & !0xfff]);
         for s in &p.states {
@@ -784,7 +830,7 @@ fn translate_guest(args: &TranslateArgs) -> anyhow::Result<ExitCode> {
         Ok(p) => p,
         Err(outcome) => return Ok(report(&outcome)),
     };
-    let state = &p.states[args.pause.vcpu];
+    let state = &p.states[p.vcpu];
     let ctx =
         p.vm.paging_context(state, None)
             .context("cannot translate")?;
@@ -792,9 +838,7 @@ fn translate_guest(args: &TranslateArgs) -> anyhow::Result<ExitCode> {
     for gva in &args.addresses {
         let ours = walker::translate(p.vm.guest_memory(), &ctx, *gva);
         let line = translation_line(*gva, &ours, args.format);
-        let kvm =
-            p.vm.translate(args.pause.vcpu, *gva)
-                .context("KVM_TRANSLATE")?;
+        let kvm = p.vm.translate(p.vcpu, *gva).context("KVM_TRANSLATE")?;
         let verdict = oracle_verdict(
             &ours,
             kvm.valid,

@@ -33,6 +33,14 @@ pub enum VmEvent {
         /// Where the round record is ([`crate::guest::RoundRecord`]).
         record: GuestAddress,
     },
+    /// A vCPU parked itself (debug-port PARK): it stays stopped right after its `OUT`
+    /// until [`crate::vm::Vm::resume_vcpu`] (or [`crate::vm::Vm::resume`] after a pause).
+    Parked {
+        /// Which vCPU.
+        vcpu: u8,
+        /// The argument latch at the time.
+        argument: u64,
+    },
     /// The guest sent an event code the protocol does not define.
     UnknownEvent {
         /// The code.

@@ -97,6 +97,8 @@ pub enum ExitAction {
     /// Harvest the dirty rings and reset them, then run again (entering the guest with
     /// a full ring only exits again).
     HarvestDirtyRing,
+    /// Stop this vCPU until the VMM resumes it (the guest sent PARK with this argument).
+    Park(u64),
     /// Stop this vCPU for good.
     Stop(VcpuStop),
 }
@@ -115,6 +117,8 @@ pub fn handle_exit(exit: VmExit<'_>, devices: &mut impl ExitDevices) -> ExitActi
                 ExitAction::Stop(VcpuStop::ResetRequested)
             } else if devices.power_off_requested() {
                 ExitAction::Stop(VcpuStop::PowerOff)
+            } else if let Some(argument) = devices.take_park() {
+                ExitAction::Park(argument)
             } else {
                 ExitAction::Continue
             }

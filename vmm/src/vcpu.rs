@@ -175,6 +175,14 @@ impl VcpuThread {
             match action {
                 ExitAction::Continue | ExitAction::HarvestDirtyRing => {}
                 ExitAction::Interrupted => self.vcpu.set_immediate_exit(false),
+                ExitAction::Park(argument) => {
+                    // Blocks on the request queue before the next KVM_RUN.
+                    paused = true;
+                    let _ = self.events.send(VmEvent::Parked {
+                        vcpu: self.index,
+                        argument,
+                    });
+                }
                 ExitAction::Stop(stop) => {
                     finished = true;
                     let dump = self.state(true).ok().map(|state| Box::new(state.dump()));

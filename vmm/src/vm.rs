@@ -315,6 +315,23 @@ impl Vm {
         Ok(())
     }
 
+    /// Lets one vCPU run again: the one that parked itself (debug-port PARK) while the
+    /// others kept running. Does not change whether the VM counts as paused.
+    pub fn resume_vcpu(&self, vcpu: u8) -> Result<(), VmError> {
+        let handle = self
+            .vcpus
+            .get(usize::from(vcpu))
+            .ok_or(VmError::NoSuchVcpu {
+                vcpu: usize::from(vcpu),
+                count: self.vcpus.len(),
+            })?;
+        handle.send(VcpuRequest::Resume)?;
+        match handle.answer("resume")? {
+            VcpuResponse::Resumed => Ok(()),
+            _ => Err(VmError::OutOfTurn(handle.index)),
+        }
+    }
+
     /// The dirty-log backend, when the VM was built with dirty logging.
     pub fn dirty_log_backend(&self) -> Option<DirtyLogBackend> {
         let tracker = self.dirty.as_ref()?.lock().ok()?;
@@ -412,6 +429,7 @@ impl Vm {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.wait_event(left)? {
                 VmEvent::Ready { descriptor } => return Ok(descriptor),
+                VmEvent::Parked { vcpu, .. } => self.resume_vcpu(vcpu)?,
                 VmEvent::VcpuStopped { .. } => {
                     let outcome = self.outcome().ok_or(VmError::EventsClosed)?;
                     return Err(VmError::StoppedBeforeReady(Box::new(outcome)));
@@ -431,7 +449,9 @@ impl Vm {
                 break outcome;
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            self.wait_event(left)?;
+            if let VmEvent::Parked { vcpu, .. } = self.wait_event(left)? {
+                self.resume_vcpu(vcpu)?;
+            }
         };
         self.pause()?;
         Ok(outcome)

@@ -14,7 +14,15 @@
 //! [`crate::guest::descriptor`]), 2 DONE (argument = status, 0 = success),
 //! 3 HEARTBEAT (argument = iteration count), 4 MARK (argument = any value, for tests),
 //! 5 ROUND_DONE (argument = GPA of the round record of the dirty-writer guest, see
-//! [`crate::guest::RoundRecord`]).
+//! [`crate::guest::RoundRecord`]), 6 PARK (argument = any value: the Linux test guest's
+//! THP process sends its buffer's address).
+//!
+//! PARK stops the vCPU that sent it right after the `OUT`, before it runs another
+//! instruction, until the VMM resumes it ([`crate::vm::Vm::resume_vcpu`]): the VMM sees
+//! the sender's registers, CR3 included, exactly as they were at the signal, however
+//! long it takes to pause the other vCPUs. It arrives as [`VmEvent::Parked`]; a VMM that
+//! does not want it ([`crate::vm::Vm::wait`], [`crate::vm::Vm::wait_ready`]) resumes the
+//! vCPU at once.
 //!
 //! Commands: FINISH is sticky (every later read returns it). NEXT_ROUND (sent by
 //! [`crate::vm::Vm::next_round`], for the dirty-writer guest `--mode dirty`) is consumed
@@ -58,6 +66,8 @@ pub const EVENT_HEARTBEAT: u32 = 3;
 pub const EVENT_MARK: u32 = 4;
 /// Event code ROUND_DONE.
 pub const EVENT_ROUND_DONE: u32 = 5;
+/// Event code PARK.
+pub const EVENT_PARK: u32 = 6;
 
 /// Command: keep going.
 pub const COMMAND_CONTINUE: u32 = 0;
@@ -124,6 +134,8 @@ pub enum PortAccess {
 #[derive(Debug)]
 pub struct DebugPort {
     argument: u64,
+    /// A PARK not yet turned into a stop of the vCPU: its argument.
+    park: Option<u64>,
     control: Arc<DebugControl>,
     events: Sender<VmEvent>,
     console: Console,
@@ -134,6 +146,7 @@ impl DebugPort {
     pub fn new(control: Arc<DebugControl>, events: Sender<VmEvent>, console: Console) -> Self {
         Self {
             argument: 0,
+            park: None,
             control,
             events,
             console,
@@ -169,8 +182,18 @@ impl DebugPort {
         }
     }
 
+    /// Takes a pending PARK: `Some(argument)` once per PARK the guest sent.
+    pub fn take_park(&mut self) -> Option<u64> {
+        self.park.take()
+    }
+
     fn event(&mut self, code: u32) {
         let argument = self.argument;
+        if code == EVENT_PARK {
+            // The vCPU thread reports it (it knows its index) when it parks.
+            self.park = Some(argument);
+            return;
+        }
         let event = match code {
             EVENT_READY => VmEvent::Ready {
                 descriptor: GuestAddress(argument),
@@ -254,6 +277,17 @@ mod tests {
                 }
             ]
         );
+    }
+
+    #[test]
+    fn park_is_taken_once_and_sends_no_event() {
+        let (mut p, rx, _, _) = port();
+        assert_eq!(p.take_park(), None);
+        out32(&mut p, ARG_LO_PORT, 0x20_0000);
+        out32(&mut p, EVENT_PORT, EVENT_PARK);
+        assert_eq!(p.take_park(), Some(0x20_0000));
+        assert_eq!(p.take_park(), None);
+        assert!(rx.try_recv().is_err());
     }
 
     #[test]

@@ -145,6 +145,10 @@ pub trait ExitDevices {
     fn power_off_requested(&self) -> bool {
         false
     }
+    /// A PARK the guest just sent through the debug port: its argument, once.
+    fn take_park(&mut self) -> Option<u64> {
+        None
+    }
 }
 
 impl ExitDevices for IoBus {
@@ -200,6 +204,10 @@ impl ExitDevices for IoBus {
             .as_ref()
             .and_then(|legacy| legacy.lock().ok().map(|d| d.i8042.reset_requested()))
             .unwrap_or(false)
+    }
+
+    fn take_park(&mut self) -> Option<u64> {
+        self.debug_port.take_park()
     }
 
     fn power_off_requested(&self) -> bool {

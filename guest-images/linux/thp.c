@@ -1,0 +1,97 @@
+/*
+ * thp: the Linux test guest's process with transparent huge pages (issue 4).
+ *
+ * Maps BUFFER_SIZE bytes of anonymous memory aligned to 2 MiB, asks for huge pages
+ * (MADV_HUGEPAGE), writes every 4 KiB page (its first 8 bytes hold the page's own
+ * virtual address XOR PATTERN, so the VMM can check a translation by reading the frame),
+ * reads back how much of it is AnonHugePages in /proc/self/smaps, then signals the VMM
+ * through its debug port (vmm/src/devices/debug_port.rs):
+ *
+ *   MARK (event 4) with the buffer size, then PARK (event 6) with the buffer address.
+ *
+ * PARK stops this vCPU right after the OUT, with this process's CR3 loaded, until the
+ * VMM resumes it; a VMM that is not interested resumes it at once. Then it exits 0 when
+ * the whole buffer was backed by huge pages, 1 otherwise.
+ *
+ * Static, no dependencies beyond libc: gcc -static -O2 -o thp thp.c
+ */
+#define _GNU_SOURCE
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/io.h>
+#include <sys/mman.h>
+
+#define HUGE_PAGE (2UL << 20)
+#define BUFFER_SIZE (64UL << 20)
+#define PAGE 4096UL
+#define PATTERN 0x6775657374776c6bULL /* "guestwlk" */
+
+#define EVENT_PORT 0x600
+#define ARG_LO_PORT 0x604
+#define ARG_HI_PORT 0x608
+#define EVENT_MARK 4
+#define EVENT_PARK 6
+
+static void send_event(uint32_t code, uint64_t argument)
+{
+	outl((uint32_t)argument, ARG_LO_PORT);
+	outl((uint32_t)(argument >> 32), ARG_HI_PORT);
+	outl(code, EVENT_PORT);
+}
+
+/* AnonHugePages (kB) of the mapping starting at `start`, or -1. */
+static long anon_huge_kb(uintptr_t start)
+{
+	FILE *smaps = fopen("/proc/self/smaps", "r");
+	char line[512];
+	int in_mapping = 0;
+	long kb = -1;
+
+	if (!smaps)
+		return -1;
+	while (fgets(line, sizeof(line), smaps)) {
+		unsigned long lo, hi;
+		if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, '-') < strchr(line, ' ')) {
+			in_mapping = lo <= start && start < hi;
+			continue;
+		}
+		if (in_mapping && sscanf(line, "AnonHugePages: %ld kB", &kb) == 1)
+			break;
+	}
+	fclose(smaps);
+	return kb;
+}
+
+int main(void)
+{
+	size_t span = BUFFER_SIZE + HUGE_PAGE;
+	char *raw = mmap(NULL, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (raw == MAP_FAILED) {
+		perror("thp: mmap");
+		return 1;
+	}
+	uintptr_t start = ((uintptr_t)raw + HUGE_PAGE - 1) & ~(HUGE_PAGE - 1);
+	char *buffer = (char *)start;
+	if (madvise(buffer, BUFFER_SIZE, MADV_HUGEPAGE) != 0)
+		perror("thp: madvise(MADV_HUGEPAGE)");
+	for (uintptr_t offset = 0; offset < BUFFER_SIZE; offset += PAGE) {
+		uint64_t value = (uint64_t)(start + offset) ^ PATTERN;
+		memcpy(buffer + offset, &value, sizeof(value));
+	}
+	long kb = anon_huge_kb(start);
+	int huge = kb == (long)(BUFFER_SIZE >> 10);
+	printf("GUESTWALK-THP buffer=%#lx size=%#lx AnonHugePages=%ld kB %s\n",
+	       (unsigned long)start, BUFFER_SIZE, kb, huge ? "ok" : "NOT-HUGE");
+	fflush(stdout);
+
+	if (ioperm(EVENT_PORT, 12, 1) != 0) {
+		perror("thp: ioperm");
+		return 1;
+	}
+	send_event(EVENT_MARK, BUFFER_SIZE);
+	send_event(EVENT_PARK, start);
+	printf("GUESTWALK-THP resumed\n");
+	return huge ? 0 : 1;
+}

@@ -1,0 +1,363 @@
+//! Stock Linux under `vmm` (issue 4): Debian's cloud kernel boots, its test process maps
+//! 64 MiB with transparent huge pages and parks its vCPU through the debug port, and the
+//! walker walks *that process's* page tables, as Linux built them, from the parked vCPU's
+//! CR3.
+//!
+//! Checked against the hardware and the guest itself:
+//! - every leaf of the address space (first, last and a pseudo-random page of each)
+//!   translates as `KVM_TRANSLATE` says;
+//! - the THP buffer is 2 MiB leaves, user, writable, NX; split in the shadow copy it is
+//!   512 consecutive 4 KiB shadow entries per leaf; and every one of its 16384 pages holds
+//!   the value the process wrote there (its own address XOR a pattern), read through
+//!   the walker's translation;
+//! - the direct map (data: NX, writable, supervisor) and the kernel text (read-only,
+//!   executable) where a `nokaslr` kernel puts them;
+//! - guest RAM is unchanged by the walks.
+//!
+//! Variants: 1 vCPU in the guest's default paging mode (5-level when the host offers
+//! LA57), 2 vCPUs (the ACPI MADT), `pti=on` (the user and the kernel CR3), `no5lvl`.
+//!
+//! Where they run: a stock kernel cannot boot on a PVM `/dev/kvm` (this project's
+//! machines), so these tests need a hardware-style KVM host and the images of
+//! `guest-images/linux/build.sh`, named by `GUESTWALK_LINUX_DIR`. CI runs them inside the
+//! emulated KVM host of `guest-images/hwkvm/` with `GUESTWALK_REQUIRE_LINUX=1`, which
+//! makes any missing piece a failure. Elsewhere they skip with the reason.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use vm_memory::Bytes;
+use vmm::{Console, LinuxBoot, MemorySize, VcpuState, Vm, VmConfig, VmEvent};
+use walker::{
+    Granularity, Gva, Leaf, Mapping, PageSize, PagingContext, PagingMode, TranslateError, mappings,
+    translate,
+};
+
+use guestwalk_tests::{hash_ram, kvm_available};
+
+/// The THP process's buffer (guest-images/linux/thp.c).
+const BUFFER_SIZE: u64 = 64 << 20;
+/// What the process wrote at the start of each 4 KiB page: its address XOR this.
+const PATTERN: u64 = 0x6775_6573_7477_6c6b;
+/// Boot to the park and the end after it (the emulated host runs nested under TCG).
+const LINUX_TIMEOUT: Duration = Duration::from_secs(180);
+/// Where a `nokaslr` kernel puts its text, and its direct map in each paging mode.
+const KERNEL_TEXT: u64 = 0xffff_ffff_8100_0000;
+const DIRECT_MAP_4LEVEL: u64 = 0xffff_8880_0000_0000;
+const DIRECT_MAP_5LEVEL: u64 = 0xff11_0000_0000_0000;
+/// PTI: the user copy of the PGD is the page after the kernel's (CR3 bit 12).
+const PTI_USER_PGD_BIT: u64 = 1 << 12;
+
+fn require_linux() -> bool {
+    std::env::var("GUESTWALK_REQUIRE_LINUX").is_ok_and(|v| v == "1")
+}
+
+/// The kernel and initramfs, or why this test cannot run here.
+fn images(test: &str) -> Option<(PathBuf, PathBuf)> {
+    let skip = |why: String| {
+        assert!(
+            !require_linux(),
+            "{test}: GUESTWALK_REQUIRE_LINUX=1 but {why}"
+        );
+        eprintln!("{test}: skipped: {why}");
+        None
+    };
+    if !kvm_available(test) {
+        return None;
+    }
+    if vmm::kvm::host_is_pvm() {
+        return skip(
+            "/dev/kvm is PVM, where a stock kernel cannot boot; these tests run in the \
+             emulated KVM host (guest-images/hwkvm)"
+                .into(),
+        );
+    }
+    let Some(dir) = std::env::var_os("GUESTWALK_LINUX_DIR").map(PathBuf::from) else {
+        return skip("GUESTWALK_LINUX_DIR is not set (guest-images/linux/build.sh)".into());
+    };
+    let (kernel, initrd) = (dir.join("bzImage"), dir.join("initramfs.cpio.gz"));
+    for file in [&kernel, &initrd] {
+        if !file.is_file() {
+            return skip(format!("{} does not exist", file.display()));
+        }
+    }
+    Some((kernel, initrd))
+}
+
+/// A Linux guest whose THP process parked its vCPU.
+struct Parked {
+    vm: Vm,
+    console: Console,
+    /// The vCPU the process parked.
+    vcpu: usize,
+    states: Vec<VcpuState>,
+    buffer: u64,
+}
+
+impl Parked {
+    fn state(&self) -> &VcpuState {
+        &self.states[self.vcpu]
+    }
+
+    fn console(&self) -> String {
+        String::from_utf8_lossy(&self.console.captured()).into_owned()
+    }
+
+    fn context(&self, cr3: Option<u64>) -> PagingContext {
+        self.vm.paging_context(self.state(), cr3).unwrap()
+    }
+}
+
+fn boot_to_park(test: &str, vcpus: u8, cmdline: &str) -> Option<Parked> {
+    let (kernel, initrd) = images(test)?;
+    let console = Console::capture();
+    let config = VmConfig {
+        vcpus,
+        console: console.clone(),
+        memory: MemorySize::from_bytes(256 << 20).unwrap(),
+        ..VmConfig::default()
+    };
+    let boot = LinuxBoot {
+        kernel,
+        initrd: Some(initrd),
+        cmdline: format!("console=ttyS0 quiet panic=-1 nokaslr {cmdline}"),
+        force: false,
+    };
+    let vm = vmm::build_linux_vm(&config, &boot).unwrap_or_else(|e| panic!("{test}: {e}"));
+    let deadline = Instant::now() + LINUX_TIMEOUT;
+    let mut size = None;
+    let (vcpu, buffer) = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match vm.wait_event(left) {
+            Ok(VmEvent::Mark { value }) => size = Some(value),
+            Ok(VmEvent::Parked { vcpu, argument }) => break (usize::from(vcpu), argument),
+            Ok(VmEvent::VcpuStopped { .. }) | Err(_) => panic!(
+                "{test}: the THP process never parked ({:?})\nconsole:\n{}",
+                vm.outcome(),
+                String::from_utf8_lossy(&console.captured())
+            ),
+            Ok(_) => {}
+        }
+    };
+    assert_eq!(
+        size,
+        Some(BUFFER_SIZE),
+        "the process announces its buffer size"
+    );
+    let states = vm.pause().unwrap();
+    let parked = Parked {
+        vm,
+        console,
+        vcpu,
+        states,
+        buffer,
+    };
+    assert!(
+        parked.console().contains("AnonHugePages=65536 kB ok"),
+        "{test}: the process's buffer is not all huge pages:\n{}",
+        parked.console()
+    );
+    Some(parked)
+}
+
+/// Resumes the guest and checks that it ended by powering off, after the process
+/// reported success.
+fn finish(p: Parked, test: &str) {
+    p.vm.resume().unwrap();
+    let outcome = p.vm.wait(LINUX_TIMEOUT).unwrap();
+    let console = p.console();
+    assert!(
+        matches!(outcome, vmm::ExitOutcome::PowerOff { .. }),
+        "{test}: the guest should power off through ACPI, got {outcome}\n{console}"
+    );
+    assert!(
+        console.contains("GUESTWALK-THP-EXIT rc=0"),
+        "{test}:\n{console}"
+    );
+}
+
+fn leaves(
+    p: &Parked,
+    ctx: &PagingContext,
+    range: std::ops::RangeInclusive<Gva>,
+    g: Granularity,
+) -> Vec<Leaf> {
+    mappings(p.vm.guest_memory(), ctx, range, g)
+        .unwrap()
+        .into_iter()
+        .map(|m| match m {
+            Mapping::Leaf(leaf) => leaf,
+            Mapping::Bad(bad) => panic!("Linux built a malformed entry: {bad:?}"),
+        })
+        .collect()
+}
+
+/// The THP buffer: 2 MiB leaves as mapped; split, 512 consecutive shadow PTEs each;
+/// every page holds what the process wrote there.
+fn check_thp_buffer(p: &Parked, ctx: &PagingContext) {
+    let range = Gva(p.buffer)..=Gva(p.buffer + BUFFER_SIZE - 1);
+    let huge = leaves(p, ctx, range.clone(), Granularity::AsMapped);
+    assert_eq!(huge.len() as u64, BUFFER_SIZE >> 21, "{huge:#?}");
+    for (i, leaf) in huge.iter().enumerate() {
+        assert_eq!(leaf.va.0, p.buffer + ((i as u64) << 21));
+        assert_eq!(leaf.size, PageSize::Size2M, "THP leaf {i}");
+        assert!(!leaf.is_shadow());
+        assert!(leaf.effective.user && leaf.effective.writable && leaf.effective.nx);
+        assert!(leaf.dirty, "the process wrote every page");
+    }
+    let small = leaves(p, ctx, range, Granularity::Split4K);
+    assert_eq!(small.len() as u64, BUFFER_SIZE >> 12);
+    for (i, leaf) in small.iter().enumerate() {
+        let parent = &huge[i / 512];
+        let offset = ((i % 512) as u64) << 12;
+        assert_eq!(leaf.size, PageSize::Size4K);
+        assert!(
+            leaf.is_shadow(),
+            "split entries exist only in the shadow copy"
+        );
+        assert_eq!(leaf.va.0, parent.va.0 + offset);
+        assert_eq!(leaf.pa.0, parent.pa.0 + offset, "consecutive frames");
+        assert_eq!(leaf.effective, parent.effective);
+        assert_eq!(leaf.memory_type, parent.memory_type, "PAT moved, not lost");
+        let stored: u64 = p.vm.guest_memory().read_obj(leaf.pa).unwrap();
+        assert_eq!(
+            stored,
+            leaf.va.0 ^ PATTERN,
+            "page {:#x} at {:?}",
+            leaf.va.0,
+            leaf.pa
+        );
+    }
+}
+
+/// Every leaf in `range`: its first, last and a pseudo-random page translate as
+/// `KVM_TRANSLATE` says (the vCPU's own CR3 only: KVM translates with the live one).
+fn check_against_kvm(
+    p: &Parked,
+    ctx: &PagingContext,
+    range: std::ops::RangeInclusive<Gva>,
+) -> usize {
+    let mut checked = 0;
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    for leaf in leaves(p, ctx, range, Granularity::AsMapped) {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let pages = leaf.size.bytes() >> 12;
+        for page in [0, pages - 1, (seed >> 33) % pages] {
+            let gva = Gva(leaf.va.0 + (page << 12) + 0x123);
+            let kvm = p.vm.translate(p.vcpu, gva).unwrap();
+            assert!(
+                kvm.valid,
+                "KVM cannot translate {gva}, the walker's leaf {leaf:?}"
+            );
+            assert_eq!(
+                kvm.gpa.0,
+                leaf.pa.0 + (page << 12) + 0x123,
+                "{gva}: {leaf:?}"
+            );
+            checked += 1;
+        }
+    }
+    checked
+}
+
+/// Kernel text read-only and executable, the direct map writable and NX; both
+/// supervisor-only. The direct map address of the THP buffer's first frame maps it.
+fn check_kernel_half(p: &Parked, ctx: &PagingContext) {
+    let mem = p.vm.guest_memory();
+    let text = translate(mem, ctx, Gva(KERNEL_TEXT)).unwrap();
+    assert!(
+        !text.effective.writable && !text.effective.nx && !text.effective.user,
+        "{text:?}"
+    );
+    let frame = translate(mem, ctx, Gva(p.buffer)).unwrap().gpa;
+    let base = match ctx.mode() {
+        PagingMode::FiveLevel => DIRECT_MAP_5LEVEL,
+        PagingMode::FourLevel => DIRECT_MAP_4LEVEL,
+    };
+    let direct = translate(mem, ctx, Gva(base + frame.0)).unwrap();
+    assert_eq!(direct.gpa, frame);
+    assert!(
+        direct.effective.writable && direct.effective.nx && !direct.effective.user,
+        "{direct:?}"
+    );
+}
+
+fn expected_mode(p: &Parked, no5lvl: bool) -> PagingMode {
+    if p.vm.paging_features().la57 && !no5lvl {
+        PagingMode::FiveLevel
+    } else {
+        PagingMode::FourLevel
+    }
+}
+
+fn walk_and_check(test: &str, vcpus: u8, cmdline: &str) {
+    let Some(p) = boot_to_park(test, vcpus, cmdline) else {
+        return;
+    };
+    let console = p.console();
+    assert!(
+        console.contains(&format!("cpus={vcpus}")),
+        "{test}: the kernel should bring up {vcpus} CPU(s):\n{console}"
+    );
+    let before = hash_ram(&p.vm);
+    let ctx = p.context(None);
+    assert_eq!(ctx.mode(), expected_mode(&p, cmdline.contains("no5lvl")));
+    check_thp_buffer(&p, &ctx);
+    check_kernel_half(&p, &ctx);
+    let all = Gva(0)..=Gva(u64::MAX);
+    let checked = check_against_kvm(&p, &ctx, all);
+    assert!(checked > 100, "only {checked} translations checked");
+    assert_eq!(hash_ram(&p.vm), before, "a walk changed guest RAM");
+    eprintln!("{test}: {checked} translations agree with KVM_TRANSLATE");
+    finish(p, test);
+}
+
+#[test]
+fn linux_thp_process_one_vcpu_default_paging() {
+    walk_and_check("linux_thp_process_one_vcpu_default_paging", 1, "");
+}
+
+#[test]
+fn linux_thp_process_two_vcpus() {
+    walk_and_check("linux_thp_process_two_vcpus", 2, "");
+}
+
+#[test]
+fn linux_thp_process_four_level() {
+    walk_and_check("linux_thp_process_four_level", 1, "no5lvl");
+}
+
+/// With PTI the process runs on the user copy of its PGD, which maps the buffer but
+/// not the kernel's direct map or text; the kernel copy (CR3 bit 12 clear) maps both.
+#[test]
+fn linux_thp_process_pti() {
+    let test = "linux_thp_process_pti";
+    let Some(p) = boot_to_park(test, 1, "pti=on") else {
+        return;
+    };
+    let before = hash_ram(&p.vm);
+    let user_cr3 = p.state().cr3;
+    assert_ne!(
+        user_cr3 & PTI_USER_PGD_BIT,
+        0,
+        "parked in user mode: the user PGD"
+    );
+    let user = p.context(None);
+    check_thp_buffer(&p, &user);
+    let checked = check_against_kvm(&p, &user, Gva(0)..=Gva(u64::MAX));
+    let mem = p.vm.guest_memory();
+    let text = translate(mem, &user, Gva(KERNEL_TEXT));
+    assert!(
+        matches!(text, Err(TranslateError::NotPresent { .. })),
+        "PTI: kernel text must not be mapped for user mode: {text:?}"
+    );
+    let kernel = p.context(Some(user_cr3 & !PTI_USER_PGD_BIT));
+    check_thp_buffer(&p, &kernel);
+    check_kernel_half(&p, &kernel);
+    assert_eq!(hash_ram(&p.vm), before, "a walk changed guest RAM");
+    eprintln!("{test}: {checked} translations agree with KVM_TRANSLATE");
+    finish(p, test);
+}
