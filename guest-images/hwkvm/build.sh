@@ -164,7 +164,9 @@ default_commands() {
     local name path
     while IFS=$'\t' read -r name path; do
         [ "$name" = vmm-bin ] && continue
-        printf 'test:%s\tGUESTWALK_REQUIRE_KVM=1 /hwkvm/tests/%s\n' "$name" "$name"
+        # The Linux tests (guestwalk-tests.linux) boot the images run.sh ships in
+        # /hwkvm/linux; with GUESTWALK_REQUIRE_LINUX=1 a missing image fails them.
+        printf 'test:%s\tGUESTWALK_REQUIRE_KVM=1 GUESTWALK_REQUIRE_LINUX=1 GUESTWALK_LINUX_DIR=/hwkvm/linux /hwkvm/tests/%s\n' "$name" "$name"
     done <"$out/executables.tsv"
     # features bit0 = 1 GiB leaf, bit1 = PCID, bit2 = LA57 (vmm/src/guest/descriptor.rs).
     printf 'vmm-run\tvmm run --memory 64M\n'

@@ -15,9 +15,9 @@
 # s, default 1200), HWKVM_MEMORY (MiB, default 4096), HWKVM_SMP (default 2),
 # HWKVM_CPU (QEMU -cpu, default max; e.g. max,phys-bits=46 for a server-like MAXPHYADDR),
 # HWKVM_QUIET=1 (print only the @@@ marker lines while running), HWKVM_OUT,
-# HWKVM_COMMANDS=linux (opt in: also ship the Linux test guest of guest-images/linux/ —
-# build it first with guest-images/linux/build.sh — and, without arguments, run the
-# list in linux-commands instead of the default one).
+# HWKVM_COMMANDS=linux (without arguments, run the list in linux-commands instead of the
+# default one). The Linux test guest of guest-images/linux/ (build it first with
+# guest-images/linux/build.sh) is shipped to /hwkvm/linux in every run.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -38,18 +38,19 @@ overlay=$(mktemp -d)
 trap 'rm -rf "$overlay"' EXIT
 mkdir -p "$overlay/etc/hwkvm"
 echo "HWKVM_CMD_TIMEOUT=$cmd_timeout" >"$overlay/etc/hwkvm/config"
+# The Linux test guest (guest-images/linux/build.sh) goes to /hwkvm/linux whenever it
+# was built: the default list's Linux tests need it (and fail without it).
+linux_out=${LINUX_OUT:-$repo/guest-images/out/linux}
+if [ -e "$linux_out/bzImage" ] && [ -e "$linux_out/initramfs.cpio.gz" ]; then
+    mkdir -p "$overlay/hwkvm/linux"
+    cp "$linux_out/bzImage" "$linux_out/initramfs.cpio.gz" "$here/linux-boot.sh" "$overlay/hwkvm/linux/"
+else
+    echo "hwkvm-run: no Linux test guest in $linux_out (guest-images/linux/build.sh): its tests will fail" >&2
+fi
 case "${HWKVM_COMMANDS:-default}" in
     default) ;;
     linux)
-        linux_out=${LINUX_OUT:-$repo/guest-images/out/linux}
-        for f in bzImage initramfs.cpio.gz; do
-            [ -e "$linux_out/$f" ] || {
-                echo "hwkvm-run: $linux_out/$f is missing: run guest-images/linux/build.sh first" >&2
-                exit 1
-            }
-        done
-        mkdir -p "$overlay/hwkvm/linux"
-        cp "$linux_out/bzImage" "$linux_out/initramfs.cpio.gz" "$here/linux-boot.sh" "$overlay/hwkvm/linux/"
+        [ -d "$overlay/hwkvm/linux" ] || exit 1
         [ "$#" -gt 0 ] || grep -v '^#' "$here/linux-commands" >"$overlay/etc/hwkvm/commands"
         ;;
     *)

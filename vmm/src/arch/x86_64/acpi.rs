@@ -12,8 +12,13 @@
 //! - **FADT** (revision 6.5) with `HW_REDUCED_ACPI`, the DSDT's address, and the
 //!   sleep control / status registers at I/O ports [`SLEEP_CONTROL_PORT`] /
 //!   [`SLEEP_STATUS_PORT`], so `poweroff` works ([`crate::devices::AcpiSleep`]);
-//! - **DSDT** holding one object, `\_S5_`: the sleep-type value of the soft-off state,
-//!   without which Linux would not offer ACPI power-off;
+//! - **DSDT** with `\_S5_`, the sleep-type value of the soft-off state (without it Linux
+//!   would not offer ACPI power-off), and COM1 (`PNP0501`: ports 0x3f8..0x3ff, IRQ 4
+//!   edge-triggered active-high). A hardware-reduced platform has no legacy PIC, so
+//!   Linux sets up no ISA IRQs by itself: without this description the UART's
+//!   interrupt would not be configured, and everything user space writes to the
+//!   console would stay in the guest's tty buffer (kernel messages, written by
+//!   polling, would still appear);
 //! - **MADT**: the local APIC address, one enabled local APIC per vCPU (APIC ID = vCPU
 //!   index, as the CPUID given to each vCPU says), and KVM's in-kernel I/O APIC (ID 0,
 //!   GSI base 0). No interrupt source overrides: KVM's default routing sends ISA IRQ *n*
@@ -22,7 +27,7 @@
 //! All tables lie in `[RSDP_START, ACPI_END)`, which the e820 map reserves.
 
 use acpi_tables::Aml;
-use acpi_tables::aml::{Name, Package, Path};
+use acpi_tables::aml::{Device, EISAName, IO, Interrupt, Name, Package, Path, ResourceTemplate};
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
 use acpi_tables::madt::{
@@ -46,6 +51,10 @@ pub const SLEEP_STATUS_PORT: u16 = 0x5f1;
 /// The sleep-type value `\_S5_` gives for soft-off; the guest writes it to the sleep
 /// control register (bits 2..=4) with SLP_EN (bit 5).
 pub const S5_SLEEP_TYPE: u8 = 5;
+/// COM1's first port and port count, and its interrupt (ISA IRQ 4 = GSI 4).
+const COM1_PORT: u16 = 0x3f8;
+const COM1_PORTS: u8 = 8;
+const COM1_GSI: u32 = 4;
 /// KVM's in-kernel local APIC.
 pub const LOCAL_APIC_ADDRESS: u32 = 0xfee0_0000;
 /// KVM's in-kernel I/O APIC.
@@ -166,12 +175,26 @@ fn bytes_of(table: &dyn Aml) -> Vec<u8> {
     bytes
 }
 
-/// The DSDT: `Name (_S5_, Package () { 5 })`.
+/// The DSDT: `Name (_S5_, Package () { 5 })` and `Device (\_SB.COM1)`.
 fn dsdt() -> Sdt {
     let header_len = 36;
     let mut dsdt = Sdt::new(*b"DSDT", header_len, 2, OEM_ID, *b"GWDSDT  ", OEM_REVISION);
     let s5 = Name::new(Path::new("_S5_"), &Package::new(vec![&S5_SLEEP_TYPE]));
     dsdt.append_slice(&bytes_of(&s5));
+    let io = IO::new(COM1_PORT, COM1_PORT, 1, COM1_PORTS);
+    // consumer, edge-triggered, active-high, exclusive.
+    let irq = Interrupt::new(true, true, false, false, COM1_GSI);
+    let resources = ResourceTemplate::new(vec![&io, &irq]);
+    let hid = EISAName::new("PNP0501");
+    let uid: u8 = 0;
+    let hid_name = Name::new(Path::new("_HID"), &hid);
+    let uid_name = Name::new(Path::new("_UID"), &uid);
+    let crs_name = Name::new(Path::new("_CRS"), &resources);
+    let com1 = Device::new(
+        Path::new("_SB_.COM1"),
+        vec![&hid_name, &uid_name, &crs_name],
+    );
+    dsdt.append_slice(&bytes_of(&com1));
     dsdt
 }
 
@@ -273,9 +296,20 @@ mod tests {
         assert_eq!(&dsdt[..4], b"DSDT");
         // NameOp "_S5_" PackageOp len 1-element BytePrefix 5
         assert_eq!(
-            &dsdt[36..],
+            &dsdt[36..46],
             &[0x08, b'_', b'S', b'5', b'_', 0x12, 0x04, 0x01, 0x0a, 5]
         );
+        // Then Device (\_SB.COM1): ExtOpPrefix DeviceOp, with its IO and IRQ resources.
+        let com1 = &dsdt[46..];
+        assert_eq!(&com1[..2], &[0x5b, 0x82]);
+        let find = |needle: &[u8]| com1.windows(needle.len()).any(|w| w == needle);
+        assert!(find(b"COM1") && find(b"_HID") && find(b"_CRS"));
+        // IO descriptor: decode16, min = max = 0x3f8, alignment 1, length 8.
+        assert!(find(&[0x47, 0x01, 0xf8, 0x03, 0xf8, 0x03, 0x01, 0x08]));
+        // Extended IRQ descriptor: consumer + edge, one interrupt, GSI 4.
+        assert!(find(&[
+            0x89, 0x06, 0x00, 0x03, 0x01, 0x04, 0x00, 0x00, 0x00
+        ]));
         // Sleep control / status: SystemIO, 8 bits, byte access, our ports.
         assert_eq!(&fadt[244..248], &[1, 8, 0, 1]);
         assert_eq!(u64_at(fadt, 248), u64::from(SLEEP_CONTROL_PORT));
