@@ -453,7 +453,7 @@ fn run_dirty_scans(args: &RunArgs, every: Duration) -> anyhow::Result<ExitCode> 
     vm.pause().context("pausing the vCPUs")?;
     vm.fetch_dirty().context("fetching the dirty log")?;
     vm.resume().context("resuming the vCPUs")?;
-    let dirty_mode = args.boot.mode == GuestMode::Dirty;
+    let dirty_mode = matches!(args.boot.mode, GuestMode::Dirty | GuestMode::DirtyBulk);
     let mut next = Instant::now() + every;
     for _ in 0..args.rounds {
         if dirty_mode && let Some(code) = guest_round(&vm, timeout)? {
@@ -497,7 +497,7 @@ fn guest_round(vm: &Vm, timeout: Duration) -> anyhow::Result<Option<ExitCode>> {
             _ => {}
         }
     };
-    match RoundRecord::read(vm.guest_memory(), record) {
+    match RoundRecord::read_any(vm.guest_memory(), record) {
         Ok(r) => eprintln!("vmm: guest round {} wrote {} pages", r.round, r.pages.len()),
         Err(e) => eprintln!("vmm: warning: {e}"),
     }
@@ -527,7 +527,7 @@ fn run_snapshots(
         "vmm: guest READY; snapshots into {} every {every:.2?}",
         dir.display()
     );
-    let dirty_mode = args.boot.mode == GuestMode::Dirty;
+    let dirty_mode = matches!(args.boot.mode, GuestMode::Dirty | GuestMode::DirtyBulk);
     let mut next = Instant::now() + every;
     for _ in 0..args.snapshots {
         if dirty_mode && let Some(code) = guest_round(&vm, timeout)? {
