@@ -3,7 +3,7 @@
  *
  * The VMM loads this flat binary at GPA 0x100000 and enters it in 64-bit long mode on
  * its own identity boot page tables (first 1 GiB), with:
- *   RDI = mode: 0 normal, 1 hostile, 2 triple-fault, 3 dirty-writer
+ *   RDI = mode: 0 normal, 1 hostile, 2 triple-fault, 3 dirty-writer, 4 bulk dirty-writer
  *   RSI = guest RAM size in bytes
  * APs (vCPUs other than the BSP) start at image + 0x10 and spin there without exits.
  *
@@ -32,6 +32,7 @@
     .set CMD_FINISH,    1
     .set CMD_NEXT_ROUND, 2
     .set MODE_DIRTY,    3
+    .set MODE_BULK,     4
     .set RECORD_MAX,    32          /* pages per round record (ROUND_RECORD_MAX_PAGES) */
     .set SMALL_PAGE_COUNT, 9        /* entries of small_pages */
 
@@ -79,6 +80,19 @@
     .set BIG1, 0x800000
     .set BIG2, 0xa00000
     .set MIN_RAM, 0x1000000         /* the guest uses RAM below 16 MiB */
+
+    /* ---- bulk dirty-writer mode (vmm/src/guest/mod.rs, "Bulk dirty-writer mode") ---- */
+    .set BULK_REQUEST, FRAME_BASE + 0x1e000 /* F30: the VMM's request, read each round */
+    .set BULK_MAGIC, 0x31304b4c55425747     /* "GWBULK01" little-endian */
+    .set BULK_RECORD, 0xc00000              /* round record, up to 16 MiB */
+    .set BULK_RECORD_MAX, (0x400000 - 16) / 16
+    .set BULK_START, MIN_RAM                /* RAM from here up is the bulk area */
+    .set BULK_4K_MAX, 0x4000000             /* at most 64 MiB of it in 4 KiB leaves */
+    .set BULK_VA, 0x40000000000             /* PML4[8]: VA = BULK_VA + GPA */
+    .set HOLE_START, 0xc0000000             /* RAM above 3 GiB continues at 4 GiB */
+    .set HOLE_END, 0x100000000
+    .set GIB, 0x40000000
+    .set MIB2, 0x200000
 
     /* ---- guest-virtual layout ---- */
     .set TEST_VA,   0x40000000          /* PML4[0] PDPT[1]: 4 KiB and 2 MiB test leaves */
@@ -168,7 +182,7 @@ bsp_entry:
     mov mode(%rip), %rax
     cmp $2, %rax
     je triple_fault
-    cmp $MODE_DIRTY, %rax
+    cmp $MODE_BULK, %rax
     ja bad_mode
     mov ram_size(%rip), %rax
     cmp $MIN_RAM, %rax
@@ -187,6 +201,8 @@ bsp_entry:
     call debug_event
 
     cmpq $MODE_DIRTY, mode(%rip)
+    je dirty_loop
+    cmpq $MODE_BULK, mode(%rip)
     je dirty_loop
 
 main_loop:
@@ -261,11 +277,246 @@ dirty_loop:
     pause
     jmp .Ldirty_wait
 1:  inc %r12
+    cmpq $MODE_BULK, mode(%rip)
+    je 2f
     call dirty_round
     mov $EV_ROUND_DONE, %edi
     lea round_record(%rip), %rsi
     call debug_event
     jmp .Ldirty_wait
+2:  call bulk_round
+    mov $EV_ROUND_DONE, %edi
+    mov $BULK_RECORD, %esi
+    call debug_event
+    jmp .Ldirty_wait
+
+/*
+ * bulk_round: r12 = round. Reads the request {magic, pages, cluster} at BULK_REQUEST
+ * (default without the magic: 1% of the bulk area, clusters of 64 pages), then writes
+ * `pages` pages of the bulk area in `clusters` runs of `cluster` consecutive pages,
+ * run c starting at page c * stride + phase (stride = bulk_pages / clusters, phase =
+ * (977 * round) mod (stride - cluster + 1)), recording each (va, pa) in the record at
+ * BULK_RECORD. A request that does not fit ends in DONE(10).
+ */
+bulk_round:
+    push %rbx
+    push %r13
+    push %r14
+    push %r15
+    push %rbp
+    movabsq $DIRECT_VA + BULK_REQUEST, %rsi
+    movabsq $BULK_MAGIC, %rax
+    cmp (%rsi), %rax
+    jne 1f
+    mov 8(%rsi), %r13               /* pages */
+    mov 16(%rsi), %r14              /* cluster */
+    jmp 2f
+1:  mov bulk_pages(%rip), %rax
+    xor %edx, %edx
+    mov $100, %ecx
+    div %rcx
+    test %rax, %rax
+    jnz 3f
+    mov $1, %eax
+3:  mov %rax, %r13
+    mov $64, %r14d
+    cmp %r13, %r14
+    jbe 2f
+    mov %r13, %r14
+2:  /* 1 <= cluster <= pages <= min(bulk_pages, BULK_RECORD_MAX) */
+    test %r14, %r14
+    jz .Lbad_request
+    cmp %r14, %r13
+    jb .Lbad_request
+    cmp bulk_pages(%rip), %r13
+    ja .Lbad_request
+    cmp $BULK_RECORD_MAX, %r13
+    ja .Lbad_request
+    /* clusters = ceil(pages / cluster) in r15; stride = bulk_pages / clusters in rbp */
+    lea -1(%r13,%r14), %rax
+    xor %edx, %edx
+    div %r14
+    mov %rax, %r15
+    mov bulk_pages(%rip), %rax
+    xor %edx, %edx
+    div %r15
+    mov %rax, %rbp
+    cmp %r14, %rbp
+    jb .Lbad_request
+    /* phase = (977 * round) mod (stride - cluster + 1), kept on the stack */
+    mov %rbp, %rcx
+    sub %r14, %rcx
+    inc %rcx
+    imul $977, %r12, %rax
+    xor %edx, %edx
+    div %rcx
+    push %rdx
+    movabsq $DIRECT_VA + BULK_RECORD, %rbx
+    mov %r12, 0(%rbx)
+    movq $0, 8(%rbx)
+    /* rcx = cluster index, rsi = page in cluster, r13 = pages left */
+    xor %ecx, %ecx
+4:  xor %esi, %esi
+5:  test %r13, %r13
+    jz 8f
+    mov %rcx, %rax
+    imul %rbp, %rax
+    add (%rsp), %rax
+    add %rsi, %rax                  /* page index in the bulk area */
+    shl $12, %rax
+    mov $BULK_START, %edx
+    add %rax, %rdx                  /* GPA below the hole */
+    cmp bulk_low_top(%rip), %rdx
+    jb 6f
+    sub bulk_low_top(%rip), %rdx
+    movabsq $HOLE_END, %rax
+    add %rax, %rdx                  /* GPA above 4 GiB */
+6:  movabsq $BULK_VA, %rdi
+    add %rdx, %rdi
+    mov 8(%rbx), %rax               /* entry number */
+    mov %r12, %r8
+    shl $32, %r8
+    or %rax, %r8
+    mov %r8, (%rdi)                 /* the write: round << 32 | entry */
+    mov %rax, %r8
+    shl $4, %r8
+    mov %rdi, 16(%rbx,%r8)
+    mov %rdx, 24(%rbx,%r8)
+    inc %rax
+    mov %rax, 8(%rbx)
+    dec %r13
+    inc %rsi
+    cmp %r14, %rsi
+    jb 5b
+    inc %rcx
+    cmp %r15, %rcx
+    jb 4b
+8:  pop %rdx
+    pop %rbp
+    pop %r15
+    pop %r14
+    pop %r13
+    pop %rbx
+    ret
+.Lbad_request:
+    FAIL 10
+
+/*
+ * map_bulk: maps the bulk area of both RAM ranges at BULK_VA + GPA in cur_pml4 (before
+ * the second space copies the PML4): [16 MiB, low_top) and [4 GiB, 4 GiB + high),
+ * each rounded down to 2 MiB. The first min(64 MiB, half the low part) with 4 KiB
+ * leaves, the rest with 2 MiB leaves, and 1 GiB leaves for whole aligned GiBs when
+ * the CPU has pdpe1gb. Sets bulk_low_top and bulk_pages.
+ */
+map_bulk:
+    push %rbx
+    push %r12
+    push %r13
+    mov ram_size(%rip), %rax
+    mov $HOLE_START, %ecx
+    cmp %rcx, %rax
+    jbe 1f
+    mov %rcx, %rax
+1:  and $~(MIB2 - 1), %rax
+    mov %rax, bulk_low_top(%rip)
+    mov ram_size(%rip), %rbx
+    sub %rax, %rbx                  /* RAM above the hole */
+    and $~(MIB2 - 1), %rbx
+    mov %rbx, bulk_high(%rip)
+    sub $BULK_START, %rax
+    mov %rax, %rdx
+    add %rbx, %rdx
+    shr $12, %rdx
+    mov %rdx, bulk_pages(%rip)
+    shr $1, %rax                    /* 4 KiB part: min(64 MiB, half), 2 MiB aligned */
+    and $~(MIB2 - 1), %rax
+    mov $BULK_4K_MAX, %ecx
+    cmp %rcx, %rax
+    jbe 2f
+    mov %rcx, %rax
+2:  mov %rax, %r13
+    test %r13, %r13
+    jz 3f
+    mov cur_pml4(%rip), %rdi
+    movabsq $BULK_VA + BULK_START, %rsi
+    mov $BULK_START, %edx
+    mov %r13, %rcx
+    shr $12, %rcx
+    mov $1, %r8d
+    mov $(PTE_P | PTE_RW), %r9d
+    mov $(PTE_P | PTE_RW), %r10d
+    xor %r11d, %r11d
+    call map_run
+3:  lea BULK_START(%r13), %rdi
+    mov bulk_low_top(%rip), %rsi
+    call map_bulk_range
+    movabsq $HOLE_END, %rdi
+    mov %rdi, %rsi
+    add bulk_high(%rip), %rsi
+    call map_bulk_range
+    pop %r13
+    pop %r12
+    pop %rbx
+    ret
+
+/* map_bulk_range: rdi = start GPA, rsi = end GPA (both 2 MiB aligned). 2 MiB leaves,
+ * and 1 GiB leaves for the aligned whole GiBs inside when the CPU has pdpe1gb. */
+map_bulk_range:
+    push %r12
+    push %r13
+    mov %rdi, %r12
+    mov %rsi, %r13
+    testl $FEAT_1G, features(%rip)
+    jz 2f
+    /* 2 MiB up to the next GiB boundary (or the end) */
+    lea GIB - 1(%r12), %rsi
+    and $~(GIB - 1), %rsi
+    cmp %r13, %rsi
+    jbe 1f
+    mov %r13, %rsi
+1:  mov $2, %r8d
+    call map_bulk_leaves
+    /* whole GiBs */
+    mov %r13, %rsi
+    and $~(GIB - 1), %rsi
+    cmp %r12, %rsi
+    jbe 2f
+    mov $3, %r8d
+    call map_bulk_leaves
+2:  mov %r13, %rsi
+    mov $2, %r8d
+    call map_bulk_leaves
+    pop %r13
+    pop %r12
+    ret
+
+/* map_bulk_leaves: r12 = start GPA (advanced), rsi = end GPA, r8 = level (2 or 3).
+ * Maps [r12, rsi) with leaves of that level (nothing if empty). */
+map_bulk_leaves:
+    mov %rsi, %rcx
+    sub %r12, %rcx
+    jbe 1f
+    mov %r8, %rax
+    dec %rax
+    imul $9, %rax
+    add $12, %rax
+    xchg %rax, %rcx
+    shr %cl, %rax
+    mov %rax, %rcx                  /* count */
+    test %rcx, %rcx
+    jz 1f
+    push %rsi
+    mov cur_pml4(%rip), %rdi
+    movabsq $BULK_VA, %rsi
+    add %r12, %rsi
+    mov %r12, %rdx
+    mov $(PTE_P | PTE_RW | PTE_PS), %r9d
+    mov $(PTE_P | PTE_RW), %r10d
+    xor %r11d, %r11d
+    call map_run
+    pop %rsi
+    mov %rsi, %r12
+1:  ret
 
 /* dirty_round: r12 = round. Writes the round's pages, each recorded by record_write. */
 dirty_round:
@@ -485,6 +736,10 @@ build_tables:
     mov pml4_a(%rip), %rdi
     call build_hostile
 2:
+    cmpq $MODE_BULK, mode(%rip)
+    jne 4f
+    call map_bulk
+4:
     /* Second address space: a copy of the PML4 (so it shares every lower table),
      * then one region that differs. */
     call alloc_table
@@ -952,6 +1207,9 @@ pml4_a:     .quad 0
 pml4_b:     .quad 0
 cur_pml4:   .quad 0
 leaf_size:  .quad 0
+bulk_low_top: .quad 0
+bulk_high:  .quad 0
+bulk_pages: .quad 0
 cr3_values: .quad 0, 0
     /* dirty mode: {round, count, count x (va, pa)}, own page so it is one known extra */
     .balign 4096

@@ -6,7 +6,13 @@
 //!   against the time to merely read the same table pages (what any walk must do);
 //! - `walker::translate` against `KVM_TRANSLATE` on the same addresses;
 //! - the VMM's resident memory beyond the guest RAM it has touched;
-//! - full and diff snapshot writes against a plain sequential write of the same bytes.
+//! - full and diff snapshot writes against a plain sequential write of the same bytes;
+//! - on the bulk dirty-writer guest ([`crate::GuestMode::DirtyBulk`]), which writes the
+//!   pages the VMM asks for and lists them, per round: the dirty-set fetch, the GPA scan,
+//!   the GVA scan that skips clean huge leaves against one that splits every huge leaf,
+//!   and diff snapshot writes of exactly those pages. Every round is verified (the sets
+//!   must be exactly the guest's pages plus the known extras, and the two GVA scans must
+//!   agree): a wrong answer is an error, not a number.
 
 use std::fmt::Write as _;
 use std::io;
@@ -15,8 +21,11 @@ use std::time::{Duration, Instant};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use walker::{Granularity, Gva, Mapping, PagingContext, WalkOptions, for_each_mapping};
 
-use crate::snapshot::{SnapshotDir, SnapshotError};
+use crate::dirty::DirtySet;
+use crate::guest::{BULK_RECORD_GPA, BulkRequest, RoundRecord};
+use crate::snapshot::{SnapshotDir, SnapshotInfo};
 use crate::vm::Vm;
+use crate::{VcpuState, VmEvent};
 
 /// Times `f` `runs` times and returns the median.
 pub fn median<F: FnMut()>(runs: usize, mut f: F) -> Duration {
@@ -94,44 +103,6 @@ pub fn resident_memory<M: GuestMemoryBackend>(mem: &M) -> Option<(u64, u64)> {
         .ok()?
         * 1024;
     Some((guest, total))
-}
-
-/// Dirty-log costs on a VM built with dirty logging (running, READY seen): the median
-/// time to fetch the dirty set after the guest ran `gap`, and the GVA scan of vCPU 0's
-/// address space (skipping clean huge leaves) against a full walk split to 4 KiB (what a
-/// scan without skipping must at least do). Returns (fetch, scan, full split walk).
-pub fn measure_dirty(
-    vm: &Vm,
-    runs: usize,
-    gap: Duration,
-) -> Result<(Duration, Duration, Duration), crate::dirty::DirtyError> {
-    let mut fetches = Vec::new();
-    let mut scans = Vec::new();
-    let mut splits = Vec::new();
-    for _ in 0..runs.max(1) {
-        std::thread::sleep(gap);
-        let Ok(states) = vm.pause() else {
-            break;
-        };
-        let t = Instant::now();
-        let set = vm.fetch_dirty()?;
-        fetches.push(t.elapsed());
-        if let Ok(ctx) = vm.paging_context(&states[0], None) {
-            let t = Instant::now();
-            crate::dirty::scan_space(vm.guest_memory(), &ctx, &set)?;
-            scans.push(t.elapsed());
-            let (_, _, split) = time_walk(vm.guest_memory(), &ctx, Granularity::Split4K, 1);
-            splits.push(split);
-        }
-        if vm.resume().is_err() {
-            break;
-        }
-    }
-    let mid = |mut v: Vec<Duration>| {
-        v.sort();
-        v.get(v.len() / 2).copied().unwrap_or_default()
-    };
-    Ok((mid(fetches), mid(scans), mid(splits)))
 }
 
 /// Measures a paused VM: walks of each CR3 in `cr3s`, and translations through the walker
@@ -215,23 +186,6 @@ pub fn measure_paused(
     Ok(out)
 }
 
-/// Snapshot write costs against a plain sequential write of the same bytes.
-#[derive(Debug, Clone, Copy)]
-pub struct SnapshotCosts {
-    /// Bytes of guest RAM (the full snapshot's memory file).
-    pub full_bytes: u64,
-    /// Time of the full snapshot (fetch, registers, write, fsyncs).
-    pub full: Duration,
-    /// Time to write the same bytes sequentially to one file, with one fsync.
-    pub full_plain: Duration,
-    /// Dirty pages in the diff.
-    pub diff_pages: u64,
-    /// Time of the diff snapshot.
-    pub diff: Duration,
-    /// Time to write the diff's page bytes sequentially, with one fsync.
-    pub diff_plain: Duration,
-}
-
 /// Writes the first `bytes` bytes of `mem` (at most all of it) to `path` and fsyncs it.
 fn plain_write<M: GuestMemoryBackend>(
     mem: &M,
@@ -267,55 +221,298 @@ fn plain_write<M: GuestMemoryBackend>(
     Ok(took)
 }
 
-/// On a VM with dirty logging, paused for the whole measurement: a full snapshot of all
-/// RAM into `scratch`, then the VMM dirties `percent`% of the pages (spread evenly,
-/// through vm-memory) and a diff snapshot is taken; each against a plain sequential
-/// write of the same bytes to the same directory. The VM stays paused; `scratch` is left
-/// empty.
-pub fn measure_snapshots(
+/// The built-in guest's page-table pool (the CPU sets accessed/dirty bits there).
+const TABLE_POOL: std::ops::Range<u64> = 0x20_0000..0x40_0000;
+
+/// Runs one round of the bulk guest: NEXT_ROUND, waits for ROUND_DONE, pauses, and
+/// reads the round record. Returns the record and the paused vCPUs' states.
+pub fn bulk_round(vm: &Vm, timeout: Duration) -> anyhow::Result<(RoundRecord, Vec<VcpuState>)> {
+    use anyhow::Context as _;
+    vm.next_round();
+    let gpa = loop {
+        match vm.wait_event(timeout).context("waiting for ROUND_DONE")? {
+            VmEvent::RoundDone { record } => break record,
+            VmEvent::VcpuStopped { vcpu, stop, .. } => {
+                anyhow::bail!("vCPU {vcpu} stopped during a bulk round: {stop}")
+            }
+            _ => {}
+        }
+    };
+    if gpa.0 != BULK_RECORD_GPA {
+        anyhow::bail!(
+            "the guest reported its round record at {:#x}, not {BULK_RECORD_GPA:#x}: is it in --mode dirty-bulk?",
+            gpa.0
+        );
+    }
+    let states = vm.pause().context("pausing")?;
+    let record = RoundRecord::read_any(vm.guest_memory(), gpa)?;
+    Ok((record, states))
+}
+
+/// Checks that `pages` (the GPAs some mechanism reported for one round) are exactly the
+/// pages the bulk guest wrote (`record`) plus allowed extras: its page-table pool, its
+/// round record, its stack page. Returns the number of extras.
+pub fn verify_bulk_pages(
+    what: &str,
+    record: &RoundRecord,
+    rsp: u64,
+    pages: impl Iterator<Item = u64>,
+) -> anyhow::Result<u64> {
+    let written: std::collections::HashSet<u64> = record.pages.iter().map(|(_, p)| p.0).collect();
+    if written.len() != record.pages.len() {
+        anyhow::bail!("{what}: the guest's round record lists a page twice");
+    }
+    let record_end = BULK_RECORD_GPA + RoundRecord::size(record.pages.len());
+    let (mut found, mut extras) = (0u64, 0u64);
+    for gpa in pages {
+        if written.contains(&gpa) {
+            found += 1;
+        } else if TABLE_POOL.contains(&gpa)
+            || (BULK_RECORD_GPA..record_end).contains(&gpa)
+            || gpa == (rsp - 8) & !0xfff
+        {
+            extras += 1;
+        } else {
+            anyhow::bail!("{what}: GPA {gpa:#x} is dirty, but the guest did not write it");
+        }
+    }
+    if found != written.len() as u64 {
+        anyhow::bail!(
+            "{what}: {found} of the {} pages the guest wrote were reported: {} missed",
+            written.len(),
+            written.len() as u64 - found
+        );
+    }
+    Ok(extras)
+}
+
+/// A GVA dirty scan that splits every huge leaf: every 4 KiB page of every mapping is
+/// visited and looked up in the dirty set (what a scan without skipping must do).
+/// Returns the dirty (VA, PA) pages.
+pub fn scan_split_everything<M: GuestMemoryBackend>(
+    mem: &M,
+    ctx: &PagingContext,
+    set: &DirtySet,
+) -> Vec<(u64, u64)> {
+    use walker::DirtyPages as _;
+    let mut out = Vec::new();
+    let _ = for_each_mapping(
+        mem,
+        ctx,
+        Gva(0)..=Gva(u64::MAX),
+        Granularity::Split4K,
+        WalkOptions::default(),
+        |m| {
+            if let Mapping::Leaf(l) = m
+                && set.bitmaps.is_dirty(l.pa)
+            {
+                out.push((l.va.0, l.pa.0));
+            }
+            Ok::<(), ()>(())
+        },
+    );
+    out
+}
+
+/// Per-round costs of the dirty log on the bulk guest (medians over the rounds).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BulkDirtyCosts {
+    /// Rounds measured.
+    pub rounds: usize,
+    /// Pages the guest wrote per round.
+    pub written: u64,
+    /// Dirty pages reported per round (written + extras), median.
+    pub dirty: u64,
+    /// Fetching the dirty set (KVM and the VMM's own bitmap).
+    pub fetch: Duration,
+    /// The GPA scan: the dirty page list and per-slot counts from the fetched bitmaps.
+    pub gpa_scan: Duration,
+    /// The GVA scan of vCPU 0's space, skipping clean huge leaves.
+    pub gva_scan: Duration,
+    /// The same scan splitting every huge leaf.
+    pub gva_split: Duration,
+    /// Huge leaves skipped / split by the skipping scan (last round).
+    pub huge_skipped: u64,
+    /// Huge leaves split by the skipping scan (last round).
+    pub huge_split: u64,
+}
+
+fn median_of(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v.get(v.len() / 2).copied().unwrap_or_default()
+}
+
+/// On a bulk guest with dirty logging (READY seen, `request` written and the boot-time
+/// set dropped by the caller): `rounds` rounds, each fetched, scanned both ways and
+/// verified against the guest's record.
+pub fn measure_bulk_dirty(
+    vm: &Vm,
+    request: BulkRequest,
+    rounds: usize,
+    timeout: Duration,
+) -> anyhow::Result<BulkDirtyCosts> {
+    use anyhow::Context as _;
+    let mut c = BulkDirtyCosts {
+        rounds,
+        written: request.pages,
+        ..BulkDirtyCosts::default()
+    };
+    let (mut fetches, mut gpas, mut gvas, mut splits, mut dirty) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for n in 0..rounds.max(1) {
+        let (record, states) = bulk_round(vm, timeout)?;
+        let what = format!("bulk round {}", record.round);
+        if record.pages.len() as u64 != request.pages {
+            anyhow::bail!(
+                "{what}: the guest wrote {} pages, {} were asked for",
+                record.pages.len(),
+                request.pages
+            );
+        }
+        let t = Instant::now();
+        let set = vm.fetch_dirty()?;
+        fetches.push(t.elapsed());
+        let t = Instant::now();
+        let gpa_scan = set.gpa_scan();
+        let listed: Vec<u64> = set.iter().map(|g| g.0).collect();
+        gpas.push(t.elapsed());
+        if gpa_scan.pages != listed.len() as u64 {
+            anyhow::bail!(
+                "{what}: the GPA scan counts {} pages but lists {}",
+                gpa_scan.pages,
+                listed.len()
+            );
+        }
+        let extras = verify_bulk_pages(
+            &format!("{what}, GPA scan"),
+            &record,
+            states[0].rsp,
+            listed.into_iter(),
+        )?;
+        if set.vmm_pages != 0 && n > 0 {
+            anyhow::bail!(
+                "{what}: {} pages written by the VMM during the measurement",
+                set.vmm_pages
+            );
+        }
+        dirty.push(request.pages + extras);
+        let ctx = vm
+            .paging_context(&states[0], None)
+            .context("vCPU 0's paging context")?;
+        let t = Instant::now();
+        let scan = crate::dirty::scan_space(vm.guest_memory(), &ctx, &set)?;
+        gvas.push(t.elapsed());
+        let t = Instant::now();
+        let split = scan_split_everything(vm.guest_memory(), &ctx, &set);
+        splits.push(t.elapsed());
+        let skipping: std::collections::BTreeSet<(u64, u64)> =
+            scan.scan.pages.iter().map(|p| (p.va.0, p.pa.0)).collect();
+        let split: std::collections::BTreeSet<(u64, u64)> = split.into_iter().collect();
+        if skipping != split {
+            anyhow::bail!(
+                "{what}: the skipping GVA scan found {} pages, the split-everything scan {}",
+                skipping.len(),
+                split.len()
+            );
+        }
+        for (va, pa) in &record.pages {
+            if !skipping.contains(&(va.0, pa.0)) {
+                anyhow::bail!("{what}: the GVA scan missed {:#x} -> {:#x}", va.0, pa.0);
+            }
+        }
+        c.huge_skipped = scan.scan.huge_skipped;
+        c.huge_split = scan.scan.huge_split;
+        vm.resume().context("resuming")?;
+    }
+    dirty.sort_unstable();
+    c.dirty = dirty.get(dirty.len() / 2).copied().unwrap_or_default();
+    c.fetch = median_of(fetches);
+    c.gpa_scan = median_of(gpas);
+    c.gva_scan = median_of(gvas);
+    c.gva_split = median_of(splits);
+    Ok(c)
+}
+
+/// Diff snapshot costs of guest-dirtied pages in one directory (medians over rounds).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BulkSnapshotCosts {
+    /// Bytes of the full snapshot (generation 0).
+    pub full_bytes: u64,
+    /// Time of the full snapshot.
+    pub full: Duration,
+    /// A plain sequential write + fsync of the same bytes.
+    pub full_plain: Duration,
+    /// Pages per diff (median).
+    pub diff_pages: u64,
+    /// Time of a diff snapshot (fetch, registers, both files, fsyncs).
+    pub diff: Duration,
+    /// A plain sequential write + fsync of the diff's page bytes, right after it.
+    pub diff_plain: Duration,
+}
+
+/// On a bulk guest with dirty logging (READY seen, `request` written): a full snapshot
+/// into a new directory under `scratch`, then `rounds` bulk rounds each followed by a
+/// diff snapshot (verified: its page list is the guest's pages plus the known extras)
+/// and a plain write of the same number of bytes. `scratch` is left as it was.
+pub fn measure_bulk_snapshots(
     vm: &Vm,
     scratch: &std::path::Path,
-    percent: u64,
-) -> Result<SnapshotCosts, SnapshotError> {
-    let io_error = |source| SnapshotError::Io {
-        op: "write a baseline file in",
-        path: scratch.to_owned(),
-        source,
-    };
+    rounds: usize,
+    timeout: Duration,
+) -> anyhow::Result<BulkSnapshotCosts> {
+    use anyhow::Context as _;
     let dir = scratch.join(format!("vmm-bench-snapshot-{}", std::process::id()));
+    let plain = scratch.join(format!("vmm-bench-plain-{}.raw", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let mut snaps = SnapshotDir::create(&dir)?;
-    let mem = vm.guest_memory();
-    let states = vm.pause().map_err(Box::new)?;
-    let full = vm.snapshot_paused(&mut snaps, &states)?;
-    let full_bytes = full.data_bytes;
-    let full_plain =
-        plain_write(mem, &scratch.join("vmm-bench-plain.raw"), full_bytes).map_err(io_error)?;
-    let pages: Vec<u64> = mem
-        .iter()
-        .flat_map(|r| (0..r.len() / 4096).map(move |i| r.start_addr().0 + i * 4096))
-        .collect();
-    let stride = (100 / percent.clamp(1, 100)) as usize;
-    for (i, gpa) in pages.iter().step_by(stride).enumerate() {
-        vm_memory::Bytes::write_obj(
-            mem,
-            i as u64 | 0xbe00_0000_0000,
-            vm_memory::GuestAddress(*gpa),
-        )
-        .map_err(|source| SnapshotError::Memory { addr: *gpa, source })?;
-    }
-    let diff = vm.snapshot_paused(&mut snaps, &states)?;
-    let diff_plain = plain_write(mem, &scratch.join("vmm-bench-plain.raw"), diff.pages * 4096)
-        .map_err(io_error)?;
+    let result = (|| {
+        let mut snaps = SnapshotDir::create(&dir)?;
+        let mem = vm.guest_memory();
+        let states = vm.pause().context("pausing")?;
+        let full = vm.snapshot_paused(&mut snaps, &states)?;
+        vm.resume().context("resuming")?;
+        let full_plain = plain_write(mem, &plain, full.data_bytes)
+            .with_context(|| format!("plain write of {}", plain.display()))?;
+        let (mut diffs, mut plains, mut pages) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..rounds.max(1) {
+            let (record, states) = bulk_round(vm, timeout)?;
+            let info: SnapshotInfo = vm.snapshot_paused(&mut snaps, &states)?;
+            let what = format!(
+                "diff generation {} (bulk round {})",
+                info.generation, record.round
+            );
+            let listed: Vec<u64> = crate::snapshot::diff_pages(snaps.path(), info.generation)?
+                .into_iter()
+                .map(|g| g.0)
+                .collect();
+            if listed.len() as u64 != info.pages {
+                anyhow::bail!(
+                    "{what}: {} pages listed, {} written",
+                    listed.len(),
+                    info.pages
+                );
+            }
+            verify_bulk_pages(&what, &record, states[0].rsp, listed.into_iter())?;
+            diffs.push(info.elapsed);
+            pages.push(info.pages);
+            plains.push(
+                plain_write(mem, &plain, info.pages * 4096)
+                    .with_context(|| format!("plain write of {}", plain.display()))?,
+            );
+            vm.resume().context("resuming")?;
+        }
+        pages.sort_unstable();
+        Ok(BulkSnapshotCosts {
+            full_bytes: full.data_bytes,
+            full: full.elapsed,
+            full_plain,
+            diff_pages: pages.get(pages.len() / 2).copied().unwrap_or_default(),
+            diff: median_of(diffs),
+            diff_plain: median_of(plains),
+        })
+    })();
     let _ = std::fs::remove_dir_all(&dir);
-    Ok(SnapshotCosts {
-        full_bytes,
-        full: full.elapsed,
-        full_plain,
-        diff_pages: diff.pages,
-        diff: diff.elapsed,
-        diff_plain,
-    })
+    let _ = std::fs::remove_file(&plain);
+    result
 }
 
 #[cfg(test)]

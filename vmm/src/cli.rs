@@ -72,6 +72,21 @@ pub struct BenchArgs {
     /// Repetitions of each measurement (the median is reported).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub runs: u64,
+    /// Dirty-log and diff-snapshot measurements: the percentage of the bulk guest's RAM
+    /// (from 16 MiB up) it writes per round (`--mode dirty-bulk`).
+    #[arg(long, default_value_t = 1.0, value_parser = parse_percent)]
+    pub dirty_percent: f64,
+    /// ... in runs of this many consecutive 4 KiB pages.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    pub dirty_cluster: u64,
+    /// Bytes of each vCPU's dirty ring for the ring measurement (a power of two, e.g.
+    /// 64K; default: 1M or the host's maximum).
+    #[arg(long, value_name = "BYTES", value_parser = parse_ring_size)]
+    pub dirty_ring_size: Option<u32>,
+    /// Where to measure snapshot writes (repeatable; default: the temporary directory,
+    /// and /dev/shm when it exists).
+    #[arg(long, value_name = "DIR")]
+    pub snapshot_scratch: Vec<PathBuf>,
 }
 
 /// The default Linux command line: console on COM1, no boot chatter (each serial byte
@@ -133,6 +148,11 @@ pub struct RunArgs {
     /// Which KVM dirty log to use.
     #[arg(long, value_enum, default_value_t = DirtyLogChoice::Auto, requires = "dirty_scan_every")]
     pub dirty_log: DirtyLogChoice,
+    /// With `--dirty-log ring`: bytes of each vCPU's dirty ring (a power of two, at least
+    /// 1K, at most KVM_CAP_DIRTY_LOG_RING's maximum; e.g. 65536 or 64K). Default: 1M or
+    /// the host's maximum.
+    #[arg(long, value_name = "BYTES", value_parser = parse_ring_size, requires = "dirty_scan_every")]
+    pub dirty_ring_size: Option<u32>,
     /// Boot with dirty logging and write snapshots into DIR (new or empty): a full one,
     /// then diffs (see the README, "Snapshots"). The guest console then goes to stderr;
     /// one line per snapshot is printed on stdout.
@@ -323,6 +343,90 @@ fn parse_memory(text: &str) -> Result<MemorySize, String> {
     text.parse::<MemorySize>().map_err(|e| e.to_string())
 }
 
+/// A dirty-ring size in bytes: decimal, optionally with K or M (powers of 1024); a
+/// power of two of at least [`vmm::kvm::dirty_ring::DIRTY_RING_MIN_BYTES`]. The host's
+/// maximum is checked when the VM is built ([`check_ring_size`]).
+fn parse_ring_size(text: &str) -> Result<u32, String> {
+    let t = text.trim();
+    let (digits, unit) = match t.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&t[..i], 1u64 << 10),
+        Some((i, 'M' | 'm')) => (&t[..i], 1u64 << 20),
+        _ => (t, 1),
+    };
+    let bytes = digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .ok_or_else(|| format!("{text:?} is not a size in bytes (e.g. 65536, 64K, 1M)"))?;
+    let min = vmm::kvm::dirty_ring::DIRTY_RING_MIN_BYTES;
+    if !bytes.is_power_of_two() {
+        return Err(format!("{bytes} bytes is not a power of two"));
+    }
+    if bytes < u64::from(min) {
+        return Err(format!(
+            "{bytes} bytes is below the smallest ring KVM can take ({min} bytes: 64 entries of 16 bytes)"
+        ));
+    }
+    u32::try_from(bytes).map_err(|_| format!("{bytes} bytes is larger than any KVM dirty ring"))
+}
+
+/// Checks a `--dirty-ring-size` against this host's `KVM_CAP_DIRTY_LOG_RING` maximum.
+fn check_ring_size(bytes: u32) -> anyhow::Result<()> {
+    let caps = vmm::kvm::Hypervisor::open()
+        .and_then(|h| h.create_vm())
+        .context("--dirty-ring-size: cannot ask KVM for its dirty-ring maximum")?
+        .dirty_log_capabilities();
+    let Some((_, max)) = caps.dirty_ring() else {
+        bail!("--dirty-ring-size: this host's KVM has no dirty rings (KVM_CAP_DIRTY_LOG_RING)");
+    };
+    if !vmm::kvm::dirty_ring::valid_ring_bytes(bytes, max) {
+        bail!(
+            "--dirty-ring-size {bytes}: this host's KVM_CAP_DIRTY_LOG_RING takes rings of {} to {max} bytes (powers of two)",
+            vmm::kvm::dirty_ring::DIRTY_RING_MIN_BYTES
+        );
+    }
+    Ok(())
+}
+
+/// Boots the built-in guest in `mode` with dirty logging `choice`; with `ring_bytes`
+/// (checked against the host) the ring backend with rings of that size.
+fn boot_dirty(
+    args: &BootArgs,
+    mode: GuestMode,
+    console: Console,
+    choice: DirtyLogChoice,
+    ring_bytes: Option<u32>,
+) -> anyhow::Result<Vm> {
+    if let Some(kernel) = &args.kernel {
+        bail!(
+            "--kernel {}: dirty logging and snapshots of a Linux guest are not supported yet",
+            kernel.display()
+        );
+    }
+    let config = VmConfig {
+        memory: args.memory,
+        vcpus: args.vcpus,
+        mode,
+        console,
+    };
+    let Some(bytes) = ring_bytes else {
+        return build_vm_with(&config, Some(choice)).context("cannot start the VM");
+    };
+    if choice != DirtyLogChoice::Ring {
+        bail!("--dirty-ring-size needs --dirty-log ring (the dirty log asked for is {choice:?})");
+    }
+    check_ring_size(bytes)?;
+    vmm::build_vm_with_dirty_ring(&config, bytes)
+        .with_context(|| format!("cannot start the VM with --dirty-ring-size {bytes}"))
+}
+
+fn parse_percent(text: &str) -> Result<f64, String> {
+    match text.trim().trim_end_matches('%').parse::<f64>() {
+        Ok(p) if p > 0.0 && p <= 100.0 => Ok(p),
+        _ => Err(format!("{text:?} is not a percentage in (0, 100]")),
+    }
+}
+
 fn parse_hex_arg(text: &str) -> Result<u64, String> {
     parse_hex(text).ok_or_else(|| format!("{text:?} is not a hexadecimal number"))
 }
@@ -443,7 +547,13 @@ fn run_guest(args: &RunArgs) -> anyhow::Result<ExitCode> {
 /// `--mode dirty`), then FINISH.
 fn run_dirty_scans(args: &RunArgs, every: Duration) -> anyhow::Result<ExitCode> {
     let timeout = Duration::from_secs(args.boot.timeout);
-    let vm = boot_with(&args.boot, Console::stderr(), Some(args.dirty_log))?;
+    let vm = boot_dirty(
+        &args.boot,
+        args.boot.mode,
+        Console::stderr(),
+        args.dirty_log,
+        args.dirty_ring_size,
+    )?;
     if let Err(e) = vm.wait_ready(timeout) {
         return match e {
             VmError::StoppedBeforeReady(outcome) => Ok(report(&outcome)),
@@ -458,7 +568,7 @@ fn run_dirty_scans(args: &RunArgs, every: Duration) -> anyhow::Result<ExitCode> 
     vm.pause().context("pausing the vCPUs")?;
     vm.fetch_dirty().context("fetching the dirty log")?;
     vm.resume().context("resuming the vCPUs")?;
-    let dirty_mode = args.boot.mode == GuestMode::Dirty;
+    let dirty_mode = matches!(args.boot.mode, GuestMode::Dirty | GuestMode::DirtyBulk);
     let mut next = Instant::now() + every;
     for _ in 0..args.rounds {
         if dirty_mode && let Some(code) = guest_round(&vm, timeout)? {
@@ -502,7 +612,7 @@ fn guest_round(vm: &Vm, timeout: Duration) -> anyhow::Result<Option<ExitCode>> {
             _ => {}
         }
     };
-    match RoundRecord::read(vm.guest_memory(), record) {
+    match RoundRecord::read_any(vm.guest_memory(), record) {
         Ok(r) => eprintln!("vmm: guest round {} wrote {} pages", r.round, r.pages.len()),
         Err(e) => eprintln!("vmm: warning: {e}"),
     }
@@ -532,7 +642,7 @@ fn run_snapshots(
         "vmm: guest READY; snapshots into {} every {every:.2?}",
         dir.display()
     );
-    let dirty_mode = args.boot.mode == GuestMode::Dirty;
+    let dirty_mode = matches!(args.boot.mode, GuestMode::Dirty | GuestMode::DirtyBulk);
     let mut next = Instant::now() + every;
     for _ in 0..args.snapshots {
         if dirty_mode && let Some(code) = guest_round(&vm, timeout)? {
@@ -933,62 +1043,130 @@ fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     let code = finish(&vm, timeout)?;
     drop(vm);
     bench_dirty(args, runs, timeout)?;
-    bench_snapshots(args, timeout)?;
+    bench_snapshots(args, runs, timeout)?;
     Ok(code)
 }
 
-/// Snapshot writes into the temporary directory: a full snapshot of all guest RAM and a
-/// diff of 1% of its pages dirtied by the VMM, each against a plain sequential write of
-/// the same bytes to the same directory in the same run.
-fn bench_snapshots(args: &BenchArgs, timeout: Duration) -> anyhow::Result<()> {
-    let vm = boot_with(&args.boot, Console::capture(), Some(DirtyLogChoice::Auto))?;
+/// Boots the bulk dirty-writer guest for a measurement, writes the request and drops
+/// the boot-time dirty set.
+fn boot_bulk(
+    args: &BenchArgs,
+    choice: DirtyLogChoice,
+    ring_bytes: Option<u32>,
+    request: vmm::guest::BulkRequest,
+    timeout: Duration,
+) -> anyhow::Result<Vm> {
+    let vm = boot_dirty(
+        &args.boot,
+        GuestMode::DirtyBulk,
+        Console::capture(),
+        choice,
+        ring_bytes,
+    )?;
     vm.wait_ready(timeout).context("waiting for READY")?;
-    let scratch = std::env::temp_dir();
-    let c = vmm::bench::measure_snapshots(&vm, &scratch, 1)?;
+    request
+        .write(vm.guest_memory())
+        .context("writing the bulk request")?;
+    vm.pause().context("pausing")?;
+    vm.fetch_dirty()
+        .context("dropping the boot-time dirty set")?;
+    vm.resume().context("resuming")?;
+    Ok(vm)
+}
+
+/// The bulk request of `vmm bench`: `--dirty-percent` of the bulk area in runs of
+/// `--dirty-cluster` pages, checked against the guest.
+fn bench_request(args: &BenchArgs) -> anyhow::Result<vmm::guest::BulkRequest> {
+    let ram = args.boot.memory.bytes();
+    let request = vmm::guest::BulkRequest::percent_of(ram, args.dirty_percent, args.dirty_cluster);
+    request.check(ram).with_context(|| {
+        format!(
+            "--dirty-percent {} --dirty-cluster {} on --memory {}",
+            args.dirty_percent, args.dirty_cluster, args.boot.memory
+        )
+    })?;
+    Ok(request)
+}
+
+/// Snapshot writes of the bulk guest into each scratch directory: a full snapshot, then
+/// per round a diff of exactly the guest's pages (verified), each against a plain
+/// sequential write + fsync of the same bytes to the same directory in the same run.
+fn bench_snapshots(args: &BenchArgs, runs: usize, timeout: Duration) -> anyhow::Result<()> {
+    let request = bench_request(args)?;
+    let mut scratches = args.snapshot_scratch.clone();
+    if scratches.is_empty() {
+        scratches.push(std::env::temp_dir());
+        let shm = PathBuf::from("/dev/shm");
+        if shm.is_dir() {
+            scratches.push(shm);
+        }
+    }
     let gbps = |bytes: u64, t: Duration| bytes as f64 / t.as_secs_f64().max(1e-9) / 1e9;
     let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64().max(1e-9);
-    println!(
-        "snapshot full of {} MiB into {}: {:.2?} ({:.2} GB/s); plain sequential write + fsync of the same bytes {:.2?}: full / plain = {:.2}",
-        c.full_bytes >> 20,
-        scratch.display(),
-        c.full,
-        gbps(c.full_bytes, c.full),
-        c.full_plain,
-        ratio(c.full, c.full_plain)
-    );
-    let dirty = c.diff_pages * 4096;
-    println!(
-        "snapshot diff of {} dirty pages (1% of RAM, written by the VMM): {:.2?} ({:.2} GB/s of dirty data); plain write + fsync of the same bytes {:.2?}: diff / plain = {:.2}",
-        c.diff_pages,
-        c.diff,
-        gbps(dirty, c.diff),
-        c.diff_plain,
-        ratio(c.diff, c.diff_plain)
-    );
-    vm.resume().context("resuming")?;
-    finish(&vm, timeout)?;
+    for scratch in &scratches {
+        let vm = boot_bulk(args, DirtyLogChoice::Auto, None, request, timeout)?;
+        let c = vmm::bench::measure_bulk_snapshots(&vm, scratch, runs, timeout)
+            .with_context(|| format!("snapshots into {}", scratch.display()))?;
+        println!(
+            "snapshot full of {} MiB into {}: {:.2?} ({:.2} GB/s); plain sequential write + fsync of the same bytes {:.2?}: full / plain = {:.2}",
+            c.full_bytes >> 20,
+            scratch.display(),
+            c.full,
+            gbps(c.full_bytes, c.full),
+            c.full_plain,
+            ratio(c.full, c.full_plain)
+        );
+        let dirty = c.diff_pages * 4096;
+        println!(
+            "snapshot diff into {} of {} dirty pages ({} written by the guest per round + extras, verified), median of {runs}: {:.2?} ({:.2} GB/s of dirty data); plain write + fsync of the same bytes {:.2?} ({:.2} GB/s): diff / plain = {:.2}",
+            scratch.display(),
+            c.diff_pages,
+            request.pages,
+            c.diff,
+            gbps(dirty, c.diff),
+            c.diff_plain,
+            gbps(dirty, c.diff_plain),
+            ratio(c.diff, c.diff_plain)
+        );
+        finish(&vm, timeout)?;
+    }
     Ok(())
 }
 
-/// Dirty-log measurements: fetch with each backend, and the skipping GVA scan against a
-/// full split walk, on the normal guest (which writes pages in its loop).
+/// Dirty-log measurements on the bulk guest, per backend: per round, the fetch, the GPA
+/// scan and the GVA scan skipping clean huge leaves against one splitting every huge
+/// leaf; every round verified against the guest's record.
 fn bench_dirty(args: &BenchArgs, runs: usize, timeout: Duration) -> anyhow::Result<()> {
-    let gap = Duration::from_millis(5);
+    let request = bench_request(args)?;
+    println!(
+        "dirty log on --mode dirty-bulk, {} of RAM: the guest writes {} pages per round ({}% of its {} bulk pages, runs of {})",
+        args.boot.memory,
+        request.pages,
+        args.dirty_percent,
+        vmm::guest::bulk_area_pages(args.boot.memory.bytes()),
+        request.cluster
+    );
     let mut fetch_times = Vec::new();
     for choice in [
         DirtyLogChoice::Bitmap,
         DirtyLogChoice::ManualClear,
         DirtyLogChoice::Ring,
     ] {
-        let vm = match boot_with(&args.boot, Console::capture(), Some(choice)) {
+        let ring = args
+            .dirty_ring_size
+            .filter(|_| choice == DirtyLogChoice::Ring);
+        let vm = match boot_bulk(args, choice, ring, request, timeout) {
             Ok(vm) => vm,
+            Err(e) if args.dirty_ring_size.is_some() && choice == DirtyLogChoice::Ring => {
+                return Err(e);
+            }
             Err(e) => {
                 println!("dirty log {choice:?}: not measured: {e:#}");
                 continue;
             }
         };
-        vm.wait_ready(timeout).context("waiting for READY")?;
-        let (fetch, scan, split) = vmm::bench::measure_dirty(&vm, runs, gap)?;
+        let c = vmm::bench::measure_bulk_dirty(&vm, request, runs, timeout)
+            .with_context(|| format!("dirty log {choice:?}"))?;
         let rings = vm
             .dirty_ring_stats()
             .map(|s| {
@@ -1002,10 +1180,19 @@ fn bench_dirty(args: &BenchArgs, runs: usize, timeout: Duration) -> anyhow::Resu
             })
             .unwrap_or_default();
         println!(
-            "dirty log {choice:?}: fetch {fetch:.2?}{rings}; GVA dirty scan {scan:.2?} vs full split walk {split:.2?}: scan / split = {:.3}",
-            scan.as_secs_f64() / split.as_secs_f64().max(1e-9)
+            "dirty log {choice:?}, median of {} rounds of {} dirty pages (verified): fetch {:.2?}{rings}; GPA scan {:.2?}; GVA scan {:.2?} (huge leaves skipped {}, split {}); GPA + GVA scan {:.2?}; GVA scan splitting every huge leaf {:.2?}: skip / split = {:.3}",
+            c.rounds,
+            c.dirty,
+            c.fetch,
+            c.gpa_scan,
+            c.gva_scan,
+            c.huge_skipped,
+            c.huge_split,
+            c.gpa_scan + c.gva_scan,
+            c.gva_split,
+            c.gva_scan.as_secs_f64() / c.gva_split.as_secs_f64().max(1e-9)
         );
-        fetch_times.push((choice, fetch));
+        fetch_times.push((choice, c.fetch));
         finish(&vm, timeout)?;
     }
     let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64().max(1e-9);
@@ -1016,8 +1203,9 @@ fn bench_dirty(args: &BenchArgs, runs: usize, timeout: Duration) -> anyhow::Resu
         for (choice, time) in &fetch_times {
             if *choice != DirtyLogChoice::Bitmap {
                 println!(
-                    "dirty fetch ({} of RAM, same guest loop): {choice:?} / bitmap = {:.3}",
+                    "dirty fetch ({} of RAM, {} guest-dirtied pages per round): {choice:?} / bitmap = {:.3}",
                     args.boot.memory,
+                    request.pages,
                     ratio(*time, *bitmap)
                 );
             }
@@ -1261,6 +1449,51 @@ mod tests {
             let e = Cli::try_parse_from(["vmm", "run", extra[0], extra[1]]);
             assert!(e.is_err_and(|e| e.to_string().contains("--kernel")));
         }
+    }
+
+    #[test]
+    fn dirty_ring_sizes() {
+        assert_eq!(parse_ring_size("65536"), Ok(65536));
+        assert_eq!(parse_ring_size("64K"), Ok(65536));
+        assert_eq!(parse_ring_size("1M"), Ok(1 << 20));
+        assert_eq!(parse_ring_size("1024"), Ok(1024));
+        let e = parse_ring_size("3000").unwrap_err();
+        assert!(e.contains("not a power of two"), "{e}");
+        let e = parse_ring_size("512").unwrap_err();
+        assert!(e.contains("below the smallest ring"), "{e}");
+        let e = parse_ring_size("8192M").unwrap_err();
+        assert!(e.contains("larger than any"), "{e}");
+        assert!(parse_ring_size("lots").is_err());
+        assert!(parse_ring_size("99999999999999999999K").is_err());
+        let err = |argv: &[&str]| Cli::try_parse_from(argv).unwrap_err().to_string();
+        let e = err(&[
+            "vmm",
+            "run",
+            "--dirty-scan-every",
+            "10ms",
+            "--dirty-log",
+            "ring",
+            "--dirty-ring-size",
+            "3000",
+        ]);
+        assert!(
+            e.contains("--dirty-ring-size") && e.contains("power of two"),
+            "{e}"
+        );
+        let e = err(&["vmm", "run", "--dirty-ring-size", "64K"]);
+        assert!(e.contains("--dirty-scan-every"), "{e}");
+        let e = err(&["vmm", "bench", "--dirty-ring-size", "1000"]);
+        assert!(e.contains("--dirty-ring-size"), "{e}");
+        let e = err(&["vmm", "bench", "--dirty-percent", "0"]);
+        assert!(e.contains("--dirty-percent"), "{e}");
+        let Ok(Cli {
+            command: Command::Bench(b),
+        }) = Cli::try_parse_from(["vmm", "bench", "--dirty-ring-size", "64K"])
+        else {
+            panic!("bench did not parse");
+        };
+        assert_eq!(b.dirty_ring_size, Some(65536));
+        assert_eq!((b.dirty_percent, b.dirty_cluster), (1.0, 64));
     }
 
     #[test]

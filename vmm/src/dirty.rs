@@ -61,6 +61,14 @@ pub enum DirtyError {
         "KVM_CAP_DIRTY_LOG_RING is not available on this host: use the bitmap or manual-clear backend"
     )]
     RingUnavailable,
+    /// A dirty ring fell out of step with KVM: pages were lost.
+    #[error(
+        "the dirty ring of vCPU {vcpu} overflowed: KVM pushed past a full ring without a timely KVM_EXIT_DIRTY_RING_FULL (as PVM does), so dirty pages were lost; use a larger --dirty-ring-size or another backend"
+    )]
+    RingOverflow {
+        /// The vCPU.
+        vcpu: usize,
+    },
     /// The VM was built without dirty logging.
     #[error("the VM was built without dirty logging (see build_vm_with)")]
     NotEnabled,
@@ -351,6 +359,11 @@ impl DirtyRings {
             self.vm.reset_dirty_rings()?;
         }
         *harvested += taken;
+        // After the reset every entry we took is recycled: the one at our index must
+        // not be a RESET one left from an earlier lap (see `DirtyRing::in_step`).
+        if let Some(vcpu) = rings.iter().position(|r| !r.in_step()) {
+            return Err(DirtyError::RingOverflow { vcpu });
+        }
         Ok(taken)
     }
 

@@ -52,7 +52,8 @@
 //! briefly without exits, HEARTBEAT every 256 iterations, poll for FINISH. Self-check
 //! failures end in DONE(code): 1 bad mode, 2 alias mismatch, 3 direct-map mismatch,
 //! 4 wrong space value, 5 RAM below 16 MiB, 6 table pool exhausted, 7 mapping
-//! conflict, 8 too many descriptor runs, 9 round record full.
+//! conflict, 8 too many descriptor runs, 9 round record full, 10 bulk request that
+//! does not fit.
 //!
 //! # Dirty-writer mode (`--mode dirty`, RDI = 3)
 //!
@@ -74,6 +75,28 @@
 //! GPA. Besides those pages the guest writes, during a round, only its stack (a few
 //! bytes below its initial RSP), the round record, and whatever page-table pages the
 //! CPU updates accessed/dirty bits in (the table pool).
+//!
+//! # Bulk dirty-writer mode (`--mode dirty-bulk`, RDI = 4)
+//!
+//! For dirty-log benchmarks at scale. Before the second address space is made, the guest
+//! also maps **all of its RAM from 16 MiB up** (the *bulk area*, [`BULK_START`] to the
+//! top of RAM below the MMIO hole, then the RAM above 4 GiB, each part rounded down to
+//! 2 MiB) at VA [`BULK_VA`] + GPA, in both spaces: the first min(64 MiB, half of the
+//! part below the hole) with 4 KiB leaves, the rest with 2 MiB leaves, and with 1 GiB
+//! leaves for every whole aligned GiB when CPUID has pdpe1gb. Each piece is one
+//! descriptor run. Then, as in dirty-writer mode, rounds on NEXT_ROUND; each round reads
+//! the VMM's request ([`BulkRequest`], at GPA [`BULK_REQUEST_GPA`]: `pages` pages in runs
+//! of `cluster` consecutive pages; without it, 1% of the area in runs of 64) and writes
+//! one word at offset 0 of each page: run `c` starts at bulk page `c × stride + phase`,
+//! `stride = bulk_pages / runs`, `phase = (977 × round) mod (stride − cluster + 1)`, so
+//! the runs are spread over the whole area (every kind of leaf) and move every round.
+//! Every page written is listed in the round record (same format as [`RoundRecord`], up
+//! to [`BULK_RECORD_MAX_PAGES`] pages) at GPA [`BULK_RECORD_GPA`] (12 MiB), whose GPA
+//! ROUND_DONE reports. Besides those pages a round writes only the record, its stack
+//! and the page-table pool (accessed/dirty bits). A request that does not fit (zero
+//! pages or cluster, cluster > pages, more pages than the area or the record holds, runs
+//! that do not fit their stride) ends the guest with DONE(10): check it first with
+//! [`BulkRequest::check`].
 
 pub mod descriptor;
 
@@ -84,6 +107,122 @@ use walker::Gva;
 
 /// The most pages the dirty-writer guest lists in one round record.
 pub const ROUND_RECORD_MAX_PAGES: u64 = 32;
+
+/// First GPA of the bulk dirty-writer guest's bulk area (see the module docs).
+pub const BULK_START: u64 = 16 << 20;
+/// Where the bulk dirty-writer guest maps GPA `g` of its bulk area: `BULK_VA + g`.
+pub const BULK_VA: u64 = 0x400_0000_0000;
+/// GPA of the bulk request (frame F30), read by the guest at each round.
+pub const BULK_REQUEST_GPA: u64 = 0x41_e000;
+/// GPA of the bulk guest's round record: 4 MiB from 12 MiB.
+pub const BULK_RECORD_GPA: u64 = 12 << 20;
+/// Bytes reserved for the bulk round record.
+pub const BULK_RECORD_BYTES: u64 = 4 << 20;
+/// The most pages one bulk round record lists.
+pub const BULK_RECORD_MAX_PAGES: u64 = (BULK_RECORD_BYTES - 16) / 16;
+const BULK_MAGIC: &[u8; 8] = b"GWBULK01";
+
+/// Pages of the bulk area of a guest with `ram_bytes` of RAM (what the guest computes).
+pub fn bulk_area_pages(ram_bytes: u64) -> u64 {
+    let hole = crate::arch::x86_64::layout::MMIO_HOLE_START.0;
+    let huge = 2 << 20;
+    let low_top = ram_bytes.min(hole) & !(huge - 1);
+    let high = ram_bytes.saturating_sub(ram_bytes.min(hole)) & !(huge - 1);
+    (low_top.saturating_sub(BULK_START) + high) / 4096
+}
+
+/// What the bulk dirty-writer guest writes per round: `pages` pages in runs of `cluster`
+/// consecutive pages (the last run may be shorter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BulkRequest {
+    /// Pages per round.
+    pub pages: u64,
+    /// Consecutive pages per run.
+    pub cluster: u64,
+}
+
+/// A bulk request the guest would refuse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BulkRequestError {
+    /// Zero pages or a zero cluster.
+    #[error("a bulk round must write at least one page, in runs of at least one page")]
+    Empty,
+    /// More than the area or the record holds.
+    #[error(
+        "{pages} pages per round do not fit: the bulk area has {area} pages and the round record holds {BULK_RECORD_MAX_PAGES}"
+    )]
+    TooMany {
+        /// Asked for.
+        pages: u64,
+        /// Pages of the bulk area.
+        area: u64,
+    },
+    /// Runs longer than the spacing between them.
+    #[error(
+        "runs of {cluster} pages do not fit: {runs} runs over {area} pages leave {stride} pages per run"
+    )]
+    ClusterTooLong {
+        /// Asked for.
+        cluster: u64,
+        /// Runs per round.
+        runs: u64,
+        /// Pages of the bulk area.
+        area: u64,
+        /// Pages between run starts.
+        stride: u64,
+    },
+}
+
+impl BulkRequest {
+    /// `percent` % of the bulk area of a guest with `ram_bytes` (at least one page), in
+    /// runs of `cluster` pages (at most the page count).
+    pub fn percent_of(ram_bytes: u64, percent: f64, cluster: u64) -> Self {
+        let area = bulk_area_pages(ram_bytes);
+        let pages = ((area as f64 * percent / 100.0).round() as u64).max(1);
+        Self {
+            pages,
+            cluster: cluster.min(pages),
+        }
+    }
+
+    /// Whether the guest of `ram_bytes` accepts it (it ends with DONE(10) otherwise).
+    pub fn check(&self, ram_bytes: u64) -> Result<(), BulkRequestError> {
+        let area = bulk_area_pages(ram_bytes);
+        if self.pages == 0 || self.cluster == 0 || self.cluster > self.pages {
+            return Err(BulkRequestError::Empty);
+        }
+        if self.pages > area || self.pages > BULK_RECORD_MAX_PAGES {
+            return Err(BulkRequestError::TooMany {
+                pages: self.pages,
+                area,
+            });
+        }
+        let runs = self.pages.div_ceil(self.cluster);
+        let stride = area / runs;
+        if stride < self.cluster {
+            return Err(BulkRequestError::ClusterTooLong {
+                cluster: self.cluster,
+                runs,
+                area,
+                stride,
+            });
+        }
+        Ok(())
+    }
+
+    /// Writes the request where the guest reads it (a VMM write: it shows in the next
+    /// dirty set as one VMM page, so write it before the fetch that starts a series).
+    pub fn write<M: GuestMemoryBackend>(
+        &self,
+        memory: &M,
+    ) -> Result<(), vm_memory::GuestMemoryError> {
+        let mut bytes = [0u8; 24];
+        bytes[..8].copy_from_slice(BULK_MAGIC);
+        bytes[8..16].copy_from_slice(&self.pages.to_le_bytes());
+        bytes[16..].copy_from_slice(&self.cluster.to_le_bytes());
+        memory.write_slice(&bytes, GuestAddress(BULK_REQUEST_GPA))
+    }
+}
 
 /// What the dirty-writer guest wrote in one round: `{round: u64, count: u64, then count
 /// × (va: u64, pa: u64)}` at the GPA of ROUND_DONE (little-endian).
@@ -102,12 +241,14 @@ pub enum RoundRecordError {
     #[error("cannot read the round record at {0:#x}: {1}")]
     Memory(u64, #[source] vm_memory::GuestMemoryError),
     /// The count is larger than the guest can write.
-    #[error("the round record at {at:#x} claims {count} pages, more than {ROUND_RECORD_MAX_PAGES}")]
+    #[error("the round record at {at:#x} claims {count} pages, more than {max}")]
     TooLong {
         /// Where.
         at: u64,
         /// The count.
         count: u64,
+        /// The most a record of this guest mode holds.
+        max: u64,
     },
 }
 
@@ -117,10 +258,35 @@ impl RoundRecord {
         16 + 16 * pages as u64
     }
 
-    /// Parses the record at `gpa`.
+    /// Parses the record at `gpa` of the dirty-writer guest (at most
+    /// [`ROUND_RECORD_MAX_PAGES`] pages).
     pub fn read<M: GuestMemoryBackend>(
         memory: &M,
         gpa: GuestAddress,
+    ) -> Result<Self, RoundRecordError> {
+        Self::read_at_most(memory, gpa, ROUND_RECORD_MAX_PAGES)
+    }
+
+    /// Parses a record of the dirty-writer guest in either mode: up to
+    /// [`BULK_RECORD_MAX_PAGES`] pages when it is at [`BULK_RECORD_GPA`], else up to
+    /// [`ROUND_RECORD_MAX_PAGES`].
+    pub fn read_any<M: GuestMemoryBackend>(
+        memory: &M,
+        gpa: GuestAddress,
+    ) -> Result<Self, RoundRecordError> {
+        let max = if gpa.0 == BULK_RECORD_GPA {
+            BULK_RECORD_MAX_PAGES
+        } else {
+            ROUND_RECORD_MAX_PAGES
+        };
+        Self::read_at_most(memory, gpa, max)
+    }
+
+    /// Parses the record at `gpa`, refusing one that claims more than `max` pages.
+    pub fn read_at_most<M: GuestMemoryBackend>(
+        memory: &M,
+        gpa: GuestAddress,
+        max: u64,
     ) -> Result<Self, RoundRecordError> {
         let word = |offset: u64| -> Result<u64, RoundRecordError> {
             let at = gpa.0.wrapping_add(offset);
@@ -130,12 +296,32 @@ impl RoundRecord {
         };
         let round = word(0)?;
         let count = word(8)?;
-        if count > ROUND_RECORD_MAX_PAGES {
-            return Err(RoundRecordError::TooLong { at: gpa.0, count });
+        if count > max {
+            return Err(RoundRecordError::TooLong {
+                at: gpa.0,
+                count,
+                max,
+            });
         }
-        let pages = (0..count)
-            .map(|i| Ok((Gva(word(16 + 16 * i)?), GuestAddress(word(24 + 16 * i)?))))
-            .collect::<Result<_, RoundRecordError>>()?;
+        // One copy of the whole list (bulk records hold thousands of pages).
+        let at = gpa.0.wrapping_add(16);
+        let mut bytes = vec![0u8; (count * 16) as usize];
+        memory
+            .read_slice(&mut bytes, GuestAddress(at))
+            .map_err(|e| RoundRecordError::Memory(at, e))?;
+        let pages = bytes
+            .chunks_exact(16)
+            .map(|e| {
+                let mut va = [0u8; 8];
+                let mut pa = [0u8; 8];
+                va.copy_from_slice(&e[..8]);
+                pa.copy_from_slice(&e[8..]);
+                (
+                    Gva(u64::from_le_bytes(va)),
+                    GuestAddress(u64::from_le_bytes(pa)),
+                )
+            })
+            .collect();
         Ok(Self { round, pages })
     }
 }
@@ -160,6 +346,10 @@ pub enum GuestMode {
     /// As normal up to READY, then write a known set of pages per round on the VMM's
     /// NEXT_ROUND command, reporting each round's record (dirty-scan tests).
     Dirty,
+    /// As dirty, but also maps all RAM from 16 MiB up (4 KiB, 2 MiB and, where the CPU
+    /// has them, 1 GiB leaves) and writes per round the page count the VMM asks for
+    /// ([`BulkRequest`]), listing every page in the round record (benchmarks).
+    DirtyBulk,
 }
 
 impl GuestMode {
@@ -170,6 +360,7 @@ impl GuestMode {
             Self::Hostile => 1,
             Self::TripleFault => 2,
             Self::Dirty => 3,
+            Self::DirtyBulk => 4,
         }
     }
 }
@@ -208,5 +399,64 @@ mod tests {
             Err(RoundRecordError::TooLong { count: 33, .. })
         ));
         assert!(RoundRecord::read(&mem, GuestAddress(0x1ff8)).is_err());
+        // A claimed count past the end of memory is an error, not a huge allocation
+        // beyond the limit.
+        assert!(mem.write_obj(600u64, GuestAddress(0x108)).is_ok());
+        assert!(matches!(
+            RoundRecord::read_at_most(&mem, GuestAddress(0x100), 600),
+            Err(RoundRecordError::Memory(..))
+        ));
+    }
+
+    #[test]
+    fn bulk_requests_are_checked_like_the_guest_does() {
+        // 64 MiB: 48 MiB from 16 MiB = 12288 pages.
+        assert_eq!(bulk_area_pages(64 << 20), 12288);
+        // 4 GiB: 3 GiB - 16 MiB below the hole, 1 GiB above.
+        assert_eq!(
+            bulk_area_pages(4 << 30),
+            ((3 << 30) - (16 << 20) + (1 << 30)) / 4096
+        );
+        assert_eq!(bulk_area_pages(16 << 20), 0);
+        let r = BulkRequest::percent_of(4 << 30, 1.0, 64);
+        assert_eq!(r.pages, 10445);
+        assert_eq!(r.check(4 << 30), Ok(()));
+        let ok = BulkRequest {
+            pages: 100,
+            cluster: 10,
+        };
+        assert_eq!(ok.check(64 << 20), Ok(()));
+        for (pages, cluster) in [(0, 1), (10, 0), (10, 11)] {
+            assert_eq!(
+                BulkRequest { pages, cluster }.check(64 << 20),
+                Err(BulkRequestError::Empty)
+            );
+        }
+        assert!(matches!(
+            BulkRequest {
+                pages: 12289,
+                cluster: 1
+            }
+            .check(64 << 20),
+            Err(BulkRequestError::TooMany { area: 12288, .. })
+        ));
+        // 3 runs of 5000 over 12288 pages: 4096 between starts.
+        assert!(matches!(
+            BulkRequest {
+                pages: 12000,
+                cluster: 5000
+            }
+            .check(64 << 20),
+            Err(BulkRequestError::ClusterTooLong { stride: 4096, .. })
+        ));
+        let Ok(mem) = vm_memory::GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 16 << 20)])
+        else {
+            panic!("cannot map test memory");
+        };
+        assert!(ok.write(&mem).is_ok());
+        assert_eq!(
+            mem.read_obj::<u64>(GuestAddress(BULK_REQUEST_GPA)).ok(),
+            Some(0x3130_4b4c_5542_5747)
+        );
     }
 }

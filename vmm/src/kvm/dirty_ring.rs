@@ -110,6 +110,15 @@ pub fn harvest_ring(
     taken
 }
 
+/// [`DirtyRing::in_step`] over any ring: the entry at `fetch_index` is not one
+/// harvested (RESET) and never recycled.
+pub fn ring_in_step(ring: &[DirtyGfn], fetch_index: u32) -> bool {
+    if !ring.len().is_power_of_two() {
+        return false;
+    }
+    ring[fetch_index as usize & (ring.len() - 1)].flags() & DIRTY_GFN_F_RESET == 0
+}
+
 /// Whether `bytes` is a ring size KVM may accept on a host offering rings of at most
 /// `max_bytes`: a power of two, at least [`DIRTY_RING_MIN_BYTES`], at most the maximum.
 pub fn valid_ring_bytes(bytes: u32, max_bytes: u32) -> bool {
@@ -123,6 +132,7 @@ pub struct DirtyRing {
     entries: NonNull<DirtyGfn>,
     len: usize,
     fetch_index: u32,
+    overran: bool,
 }
 
 // SAFETY: the ring is a shared mapping only accessed through atomics (`DirtyGfn`), and
@@ -163,6 +173,7 @@ impl DirtyRing {
             entries,
             len: len / DIRTY_GFN_BYTES as usize,
             fetch_index: 0,
+            overran: false,
         })
     }
 
@@ -174,11 +185,24 @@ impl DirtyRing {
         unsafe { std::slice::from_raw_parts(self.entries.as_ptr(), self.len) }
     }
 
+    /// Whether the ring is still in step with KVM. KVM never lets a ring fill up (the
+    /// vCPU exits at the soft limit, `KVM_DIRTY_RING_RSVD_ENTRIES` short of full), so a
+    /// harvest that found every entry published means KVM pushed past a full ring (PVM
+    /// does not exit at the soft limit) and overwrote entries: from then on KVM's index
+    /// and ours disagree and harvests find nothing, so pages would be lost silently
+    /// (seen on PVM: a 64 MiB bulk guest filled the 1 MiB ring before READY; KVM then
+    /// pushed at entry 453 while we waited at entry 0). Likewise an entry at our index
+    /// that we marked RESET a lap ago and KVM never recycled.
+    pub fn in_step(&self) -> bool {
+        !self.overran && ring_in_step(self.entries(), self.fetch_index)
+    }
+
     /// Harvests the published entries (see [`harvest_ring`]).
     pub fn harvest(&mut self, record: impl FnMut(u32, u64)) -> u32 {
         let mut index = self.fetch_index;
         let taken = harvest_ring(self.entries(), &mut index, record);
         self.fetch_index = index;
+        self.overran |= taken as usize >= self.len;
         taken
     }
 }
@@ -263,6 +287,29 @@ mod tests {
         let odd = ring(3);
         odd[0].publish(0, 1);
         assert_eq!(take(&odd, &mut 0), vec![]);
+    }
+
+    #[test]
+    fn a_ring_kvm_overran_is_out_of_step() {
+        let r = ring(4);
+        let mut index = 0;
+        r[0].publish(0, 1);
+        assert_eq!(take(&r, &mut index).len(), 1);
+        assert!(r[0].recycle(), "KVM_RESET_DIRTY_RINGS");
+        assert!(ring_in_step(&r, index), "a normal harvest and reset");
+        // KVM pushes past a full ring: it overwrites entries we harvested (RESET) but
+        // it has not recycled; its reset then stops at the overwritten one.
+        for (i, e) in r.iter().enumerate() {
+            e.publish(0, 10 + i as u64);
+        }
+        assert_eq!(take(&r, &mut index).len(), 4);
+        // KVM's reset stopped early (at an entry it overwrote): the entry at our
+        // index is still RESET from this lap.
+        assert!(
+            !ring_in_step(&r, index),
+            "entry 1 is RESET and never recycled"
+        );
+        assert!(!ring_in_step(&ring(3), 0), "odd sizes are refused");
     }
 
     #[test]
