@@ -361,8 +361,14 @@ fn bad_kernel_files_are_named_before_anything_boots() {
         stderr.contains(&format!("{binary} is not a Linux bzImage")),
         "{stderr}"
     );
+    // Several vCPUs are fine with a kernel (the MADT lists them): the file is the error.
     let out = vmm(&["run", "--kernel", binary, "--vcpus", "2"]);
-    assert!(text(&out.stderr).contains("use --vcpus 1"));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("is not a Linux bzImage"), "{stderr}");
     let out = vmm(&["walk", "--kernel", "/nonexistent/bzImage"]);
-    assert!(text(&out.stderr).contains("--at-serial MARKER or --after DURATION"));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("--at-signal, --at-serial MARKER or --after DURATION"),
+        "{stderr}"
+    );
 }
