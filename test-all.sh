@@ -3,7 +3,9 @@
 #  1. the workspace's tests against this machine's /dev/kvm (PVM on the project's machines);
 #  2. the same suite again inside an emulated hardware-style KVM host (guest-images/hwkvm:
 #     QEMU TCG with SVM and nested paging, Debian's stock kernel, kvm-amd nested=1), where
-#     1 GiB pages are live. It needs root (apt-get for QEMU and Debian's kernel package).
+#     1 GiB pages and LA57 are live, with the Linux tests (tests/tests/linux.rs: Debian's
+#     cloud kernel under vmm, built by guest-images/linux/build.sh). It needs root
+#     (apt-get for QEMU and Debian's packages).
 # Tests that need /dev/kvm fail rather than skip when GUESTWALK_REQUIRE_KVM=1.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -21,7 +23,8 @@ cargo test --workspace --locked
 # stage must not hide the verdict of the suite above. See guest-images/hwkvm/README.md.
 # The stage is bounded: a normal run takes about 4 minutes, but the emulated host has been
 # seen to lock up (soft lockups under TCG), and a hang must not eat CI's 90 minutes.
-if guest-images/hwkvm/build.sh &&
+if guest-images/linux/build.sh >/dev/null &&
+    guest-images/hwkvm/build.sh &&
     HWKVM_QUIET=1 HWKVM_TIMEOUT="${HWKVM_TIMEOUT:-1200}" HWKVM_CMD_TIMEOUT="${HWKVM_CMD_TIMEOUT:-600}" \
         guest-images/hwkvm/run.sh; then
     echo "test-all: emulated hardware-KVM host: every command passed"

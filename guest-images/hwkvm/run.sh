@@ -47,6 +47,11 @@ if [ -e "$linux_out/bzImage" ] && [ -e "$linux_out/initramfs.cpio.gz" ]; then
 else
     echo "hwkvm-run: no Linux test guest in $linux_out (guest-images/linux/build.sh): its tests will fail" >&2
 fi
+# HWKVM_EXTRA_ROOT: a directory whose files join the run's archive as they are (boot-bench.sh
+# ships QEMU this way).
+if [ -n "${HWKVM_EXTRA_ROOT:-}" ]; then
+    cp -a "$HWKVM_EXTRA_ROOT"/. "$overlay"/
+fi
 case "${HWKVM_COMMANDS:-default}" in
     default) ;;
     linux)
