@@ -18,7 +18,8 @@
 //!   Linux sets up no ISA IRQs by itself: without this description the UART's
 //!   interrupt would not be configured, and everything user space writes to the
 //!   console would stay in the guest's tty buffer (kernel messages, written by
-//!   polling, would still appear);
+//!   polling, would still appear); and the CMOS RTC (`PNP0B00`: ports 0x70..0x71, IRQ 8),
+//!   which `rtc_cmos` otherwise fails to probe for the same reason;
 //! - **MADT**: the local APIC address, one enabled local APIC per vCPU (APIC ID = vCPU
 //!   index, as the CPUID given to each vCPU says), and KVM's in-kernel I/O APIC (ID 0,
 //!   GSI base 0). No interrupt source overrides: KVM's default routing sends ISA IRQ *n*
@@ -55,6 +56,10 @@ pub const S5_SLEEP_TYPE: u8 = 5;
 const COM1_PORT: u16 = 0x3f8;
 const COM1_PORTS: u8 = 8;
 const COM1_GSI: u32 = 4;
+/// The CMOS RTC's ports (0x70, 0x71) and its interrupt (ISA IRQ 8 = GSI 8).
+const RTC_PORT: u16 = 0x70;
+const RTC_PORTS: u8 = 2;
+const RTC_GSI: u32 = 8;
 /// KVM's in-kernel local APIC.
 pub const LOCAL_APIC_ADDRESS: u32 = 0xfee0_0000;
 /// KVM's in-kernel I/O APIC.
@@ -175,27 +180,34 @@ fn bytes_of(table: &dyn Aml) -> Vec<u8> {
     bytes
 }
 
-/// The DSDT: `Name (_S5_, Package () { 5 })` and `Device (\_SB.COM1)`.
+/// The DSDT: `Name (_S5_, Package () { 5 })`, `Device (\_SB.COM1)` and `Device (\_SB.RTC)`.
 fn dsdt() -> Sdt {
     let header_len = 36;
     let mut dsdt = Sdt::new(*b"DSDT", header_len, 2, OEM_ID, *b"GWDSDT  ", OEM_REVISION);
     let s5 = Name::new(Path::new("_S5_"), &Package::new(vec![&S5_SLEEP_TYPE]));
     dsdt.append_slice(&bytes_of(&s5));
-    let io = IO::new(COM1_PORT, COM1_PORT, 1, COM1_PORTS);
+    let com1 = isa_device("_SB_.COM1", "PNP0501", COM1_PORT, COM1_PORTS, COM1_GSI);
+    dsdt.append_slice(&com1);
+    let rtc = isa_device("_SB_.RTC_", "PNP0B00", RTC_PORT, RTC_PORTS, RTC_GSI);
+    dsdt.append_slice(&rtc);
+    dsdt
+}
+
+/// A PNP device with one I/O range and one edge-triggered, active-high interrupt.
+fn isa_device(path: &str, hid: &str, port: u16, ports: u8, gsi: u32) -> Vec<u8> {
+    let io = IO::new(port, port, 1, ports);
     // consumer, edge-triggered, active-high, exclusive.
-    let irq = Interrupt::new(true, true, false, false, COM1_GSI);
+    let irq = Interrupt::new(true, true, false, false, gsi);
     let resources = ResourceTemplate::new(vec![&io, &irq]);
-    let hid = EISAName::new("PNP0501");
+    let hid = EISAName::new(hid);
     let uid: u8 = 0;
     let hid_name = Name::new(Path::new("_HID"), &hid);
     let uid_name = Name::new(Path::new("_UID"), &uid);
     let crs_name = Name::new(Path::new("_CRS"), &resources);
-    let com1 = Device::new(
-        Path::new("_SB_.COM1"),
+    bytes_of(&Device::new(
+        Path::new(path),
         vec![&hid_name, &uid_name, &crs_name],
-    );
-    dsdt.append_slice(&bytes_of(&com1));
-    dsdt
+    ))
 }
 
 fn io_register(port: u16) -> GAS {
@@ -309,6 +321,12 @@ mod tests {
         // Extended IRQ descriptor: consumer + edge, one interrupt, GSI 4.
         assert!(find(&[
             0x89, 0x06, 0x00, 0x03, 0x01, 0x04, 0x00, 0x00, 0x00
+        ]));
+        // The RTC: its name, ports 0x70..0x71 and GSI 8.
+        assert!(find(b"RTC_"));
+        assert!(find(&[0x47, 0x01, 0x70, 0x00, 0x70, 0x00, 0x01, 0x02]));
+        assert!(find(&[
+            0x89, 0x06, 0x00, 0x03, 0x01, 0x08, 0x00, 0x00, 0x00
         ]));
         // Sleep control / status: SystemIO, 8 bits, byte access, our ports.
         assert_eq!(&fadt[244..248], &[1, 8, 0, 1]);
