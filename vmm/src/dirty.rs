@@ -26,6 +26,16 @@
 //!   bitmap over recording writes by hand because it cannot be forgotten: any VMM code (a
 //!   device, a test) that writes guest memory marks it, whatever path it takes through
 //!   vm-memory. Raw pointer writes (none in this VMM) would bypass it.
+//! - KVM's log is a superset of the pages the guest wrote: KVM logs every page it maps
+//!   *writable* while logging is on, and with nested paging (NPT/EPT) it maps a page
+//!   writable on a read fault too when the host page already is writable (`hva_to_pfn`
+//!   maps read faults writable if possible; `make_spte` then calls
+//!   `mark_page_dirty_in_slot`). So the guest's first access to a page since logging
+//!   started, even a read, can report it dirty once (the built-in bulk guest's request
+//!   page in round 1, traced on a nested-SVM host); later reads hit the existing, by
+//!   then write-protected, mapping. PVM's shadow paging maps a read through a clean guest
+//!   PTE read-only and does not. Extra pages are harmless for snapshots (a page saved
+//!   twice); tests that expect exact sets must allow them explicitly.
 //! - Scans: [`GpaScan`] (per slot counts) and [`scan_space`] (a GVA scan of one address
 //!   space with [`walker::scan_dirty`], which skips clean huge leaves unsplit), gathered in
 //!   a [`ScanReport`] that prints as text or one JSON line.

@@ -93,7 +93,10 @@
 //! Every page written is listed in the round record (same format as [`RoundRecord`], up
 //! to [`BULK_RECORD_MAX_PAGES`] pages) at GPA [`BULK_RECORD_GPA`] (12 MiB), whose GPA
 //! ROUND_DONE reports. Besides those pages a round writes only the record, its stack
-//! and the page-table pool (accessed/dirty bits). A request that does not fit (zero
+//! and the page-table pool (accessed/dirty bits). The guest never writes the request
+//! page, but round 1 is its first access to it: KVM with nested paging may then map it
+//! writable and log it dirty (see [`crate::dirty`], "KVM's log is a superset"), so
+//! round 1 can report [`BULK_REQUEST_GPA`] besides. A request that does not fit (zero
 //! pages or cluster, cluster > pages, more pages than the area or the record holds, runs
 //! that do not fit their stride) ends the guest with DONE(10): check it first with
 //! [`BulkRequest::check`].
