@@ -14,13 +14,14 @@
 //! two halves; a bulk copy (`memcpy`) of the page would give no such guarantee.
 //!
 //! Page tables (the PTE level, where a walk spends nearly all its time) are read a batch of
-//! up to 64 entries at a time: the batch's entries are loaded, each with its own atomic
+//! up to 128 entries at a time: the batch's entries are loaded, each with its own atomic
 //! load, into a buffer on the host's stack, and then visited. The compiler must assume an
 //! atomic load can change any memory, so loading each entry in the same loop as its callback
 //! would force the visitor's state through memory for every leaf (that alone made a walk
-//! several times slower). A batch whose entries are all well-formed present leaves, the
-//! usual case, is checked at once and visited by a loop that only calls the callback. The
-//! only visible difference: a PTE may have been read up to 63 entries before its callback
+//! several times slower). Whether all entries of a batch are well-formed present leaves,
+//! the usual case, is found out while loading them (from the AND and the OR of all of
+//! them); such a batch is visited by a loop that only calls the callback. The only visible
+//! difference: a PTE may have been read up to 127 entries before its callback
 //! runs, so a visitor that itself writes guest page tables during the walk may not see its
 //! write to a later PTE of the same batch. Only entries the walk would read anyway are
 //! read, and the walk itself still writes nothing.
@@ -107,26 +108,33 @@ const PAGE: u64 = Level::Pte.entry_span();
 /// Bit 0 of an entry, P.
 const PRESENT: u64 = EntryFlags::PRESENT.bits();
 
-/// Whether every entry of `batch` is a well-formed present entry: P set in all of them, and
-/// no bit of `reserved` in any. Two plain reductions, which the compiler vectorizes.
+/// The AND and the OR of all entries of `batch`: with them, [`all_leaves`] tells whether
+/// every entry is a well-formed present leaf.
 #[inline(always)]
-fn all_leaves(batch: &[u64], reserved: u64) -> bool {
-    let (all, any) = batch
+fn summary(batch: &[u64]) -> (u64, u64) {
+    batch
         .iter()
-        .fold((u64::MAX, 0), |(all, any), &raw| (all & raw, any | raw));
+        .fold((u64::MAX, 0), |(all, any), &raw| (all & raw, any | raw))
+}
+
+/// Whether entries whose AND is `all` and OR is `any` are all well-formed present entries:
+/// P set in all of them, and no bit of `reserved` in any.
+#[inline(always)]
+fn all_leaves((all, any): (u64, u64), reserved: u64) -> bool {
     all & PRESENT != 0 && any & reserved == 0
 }
 
 /// PTEs read ahead of their callbacks (see the module docs).
-const PTE_BATCH: usize = 64;
+const PTE_BATCH: usize = 128;
 
 /// The entries of one table as the PTE loop reads them, the table kind decided once per
 /// table rather than per entry.
 trait Entries {
     /// Reads the entries from `index` on into `batch` (which ends at or before entry 512),
-    /// in order. Fails with `(k, at)` when entry `index + k`, at guest address `at`, could
-    /// not be read (after reading the `k` before it).
-    fn read(&self, index: usize, batch: &mut [u64]) -> Result<(), (usize, GuestAddress)>;
+    /// in order, and returns the AND and the OR of all of them (see [`all_leaves`]). Fails
+    /// with `(k, at)` when entry `index + k`, at guest address `at`, could not be read
+    /// (after reading the `k` before it).
+    fn read(&self, index: usize, batch: &mut [u64]) -> Result<(u64, u64), (usize, GuestAddress)>;
     /// Where entry `index` comes from.
     fn source(&self, index: usize) -> EntrySource;
 }
@@ -139,7 +147,7 @@ struct GuestEntries<'s, 'a, S> {
 
 impl<S: vm_memory::bitmap::BitmapSlice> Entries for GuestEntries<'_, '_, S> {
     #[inline(always)]
-    fn read(&self, index: usize, batch: &mut [u64]) -> Result<(), (usize, GuestAddress)> {
+    fn read(&self, index: usize, batch: &mut [u64]) -> Result<(u64, u64), (usize, GuestAddress)> {
         // A whole batch (the common case) gets a copy of the loop of its own, where the
         // length is a constant.
         match <&mut [u64; PTE_BATCH]>::try_from(&mut *batch) {
@@ -157,20 +165,46 @@ impl<S: vm_memory::bitmap::BitmapSlice> Entries for GuestEntries<'_, '_, S> {
 impl<S: vm_memory::bitmap::BitmapSlice> GuestEntries<'_, '_, S> {
     /// [`Entries::read`].
     #[inline(always)]
-    fn read_batch(&self, index: usize, batch: &mut [u64]) -> Result<(), (usize, GuestAddress)> {
+    fn read_batch(
+        &self,
+        index: usize,
+        batch: &mut [u64],
+    ) -> Result<(u64, u64), (usize, GuestAddress)> {
         // The entries of the batch as a slice of their own, held by value: its bounds are
         // then known to the compiler, which can drop the per-entry checks.
         let entries = match self.slice.subslice(index * 8, batch.len() * 8) {
             Ok(entries) if entries.ptr_guard().as_ptr() as usize % 8 == 0 => entries,
             _ => return self.read_checked(index, batch),
         };
-        for (k, slot) in batch.iter_mut().enumerate() {
-            match entries.get_atomic_ref::<AtomicU64>(k * 8) {
-                Ok(atomic) => *slot = atomic.load(Ordering::Relaxed),
-                Err(_) => return self.read_checked(index, batch),
+        let (mut all, mut any) = (u64::MAX, 0);
+        let whole = batch.len() & !3;
+        let read = 'read: {
+            // Four entries per pass: the compiler unrolls a loop of atomic loads only twice.
+            let mut quads = batch.chunks_exact_mut(4);
+            for (q, quad) in (&mut quads).enumerate() {
+                for (j, slot) in quad.iter_mut().enumerate() {
+                    match entries.get_atomic_ref::<AtomicU64>((q * 4 + j) * 8) {
+                        Ok(atomic) => *slot = atomic.load(Ordering::Relaxed),
+                        Err(_) => break 'read false,
+                    }
+                    all &= *slot;
+                    any |= *slot;
+                }
             }
+            for (j, slot) in quads.into_remainder().iter_mut().enumerate() {
+                match entries.get_atomic_ref::<AtomicU64>((whole + j) * 8) {
+                    Ok(atomic) => *slot = atomic.load(Ordering::Relaxed),
+                    Err(_) => break 'read false,
+                }
+                all &= *slot;
+                any |= *slot;
+            }
+            true
+        };
+        if !read {
+            return self.read_checked(index, batch);
         }
-        Ok(())
+        Ok((all, any))
     }
 
     /// [`Entries::read`] one entry at a time, for the case that cannot happen: the slice is
@@ -178,14 +212,18 @@ impl<S: vm_memory::bitmap::BitmapSlice> GuestEntries<'_, '_, S> {
     /// be unreadable all the same, it is reported as a fault rather than invented.
     #[cold]
     #[inline(never)]
-    fn read_checked(&self, index: usize, batch: &mut [u64]) -> Result<(), (usize, GuestAddress)> {
+    fn read_checked(
+        &self,
+        index: usize,
+        batch: &mut [u64],
+    ) -> Result<(u64, u64), (usize, GuestAddress)> {
         for (k, slot) in batch.iter_mut().enumerate() {
             match self.slice.get_atomic_ref::<AtomicU64>((index + k) * 8) {
                 Ok(atomic) => *slot = atomic.load(Ordering::Relaxed),
                 Err(_) => return Err((k, self.at(index + k))),
             }
         }
-        Ok(())
+        Ok(summary(batch))
     }
 
     /// The guest-physical address of entry `index`.
@@ -200,11 +238,11 @@ struct ShadowEntries<'a>(&'a ShadowTable);
 
 impl Entries for ShadowEntries<'_> {
     #[inline(always)]
-    fn read(&self, index: usize, batch: &mut [u64]) -> Result<(), (usize, GuestAddress)> {
+    fn read(&self, index: usize, batch: &mut [u64]) -> Result<(u64, u64), (usize, GuestAddress)> {
         for (k, slot) in batch.iter_mut().enumerate() {
             *slot = self.0.raw(index + k);
         }
-        Ok(())
+        Ok(summary(batch))
     }
 
     #[inline(always)]
@@ -598,12 +636,12 @@ impl<'m, 'c, M: GuestMemoryBackend, V: Visitor> Walk<'m, 'c, '_, M, V> {
         let mut index = first;
         while index < stop {
             let count = (stop - index).min(PTE_BATCH);
-            let (read, unreadable) = match table.read(index, &mut batch[..count]) {
-                Ok(()) => (count, None),
-                Err((read, at)) => (read, Some(at)),
+            let (read, summary, unreadable) = match table.read(index, &mut batch[..count]) {
+                Ok(summary) => (count, Some(summary), None),
+                Err((read, at)) => (read, None, Some(at)),
             };
             let mut k = 0;
-            if has_callback && all_leaves(&batch[..read], reserved) {
+            if has_callback && summary.is_some_and(|summary| all_leaves(summary, reserved)) {
                 // The common case, checked for the whole batch at once: every entry is a
                 // well-formed present leaf, and the loop is nothing but callbacks.
                 for (k, &raw) in batch[..read].iter().enumerate() {
