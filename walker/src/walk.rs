@@ -32,7 +32,7 @@
 //! entries. Legitimate guests alias tables too (KASAN maps its whole shadow with one shared
 //! page table), so aliasing cannot simply be refused. Instead every walk has a budget of
 //! entries it may read ([`DEFAULT_ENTRY_BUDGET`], about 33 million: 128 GiB mapped with
-//! 4 KiB pages, a few hundred milliseconds of work), and stops with
+//! 4 KiB pages, some tens of milliseconds of work), and stops with
 //! [`WalkError::BudgetExhausted`] when it is spent.
 //!
 //! Upper levels charge the budget one entry at a time, as they read. A page table is
