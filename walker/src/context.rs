@@ -244,7 +244,14 @@ impl PagingContext {
     /// The reserved bits set in a present `entry` at `level`, or 0 when it is well formed.
     pub const fn reserved_bits(&self, entry: Entry, level: Level) -> u64 {
         let leaf = matches!(level, Level::Pmd | Level::Pud) && entry.is_leaf(level);
-        entry.0 & self.reserved[level as usize - 1][leaf as usize]
+        entry.0 & self.reserved_mask(level, leaf)
+    }
+
+    /// The precomputed mask of bits reserved in a present entry at `level` that is a huge
+    /// leaf (`leaf`, meaningful for PMDs and PUDs only) or not: `reserved_bits` is one AND
+    /// with it. A PTE always uses `leaf == false` (its bit 7 is PAT, not PS).
+    pub(crate) const fn reserved_mask(&self, level: Level, leaf: bool) -> u64 {
+        self.reserved[level as usize - 1][leaf as usize]
     }
 }
 

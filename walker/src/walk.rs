@@ -13,14 +13,33 @@
 //! walk runs can change what the walk sees, but can never make it see a torn entry made of
 //! two halves; a bulk copy (`memcpy`) of the page would give no such guarantee.
 //!
+//! Page tables (the PTE level, where a walk spends nearly all its time) are read a batch of
+//! up to 128 entries at a time: the batch's entries are loaded, each with its own atomic
+//! load, into a buffer on the host's stack, and then visited. The compiler must assume an
+//! atomic load can change any memory, so loading each entry in the same loop as its callback
+//! would force the visitor's state through memory for every leaf (that alone made a walk
+//! several times slower). Whether all entries of a batch are well-formed present leaves,
+//! the usual case, is found out while loading them (from the AND and the OR of all of
+//! them); such a batch is visited by a loop that only calls the callback. The only visible
+//! difference: a PTE may have been read up to 127 entries before its callback
+//! runs, so a visitor that itself writes guest page tables during the walk may not see its
+//! write to a later PTE of the same batch. Only entries the walk would read anyway are
+//! read, and the walk itself still writes nothing.
+//!
 //! # Bounded work
 //! Page tables have a fixed depth, so every walk ends; the danger is fan-out. A guest can
 //! point all 512 entries of every level at the same table and make a full walk read 512^4
 //! entries. Legitimate guests alias tables too (KASAN maps its whole shadow with one shared
 //! page table), so aliasing cannot simply be refused. Instead every walk has a budget of
 //! entries it may read ([`DEFAULT_ENTRY_BUDGET`], about 33 million: 128 GiB mapped with
-//! 4 KiB pages, a few hundred milliseconds of work), and stops with
+//! 4 KiB pages, some tens of milliseconds of work), and stops with
 //! [`WalkError::BudgetExhausted`] when it is spent.
+//!
+//! Upper levels charge the budget one entry at a time, as they read. A page table is
+//! charged once for all the entries the range covers in it, or for what is left of the
+//! budget if that is less; it then reads and visits that many and stops at the first entry
+//! it could not afford. Either way the same entries are read, and the walk stops at the same
+//! entry, as if every entry were charged on its own.
 
 use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,7 +52,7 @@ use vm_memory::{
 
 use crate::addr::{Gva, fold_range, unfold};
 use crate::context::{PagingContext, PagingMode};
-use crate::entry::{Access, Entry};
+use crate::entry::{Access, Entry, EntryFlags};
 use crate::level::Level;
 use crate::ops::{Action, Callbacks, EntrySource, Fault, FaultKind, Visit, Visitor, WalkError};
 use crate::shadow::{HugeLeaf, ShadowTable};
@@ -81,6 +100,201 @@ enum Table<'a, S> {
         slice: VolatileSlice<'a, S>,
     },
     Shadow(&'a ShadowTable),
+}
+
+/// Bytes of virtual address space a PTE maps.
+const PAGE: u64 = Level::Pte.entry_span();
+
+/// Bit 0 of an entry, P.
+const PRESENT: u64 = EntryFlags::PRESENT.bits();
+
+/// The AND and the OR of all entries of `batch`: with them, [`all_leaves`] tells whether
+/// every entry is a well-formed present leaf.
+#[inline(always)]
+fn summary(batch: &[u64]) -> (u64, u64) {
+    batch
+        .iter()
+        .fold((u64::MAX, 0), |(all, any), &raw| (all & raw, any | raw))
+}
+
+/// Whether entries whose AND is `all` and OR is `any` are all well-formed present entries:
+/// P set in all of them, and no bit of `reserved` in any.
+#[inline(always)]
+fn all_leaves((all, any): (u64, u64), reserved: u64) -> bool {
+    all & PRESENT != 0 && any & reserved == 0
+}
+
+/// PTEs read ahead of their callbacks (see the module docs).
+const PTE_BATCH: usize = 128;
+
+/// The batch size for a table of which only a few entries are read.
+const SMALL_BATCH: usize = 8;
+
+/// The entries of one table as the PTE loop reads them, the table kind decided once per
+/// table rather than per entry.
+trait Entries {
+    /// Reads the entries from `index` on into `batch` (which ends at or before entry 512),
+    /// in order, and returns the AND and the OR of all of them (see [`all_leaves`]). Fails
+    /// with `(k, at)` when entry `index + k`, at guest address `at`, could not be read
+    /// (after reading the `k` before it).
+    fn read(&self, index: usize, batch: &mut [u64]) -> Result<(u64, u64), (usize, GuestAddress)>;
+    /// Where entry `index` comes from.
+    fn source(&self, index: usize) -> EntrySource;
+}
+
+/// A guest table: each entry is read with one aligned 8-byte atomic load.
+struct GuestEntries<'s, 'a, S> {
+    base: GuestAddress,
+    slice: &'s VolatileSlice<'a, S>,
+}
+
+impl<S: vm_memory::bitmap::BitmapSlice> Entries for GuestEntries<'_, '_, S> {
+    #[inline(always)]
+    fn read(&self, index: usize, batch: &mut [u64]) -> Result<(u64, u64), (usize, GuestAddress)> {
+        // A whole batch (the common case) gets a copy of the loop of its own, where the
+        // length is a constant.
+        match <&mut [u64; PTE_BATCH]>::try_from(&mut *batch) {
+            Ok(full) => self.read_batch(index, full),
+            Err(_) => self.read_batch(index, batch),
+        }
+    }
+
+    #[inline(always)]
+    fn source(&self, index: usize) -> EntrySource {
+        EntrySource::Guest(self.at(index))
+    }
+}
+
+impl<S: vm_memory::bitmap::BitmapSlice> GuestEntries<'_, '_, S> {
+    /// [`Entries::read`].
+    #[inline(always)]
+    fn read_batch(
+        &self,
+        index: usize,
+        batch: &mut [u64],
+    ) -> Result<(u64, u64), (usize, GuestAddress)> {
+        // The entries of the batch as a slice of their own, held by value: its bounds are
+        // then known to the compiler, which can drop the per-entry checks.
+        let entries = match self.slice.subslice(index * 8, batch.len() * 8) {
+            Ok(entries) if entries.ptr_guard().as_ptr() as usize % 8 == 0 => entries,
+            _ => return self.read_checked(index, batch),
+        };
+        let (mut all, mut any) = (u64::MAX, 0);
+        let whole = batch.len() & !3;
+        let read = 'read: {
+            // Four entries per pass: the compiler unrolls a loop of atomic loads only twice.
+            let mut quads = batch.chunks_exact_mut(4);
+            for (q, quad) in (&mut quads).enumerate() {
+                for (j, slot) in quad.iter_mut().enumerate() {
+                    match entries.get_atomic_ref::<AtomicU64>((q * 4 + j) * 8) {
+                        Ok(atomic) => *slot = atomic.load(Ordering::Relaxed),
+                        Err(_) => break 'read false,
+                    }
+                    all &= *slot;
+                    any |= *slot;
+                }
+            }
+            for (j, slot) in quads.into_remainder().iter_mut().enumerate() {
+                match entries.get_atomic_ref::<AtomicU64>((whole + j) * 8) {
+                    Ok(atomic) => *slot = atomic.load(Ordering::Relaxed),
+                    Err(_) => break 'read false,
+                }
+                all &= *slot;
+                any |= *slot;
+            }
+            true
+        };
+        if !read {
+            return self.read_checked(index, batch);
+        }
+        Ok((all, any))
+    }
+
+    /// [`Entries::read`] one entry at a time, for the case that cannot happen: the slice is
+    /// 4096 bytes and 8-byte aligned (checked when the table was entered). Should an entry
+    /// be unreadable all the same, it is reported as a fault rather than invented.
+    #[cold]
+    #[inline(never)]
+    fn read_checked(
+        &self,
+        index: usize,
+        batch: &mut [u64],
+    ) -> Result<(u64, u64), (usize, GuestAddress)> {
+        for (k, slot) in batch.iter_mut().enumerate() {
+            match self.slice.get_atomic_ref::<AtomicU64>((index + k) * 8) {
+                Ok(atomic) => *slot = atomic.load(Ordering::Relaxed),
+                Err(_) => return Err((k, self.at(index + k))),
+            }
+        }
+        Ok(summary(batch))
+    }
+
+    /// The guest-physical address of entry `index`.
+    #[inline(always)]
+    fn at(&self, index: usize) -> GuestAddress {
+        GuestAddress(self.base.0 + (index as u64) * 8)
+    }
+}
+
+/// The shadow table of a split huge leaf.
+struct ShadowEntries<'a>(&'a ShadowTable);
+
+impl Entries for ShadowEntries<'_> {
+    #[inline(always)]
+    fn read(&self, index: usize, batch: &mut [u64]) -> Result<(u64, u64), (usize, GuestAddress)> {
+        for (k, slot) in batch.iter_mut().enumerate() {
+            *slot = self.0.raw(index + k);
+        }
+        Ok(summary(batch))
+    }
+
+    #[inline(always)]
+    fn source(&self, _index: usize) -> EntrySource {
+        EntrySource::Shadow
+    }
+}
+
+/// Where the PTEs of one table are, in unfolded addresses.
+struct PteSpan {
+    /// The first address the table maps.
+    table_va: u64,
+    /// The first and last addresses of the walked range inside the table.
+    first_va: u64,
+    last_va: u64,
+}
+
+impl PteSpan {
+    /// The part of the walked range PTE `index` covers: only the first and last entries
+    /// can be clipped.
+    #[inline(always)]
+    fn range(&self, index: usize) -> (Gva, Gva) {
+        let page = self.table_va | ((index as u64) * PAGE);
+        (
+            Gva(page.max(self.first_va)),
+            Gva((page | (PAGE - 1)).min(self.last_va)),
+        )
+    }
+
+    #[inline(always)]
+    fn visit<'c>(
+        &self,
+        index: usize,
+        entry: Entry,
+        effective: Access,
+        source: EntrySource,
+        ctx: &'c PagingContext,
+    ) -> Visit<'c> {
+        let (start, last) = self.range(index);
+        Visit {
+            level: Level::Pte,
+            start,
+            last,
+            entry,
+            effective,
+            source,
+            ctx,
+        }
+    }
 }
 
 /// A table pointer: the address in a present, well-formed, non-leaf entry.
@@ -249,6 +463,8 @@ impl<'m, 'c, M: GuestMemoryBackend, V: Visitor> Walk<'m, 'c, '_, M, V> {
         Some(Table::Guest { base: ptr.0, slice })
     }
 
+    #[cold]
+    #[inline(never)]
     fn report_fault(
         &mut self,
         visit: &Visit<'_>,
@@ -294,6 +510,15 @@ impl<'m, 'c, M: GuestMemoryBackend, V: Visitor> Walk<'m, 'c, '_, M, V> {
         end: u64,
         parent: Access,
     ) -> Result<(), WalkError<V::Error>> {
+        if L::LEVEL == Level::Pte {
+            // Leaves: their own loop, with the table kind decided once per table.
+            return match table {
+                Table::Guest { base, slice } => {
+                    self.walk_ptes(GuestEntries { base: *base, slice }, start, end, parent)
+                }
+                Table::Shadow(shadow) => self.walk_ptes(ShadowEntries(shadow), start, end, parent),
+            };
+        }
         let span_mask = L::LEVEL.entry_span() - 1;
         let has_callback = self.callbacks.contains(Callbacks::of(L::LEVEL));
         let descend_wanted = L::LEVEL != Level::Pte && self.callbacks.any_below(L::LEVEL);
@@ -374,6 +599,191 @@ impl<'m, 'c, M: GuestMemoryBackend, V: Visitor> Walk<'m, 'c, '_, M, V> {
             }
             addr = next;
         }
+    }
+
+    /// Visits the PTEs of one table (guest or shadow) covering folded `[start, end)`: the
+    /// loop every 4 KiB leaf goes through, so it is kept lean. It does what the loop of
+    /// [`walk_table`](Self::walk_table) does for a level that never descends, except that
+    /// the budget is charged once for the whole table (up to what is left), entries are read
+    /// a batch at a time (see the module docs), and the addresses of the entries are
+    /// computed from the table's address.
+    #[inline(always)]
+    fn walk_ptes<T: Entries>(
+        &mut self,
+        table: T,
+        start: u64,
+        end: u64,
+        parent: Access,
+    ) -> Result<(), WalkError<V::Error>> {
+        // A few entries (a translation reads one) get a small buffer: zeroing the full-size
+        // one costs a translation about a tenth of its time.
+        let wanted = Level::Pte.index(end - 1) - Level::Pte.index(start) + 1;
+        if wanted <= SMALL_BATCH {
+            self.walk_ptes_in::<T, SMALL_BATCH>(table, start, end, parent)
+        } else {
+            self.walk_ptes_in::<T, PTE_BATCH>(table, start, end, parent)
+        }
+    }
+
+    /// [`walk_ptes`](Self::walk_ptes) with batches of up to `N` entries.
+    #[inline(always)]
+    fn walk_ptes_in<T: Entries, const N: usize>(
+        &mut self,
+        table: T,
+        start: u64,
+        end: u64,
+        parent: Access,
+    ) -> Result<(), WalkError<V::Error>> {
+        const TABLE_SPAN: u64 = PAGE * Level::ENTRIES as u64;
+        let first = Level::Pte.index(start);
+        let last = Level::Pte.index(end - 1);
+        // Entries the range covers, and how many of them the budget still allows; the walk
+        // stops before entry `stop` if that is fewer.
+        let wanted = (last - first + 1) as u64;
+        let allowed = wanted.min(self.budget);
+        self.budget -= allowed;
+        let stop = first + allowed as usize;
+
+        // A table's span never crosses the canonical sign bit, so its entries' unfolded
+        // addresses are the unfolded table address plus their offsets.
+        let span = PteSpan {
+            table_va: unfold(start & !(TABLE_SPAN - 1), self.width).0,
+            first_va: unfold(start, self.width).0,
+            last_va: unfold(end - 1, self.width).0,
+        };
+
+        let has_callback = self.callbacks.contains(Callbacks::PTE);
+        let reserved = self.ctx.reserved_mask(Level::Pte, false);
+        let mut batch = [0u64; N];
+        let mut index = first;
+        while index < stop {
+            let count = (stop - index).min(N);
+            let (read, summary, unreadable) = match table.read(index, &mut batch[..count]) {
+                Ok(summary) => (count, Some(summary), None),
+                Err((read, at)) => (read, None, Some(at)),
+            };
+            let mut k = 0;
+            if has_callback && summary.is_some_and(|summary| all_leaves(summary, reserved)) {
+                // The common case, checked for the whole batch at once: every entry is a
+                // well-formed present leaf, and the loop is nothing but callbacks.
+                for (k, &raw) in batch[..read].iter().enumerate() {
+                    self.visit_pte(&table, &span, index + k, Entry(raw), parent)?;
+                }
+                k = read;
+            }
+            while k < read {
+                k = self.visit_ptes(&table, &span, &batch[..read], index, k, parent)?;
+                if k < read {
+                    // Stopped at an entry with reserved bits.
+                    let entry = Entry(batch[k]);
+                    let visit = span.visit(
+                        index + k,
+                        entry,
+                        parent.through(entry, self.ctx.nxe()),
+                        table.source(index + k),
+                        self.ctx,
+                    );
+                    let reserved = self.ctx.reserved_bits(entry, Level::Pte);
+                    self.report_fault(&visit, FaultKind::ReservedBits(reserved))?;
+                    k += 1;
+                }
+            }
+            if let Some(at) = unreadable {
+                // Entry `index + read` could not be read: reported as a fault, not invented.
+                let source = EntrySource::Guest(at);
+                let visit = span.visit(index + read, Entry(0), parent, source, self.ctx);
+                self.report_fault(&visit, FaultKind::OutsideMemory(at))?;
+                index += read + 1;
+            } else {
+                index += count;
+            }
+        }
+
+        if allowed < wanted {
+            let va = if stop == first {
+                span.first_va
+            } else {
+                span.table_va | ((stop as u64) * PAGE)
+            };
+            return Err(WalkError::BudgetExhausted {
+                limit: self.limit,
+                va: Gva(va),
+                level: Level::Pte,
+            });
+        }
+        Ok(())
+    }
+
+    /// Visits `batch[k..]`, the PTEs from index `index + k` on, until the end of the batch or
+    /// an entry with reserved bits, and returns where it stopped.
+    ///
+    /// The innermost loop runs over well-formed present leaves only and does nothing but
+    /// call the PTE callback: with no other call and no atomic load in it, a visitor's state
+    /// can stay in registers across it instead of going through memory for every leaf.
+    #[inline(always)]
+    fn visit_ptes<T: Entries>(
+        &mut self,
+        table: &T,
+        span: &PteSpan,
+        batch: &[u64],
+        index: usize,
+        mut k: usize,
+        parent: Access,
+    ) -> Result<usize, WalkError<V::Error>> {
+        let has_callback = self.callbacks.contains(Callbacks::PTE);
+        let check = self.ctx.reserved_mask(Level::Pte, false) | PRESENT;
+        loop {
+            if has_callback {
+                // Written so that the callback runs on every pass through the loop, exits
+                // included: only then may the compiler keep the visitor's state in registers.
+                if let Some(&first) = batch.get(k).filter(|&&raw| raw & check == PRESENT) {
+                    let mut raw = first;
+                    loop {
+                        self.visit_pte(table, span, index + k, Entry(raw), parent)?;
+                        k += 1;
+                        match batch.get(k) {
+                            Some(&next) if next & check == PRESENT => raw = next,
+                            _ => break,
+                        }
+                    }
+                }
+            } else {
+                while batch.get(k).is_some_and(|&raw| raw & check == PRESENT) {
+                    k += 1;
+                }
+            }
+            match batch.get(k) {
+                Some(&raw) if raw & PRESENT == 0 => {
+                    let (first, last) = span.range(index + k);
+                    self.visitor
+                        .hole(first, last, Level::Pte)
+                        .map_err(|error| WalkError::Callback {
+                            error,
+                            va: first,
+                            level: Level::Pte,
+                        })?;
+                    k += 1;
+                }
+                // The end of the batch, or an entry with reserved bits.
+                _ => return Ok(k),
+            }
+        }
+    }
+
+    /// Calls the PTE callback for PTE `index`, a well-formed present leaf.
+    #[inline(always)]
+    fn visit_pte<T: Entries>(
+        &mut self,
+        table: &T,
+        span: &PteSpan,
+        index: usize,
+        entry: Entry,
+        parent: Access,
+    ) -> Result<(), WalkError<V::Error>> {
+        let effective = parent.through(entry, self.ctx.nxe());
+        let visit = span.visit(index, entry, effective, table.source(index), self.ctx);
+        // The answer does not matter: there is nothing below a PTE.
+        self.call::<PteLevel>(&visit).map(drop)
     }
 
     /// Enters the level below a present, well-formed entry of level `L`: its table, or the

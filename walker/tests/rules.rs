@@ -500,6 +500,101 @@ fn budget_stops_a_walk_with_a_clear_error() {
     );
 }
 
+/// The budget runs out at exactly the entry it would run out at if every entry were charged
+/// one by one, whatever the level and wherever inside a table (guest or shadow), and every
+/// entry read before it was reported.
+#[test]
+fn budget_runs_out_at_the_exact_entry() {
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Seen {
+        Upper,
+        Pte,
+        Hole,
+        Fault,
+    }
+    let mut b = Builder::small();
+    let base = 0xffff_8000_4000_0000u64;
+    // PMD 0: a PTE table with every other page mapped and one reserved-bit entry.
+    for i in (0..512u64).step_by(2) {
+        b.map(base + i * 4096, 0x100_0000 + i * 4096, 1, W);
+    }
+    b.set_raw(base + 9 * 4096, 1, 0x9000 | (1 << 45) | P);
+    // PMD 1: a 2 MiB leaf, split into shadow PTEs. PMD 2: a full PTE table.
+    b.map(base + (2 << 20), 0x20_0000, 2, W);
+    for i in 0..512u64 {
+        b.map(base + (4 << 20) + i * 4096, 0x200_0000 + i * 4096, 1, W);
+    }
+    let ctx = b.ctx().with_phys_addr_bits(40).unwrap();
+    let first = base + 5 * 4096 + 0x123;
+    let last = base + (4 << 20) + 7 * 4096 + 0x45;
+
+    // Every entry the walk reads, in order: (level, start of its part of the range, what
+    // the visitor sees of it).
+    let mut reads = vec![
+        (Level::Pml4, first, Seen::Upper),
+        (Level::Pud, first, Seen::Upper),
+        (Level::Pmd, first, Seen::Upper),
+    ];
+    for i in 5..512u64 {
+        let seen = match i {
+            9 => Seen::Fault,
+            _ if i % 2 == 1 => Seen::Hole,
+            _ => Seen::Pte,
+        };
+        reads.push((Level::Pte, (base + i * 4096).max(first), seen));
+    }
+    reads.push((Level::Pmd, base + (2 << 20), Seen::Upper));
+    for i in 0..512u64 {
+        reads.push((Level::Pte, base + (2 << 20) + i * 4096, Seen::Pte));
+    }
+    reads.push((Level::Pmd, base + (4 << 20), Seen::Upper));
+    for i in 0..8u64 {
+        reads.push((Level::Pte, base + (4 << 20) + i * 4096, Seen::Pte));
+    }
+    let total = reads.len() as u64;
+    assert_eq!(total, 3 + 507 + 1 + 512 + 1 + 8);
+
+    for budget in 0..=total + 1 {
+        let mut r = Recorder::with(Callbacks::PTE);
+        let result = walk_with(
+            &b.mem,
+            &ctx,
+            Gva(first)..=Gva(last),
+            &mut r,
+            WalkOptions {
+                entry_budget: budget,
+            },
+        );
+        let done = if budget >= total {
+            assert_eq!(result.unwrap().entries_read, total, "budget {budget}");
+            &reads[..]
+        } else {
+            match result {
+                Err(WalkError::BudgetExhausted { limit, va, level }) => {
+                    let (l, start, _) = reads[budget as usize];
+                    assert_eq!((limit, level, va.0), (budget, l, start), "budget {budget}");
+                }
+                other => panic!("budget {budget}: {other:?}"),
+            }
+            &reads[..budget as usize]
+        };
+        let expect = |kind: Seen| -> Vec<u64> {
+            done.iter()
+                .filter(|&&(_, _, seen)| seen == kind)
+                .map(|&(_, start, _)| start)
+                .collect()
+        };
+        let visits: Vec<u64> = r.visits.iter().map(|v| v.1).collect();
+        let holes: Vec<u64> = r.holes.iter().map(|h| h.0).collect();
+        let faults: Vec<u64> = r.faults.iter().map(|f| f.1).collect();
+        assert_eq!(visits, expect(Seen::Pte), "budget {budget}");
+        assert_eq!(holes, expect(Seen::Hole), "budget {budget}");
+        assert_eq!(faults, expect(Seen::Fault), "budget {budget}");
+        assert!(r.visits.iter().all(|v| v.0 == Level::Pte));
+        assert!(r.holes.iter().all(|h| h.2 == Level::Pte));
+    }
+}
+
 #[test]
 fn shadow_source_has_no_guest_address() {
     let b = two_mappings();
