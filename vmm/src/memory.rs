@@ -7,7 +7,10 @@ use std::fmt;
 use std::str::FromStr;
 
 use vm_memory::bitmap::AtomicBitmap;
+use vm_memory::mmap::{GuestRegionMmap, MmapRegion};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+use crate::kvm::host_memory::{AlignedGap, advise_huge_pages};
 
 /// Guest RAM of a live VM. Each region carries vm-memory's [`AtomicBitmap`]: every write
 /// the VMM makes through vm-memory's `Bytes` API marks its 4 KiB page, which is how dirty
@@ -132,20 +135,24 @@ pub fn ram_ranges(size: MemorySize) -> Vec<(GuestAddress, u64)> {
     }
 }
 
-/// Maps `size` bytes of anonymous guest RAM.
+/// Maps `size` bytes of anonymous guest RAM, each region at a 2 MiB-aligned host address
+/// when the kernel lets us (so KVM can back guest 2 MiB frames with host huge pages) and
+/// with transparent huge pages asked for ([`crate::kvm::host_memory`]).
 pub fn create_guest_memory(size: MemorySize) -> Result<GuestRam, MemoryError> {
-    let ranges = ram_ranges(size)
-        .into_iter()
-        .map(|(start, len)| {
-            usize::try_from(len)
-                .map(|len| (start, len))
-                .map_err(|_| MemoryError::TooLarge(size.to_string()))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    GuestMemoryMmap::from_ranges(&ranges).map_err(|e| MemoryError::Allocate {
-        size,
-        reason: e.to_string(),
-    })
+    let allocate = |reason: String| MemoryError::Allocate { size, reason };
+    let mut regions = Vec::new();
+    for (start, len) in ram_ranges(size) {
+        let len = usize::try_from(len).map_err(|_| MemoryError::TooLarge(size.to_string()))?;
+        let gap = AlignedGap::prepare(len);
+        let mapping = MmapRegion::<AtomicBitmap>::new(len).map_err(|e| allocate(e.to_string()))?;
+        drop(gap);
+        // Advisory: without THP the guest simply runs on 4 KiB host pages.
+        let _ = advise_huge_pages(mapping.as_ptr(), len);
+        let region = GuestRegionMmap::new(mapping, start)
+            .ok_or_else(|| allocate(format!("the region at {start:?} wraps around")))?;
+        regions.push(region);
+    }
+    GuestMemoryMmap::from_regions(regions).map_err(|e| allocate(e.to_string()))
 }
 
 #[cfg(test)]
