@@ -66,6 +66,26 @@ struct Round {
     huge_leaves: Vec<(u64, u64, u64)>,
 }
 
+/// Every huge leaf of vCPU `state`'s address space: `(va, pa, size)`.
+fn huge_leaves(vm: &Vm, state: &vmm::VcpuState) -> Vec<(u64, u64, u64)> {
+    let ctx = vm
+        .paging_context(state, None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    walker::mappings(
+        vm.guest_memory(),
+        &ctx,
+        Gva(0)..=Gva(u64::MAX),
+        Granularity::AsMapped,
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+    .into_iter()
+    .filter_map(|m| match m {
+        Mapping::Leaf(l) if l.size != PageSize::Size4K => Some((l.va.0, l.pa.0, l.size.bytes())),
+        _ => None,
+    })
+    .collect()
+}
+
 fn page(a: u64) -> u64 {
     a & !0xfff
 }
@@ -133,24 +153,7 @@ fn run_rounds_with(
             .unwrap_or_else(|e| panic!("scan of round {n}: {e}"));
         let record = RoundRecord::read(vm.guest_memory(), record_gpa)
             .unwrap_or_else(|e| panic!("round {n}: {e}"));
-        let ctx = vm
-            .paging_context(&states[0], None)
-            .unwrap_or_else(|e| panic!("{e}"));
-        let huge_leaves = walker::mappings(
-            vm.guest_memory(),
-            &ctx,
-            Gva(0)..=Gva(u64::MAX),
-            Granularity::AsMapped,
-        )
-        .unwrap_or_else(|e| panic!("{e}"))
-        .into_iter()
-        .filter_map(|m| match m {
-            Mapping::Leaf(l) if l.size != PageSize::Size4K => {
-                Some((l.va.0, l.pa.0, l.size.bytes()))
-            }
-            _ => None,
-        })
-        .collect();
+        let huge_leaves = huge_leaves(&vm, &states[0]);
         if n == VMM_WRITE_AFTER_ROUND {
             vm.guest_memory()
                 .write_obj(0x5eed_u64, GuestAddress(VMM_WRITE_GPA))
@@ -543,24 +546,7 @@ fn run_bulk_rounds(choice: DirtyLogChoice) -> (DirtyLogBackend, Vec<Round>) {
             .unwrap_or_else(|e| panic!("scan of round {n}: {e}"));
         let record = RoundRecord::read_any(vm.guest_memory(), record_gpa)
             .unwrap_or_else(|e| panic!("round {n}: {e}"));
-        let ctx = vm
-            .paging_context(&states[0], None)
-            .unwrap_or_else(|e| panic!("{e}"));
-        let huge_leaves = walker::mappings(
-            vm.guest_memory(),
-            &ctx,
-            Gva(0)..=Gva(u64::MAX),
-            Granularity::AsMapped,
-        )
-        .unwrap_or_else(|e| panic!("{e}"))
-        .into_iter()
-        .filter_map(|m| match m {
-            Mapping::Leaf(l) if l.size != PageSize::Size4K => {
-                Some((l.va.0, l.pa.0, l.size.bytes()))
-            }
-            _ => None,
-        })
-        .collect();
+        let huge_leaves = huge_leaves(&vm, &states[0]);
         vm.resume().unwrap_or_else(|e| panic!("resume: {e}"));
         rounds.push(Round {
             record,
