@@ -30,15 +30,9 @@ phase() {
     printf '%-12s %6s s\n' "$name" "$secs" | tee -a "$timings" >&2
 }
 
-# apt-get update is slow (~20 s) and only needed before the first install or download.
-apt_updated=0
-apt_update_once() {
-    if [ "$apt_updated" = 0 ]; then
-        log "apt-get update"
-        apt-get update -qq
-        apt_updated=1
-    fi
-}
+# apt_update_once, download_deb, choose_kernel_package, unpack_busybox.
+# shellcheck source=../debian-debs.sh
+. "$here/../debian-debs.sh"
 
 # Host tools. busybox is not installed: its static build is downloaded as a .deb like the
 # kernel, so a machine with Debian's (dynamic, conflicting) busybox package is left alone.
@@ -58,42 +52,8 @@ ensure_packages() {
     fi
 }
 
-# Downloads package $1 into $out/debs unless a .deb of it is there already.
-download_deb() {
-    local package=$1
-    mkdir -p "$out/debs"
-    if compgen -G "$out/debs/${package}_*.deb" >/dev/null; then
-        return
-    fi
-    apt_update_once
-    log "apt-get download $package"
-    # The sandbox user _apt cannot write into a root-owned work tree; downloading as root
-    # into our own cache directory is what we want anyway.
-    (cd "$out/debs" && apt-get download -qq -o APT::Sandbox::User=root "$package")
-}
-
-kernel_package() {
-    if [ -n "${HWKVM_KERNEL_PKG:-}" ]; then
-        echo "$HWKVM_KERNEL_PKG"
-        return
-    fi
-    # A cached image wins: a warm run must not need apt's lists (or the network).
-    local cached
-    cached=$(compgen -G "$out/debs/linux-image-*-amd64_*.deb" | sort -V | tail -n1 || true)
-    if [ -n "$cached" ]; then
-        basename "$cached" | cut -d_ -f1
-        return
-    fi
-    apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/ { print $2; exit }'
-}
-
 download() {
-    # kernel_package runs in a subshell: update apt's lists here if it will need them.
-    if [ -z "${HWKVM_KERNEL_PKG:-}" ] && ! compgen -G "$out/debs/linux-image-*-amd64_*.deb" >/dev/null; then
-        apt_update_once
-    fi
-    kpkg=$(kernel_package)
-    [ -n "$kpkg" ] || { log "cannot find the Debian kernel package"; exit 1; }
+    choose_kernel_package "${HWKVM_KERNEL_PKG:-}" linux-image-amd64 'linux-image-*-amd64_*.deb'
     download_deb "$kpkg"
     download_deb busybox-static
 }
@@ -104,13 +64,7 @@ download() {
 extract() {
     local deb
     # The downloaded static busybox: depmod and cpio here, everything in the initramfs.
-    bbdir=$out/busybox
-    if [ ! -x "$bbdir/bin/busybox" ]; then
-        rm -rf "$bbdir"
-        mkdir -p "$bbdir"
-        dpkg-deb -x "$(compgen -G "$out/debs/busybox-static_*.deb" | head -n1)" "$bbdir"
-    fi
-    busybox=$bbdir/bin/busybox
+    unpack_busybox
     deb=$(compgen -G "$out/debs/${kpkg}_*.deb" | head -n1)
     kdir=$out/kernel/$kpkg
     if [ ! -e "$kdir/.done" ]; then

@@ -18,56 +18,15 @@ mkdir -p "$out/debs"
 
 log() { echo "linux-build: $*" >&2; }
 
-apt_updated=0
-apt_update_once() {
-    if [ "$apt_updated" = 0 ]; then
-        log "apt-get update"
-        apt-get update -qq
-        apt_updated=1
-    fi
-}
+# apt_update_once, download_deb, choose_kernel_package, unpack_busybox.
+# shellcheck source=../debian-debs.sh
+. "$here/../debian-debs.sh"
 
-# Downloads package $1 into $out/debs unless a .deb of it is there already.
-download_deb() {
-    local package=$1
-    if compgen -G "$out/debs/${package}_*.deb" >/dev/null; then
-        return
-    fi
-    apt_update_once
-    log "apt-get download $package"
-    (cd "$out/debs" && apt-get download -qq -o APT::Sandbox::User=root "$package")
-}
-
-kernel_package() {
-    if [ -n "${LINUX_KERNEL_PKG:-}" ]; then
-        echo "$LINUX_KERNEL_PKG"
-        return
-    fi
-    local cached
-    cached=$(compgen -G "$out/debs/linux-image-*-cloud-amd64_*.deb" | sort -V | tail -n1 || true)
-    if [ -n "$cached" ]; then
-        basename "$cached" | cut -d_ -f1
-        return
-    fi
-    apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-/ { print $2; exit }'
-}
-
-# kernel_package runs in a subshell: update apt's lists here if it will need them.
-if [ -z "${LINUX_KERNEL_PKG:-}" ] && ! compgen -G "$out/debs/linux-image-*-cloud-amd64_*.deb" >/dev/null; then
-    apt_update_once
-fi
-kpkg=$(kernel_package)
-[ -n "$kpkg" ] || { log "cannot find the Debian cloud kernel package"; exit 1; }
+choose_kernel_package "${LINUX_KERNEL_PKG:-}" linux-image-cloud-amd64 'linux-image-*-cloud-amd64_*.deb'
 download_deb "$kpkg"
 download_deb busybox-static
-
-# busybox-static: the only program in the guest.
-bbdir=$out/busybox
-if [ ! -x "$bbdir/bin/busybox" ]; then
-    rm -rf "$bbdir"
-    mkdir -p "$bbdir"
-    dpkg-deb -x "$(compgen -G "$out/debs/busybox-static_*.deb" | head -n1)" "$bbdir"
-fi
+# busybox-static: the only program in the guest besides thp.
+unpack_busybox
 
 # Only the bzImage is needed (no modules: the guest loads none).
 kdir=$out/kernel/$kpkg
