@@ -9,7 +9,7 @@
  *
  *   MARK (event 4) with the buffer size, then PARK (event 6) with the buffer address.
  *
- * PARK stops this vCPU right after the OUT, with this process's CR3 loaded, until the
+ * PARK stops this vCPU at its OUT, with this process's CR3 loaded, until the
  * VMM resumes it; a VMM that is not interested resumes it at once. Then it exits 0 when
  * the whole buffer was backed by huge pages, 1 otherwise.
  *

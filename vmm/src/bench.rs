@@ -229,9 +229,16 @@ const TABLE_POOL: std::ops::Range<u64> = 0x20_0000..0x40_0000;
 pub fn bulk_round(vm: &Vm, timeout: Duration) -> anyhow::Result<(RoundRecord, Vec<VcpuState>)> {
     use anyhow::Context as _;
     vm.next_round();
+    let deadline = std::time::Instant::now() + timeout;
     let gpa = loop {
-        match vm.wait_event(timeout).context("waiting for ROUND_DONE")? {
+        match vm
+            .wait_event_until(deadline, timeout)
+            .context("waiting for ROUND_DONE")?
+        {
             VmEvent::RoundDone { record } => break record,
+            VmEvent::Parked { vcpu, .. } => {
+                vm.resume_vcpu(vcpu).context("resuming a parked vCPU")?;
+            }
             VmEvent::VcpuStopped { vcpu, stop, .. } => {
                 anyhow::bail!("vCPU {vcpu} stopped during a bulk round: {stop}")
             }
@@ -272,7 +279,8 @@ pub fn verify_bulk_pages(
             found += 1;
         } else if TABLE_POOL.contains(&gpa)
             || (BULK_RECORD_GPA..record_end).contains(&gpa)
-            || gpa == (rsp - 8) & !0xfff
+            || gpa == rsp.wrapping_sub(8) & !0xfff
+            || gpa == rsp.wrapping_sub(256) & !0xfff
             || (record.round == 1 && gpa == BULK_REQUEST_GPA)
         {
             extras += 1;

@@ -99,15 +99,17 @@ pub struct BootArgs {
     /// Guest RAM, e.g. 512M, 2G (K/M/G/T are powers of 1024).
     #[arg(long, default_value = "512M", value_parser = parse_memory)]
     pub memory: MemorySize,
-    /// Number of vCPUs; vCPU 0 runs the guest, the others spin.
+    /// Number of vCPUs (the built-in guest runs on vCPU 0, the others spin; Linux uses
+    /// them all).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=i64::from(vmm::builder::MAX_VCPUS)))]
     pub vcpus: u8,
     /// What the built-in guest does.
     #[arg(long, value_enum, default_value_t = GuestMode::Normal)]
     pub mode: GuestMode,
-    /// Boot this Linux bzImage instead of the built-in guest (64-bit boot protocol, one
-    /// vCPU; `run` waits until the guest resets or --timeout passes; `walk`/`translate`
-    /// need --at-serial or --after). Refused on a PVM host unless --force.
+    /// Boot this Linux bzImage instead of the built-in guest (64-bit boot protocol, ACPI
+    /// tables for --vcpus; `run` waits until the guest resets or powers off, or --timeout
+    /// passes; `walk`/`translate` need --at-signal, --at-serial or --after). Refused on a
+    /// PVM host unless --force.
     #[arg(long, value_name = "PATH")]
     pub kernel: Option<PathBuf>,
     /// With --kernel: the initrd (initramfs) to load.
@@ -232,9 +234,9 @@ pub struct PauseArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub after: Option<Duration>,
     /// Pause when a vCPU parks itself through the debug port (event 6, PARK), as the
-    /// Linux test guest's THP process does: that vCPU stopped right after its signal, so
+    /// Linux test guest's THP process does: that vCPU stopped at its signal, so
     /// its CR3 is the signalling process's. It becomes the walked vCPU (not --vcpu).
-    #[arg(long, conflicts_with_all = ["at_serial", "after"])]
+    #[arg(long, conflicts_with_all = ["at_serial", "after", "vcpu"])]
     pub at_signal: bool,
     /// The vCPU whose CR3 is walked.
     #[arg(long, default_value_t = 0)]
@@ -600,9 +602,16 @@ fn run_dirty_scans(args: &RunArgs, every: Duration) -> anyhow::Result<ExitCode> 
 /// status instead if the guest stops.
 fn guest_round(vm: &Vm, timeout: Duration) -> anyhow::Result<Option<ExitCode>> {
     vm.next_round();
+    let deadline = Instant::now() + timeout;
     let record = loop {
-        match vm.wait_event(timeout).context("waiting for ROUND_DONE")? {
+        match vm
+            .wait_event_until(deadline, timeout)
+            .context("waiting for ROUND_DONE")?
+        {
             VmEvent::RoundDone { record } => break record,
+            VmEvent::Parked { vcpu, .. } => {
+                vm.resume_vcpu(vcpu).context("resuming a parked vCPU")?;
+            }
             VmEvent::VcpuStopped { .. } => {
                 return Ok(Some(
                     vm.outcome()
@@ -739,6 +748,9 @@ fn boot_and_pause(
     pause: &PauseArgs,
 ) -> anyhow::Result<Result<Paused, ExitOutcome>> {
     let timeout = Duration::from_secs(boot_args.timeout);
+    if pause.at_signal && boot_args.kernel.is_none() {
+        bail!("--at-signal needs --kernel: the built-in guest never parks a vCPU");
+    }
     if boot_args.kernel.is_some()
         && pause.at_serial.is_none()
         && pause.after.is_none()
@@ -764,8 +776,7 @@ fn boot_and_pause(
         let deadline = Instant::now() + timeout;
         let mut mark = None;
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match vm.wait_event(left) {
+            match vm.wait_event_until(deadline, timeout) {
                 Ok(VmEvent::Parked {
                     vcpu: parked,
                     argument,
@@ -799,7 +810,15 @@ fn boot_and_pause(
             if started.elapsed() > timeout {
                 bail!("the guest did not print {marker:?} within {timeout:?}");
             }
-            std::thread::sleep(Duration::from_millis(5));
+            // Polls the console every 5 ms; meanwhile a vCPU that parks itself is let go
+            // (nobody here asked for it), and a stop is recorded.
+            match vm.wait_event(Duration::from_millis(5)) {
+                Ok(VmEvent::Parked { vcpu, .. }) => {
+                    vm.resume_vcpu(vcpu).context("resuming a parked vCPU")?;
+                }
+                Ok(_) | Err(VmError::Timeout(_)) => {}
+                Err(e) => return Err(e).context("waiting for the console marker"),
+            }
         }
     } else if let Some(delay) = pause.after {
         std::thread::sleep(delay);

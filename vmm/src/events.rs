@@ -33,7 +33,7 @@ pub enum VmEvent {
         /// Where the round record is ([`crate::guest::RoundRecord`]).
         record: GuestAddress,
     },
-    /// A vCPU parked itself (debug-port PARK): it stays stopped right after its `OUT`
+    /// A vCPU parked itself (debug-port PARK): it stays stopped at its `OUT`
     /// until [`crate::vm::Vm::resume_vcpu`] (or [`crate::vm::Vm::resume`] after a pause).
     Parked {
         /// Which vCPU.

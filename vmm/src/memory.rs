@@ -7,7 +7,8 @@ use std::fmt;
 use std::str::FromStr;
 
 use vm_memory::bitmap::AtomicBitmap;
-use vm_memory::mmap::{GuestRegionMmap, MmapRegion};
+use vm_memory::bitmap::NewBitmap;
+use vm_memory::mmap::{GuestRegionMmap, MmapRegionBuilder};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use crate::kvm::host_memory::{AlignedGap, advise_huge_pages};
@@ -143,8 +144,13 @@ pub fn create_guest_memory(size: MemorySize) -> Result<GuestRam, MemoryError> {
     let mut regions = Vec::new();
     for (start, len) in ram_ranges(size) {
         let len = usize::try_from(len).map_err(|_| MemoryError::TooLarge(size.to_string()))?;
+        // The dirty bitmap first: its own allocation (malloc's mmap for big regions) must
+        // not take the prepared gap.
+        let builder = MmapRegionBuilder::new_with_bitmap(len, AtomicBitmap::with_len(len))
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE);
         let gap = AlignedGap::prepare(len);
-        let mapping = MmapRegion::<AtomicBitmap>::new(len).map_err(|e| allocate(e.to_string()))?;
+        let mapping = builder.build().map_err(|e| allocate(e.to_string()))?;
         drop(gap);
         // Advisory: without THP the guest simply runs on 4 KiB host pages.
         let _ = advise_huge_pages(mapping.as_ptr(), len);

@@ -89,8 +89,10 @@ pub(crate) enum VcpuRequest {
     Pause,
     /// Translate a GVA with the current paging state.
     Translate(Gva),
-    /// Run the guest again (no effect on a vCPU that stopped for good).
+    /// Run the guest again (no effect on a vCPU that stopped for good); also ends a park.
     Resume,
+    /// End a park (debug-port PARK), if the vCPU is parked; a pause stays a pause.
+    Unpark,
     /// End the thread.
     Exit,
 }
@@ -101,6 +103,8 @@ pub(crate) enum VcpuResponse {
     Paused(Result<Box<VcpuState>, KvmError>),
     Translated(Result<KvmTranslation, KvmError>),
     Resumed,
+    /// Whether the vCPU was parked.
+    Unparked(bool),
 }
 
 /// Everything a vCPU thread owns.
@@ -125,12 +129,15 @@ impl VcpuThread {
     pub fn run(mut self) {
         let _armed = ArmedVcpu::arm(&mut self.vcpu);
         let mut paused = false;
+        // Parked by the guest (debug-port PARK), apart from paused by the VMM: a stale
+        // Unpark must never let a paused vCPU run.
+        let mut parked = false;
         let mut finished = false;
         let mut empty_ring_full = 0u32;
         loop {
             // Serve requests: all pending ones, and block while paused.
             loop {
-                let request = if paused || finished {
+                let request = if paused || parked || finished {
                     match self.requests.recv() {
                         Ok(request) => request,
                         Err(_) => return,
@@ -152,14 +159,16 @@ impl VcpuThread {
                     }
                     VcpuRequest::Resume => {
                         paused = false;
+                        parked = false;
                         VcpuResponse::Resumed
                     }
+                    VcpuRequest::Unpark => VcpuResponse::Unparked(std::mem::take(&mut parked)),
                     VcpuRequest::Exit => return,
                 };
                 if self.responses.send(response).is_err() {
                     return;
                 }
-                if !paused && !finished {
+                if !paused && !parked && !finished {
                     break;
                 }
             }
@@ -177,7 +186,7 @@ impl VcpuThread {
                 ExitAction::Interrupted => self.vcpu.set_immediate_exit(false),
                 ExitAction::Park(argument) => {
                     // Blocks on the request queue before the next KVM_RUN.
-                    paused = true;
+                    parked = true;
                     let _ = self.events.send(VmEvent::Parked {
                         vcpu: self.index,
                         argument,

@@ -315,9 +315,10 @@ impl Vm {
         Ok(())
     }
 
-    /// Lets one vCPU run again: the one that parked itself (debug-port PARK) while the
-    /// others kept running. Does not change whether the VM counts as paused.
-    pub fn resume_vcpu(&self, vcpu: u8) -> Result<(), VmError> {
+    /// Ends the park of a vCPU that parked itself (debug-port PARK) while the others kept
+    /// running; returns whether it was still parked (a [`Vm::resume`] also ends parks, so
+    /// a [`VmEvent::Parked`] read later may be stale). A vCPU the VMM paused stays paused.
+    pub fn resume_vcpu(&self, vcpu: u8) -> Result<bool, VmError> {
         let handle = self
             .vcpus
             .get(usize::from(vcpu))
@@ -325,9 +326,12 @@ impl Vm {
                 vcpu: usize::from(vcpu),
                 count: self.vcpus.len(),
             })?;
-        handle.send(VcpuRequest::Resume)?;
-        match handle.answer("resume")? {
-            VcpuResponse::Resumed => Ok(()),
+        handle.send(VcpuRequest::Unpark)?;
+        // A vCPU that is running (its park already ended) only reads requests between
+        // exits: kick it out of KVM_RUN so that it answers now.
+        let _ = handle.kick();
+        match handle.answer("unpark")? {
+            VcpuResponse::Unparked(was_parked) => Ok(was_parked),
             _ => Err(VmError::OutOfTurn(handle.index)),
         }
     }
@@ -421,15 +425,31 @@ impl Vm {
         Ok(event)
     }
 
+    /// The next event before `deadline` (then [`VmError::Timeout`], even when events keep
+    /// coming: a guest flooding events cannot stretch a wait). `timeout` is only what the
+    /// error reports.
+    pub fn wait_event_until(
+        &self,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<VmEvent, VmError> {
+        let left = deadline
+            .checked_duration_since(Instant::now())
+            .ok_or(VmError::Timeout(timeout))?;
+        self.wait_event(left)
+    }
+
     /// Waits for READY and returns the descriptor's GPA; other events before it are
     /// dropped. If the guest stops first, the error carries how it ended.
     pub fn wait_ready(&self, timeout: Duration) -> Result<GuestAddress, VmError> {
         let deadline = Instant::now() + timeout;
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.wait_event(left)? {
+            // A hard deadline: a guest flooding events must not keep this waiting.
+            match self.wait_event_until(deadline, timeout)? {
                 VmEvent::Ready { descriptor } => return Ok(descriptor),
-                VmEvent::Parked { vcpu, .. } => self.resume_vcpu(vcpu)?,
+                VmEvent::Parked { vcpu, .. } => {
+                    self.resume_vcpu(vcpu)?;
+                }
                 VmEvent::VcpuStopped { .. } => {
                     let outcome = self.outcome().ok_or(VmError::EventsClosed)?;
                     return Err(VmError::StoppedBeforeReady(Box::new(outcome)));
@@ -448,8 +468,7 @@ impl Vm {
             if let Some(outcome) = self.outcome() {
                 break outcome;
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if let VmEvent::Parked { vcpu, .. } = self.wait_event(left)? {
+            if let VmEvent::Parked { vcpu, .. } = self.wait_event_until(deadline, timeout)? {
                 self.resume_vcpu(vcpu)?;
             }
         };

@@ -17,8 +17,8 @@
 //! [`crate::guest::RoundRecord`]), 6 PARK (argument = any value: the Linux test guest's
 //! THP process sends its buffer's address).
 //!
-//! PARK stops the vCPU that sent it right after the `OUT`, before it runs another
-//! instruction, until the VMM resumes it ([`crate::vm::Vm::resume_vcpu`]): the VMM sees
+//! PARK stops the vCPU that sent it at the `OUT` (KVM completes the instruction when the
+//! vCPU runs again), until the VMM resumes it ([`crate::vm::Vm::resume_vcpu`]): the VMM sees
 //! the sender's registers, CR3 included, exactly as they were at the signal, however
 //! long it takes to pause the other vCPUs. It arrives as [`VmEvent::Parked`]; a VMM that
 //! does not want it ([`crate::vm::Vm::wait`], [`crate::vm::Vm::wait_ready`]) resumes the
