@@ -772,6 +772,10 @@ build_tables:
     jne 2f
     mov pml4_a(%rip), %rdi
     call build_hostile
+    testl $FEAT_LA57, features(%rip)
+    jz 2f
+    mov root_a(%rip), %rdi
+    call build_hostile_pml5
 2:
     cmpq $MODE_BULK, mode(%rip)
     jne 4f
@@ -805,8 +809,14 @@ build_tables:
     call duplicate_runs_for_space_b
     cmpq $1, mode(%rip)
     jne 3f
-    /* The self-reference of space B points at B itself. */
+    /* The self-reference of space B points at B itself (with LA57: both of them). */
     mov pml4_b(%rip), %rax
+    mov %rax, %rdx
+    or $(PTE_P | PTE_RW), %rdx
+    mov %rdx, 100 * 8(%rax)
+    testl $FEAT_LA57, features(%rip)
+    jz 3f
+    mov root_b(%rip), %rax
     mov %rax, %rdx
     or $(PTE_P | PTE_RW), %rdx
     mov %rdx, 100 * 8(%rax)
@@ -904,6 +914,26 @@ pml4_of:
     movabsq $PTE_ADDR_MASK, %rdx
     and %rdx, %rax
 1:  ret
+
+/*
+ * build_hostile_pml5: rdi = PML5 (5-level paging only). Adversarial PML5 entries in
+ * slots the guest never touches, besides those of build_hostile (which sit in the
+ * PML4 under PML5[0]):
+ *  - PML5[100] -> the PML5 itself (so VA 100 << 48 is one level short: it ends on
+ *    the page table of VA 0..2 MiB, taking PML5, PML4, PDPT, PD as the lower levels);
+ *  - PML5[101] -> a PML4 at GPA 0xf00003000, outside RAM (see build_hostile);
+ *  - PML5[103] -> the lower PML4 with PS set (PS is reserved in a PML5E).
+ */
+build_hostile_pml5:
+    mov %rdi, %rax
+    or $(PTE_P | PTE_RW), %rax
+    mov %rax, 100 * 8(%rdi)
+    movabsq $0xf00003000 | PTE_P | PTE_RW, %rax
+    mov %rax, 101 * 8(%rdi)
+    mov pml4_a(%rip), %rax
+    or $(PTE_P | PTE_RW | PTE_PS), %rax
+    mov %rax, 103 * 8(%rdi)
+    ret
 
 /* fill_table: rdi = table, rsi = value for all 512 entries. Preserves rdi, rsi. */
 fill_table:

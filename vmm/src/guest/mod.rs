@@ -39,7 +39,7 @@
 //! | 0x100_0000_0000 | 4 KiB × 2 | F12, F13 | RW, U/S on every level | written |
 //! | 0x200_0000_0000 | 4 KiB | space 0: F16, space 1: F17 | RW | read (in each space) |
 //! | 0xffff_8880_0000_0000 | 2 MiB × 8 | 0..16 MiB (direct map) | RW, G, NX | read |
-//! | 0x1_0000_0000_0000 | — | 5-level only: hole, non-present PML5E (slots 1..=170) | | |
+//! | 0x1_0000_0000_0000 | — | 5-level only: hole, non-present PML5E (slots 1..=170 but the hostile 100..=103) | | |
 //! | 0xab_cdef_1234_5000 | 4 KiB × 2 (5-level only: PML5 slot 171) | F18, F19 | RW | written |
 //! | 0xff00_0000_0000_0000 | — | 5-level only: hole, non-present PML5E (slot 256) | | |
 //! | 0xff11_0000_0000_0000 | 2 MiB (5-level only: PML5 slot 273, canonical only with 57 bits) | 0 | read-only, G, NX | read |
@@ -56,7 +56,10 @@
 //! 0xf_0000_0000 (outside RAM below 60 GiB, and below 2^36 so never a reserved bit); slot 102 to a PDPT whose entry 0 points to a PD
 //! outside RAM, entry 1 has bit 51 set, entry 2 points to a PD whose entry 0 is a
 //! 2 MiB leaf with bit 13 set (reserved) and whose entry 1 points to a PT outside RAM;
-//! slot 103 is slot 102 with PS set (reserved in a PML4E).
+//! slot 103 is slot 102 with PS set (reserved in a PML4E). With 5-level paging the
+//! PML5 gets its own: slot 100 points to the PML5 itself (VA 0x64_0000_0000_0000 then
+//! maps the page table of VA 0..2 MiB, in the pool), slot 101 to a PML4 at GPA 0xf_0000_3000 (outside RAM), slot
+//! 103 to the lower PML4 with PS set (reserved in a PML5E).
 //!
 //! After READY the guest loops: write the iteration through F0..F3 and check it
 //! through the alias, write through the 6 MiB leaf and check it through the direct
