@@ -84,6 +84,8 @@ fn entry(vm: &Vm, table: u64, index: u64) -> u64 {
 /// PML4 slots the hostile guest fills with adversarial structures (guest.S), in the
 /// PML4 of the lower 256 TiB (the root, or what PML5[0] points to).
 const HOSTILE_PML4_SLOTS: [std::ops::RangeInclusive<u64>; 2] = [16..=47, 100..=103];
+/// PML5 slots the hostile guest fills with 5-level paging (guest.S, build_hostile_pml5).
+const HOSTILE_PML5_SLOTS: [std::ops::RangeInclusive<u64>; 1] = [100..=103];
 
 /// The PML4 of the lower 256 TiB of the space with root `cr3`.
 fn lower_pml4(vm: &Vm, cr3: u64, la57: bool) -> u64 {
@@ -97,13 +99,14 @@ fn lower_pml4(vm: &Vm, cr3: u64, la57: bool) -> u64 {
 }
 
 /// Every present leaf reachable from `cr3` (5-level paging with `la57`, else 4-level),
-/// skipping the slots `skip` of the lower PML4 (this simple walk has no budget, so
-/// hostile structures must be skipped).
+/// skipping the slots `skip` of the lower PML4 and `skip_pml5` of the PML5 (this simple
+/// walk has no budget, so hostile structures must be skipped).
 fn walk_all_leaves(
     vm: &Vm,
     cr3: u64,
     la57: bool,
     skip: &[std::ops::RangeInclusive<u64>],
+    skip_pml5: &[std::ops::RangeInclusive<u64>],
 ) -> Vec<Leaf> {
     if !la57 {
         return walk_pml4(vm, cr3, None, skip);
@@ -111,7 +114,7 @@ fn walk_all_leaves(
     let mut leaves = Vec::new();
     for i5 in 0..512u64 {
         let e5 = entry(vm, cr3, i5);
-        if e5 & PRESENT == 0 {
+        if e5 & PRESENT == 0 || skip_pml5.iter().any(|slots| slots.contains(&i5)) {
             continue;
         }
         assert_eq!(e5 & PAGE_SIZE_BIT, 0, "PS in PML5[{i5}]");
@@ -182,9 +185,10 @@ fn check_descriptor_is_exact(
     descriptor: &Descriptor,
     la57: bool,
     skip: &[std::ops::RangeInclusive<u64>],
+    skip_pml5: &[std::ops::RangeInclusive<u64>],
 ) {
     for space in 0..descriptor.space_count as u8 {
-        let actual = walk_all_leaves(vm, descriptor.cr3[space as usize], la57, skip);
+        let actual = walk_all_leaves(vm, descriptor.cr3[space as usize], la57, skip, skip_pml5);
         let mut expected: Vec<(Leaf, &Run)> = Vec::new();
         for run in descriptor.runs_of_space(space) {
             let size = run.level.page_size();
@@ -285,7 +289,7 @@ fn builtin_guest_boots_pauses_and_finishes() {
         let beyond_48 = check_against_kvm(&vm, &descriptor, space, five);
         assert_eq!(beyond_48 > 0, five, "KVM translated {beyond_48} such VAs");
         if round == 0 {
-            check_descriptor_is_exact(&vm, &descriptor, five, &[]);
+            check_descriptor_is_exact(&vm, &descriptor, five, &[], &[]);
         }
         if let Err(e) = vm.resume() {
             panic!("resume {round}: {e}");
@@ -326,19 +330,47 @@ fn hostile_guest_boots_and_finishes() {
     let space = space_of(&descriptor, states[0].cr3);
     let la57 = check_paging_mode(&vm, &descriptor, &states[0]);
     check_against_kvm(&vm, &descriptor, space, la57);
-    check_descriptor_is_exact(&vm, &descriptor, la57, &HOSTILE_PML4_SLOTS);
+    check_descriptor_is_exact(
+        &vm,
+        &descriptor,
+        la57,
+        &HOSTILE_PML4_SLOTS,
+        &HOSTILE_PML5_SLOTS,
+    );
     // The hostile slots are really there, and self-referencing.
+    let root = descriptor.cr3[space as usize] & ADDR_MASK;
     let pml4 = lower_pml4(&vm, descriptor.cr3[space as usize], la57);
     assert_eq!(entry(&vm, pml4, 100) & ADDR_MASK, pml4);
     assert_ne!(entry(&vm, pml4, 103) & PAGE_SIZE_BIT, 0);
     // The fan-out region (PML4 slot 16) is reachable and maps the same frame everywhere.
-    let fan_out = |va: u64| match vm.translate(0, Gva(va)) {
+    let translate = |va: u64| match vm.translate(0, Gva(va)) {
         Ok(t) => t,
         Err(e) => panic!("translate {va:#x}: {e}"),
     };
-    let first = fan_out(16 << 39);
-    let far = fan_out((16 << 39) | (300 << 30) | (7 << 21) | (9 << 12));
+    let first = translate(16 << 39);
+    let far = translate((16 << 39) | (300 << 30) | (7 << 21) | (9 << 12));
     assert!(first.valid && far.valid && first.gpa == far.gpa);
+    // 5-level: the PML5's own hostile slots. Through the self-reference (slot 100) the
+    // CPU takes the PML5, PML4, PDPT and PD as the levels below, so VA 100 << 48 ends on
+    // the page table of VA 0..2 MiB, a page of the table pool; slots 101 (outside RAM)
+    // and 103 (PS, reserved in a PML5E) translate to nothing.
+    let pml5_slots = [100, 101, 103].map(|i| entry(&vm, root, i));
+    if la57 {
+        assert_eq!(pml5_slots[0] & ADDR_MASK, root);
+        assert_eq!(pml5_slots[1] & ADDR_MASK, 0xf_0000_3000);
+        assert_eq!(
+            pml5_slots[2] & (ADDR_MASK | PAGE_SIZE_BIT),
+            pml4 | PAGE_SIZE_BIT
+        );
+        let self_ref = translate(100 << 48);
+        let pd = entry(&vm, entry(&vm, pml4, 0), 0);
+        assert!(self_ref.valid, "{self_ref:?}");
+        assert_eq!(self_ref.gpa.0, entry(&vm, pd, 0) & ADDR_MASK);
+        assert!(layout::GUEST_TABLE_POOL.0 <= self_ref.gpa.0 && self_ref.gpa.0 < 0x40_0000);
+        for va in [101u64 << 48, 103 << 48] {
+            assert!(!translate(va).valid, "{va:#x}");
+        }
+    }
     if let Err(e) = vm.resume() {
         panic!("resume: {e}");
     }

@@ -280,9 +280,9 @@ fn hostile_tables_give_bounded_walks_and_typed_faults() {
     let (vm, console) = boot(GuestMode::Hostile, 1);
     let d = ready(&vm, &console);
     let states = vm.pause().unwrap_or_else(|e| panic!("pause: {e}"));
-    // With 5-level paging the hostile structures sit in the PML4 under PML5[0]: the same
-    // slots and faults, one level deeper.
-    check_paging_mode(&vm, &d, &states[0]);
+    // With 5-level paging the hostile PML4 structures sit in the PML4 under PML5[0]: the
+    // same slots and faults, one level deeper; the PML5 has its own in slots 100..=103.
+    let la57 = check_paging_mode(&vm, &d, &states[0]);
     let before = hash_ram(&vm);
     let ctx = context(&vm, &states[0], d.cr3[0]);
     // The fan-out (PML4 slots 16..=47) exhausts the budget instead of 32 x 512^3 visits.
@@ -329,11 +329,22 @@ fn hostile_tables_give_bounded_walks_and_typed_faults() {
     assert_eq!(reserved(Level::Pml4), 1, "{bad:?}");
     // Outside the hostile slots, the tables are exactly what the guest described.
     let mut leaves = Vec::new();
-    for range in [
-        Gva(0)..=Gva((16 << 39) - 1),
-        slot(48)..=Gva((100 << 39) - 1),
-        slot(104)..=Gva(u64::MAX),
-    ] {
+    let pml5_slot = |i: u64| Gva(i << 48);
+    let ranges = if la57 {
+        vec![
+            Gva(0)..=Gva((16 << 39) - 1),
+            slot(48)..=Gva((100 << 39) - 1),
+            slot(104)..=Gva((100 << 48) - 1),
+            pml5_slot(104)..=Gva(u64::MAX),
+        ]
+    } else {
+        vec![
+            Gva(0)..=Gva((16 << 39) - 1),
+            slot(48)..=Gva((100 << 39) - 1),
+            slot(104)..=Gva(u64::MAX),
+        ]
+    };
+    for range in ranges {
         let found = walker::mappings(vm.guest_memory(), &ctx, range, Granularity::AsMapped)
             .unwrap_or_else(|e| panic!("{e}"));
         leaves.extend(found.into_iter().filter_map(|m| match m {
@@ -342,7 +353,61 @@ fn hostile_tables_give_bounded_walks_and_typed_faults() {
         }));
     }
     check_leaves_equal_descriptor(&leaves, &d, 0);
+    // KVM's answers for the PML5 slots, asked only after the walker proved it wrote
+    // nothing: KVM_TRANSLATE may set Accessed bits in the guest's tables as it walks
+    // (measured on the emulated host: with these calls before the hash, RAM changed; the
+    // guest never uses the self-reference, so its entries start without Accessed).
+    let mut kvm_checks: Vec<(Gva, Option<vm_memory::GuestAddress>)> = Vec::new();
+    if la57 {
+        // PML5 slot 101 points outside RAM, slot 103 has PS (reserved in a PML5E): one
+        // typed fault each, at the PML5 level.
+        for (i, outside) in [(101u64, true), (103, false)] {
+            let found = walker::mappings(
+                vm.guest_memory(),
+                &ctx,
+                pml5_slot(i)..=Gva(((i + 1) << 48) - 1),
+                Granularity::AsMapped,
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(found.len(), 1, "PML5 slot {i}: {found:?}");
+            let Mapping::Bad(b) = found[0] else {
+                panic!("PML5 slot {i}: {found:?}");
+            };
+            assert_eq!(b.level, Level::Pml5, "{b:?}");
+            assert_eq!(
+                matches!(b.kind, FaultKind::OutsideMemory(_)),
+                outside,
+                "{b:?}"
+            );
+            assert_eq!(
+                matches!(b.kind, FaultKind::ReservedBits(_)),
+                !outside,
+                "{b:?}"
+            );
+            let err = walker::translate(vm.guest_memory(), &ctx, pml5_slot(i));
+            assert!(
+                matches!(
+                    err,
+                    Err(walker::TranslateError::OutsideMemory {
+                        level: Level::Pml5,
+                        ..
+                    })
+                ) == outside,
+                "{err:?}"
+            );
+            kvm_checks.push((pml5_slot(i), None));
+        }
+        // The self-reference (slot 100): walker and KVM agree where it leads.
+        let va = Gva((100 << 48) | 0x123);
+        let ours =
+            walker::translate(vm.guest_memory(), &ctx, va).unwrap_or_else(|e| panic!("{va}: {e}"));
+        kvm_checks.push((va, Some(ours.gpa)));
+    }
     assert_eq!(hash_ram(&vm), before);
+    for (va, ours) in kvm_checks {
+        let kvm = vm.translate(0, va).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(kvm.valid.then_some(kvm.gpa), ours, "{va}");
+    }
     vm.resume().unwrap_or_else(|e| panic!("resume: {e}"));
     finish(&vm, &console);
 }
