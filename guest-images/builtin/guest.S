@@ -757,7 +757,8 @@ build_tables:
     /* Upper half: a direct map of PA 0..16 MiB, global and NX, 2 MiB leaves. */
     MAP DIRECT_VA, 0, 8, 2, PTE_P|PTE_RW|PTE_PS|PTE_G, PTE_P|PTE_RW, T_READ, 1
     /* 5-level only: a user-half address above 2^48 (PML5 slot 171; slots 1..170 stay
-     * holes) and a kernel-half address that is canonical only with 57 bits. */
+     * holes, but for hostile mode's 100..103) and a kernel-half address that is
+     * canonical only with 57 bits. */
     testl $FEAT_LA57, features(%rip)
     jz 5f
     MAP HIGH_VA, F18, 2, 1, PTE_P|PTE_RW, PTE_P|PTE_RW, T_RW
