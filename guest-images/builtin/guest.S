@@ -2,12 +2,14 @@
  * guestwalk built-in test guest (x86-64, GNU as, AT&T syntax).
  *
  * The VMM loads this flat binary at GPA 0x100000 and enters it in 64-bit long mode on
- * its own identity boot page tables (first 1 GiB), with:
+ * its own identity boot page tables (first 1 GiB), in 5-level paging (CR4.LA57, a PML5
+ * root) when the vCPU's CPUID offers LA57 and in 4-level paging otherwise, with:
  *   RDI = mode: 0 normal, 1 hostile, 2 triple-fault, 3 dirty-writer, 4 bulk dirty-writer
  *   RSI = guest RAM size in bytes
  * APs (vCPUs other than the BSP) start at image + 0x10 and spin there without exits.
  *
- * The guest builds its own page tables in its own RAM (the pool at 0x200000), loads
+ * The guest builds its own page tables in its own RAM (the pool at 0x200000), with the
+ * paging depth it was started in (CR4.LA57 cannot change in long mode), loads
  * its own CR3 (with a PCID when the CPU has one), touches the test pages so the CPU
  * sets accessed/dirty bits, writes a descriptor of every leaf it mapped, reports
  * READY(descriptor GPA) on the debug port and then loops: write through one mapping,
@@ -58,6 +60,7 @@
     /* ---- descriptor features ---- */
     .set FEAT_1G,   0x1
     .set FEAT_PCID, 0x2
+    .set FEAT_LA57, 0x4
     .set FEAT_NX,   0x8
 
     /* ---- guest-physical layout (mirrors vmm/src/arch/x86_64/layout.rs) ---- */
@@ -104,6 +107,11 @@
     .set USER_VA,   0x10000000000       /* PML4[2]: U/S=1 on every level */
     .set SPACE_VA,  0x20000000000       /* PML4[4]: differs per address space */
     .set DIRECT_VA, 0xffff888000000000  /* PML4[273]: PA 0..16 MiB, 2 MiB leaves */
+    /* Only with 5-level paging: addresses beyond 48 bits (PML5 slots other than 0 and
+     * 511 in the lower half; a kernel-half address canonical only with 57 bits). */
+    .set HIGH_VA,   0x00abcdef12345000  /* PML5[171]: 4 KiB x 2, F18 F19, written */
+    .set HIGH_KVA,  0xff11000000000000  /* PML5[273]: 2 MiB leaf of PA 0, read */
+    .set F18, FRAME_BASE + 0x12000
 
     .set SPACE_A_MAGIC, 0xa5a5a5a50000000a
     .set SPACE_B_MAGIC, 0xb5b5b5b50000000b
@@ -121,11 +129,11 @@
 /*
  * MAP va, pa, count, level, leaf_flags, table_flags, touch, nx
  * Maps `count` leaves of `level` (1 = 4 KiB, 2 = 2 MiB, 3 = 1 GiB) into the address
- * space `cur_pml4` and records one descriptor run. nx=1 adds the NX bit when the CPU
- * has it.
+ * space whose root table (PML5 or PML4) is `cur_root` and records one descriptor run.
+ * nx=1 adds the NX bit when the CPU has it.
  */
 .macro MAP va, pa, count, level, leaf, table, touch, nx=0
-    mov cur_pml4(%rip), %rdi
+    mov cur_root(%rip), %rdi
     movabsq $\va, %rsi
     movabsq $\pa, %rdx
     mov $\count, %rcx
@@ -228,6 +236,15 @@ main_loop:
     movabsq $DIRECT_VA + BIG0 + 16, %rdx
     cmp (%rdx), %r12
     jne .Ldirect_mismatch
+    /* 5-level: write beyond 48 bits, read back through the direct map. */
+    testl $FEAT_LA57, features(%rip)
+    jz 4f
+    movabsq $HIGH_VA + 24, %rdx
+    mov %r12, (%rdx)
+    movabsq $DIRECT_VA + F18 + 24, %rdx
+    cmp (%rdx), %r12
+    jne .Lhigh_mismatch
+4:
     /* Switch address space; SPACE_VA holds a different value in each. */
     xor $1, %r13
     lea cr3_values(%rip), %rax
@@ -402,8 +419,8 @@ bulk_round:
     FAIL 10
 
 /*
- * map_bulk: maps the bulk area of both RAM ranges at BULK_VA + GPA in cur_pml4 (before
- * the second space copies the PML4): [16 MiB, low_top) and [4 GiB, 4 GiB + high),
+ * map_bulk: maps the bulk area of both RAM ranges at BULK_VA + GPA in cur_root (before
+ * the second space copies the root): [16 MiB, low_top) and [4 GiB, 4 GiB + high),
  * each rounded down to 2 MiB. The first min(64 MiB, half the low part) with 4 KiB
  * leaves, the rest with 2 MiB leaves, and 1 GiB leaves for whole aligned GiBs when
  * the CPU has pdpe1gb. Sets bulk_low_top and bulk_pages.
@@ -437,7 +454,7 @@ map_bulk:
 2:  mov %rax, %r13
     test %r13, %r13
     jz 3f
-    mov cur_pml4(%rip), %rdi
+    mov cur_root(%rip), %rdi
     movabsq $BULK_VA + BULK_START, %rsi
     mov $BULK_START, %edx
     mov %r13, %rcx
@@ -506,7 +523,7 @@ map_bulk_leaves:
     test %rcx, %rcx
     jz 1f
     push %rsi
-    mov cur_pml4(%rip), %rdi
+    mov cur_root(%rip), %rdi
     movabsq $BULK_VA, %rsi
     add %r12, %rsi
     mov %r12, %rdx
@@ -614,6 +631,8 @@ record_write:
     FAIL 3
 .Lspace_mismatch:
     FAIL 4
+.Lhigh_mismatch:
+    FAIL 11
 bad_mode:
     FAIL 1
 too_little_ram:
@@ -644,9 +663,16 @@ triple_fault:
     ud2
 
 /* ---------------------------------------------------------------------------- */
-/* CPU features: PCID, PGE, NX, 1 GiB pages.                                      */
+/* CPU features: PCID, PGE, NX, 1 GiB pages; 5-level paging as the VMM started us. */
 detect_features:
     push %rbx
+    movl $39, top_shift(%rip)
+    mov %cr4, %rax
+    bt $12, %rax                    /* CR4.LA57: our tables need a PML5 root */
+    jnc 6f
+    orl $FEAT_LA57, features(%rip)
+    movl $48, top_shift(%rip)
+6:
     mov $1, %eax
     xor %ecx, %ecx
     cpuid
@@ -688,11 +714,11 @@ detect_features:
 /* virtual for the pool.                                                           */
 build_tables:
     call alloc_table
-    mov %rax, pml4_a(%rip)
-    mov %rax, cur_pml4(%rip)
+    mov %rax, root_a(%rip)
+    mov %rax, cur_root(%rip)
 
     /* The guest itself: [IMAGE_START, _end) identity, 4 KiB, every page read below. */
-    mov cur_pml4(%rip), %rdi
+    mov cur_root(%rip), %rdi
     mov $IMAGE_START, %esi
     mov $IMAGE_START, %edx
     lea _end(%rip), %rcx
@@ -730,38 +756,77 @@ build_tables:
     MAP USER_VA, F12, 2, 1, PTE_P|PTE_RW|PTE_US, PTE_P|PTE_RW|PTE_US, T_RW
     /* Upper half: a direct map of PA 0..16 MiB, global and NX, 2 MiB leaves. */
     MAP DIRECT_VA, 0, 8, 2, PTE_P|PTE_RW|PTE_PS|PTE_G, PTE_P|PTE_RW, T_READ, 1
+    /* 5-level only: a user-half address above 2^48 (PML5 slot 171; slots 1..170 stay
+     * holes, but for hostile mode's 100..103) and a kernel-half address that is
+     * canonical only with 57 bits. */
+    testl $FEAT_LA57, features(%rip)
+    jz 5f
+    MAP HIGH_VA, F18, 2, 1, PTE_P|PTE_RW, PTE_P|PTE_RW, T_RW
+    MAP HIGH_KVA, 0, 1, 2, PTE_P|PTE_PS|PTE_G, PTE_P|PTE_RW, T_READ, 1
+5:
+    /* The PML4 of space A: the root itself, or what PML5[0] points to. */
+    mov root_a(%rip), %rdi
+    call pml4_of
+    mov %rax, pml4_a(%rip)
 
     cmpq $1, mode(%rip)
     jne 2f
     mov pml4_a(%rip), %rdi
     call build_hostile
+    testl $FEAT_LA57, features(%rip)
+    jz 2f
+    mov root_a(%rip), %rdi
+    call build_hostile_pml5
 2:
     cmpq $MODE_BULK, mode(%rip)
     jne 4f
     call map_bulk
 4:
-    /* Second address space: a copy of the PML4 (so it shares every lower table),
-     * then one region that differs. */
+    /* Second address space: a copy of the root (so it shares every lower table),
+     * then one region that differs. With 5-level paging that region's PML4 (under
+     * PML5[0]) is copied too, so that the spaces differ below it. */
+    call alloc_table
+    mov %rax, root_b(%rip)
+    mov %rax, pml4_b(%rip)
+    mov %rax, %rdi
+    mov root_a(%rip), %rsi
+    mov $512, %ecx
+    rep movsq
+    testl $FEAT_LA57, features(%rip)
+    jz 6f
     call alloc_table
     mov %rax, pml4_b(%rip)
     mov %rax, %rdi
     mov pml4_a(%rip), %rsi
     mov $512, %ecx
     rep movsq
+    mov root_a(%rip), %rsi
+    mov (%rsi), %rdx
+    and $0xfff, %edx                /* PML5[0]'s flags, pointing at B's own PML4 */
+    or pml4_b(%rip), %rdx
+    mov root_b(%rip), %rdi
+    mov %rdx, (%rdi)
+6:
     call duplicate_runs_for_space_b
     cmpq $1, mode(%rip)
     jne 3f
-    /* The self-reference of space B points at B itself. */
+    /* The self-reference of space B points at B itself (with LA57: both of them). */
     mov pml4_b(%rip), %rax
     mov %rax, %rdx
     or $(PTE_P | PTE_RW), %rdx
     mov %rdx, 100 * 8(%rax)
+    testl $FEAT_LA57, features(%rip)
+    jz 3f
+    mov root_b(%rip), %rax
+    mov %rax, %rdx
+    or $(PTE_P | PTE_RW), %rdx
+    mov %rdx, 100 * 8(%rax)
 3:
-    mov pml4_a(%rip), %rax
-    mov %rax, cur_pml4(%rip)
+    mov root_a(%rip), %rax
+    mov %rax, cur_root(%rip)
     MAP SPACE_VA, SPACE_FRAME_A, 1, 1, PTE_P|PTE_RW, PTE_P|PTE_RW, T_READ
-    mov pml4_b(%rip), %rax
-    mov %rax, cur_pml4(%rip)
+    mov root_b(%rip), %rax
+    mov %rax, cur_root(%rip)
     MAP SPACE_VA, SPACE_FRAME_B, 1, 1, PTE_P|PTE_RW, PTE_P|PTE_RW, T_READ
     /* The value that tells the spaces apart, written physically (identity). */
     movabsq $SPACE_A_MAGIC, %rax
@@ -840,6 +905,37 @@ build_hostile:
     pop %rbx
     ret
 
+/* pml4_of: rdi = root table. rax = the PML4 of the lower 256 TiB: the root itself in
+ * 4-level paging, the table PML5[0] points to in 5-level paging. */
+pml4_of:
+    mov %rdi, %rax
+    testl $FEAT_LA57, features(%rip)
+    jz 1f
+    mov (%rdi), %rax
+    movabsq $PTE_ADDR_MASK, %rdx
+    and %rdx, %rax
+1:  ret
+
+/*
+ * build_hostile_pml5: rdi = PML5 (5-level paging only). Adversarial PML5 entries in
+ * slots the guest never touches, besides those of build_hostile (which sit in the
+ * PML4 under PML5[0]):
+ *  - PML5[100] -> the PML5 itself (so VA 100 << 48 is one level short: it ends on
+ *    the page table of VA 0..2 MiB, taking PML5, PML4, PDPT, PD as the lower levels);
+ *  - PML5[101] -> a PML4 at GPA 0xf00003000, outside RAM (see build_hostile);
+ *  - PML5[103] -> the lower PML4 with PS set (PS is reserved in a PML5E).
+ */
+build_hostile_pml5:
+    mov %rdi, %rax
+    or $(PTE_P | PTE_RW), %rax
+    mov %rax, 100 * 8(%rdi)
+    movabsq $0xf00003000 | PTE_P | PTE_RW, %rax
+    mov %rax, 101 * 8(%rdi)
+    mov pml4_a(%rip), %rax
+    or $(PTE_P | PTE_RW | PTE_PS), %rax
+    mov %rax, 103 * 8(%rdi)
+    ret
+
 /* fill_table: rdi = table, rsi = value for all 512 entries. Preserves rdi, rsi. */
 fill_table:
     push %rdi
@@ -871,7 +967,7 @@ alloc_table:
     FAIL 6
 
 /*
- * map_run: rdi = PML4, rsi = va, rdx = pa, rcx = count, r8 = level, r9 = leaf flags,
+ * map_run: rdi = root table (PML5 or PML4), rsi = va, rdx = pa, rcx = count, r8 = level, r9 = leaf flags,
  * r10 = flags for tables created on the way, r11 = touch bits (DF_WROTE/DF_READ).
  * Maps the leaves and records one descriptor run for the space of rdi.
  */
@@ -920,9 +1016,9 @@ map_run:
 4:  bt $63, %r9
     jnc 5f
     bts $DF_EFF_NX, %rax
-5:  /* space: 1 when rdi is the second PML4 */
+5:  /* space: 1 when rdi is the second root */
     xor %esi, %esi
-    cmp pml4_b(%rip), %rdi
+    cmp root_b(%rip), %rdi
     jne 6f
     mov $1, %esi
 6:  mov %rax, %r9                   /* flags */
@@ -941,9 +1037,12 @@ map_run:
     ret
 
 /*
- * map_one: rdi = PML4, rsi = va, rdx = pa, r8 = level, r9 = leaf flags, r10 = table
- * flags. Walks down from the PML4, creating missing tables, and writes the leaf.
- * Preserves rdi, r8, r9, r10 and the callee-saved registers.
+ * map_one: rdi = root table, rsi = va, rdx = pa, r8 = level, r9 = leaf flags, r10 =
+ * table flags. Walks down from the root (a PML5 with LA57, else a PML4), creating
+ * missing tables, and writes the leaf. Tables already on the way get the table flags
+ * added (with 5-level paging PML5[0] exists before the user pages are mapped: it must
+ * gain U/S for them to be user pages). Preserves rdi, r8, r9, r10 and the
+ * callee-saved registers.
  */
 map_one:
     push %rbx
@@ -952,7 +1051,7 @@ map_one:
     lea -1(%r8), %rbx
     imul $9, %rbx
     add $12, %rbx
-    mov $39, %ecx                   /* shift of the current level */
+    mov top_shift(%rip), %ecx       /* shift of the current level: 39 or 48 */
     mov %rdi, %r11                  /* current table */
 1:  mov %rsi, %rax
     shr %cl, %rax
@@ -976,7 +1075,13 @@ map_one:
     jmp 4f
 3:  test $PTE_PS, %rax              /* a leaf where we need a table: our own bug */
     jnz .Lmap_conflict
-    movabsq $PTE_ADDR_MASK, %r11
+    mov %rax, %r11
+    or %r10, %r11
+    cmp %rax, %r11
+    je 5f
+    /* Only when a flag is missing: tables are written no more often than needed. */
+    mov %r11, (%r12)
+5:  movabsq $PTE_ADDR_MASK, %r11
     and %rax, %r11
 4:  sub $9, %ecx
     jmp 1b
@@ -1026,10 +1131,10 @@ duplicate_runs_for_space_b:
 /* Load our own CR3; with PCID, enable CR4.PCIDE (needs CR3[11:0] = 0 at that point)
  * and reload with PCID 1 for space A, 2 for space B. */
 enter_own_tables:
-    mov pml4_a(%rip), %rax
+    mov root_a(%rip), %rax
     mov %rax, %cr3
-    mov pml4_a(%rip), %rax
-    mov pml4_b(%rip), %rdx
+    mov root_a(%rip), %rax
+    mov root_b(%rip), %rdx
     testl $FEAT_PCID, features(%rip)
     jz 1f
     mov %cr4, %rcx
@@ -1081,6 +1186,15 @@ touch_pages:
     add $0x200000, %rdx
     dec %ecx
     jnz 4b
+    /* 5-level only: the addresses beyond 48 bits */
+    testl $FEAT_LA57, features(%rip)
+    jz 5f
+    movabsq $HIGH_VA, %rdx
+    movq $1, (%rdx)
+    movq $1, 0x1000(%rdx)
+    movabsq $HIGH_KVA + IMAGE_START, %rdx
+    mov (%rdx), %rax
+5:
     /* SPACE_VA in both spaces, ending in A */
     movabsq $SPACE_VA, %rdx
     mov cr3_values + 8(%rip), %rax
@@ -1201,11 +1315,14 @@ desc_runs:        .fill MAX_RUNS * RUN_SIZE, 1, 0
 mode:       .quad 0
 ram_size:   .quad 0
 features:   .long 0
+top_shift:  .long 0                 /* 39, or 48 with LA57 (set by detect_features) */
     .balign 8
 nx_bit:     .quad 0
-pml4_a:     .quad 0
+root_a:     .quad 0                 /* CR3 tables: PML5 with LA57, else = pml4_* */
+root_b:     .quad 0
+pml4_a:     .quad 0                 /* PML4 of the lower 256 TiB of each space */
 pml4_b:     .quad 0
-cur_pml4:   .quad 0
+cur_root:   .quad 0
 leaf_size:  .quad 0
 bulk_low_top: .quad 0
 bulk_high:  .quad 0

@@ -110,3 +110,47 @@ pub fn finish(vm: &Vm, console: &Console) {
         "{output}"
     );
 }
+
+/// CR4.LA57: the vCPU runs with 5-level paging.
+pub const CR4_LA57: u64 = 1 << 12;
+
+/// Whether `va` needs 5-level paging: not canonical with 48 bits (beyond 2^48 in the
+/// lower half, or a kernel-half address only canonical with 57 bits).
+pub fn beyond_48_bits(va: u64) -> bool {
+    !walker::Gva(va).is_canonical(48)
+}
+
+/// Checks that the guest runs in the paging mode its CPUID decides, and says which:
+/// 5-level (`true`) exactly when the vCPU's CPUID offers LA57. Then the vCPU has CR4.LA57,
+/// the descriptor reports LA57 and lists, in every address space, mappings beyond 48
+/// bits in both halves; otherwise none of that.
+pub fn check_paging_mode(vm: &Vm, descriptor: &Descriptor, state: &vmm::VcpuState) -> bool {
+    let la57 = vm.paging_features().la57;
+    assert_eq!(
+        state.cr4 & CR4_LA57 != 0,
+        la57,
+        "CPUID offers LA57: {la57}, but CR4 is {:#x}",
+        state.cr4
+    );
+    assert_eq!(
+        descriptor.features.contains(vmm::guest::Features::LA57),
+        la57,
+        "descriptor features {:#x} vs CPUID LA57 {la57}",
+        descriptor.features.0
+    );
+    for space in 0..descriptor.space_count as u8 {
+        let high: Vec<u64> = descriptor
+            .runs_of_space(space)
+            .map(|r| r.va.0)
+            .filter(|va| beyond_48_bits(*va))
+            .collect();
+        let lower = high.iter().filter(|va| **va >> 63 == 0).count();
+        let upper = high.len() - lower;
+        assert_eq!(
+            (lower > 0, upper > 0),
+            (la57, la57),
+            "space {space}: runs beyond 48 bits {high:#x?} with LA57 {la57}"
+        );
+    }
+    la57
+}

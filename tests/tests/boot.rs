@@ -3,7 +3,10 @@
 
 use std::sync::atomic::Ordering;
 
-use guestwalk_tests::{TIMEOUT, boot, finish, kvm_available, next_heartbeat, ready, space_of};
+use guestwalk_tests::{
+    TIMEOUT, beyond_48_bits, boot, check_paging_mode, finish, kvm_available, next_heartbeat, ready,
+    space_of,
+};
 use vm_memory::{Bytes, GuestAddress};
 use vmm::arch::x86_64::layout;
 use vmm::exit::VcpuStop;
@@ -14,12 +17,18 @@ use walker::Gva;
 /// Non-present entries the built-in guest leaves on purpose (guest.S): a PTE, a PDE,
 /// a PDPTE and a PML4E.
 const HOLES: [u64; 4] = [0x4000_4000, 0x4020_0000, 0x8000_0000, 0x80_0000_0000];
+/// With 5-level paging, also non-present PML5Es: slot 1 of the lower half and slot 256,
+/// the first of the kernel half (addresses that are not canonical with 4-level paging).
+const HOLES_5LEVEL: [u64; 2] = [1 << 48, 0xff00_0000_0000_0000];
 
 /// Checks the first and last leaf of every run of `space` against KVM_TRANSLATE, and
 /// that the guest's holes are holes. (KVM_TRANSLATE on x86 always reports
 /// writeable = 1 and usermode = 0, so only `valid` and the GPA are compared.)
-fn check_against_kvm(vm: &Vm, descriptor: &Descriptor, space: u8) {
-    for hole in HOLES {
+/// Returns how many of the translated addresses lie beyond 48 bits.
+fn check_against_kvm(vm: &Vm, descriptor: &Descriptor, space: u8, la57: bool) -> usize {
+    let holes_5level: &[u64] = if la57 { &HOLES_5LEVEL } else { &[] };
+    let mut beyond_48 = 0;
+    for &hole in HOLES.iter().chain(holes_5level) {
         assert!(
             !descriptor
                 .runs_of_space(space)
@@ -47,8 +56,12 @@ fn check_against_kvm(vm: &Vm, descriptor: &Descriptor, space: u8) {
                 run.pa.0 + leaf * size + 0x10,
                 "{va:#x} of {run:x?}"
             );
+            if beyond_48_bits(va) {
+                beyond_48 += 1;
+            }
         }
     }
+    beyond_48
 }
 
 const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
@@ -68,20 +81,70 @@ fn entry(vm: &Vm, table: u64, index: u64) -> u64 {
     }
 }
 
-/// PML4 slots the hostile guest fills with adversarial structures (guest.S).
+/// PML4 slots the hostile guest fills with adversarial structures (guest.S), in the
+/// PML4 of the lower 256 TiB (the root, or what PML5[0] points to).
 const HOSTILE_PML4_SLOTS: [std::ops::RangeInclusive<u64>; 2] = [16..=47, 100..=103];
+/// PML5 slots the hostile guest fills with 5-level paging (guest.S, build_hostile_pml5).
+const HOSTILE_PML5_SLOTS: [std::ops::RangeInclusive<u64>; 1] = [100..=103];
 
-/// Every present leaf reachable from `cr3` (4-level paging), skipping the PML4 slots
-/// `skip` (this simple walk has no budget, so hostile structures must be skipped).
-fn walk_all_leaves(vm: &Vm, cr3: u64, skip: &[std::ops::RangeInclusive<u64>]) -> Vec<Leaf> {
+/// The PML4 of the lower 256 TiB of the space with root `cr3`.
+fn lower_pml4(vm: &Vm, cr3: u64, la57: bool) -> u64 {
+    if la57 {
+        let e5 = entry(vm, cr3, 0);
+        assert_ne!(e5 & PRESENT, 0, "PML5[0] of {cr3:#x} is not present");
+        e5 & ADDR_MASK
+    } else {
+        cr3 & ADDR_MASK
+    }
+}
+
+/// Every present leaf reachable from `cr3` (5-level paging with `la57`, else 4-level),
+/// skipping the slots `skip` of the lower PML4 and `skip_pml5` of the PML5 (this simple
+/// walk has no budget, so hostile structures must be skipped).
+fn walk_all_leaves(
+    vm: &Vm,
+    cr3: u64,
+    la57: bool,
+    skip: &[std::ops::RangeInclusive<u64>],
+    skip_pml5: &[std::ops::RangeInclusive<u64>],
+) -> Vec<Leaf> {
+    if !la57 {
+        return walk_pml4(vm, cr3, None, skip);
+    }
+    let mut leaves = Vec::new();
+    for i5 in 0..512u64 {
+        let e5 = entry(vm, cr3, i5);
+        if e5 & PRESENT == 0 || skip_pml5.iter().any(|slots| slots.contains(&i5)) {
+            continue;
+        }
+        assert_eq!(e5 & PAGE_SIZE_BIT, 0, "PS in PML5[{i5}]");
+        // Sign-extend bit 56 for the upper half.
+        let va5 = (((i5 << 48) << 7) as i64 >> 7) as u64;
+        let skip: &[_] = if i5 == 0 { skip } else { &[] };
+        leaves.extend(walk_pml4(vm, e5, Some(va5), skip));
+    }
+    leaves
+}
+
+/// The leaves under one PML4: the root in 4-level paging (`base` None: VAs sign-extended
+/// from bit 47), or under the PML5 slot whose first VA is `base` (already sign-extended).
+fn walk_pml4(
+    vm: &Vm,
+    pml4: u64,
+    base: Option<u64>,
+    skip: &[std::ops::RangeInclusive<u64>],
+) -> Vec<Leaf> {
     let mut leaves = Vec::new();
     for i4 in 0..512u64 {
-        let e4 = entry(vm, cr3, i4);
+        let e4 = entry(vm, pml4, i4);
         if e4 & PRESENT == 0 || skip.iter().any(|slots| slots.contains(&i4)) {
             continue;
         }
-        // Sign-extend bit 47 for the upper half.
-        let va4 = (((i4 << 39) << 16) as i64 >> 16) as u64;
+        let va4 = match base {
+            // 4-level: sign-extend bit 47 for the upper half.
+            None => (((i4 << 39) << 16) as i64 >> 16) as u64,
+            Some(base) => base | (i4 << 39),
+        };
         for i3 in 0..512u64 {
             let e3 = entry(vm, e4, i3);
             let va3 = va4 | (i3 << 30);
@@ -120,10 +183,12 @@ fn walk_all_leaves(vm: &Vm, cr3: u64, skip: &[std::ops::RangeInclusive<u64>]) ->
 fn check_descriptor_is_exact(
     vm: &Vm,
     descriptor: &Descriptor,
+    la57: bool,
     skip: &[std::ops::RangeInclusive<u64>],
+    skip_pml5: &[std::ops::RangeInclusive<u64>],
 ) {
     for space in 0..descriptor.space_count as u8 {
-        let actual = walk_all_leaves(vm, descriptor.cr3[space as usize], skip);
+        let actual = walk_all_leaves(vm, descriptor.cr3[space as usize], la57, skip, skip_pml5);
         let mut expected: Vec<(Leaf, &Run)> = Vec::new();
         for run in descriptor.runs_of_space(space) {
             let size = run.level.page_size();
@@ -200,6 +265,7 @@ fn builtin_guest_boots_pauses_and_finishes() {
 
     let mut last_heartbeat = next_heartbeat(&vm);
     let mut spaces_seen = [false; 2];
+    let mut la57 = None;
     for round in 0..6 {
         let states = match vm.pause() {
             Ok(states) => states,
@@ -213,14 +279,17 @@ fn builtin_guest_boots_pauses_and_finishes() {
         assert_ne!(bsp.efer & (1 << 10), 0);
         let space = space_of(&descriptor, bsp.cr3);
         spaces_seen[space as usize] = true;
+        // 5-level paging exactly when the CPUID offers LA57.
+        let five = *la57.get_or_insert_with(|| check_paging_mode(&vm, &descriptor, &bsp));
         // A second read while paused gives the same state.
         match vm.pause() {
             Ok(again) => assert_eq!(again[0], bsp, "state changed while paused"),
             Err(e) => panic!("second pause {round}: {e}"),
         }
-        check_against_kvm(&vm, &descriptor, space);
+        let beyond_48 = check_against_kvm(&vm, &descriptor, space, five);
+        assert_eq!(beyond_48 > 0, five, "KVM translated {beyond_48} such VAs");
         if round == 0 {
-            check_descriptor_is_exact(&vm, &descriptor, &[]);
+            check_descriptor_is_exact(&vm, &descriptor, five, &[], &[]);
         }
         if let Err(e) = vm.resume() {
             panic!("resume {round}: {e}");
@@ -259,20 +328,49 @@ fn hostile_guest_boots_and_finishes() {
         Err(e) => panic!("pause: {e}"),
     };
     let space = space_of(&descriptor, states[0].cr3);
-    check_against_kvm(&vm, &descriptor, space);
-    check_descriptor_is_exact(&vm, &descriptor, &HOSTILE_PML4_SLOTS);
+    let la57 = check_paging_mode(&vm, &descriptor, &states[0]);
+    check_against_kvm(&vm, &descriptor, space, la57);
+    check_descriptor_is_exact(
+        &vm,
+        &descriptor,
+        la57,
+        &HOSTILE_PML4_SLOTS,
+        &HOSTILE_PML5_SLOTS,
+    );
     // The hostile slots are really there, and self-referencing.
-    let pml4 = descriptor.cr3[space as usize] & ADDR_MASK;
+    let root = descriptor.cr3[space as usize] & ADDR_MASK;
+    let pml4 = lower_pml4(&vm, descriptor.cr3[space as usize], la57);
     assert_eq!(entry(&vm, pml4, 100) & ADDR_MASK, pml4);
     assert_ne!(entry(&vm, pml4, 103) & PAGE_SIZE_BIT, 0);
     // The fan-out region (PML4 slot 16) is reachable and maps the same frame everywhere.
-    let fan_out = |va: u64| match vm.translate(0, Gva(va)) {
+    let translate = |va: u64| match vm.translate(0, Gva(va)) {
         Ok(t) => t,
         Err(e) => panic!("translate {va:#x}: {e}"),
     };
-    let first = fan_out(16 << 39);
-    let far = fan_out((16 << 39) | (300 << 30) | (7 << 21) | (9 << 12));
+    let first = translate(16 << 39);
+    let far = translate((16 << 39) | (300 << 30) | (7 << 21) | (9 << 12));
     assert!(first.valid && far.valid && first.gpa == far.gpa);
+    // 5-level: the PML5's own hostile slots. Through the self-reference (slot 100) the
+    // CPU takes the PML5, PML4, PDPT and PD as the levels below, so VA 100 << 48 ends on
+    // the page table of VA 0..2 MiB, a page of the table pool; slots 101 (outside RAM)
+    // and 103 (PS, reserved in a PML5E) translate to nothing.
+    let pml5_slots = [100, 101, 103].map(|i| entry(&vm, root, i));
+    if la57 {
+        assert_eq!(pml5_slots[0] & ADDR_MASK, root);
+        assert_eq!(pml5_slots[1] & ADDR_MASK, 0xf_0000_3000);
+        assert_eq!(
+            pml5_slots[2] & (ADDR_MASK | PAGE_SIZE_BIT),
+            pml4 | PAGE_SIZE_BIT
+        );
+        let self_ref = translate(100 << 48);
+        let pd = entry(&vm, entry(&vm, pml4, 0), 0);
+        assert!(self_ref.valid, "{self_ref:?}");
+        assert_eq!(self_ref.gpa.0, entry(&vm, pd, 0) & ADDR_MASK);
+        assert!(layout::GUEST_TABLE_POOL.0 <= self_ref.gpa.0 && self_ref.gpa.0 < 0x40_0000);
+        for va in [101u64 << 48, 103 << 48] {
+            assert!(!translate(va).valid, "{va:#x}");
+        }
+    }
     if let Err(e) = vm.resume() {
         panic!("resume: {e}");
     }

@@ -1,11 +1,14 @@
 //! The walker on page tables a real vCPU uses: the built-in guest builds them itself,
 //! the MMU sets their accessed/dirty bits, KVM_TRANSLATE is the independent oracle.
 
-use guestwalk_tests::{boot, finish, hash_ram, kvm_available, next_heartbeat, ready, space_of};
+use guestwalk_tests::{
+    beyond_48_bits, boot, check_paging_mode, finish, hash_ram, kvm_available, next_heartbeat,
+    ready, space_of,
+};
 use vm_memory::GuestMemoryBackend;
 use vmm::guest::descriptor::DESCRIPTOR_FLAG_MASK;
 use vmm::{Descriptor, GuestMode, Vm, memfile};
-use walker::{Granularity, Gva, Leaf, Mapping, PagingContext, WalkError, WalkOptions};
+use walker::{Granularity, Gva, Leaf, Mapping, PagingContext, PagingMode, WalkError, WalkOptions};
 
 const ALL: std::ops::RangeInclusive<Gva> = Gva(0)..=Gva(u64::MAX);
 
@@ -13,11 +16,22 @@ const ALL: std::ops::RangeInclusive<Gva> = Gva(0)..=Gva(u64::MAX);
 /// (PS or PAT), G, PAT (bit 12 of huge leaves), NX. Accessed and dirty are the CPU's.
 const COMPARED_BITS: u64 = 0x1 | 0x2 | 0x4 | 0x8 | 0x10 | 0x80 | 0x100 | (1 << 63);
 
+/// The walker's context for `cr3`; its paging depth must follow the vCPU's CR4.LA57.
 fn context(vm: &Vm, state: &vmm::VcpuState, cr3: u64) -> PagingContext {
-    match vm.paging_context(state, Some(cr3)) {
+    let ctx = match vm.paging_context(state, Some(cr3)) {
         Ok(ctx) => ctx,
         Err(e) => panic!("the vCPU is not in a walkable mode: {e}"),
-    }
+    };
+    let five = state.cr4 & guestwalk_tests::CR4_LA57 != 0;
+    assert_eq!(
+        ctx.mode(),
+        if five {
+            PagingMode::FiveLevel
+        } else {
+            PagingMode::FourLevel
+        }
+    );
+    ctx
 }
 
 fn leaves_of<M: GuestMemoryBackend>(mem: &M, ctx: &PagingContext, g: Granularity) -> Vec<Leaf> {
@@ -98,11 +112,27 @@ fn walk_equals_the_guests_descriptor_in_both_address_spaces() {
     let d = ready(&vm, &console);
     assert_eq!(d.space_count, 2);
     let states = vm.pause().unwrap_or_else(|e| panic!("pause: {e}"));
+    let la57 = check_paging_mode(&vm, &d, &states[0]);
     let before = hash_ram(&vm);
     for space in 0..2u8 {
         let ctx = context(&vm, &states[0], d.cr3[space as usize]);
         let leaves = leaves_of(vm.guest_memory(), &ctx, Granularity::AsMapped);
         check_leaves_equal_descriptor(&leaves, &d, space);
+        // With 5-level paging the walk reaches leaves beyond 48 bits, in both halves,
+        // and the CPU set accessed/dirty on them (checked against the descriptor above).
+        let high: Vec<u64> = leaves
+            .iter()
+            .map(|l| l.va.0)
+            .filter(|va| beyond_48_bits(*va))
+            .collect();
+        assert_eq!(
+            (
+                high.iter().any(|va| va >> 63 == 0),
+                high.iter().any(|va| va >> 63 == 1)
+            ),
+            (la57, la57),
+            "space {space}: leaves beyond 48 bits {high:#x?}"
+        );
         // Split: every huge leaf becomes 512 consecutive shadow 4 KiB leaves.
         let split = leaves_of(vm.guest_memory(), &ctx, Granularity::Split4K);
         let expected_4k: u64 = leaves.iter().map(|l| l.size.bytes() / 4096).sum();
@@ -139,6 +169,8 @@ fn translations_agree_with_kvm_translate() {
     let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
     let mut spaces_seen = [false; 2];
     let mut checked = 0;
+    let mut checked_beyond_48_bits = 0;
+    let mut la57 = None;
     // The guest switches CR3 every iteration: pause at irregular moments until both spaces
     // were current. (Pausing right after a heartbeat would always land in the same space:
     // heartbeats come every 256 iterations.)
@@ -149,6 +181,7 @@ fn translations_agree_with_kvm_translate() {
         let states = vm.pause().unwrap_or_else(|e| panic!("pause: {e}"));
         let space = space_of(&d, states[0].cr3);
         spaces_seen[space as usize] = true;
+        let five = *la57.get_or_insert_with(|| check_paging_mode(&vm, &d, &states[0]));
         let ctx = context(&vm, &states[0], states[0].cr3);
         for leaf in leaves_of(vm.guest_memory(), &ctx, Granularity::AsMapped) {
             let pages = leaf.size.bytes() / 4096;
@@ -163,16 +196,28 @@ fn translations_agree_with_kvm_translate() {
                 assert!(kvm.valid, "KVM says {va} is not mapped; we say {ours:?}");
                 assert_eq!(kvm.gpa, ours.gpa, "{va}");
                 checked += 1;
+                if beyond_48_bits(va.0) {
+                    checked_beyond_48_bits += 1;
+                }
             }
         }
-        // Unmapped addresses: both agree they are not mapped.
-        for va in [
+        // Unmapped addresses: both agree they are not mapped. With 5-level paging also
+        // non-present PML5 entries: slot 1 (2^48) and the kernel half's slot 256.
+        let holes_5level: &[u64] = if five {
+            &[1 << 48, 0xff00_0000_0000_0000]
+        } else {
+            &[]
+        };
+        for &va in [
             0x4000_4000u64,
             0x4020_0000,
             0x8000_0000,
             0x80_0000_0000,
             0x1234_5678_9000,
-        ] {
+        ]
+        .iter()
+        .chain(holes_5level)
+        {
             assert!(walker::translate(vm.guest_memory(), &ctx, Gva(va)).is_err());
             let kvm = vm.translate(0, Gva(va)).unwrap_or_else(|e| panic!("{e}"));
             assert!(!kvm.valid, "{va:#x}");
@@ -185,6 +230,11 @@ fn translations_agree_with_kvm_translate() {
         "never paused in both spaces"
     );
     assert!(checked > 100);
+    assert_eq!(
+        checked_beyond_48_bits > 0,
+        la57 == Some(true),
+        "{checked_beyond_48_bits} translations beyond 48 bits checked"
+    );
     finish(&vm, &console);
 }
 
@@ -230,6 +280,9 @@ fn hostile_tables_give_bounded_walks_and_typed_faults() {
     let (vm, console) = boot(GuestMode::Hostile, 1);
     let d = ready(&vm, &console);
     let states = vm.pause().unwrap_or_else(|e| panic!("pause: {e}"));
+    // With 5-level paging the hostile PML4 structures sit in the PML4 under PML5[0]: the
+    // same slots and faults, one level deeper; the PML5 has its own in slots 100..=103.
+    let la57 = check_paging_mode(&vm, &d, &states[0]);
     let before = hash_ram(&vm);
     let ctx = context(&vm, &states[0], d.cr3[0]);
     // The fan-out (PML4 slots 16..=47) exhausts the budget instead of 32 x 512^3 visits.
@@ -276,11 +329,22 @@ fn hostile_tables_give_bounded_walks_and_typed_faults() {
     assert_eq!(reserved(Level::Pml4), 1, "{bad:?}");
     // Outside the hostile slots, the tables are exactly what the guest described.
     let mut leaves = Vec::new();
-    for range in [
-        Gva(0)..=Gva((16 << 39) - 1),
-        slot(48)..=Gva((100 << 39) - 1),
-        slot(104)..=Gva(u64::MAX),
-    ] {
+    let pml5_slot = |i: u64| Gva(i << 48);
+    let ranges = if la57 {
+        vec![
+            Gva(0)..=Gva((16 << 39) - 1),
+            slot(48)..=Gva((100 << 39) - 1),
+            slot(104)..=Gva((100 << 48) - 1),
+            pml5_slot(104)..=Gva(u64::MAX),
+        ]
+    } else {
+        vec![
+            Gva(0)..=Gva((16 << 39) - 1),
+            slot(48)..=Gva((100 << 39) - 1),
+            slot(104)..=Gva(u64::MAX),
+        ]
+    };
+    for range in ranges {
         let found = walker::mappings(vm.guest_memory(), &ctx, range, Granularity::AsMapped)
             .unwrap_or_else(|e| panic!("{e}"));
         leaves.extend(found.into_iter().filter_map(|m| match m {
@@ -289,7 +353,61 @@ fn hostile_tables_give_bounded_walks_and_typed_faults() {
         }));
     }
     check_leaves_equal_descriptor(&leaves, &d, 0);
+    // KVM's answers for the PML5 slots, asked only after the walker proved it wrote
+    // nothing: KVM_TRANSLATE may set Accessed bits in the guest's tables as it walks
+    // (measured on the emulated host: with these calls before the hash, RAM changed; the
+    // guest never uses the self-reference, so its entries start without Accessed).
+    let mut kvm_checks: Vec<(Gva, Option<vm_memory::GuestAddress>)> = Vec::new();
+    if la57 {
+        // PML5 slot 101 points outside RAM, slot 103 has PS (reserved in a PML5E): one
+        // typed fault each, at the PML5 level.
+        for (i, outside) in [(101u64, true), (103, false)] {
+            let found = walker::mappings(
+                vm.guest_memory(),
+                &ctx,
+                pml5_slot(i)..=Gva(((i + 1) << 48) - 1),
+                Granularity::AsMapped,
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(found.len(), 1, "PML5 slot {i}: {found:?}");
+            let Mapping::Bad(b) = found[0] else {
+                panic!("PML5 slot {i}: {found:?}");
+            };
+            assert_eq!(b.level, Level::Pml5, "{b:?}");
+            assert_eq!(
+                matches!(b.kind, FaultKind::OutsideMemory(_)),
+                outside,
+                "{b:?}"
+            );
+            assert_eq!(
+                matches!(b.kind, FaultKind::ReservedBits(_)),
+                !outside,
+                "{b:?}"
+            );
+            let err = walker::translate(vm.guest_memory(), &ctx, pml5_slot(i));
+            assert!(
+                matches!(
+                    err,
+                    Err(walker::TranslateError::OutsideMemory {
+                        level: Level::Pml5,
+                        ..
+                    })
+                ) == outside,
+                "{err:?}"
+            );
+            kvm_checks.push((pml5_slot(i), None));
+        }
+        // The self-reference (slot 100): walker and KVM agree where it leads.
+        let va = Gva((100 << 48) | 0x123);
+        let ours =
+            walker::translate(vm.guest_memory(), &ctx, va).unwrap_or_else(|e| panic!("{va}: {e}"));
+        kvm_checks.push((va, Some(ours.gpa)));
+    }
     assert_eq!(hash_ram(&vm), before);
+    for (va, ours) in kvm_checks {
+        let kvm = vm.translate(0, va).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(kvm.valid.then_some(kvm.gpa), ours, "{va}");
+    }
     vm.resume().unwrap_or_else(|e| panic!("resume: {e}"));
     finish(&vm, &console);
 }

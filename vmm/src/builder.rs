@@ -195,17 +195,21 @@ fn build(
     // With rings the slots still need KVM_MEM_LOG_DIRTY_PAGES (it turns write tracking on).
     let slots = kvm_vm.register_memory(&memory, dirty_backend.is_some())?;
     kvm_vm.set_tss_address(layout::KVM_TSS_ADDRESS.0)?;
-    write_boot_tables(&memory)?;
+    let supported_cpuid = hypervisor.supported_cpuid()?;
+    // What the vCPUs' CPUID offers decides the paging mode the guest starts in: 5-level
+    // whenever LA57 is offered, so the guest (which cannot switch it in long mode) runs
+    // its whole test suite on 5-level tables there.
+    let paging = paging_features(&guest_cpuid(&supported_cpuid, 0, pvm));
+    write_boot_tables(&memory, paging.la57)?;
     write(
         &memory,
         layout::GUEST_IMAGE_START,
         BUILTIN_IMAGE,
         "the built-in guest",
     )?;
-    let supported_cpuid = hypervisor.supported_cpuid()?;
     kick::install_handler()?;
     let vcpus = (0..config.vcpus)
-        .map(|index| create_vcpu(&kvm_vm, index, &supported_cpuid, pvm, config))
+        .map(|index| create_vcpu(&kvm_vm, index, &supported_cpuid, pvm, paging.la57, config))
         .collect::<Result<Vec<_>, _>>()?;
     let rings = ring_size
         .map(|bytes| map_dirty_rings(&kvm_vm, &slots, &vcpus, bytes))
@@ -223,7 +227,6 @@ fn build(
             Some(DirtyTracker::new(log, memory.clone()))
         }
     };
-    let paging = paging_features(&guest_cpuid(&supported_cpuid, 0, pvm));
     let serial = SerialDevice::new(config.console.clone());
     start(
         kvm_vm, memory, vcpus, paging, dirty, rings, config, serial, None,
@@ -315,9 +318,21 @@ fn map_dirty_rings(
     )))
 }
 
-/// Writes the boot GDT, the empty IDT and the identity page tables for [0, 1 GiB).
-fn write_boot_tables(memory: &GuestRam) -> Result<(), BuildError> {
-    write_identity_tables(memory, 1)
+/// Writes the boot GDT, the empty IDT and the identity page tables for [0, 1 GiB);
+/// with `la57`, also the boot PML5 whose entry 0 points to the boot PML4 (the root
+/// of a vCPU entered with [`regs::with_five_level_paging`]).
+fn write_boot_tables(memory: &GuestRam, la57: bool) -> Result<(), BuildError> {
+    write_identity_tables(memory, 1)?;
+    if la57 {
+        let pml5e = layout::BOOT_PML4_START.0 | 0x3; // present | writable
+        write(
+            memory,
+            layout::BOOT_PML5_START,
+            &pml5e.to_le_bytes(),
+            "the boot PML5",
+        )?;
+    }
+    Ok(())
 }
 
 /// Writes the boot GDT, the empty IDT and identity page tables for the first
@@ -358,18 +373,24 @@ fn write(
         .map_err(|source| BuildError::WriteMemory { what, source })
 }
 
-/// Creates vCPU `index` in 64-bit mode: CPUID, FPU, special and general registers.
+/// Creates vCPU `index` in 64-bit mode: CPUID, FPU, special and general registers;
+/// with `la57` (the CPUID it gets offers LA57), in 5-level paging on the boot PML5.
 fn create_vcpu(
     kvm_vm: &KvmVm,
     index: u8,
     supported_cpuid: &[CpuidEntry],
     pvm: bool,
+    la57: bool,
     config: &VmConfig,
 ) -> Result<KvmVcpu, BuildError> {
     let vcpu = kvm_vm.create_vcpu(index)?;
+    // Before the special registers: KVM accepts CR4.LA57 only when the CPUID has it.
     vcpu.set_cpuid(&guest_cpuid(supported_cpuid, index, pvm))?;
     vcpu.set_default_fpu()?;
-    let sregs = regs::long_mode_sregs(&vcpu.special_registers()?, has_nx(supported_cpuid));
+    let mut sregs = regs::long_mode_sregs(&vcpu.special_registers()?, has_nx(supported_cpuid));
+    if la57 {
+        sregs = regs::with_five_level_paging(sregs);
+    }
     vcpu.set_special_registers(&sregs)?;
     let entry = if index == 0 {
         layout::GUEST_IMAGE_START
@@ -489,7 +510,10 @@ mod tests {
         let Ok(memory) = create_guest_memory(MemorySize::default()) else {
             panic!("cannot map test memory");
         };
-        assert!(write_boot_tables(&memory).is_ok());
+        assert!(write_boot_tables(&memory, false).is_ok());
+        // 4-level: no PML5 written.
+        let pml5e: u64 = memory.read_obj(layout::BOOT_PML5_START).unwrap_or(1);
+        assert_eq!(pml5e, 0);
         let pml4e: u64 = memory.read_obj(layout::BOOT_PML4_START).unwrap_or(0);
         assert_eq!(pml4e, layout::BOOT_PDPT_START.0 | 3);
         let last: u64 = memory
@@ -501,6 +525,32 @@ mod tests {
             .read_obj(GuestAddress(layout::BOOT_PDPT_START.0 + 8))
             .unwrap_or(1);
         assert_eq!(second, 0);
+    }
+
+    #[test]
+    fn la57_boot_tables_add_a_pml5_over_the_same_identity_map() {
+        let Ok(memory) = create_guest_memory(MemorySize::default()) else {
+            panic!("cannot map test memory");
+        };
+        assert!(write_boot_tables(&memory, true).is_ok());
+        let pml5: Vec<u64> = (0..512u64)
+            .map(|i| {
+                memory
+                    .read_obj(GuestAddress(layout::BOOT_PML5_START.0 + i * 8))
+                    .unwrap_or(u64::MAX)
+            })
+            .collect();
+        assert_eq!(pml5[0], layout::BOOT_PML4_START.0 | 3);
+        assert!(pml5[1..].iter().all(|e| *e == 0));
+        let pml4e: u64 = memory.read_obj(layout::BOOT_PML4_START).unwrap_or(0);
+        assert_eq!(pml4e, layout::BOOT_PDPT_START.0 | 3);
+        // The PML5 is the root the LA57 vCPU state points at.
+        let sregs = regs::with_five_level_paging(regs::long_mode_sregs(
+            &regs::SpecialRegisters::default(),
+            true,
+        ));
+        assert_eq!(sregs.cr3, layout::BOOT_PML5_START.0);
+        assert_ne!(sregs.cr4 & regs::CR4_LA57, 0);
     }
 
     #[test]

@@ -1,14 +1,20 @@
 //! The built-in test guest: its image and how it reports what it mapped.
 //!
 //! Source: `guest-images/builtin/guest.S`. Entry (set by [`crate::builder`]): 64-bit
-//! mode on the VMM's boot tables, RIP = [`layout::GUEST_IMAGE_START`], RDI = mode
+//! mode on the VMM's boot tables, in **5-level paging** (CR4.LA57, CR3 =
+//! [`layout::BOOT_PML5_START`]) whenever the vCPU's CPUID offers LA57 and 4-level paging
+//! otherwise (long mode cannot switch LA57, so the VMM decides), RIP =
+//! [`layout::GUEST_IMAGE_START`], RDI = mode
 //! ([`GuestMode::register_value`]), RSI = RAM size in bytes; other vCPUs start at
 //! [`layout::GUEST_AP_ENTRY`] and spin there (`pause; jmp`) without ever exiting.
 //! Console output goes to the debug port's `0xE9` ([`crate::devices::debug_port`]).
 //!
 //! # What the guest maps (both address spaces unless said otherwise)
 //!
-//! Tables come from the pool at [`layout::GUEST_TABLE_POOL`]; test frames from
+//! The guest reads CR4.LA57 and builds every address space with the same depth: with
+//! LA57 each root is a PML5 (whose slot 0 holds the PML4 of the lower 256 TiB), the
+//! descriptor reports feature bit 2 (LA57), and the two rows marked "5-level only"
+//! exist. Tables come from the pool at [`layout::GUEST_TABLE_POOL`]; test frames from
 //! [`layout::GUEST_TEST_FRAMES`] (4 KiB frame `Fn` = 0x40_0000 + n * 4 KiB; 2 MiB
 //! frames at 6, 8 and 10 MiB).
 //!
@@ -33,27 +39,37 @@
 //! | 0x100_0000_0000 | 4 KiB × 2 | F12, F13 | RW, U/S on every level | written |
 //! | 0x200_0000_0000 | 4 KiB | space 0: F16, space 1: F17 | RW | read (in each space) |
 //! | 0xffff_8880_0000_0000 | 2 MiB × 8 | 0..16 MiB (direct map) | RW, G, NX | read |
+//! | 0x1_0000_0000_0000 | — | 5-level only: hole, non-present PML5E (slots 1..=170 but the hostile 100..=103) | | |
+//! | 0xab_cdef_1234_5000 | 4 KiB × 2 (5-level only: PML5 slot 171) | F18, F19 | RW | written |
+//! | 0xff00_0000_0000_0000 | — | 5-level only: hole, non-present PML5E (slot 256) | | |
+//! | 0xff11_0000_0000_0000 | 2 MiB (5-level only: PML5 slot 273, canonical only with 57 bits) | 0 | read-only, G, NX | read |
 //!
-//! Space 1's PML4 is a copy of space 0's (sharing every lower table) except for slot 4
-//! (VA 0x200_0000_0000). With PCID, CR3 is PML4 | 1 for space 0 and PML4 | 2 for space 1.
+//! Space 1's root is a copy of space 0's (sharing every lower table) except for PML4
+//! slot 4 (VA 0x200_0000_0000); with 5-level paging its PML5 slot 0 points to its own
+//! copy of space 0's PML4 for that. With PCID, CR3 is root | 1 for space 0 and root | 2
+//! for space 1.
 //!
 //! Hostile mode adds, in both spaces, structures the guest never touches and the
-//! descriptor does not list: PML4 slots 16..=47 all point to one PDPT whose 512
+//! descriptor does not list, all in the PML4 of the lower 256 TiB: PML4 slots 16..=47 all point to one PDPT whose 512
 //! entries point to one PD whose 512 entries point to one PT whose 512 entries map F14
 //! (32 × 512³ leaves); slot 100 points to the PML4 itself; slot 101 to a PDPT at GPA
 //! 0xf_0000_0000 (outside RAM below 60 GiB, and below 2^36 so never a reserved bit); slot 102 to a PDPT whose entry 0 points to a PD
 //! outside RAM, entry 1 has bit 51 set, entry 2 points to a PD whose entry 0 is a
 //! 2 MiB leaf with bit 13 set (reserved) and whose entry 1 points to a PT outside RAM;
-//! slot 103 is slot 102 with PS set (reserved in a PML4E).
+//! slot 103 is slot 102 with PS set (reserved in a PML4E). With 5-level paging the
+//! PML5 gets its own: slot 100 points to the PML5 itself (VA 0x64_0000_0000_0000 then
+//! maps the page table of VA 0..2 MiB, in the pool), slot 101 to a PML4 at GPA 0xf_0000_3000 (outside RAM), slot
+//! 103 to the lower PML4 with PS set (reserved in a PML5E).
 //!
 //! After READY the guest loops: write the iteration through F0..F3 and check it
 //! through the alias, write through the 6 MiB leaf and check it through the direct
-//! map, switch CR3 to the other space and check the value at 0x200_0000_0000, spin
+//! map, with 5-level paging write through 0xab_cdef_1234_5000 and check it through the
+//! direct map, switch CR3 to the other space and check the value at 0x200_0000_0000, spin
 //! briefly without exits, HEARTBEAT every 256 iterations, poll for FINISH. Self-check
 //! failures end in DONE(code): 1 bad mode, 2 alias mismatch, 3 direct-map mismatch,
 //! 4 wrong space value, 5 RAM below 16 MiB, 6 table pool exhausted, 7 mapping
 //! conflict, 8 too many descriptor runs, 9 round record full, 10 bulk request that
-//! does not fit.
+//! does not fit, 11 mismatch through the 5-level-only mapping.
 //!
 //! # Dirty-writer mode (`--mode dirty`, RDI = 3)
 //!

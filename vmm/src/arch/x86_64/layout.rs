@@ -10,6 +10,8 @@
 //! 0x0000_a000  BOOT_PDPT_START   boot PDPT[0..4] -> PDs
 //! 0x0000_b000  BOOT_PD_START     boot PD: identity map of [0, 1 GiB) with 2 MiB pages
 //!                                (Linux: 4 PDs to 0xf000, identity map of [0, 4 GiB))
+//! 0x0000_c000  BOOT_PML5_START   built-in guest with LA57 only: boot PML5[0] -> PML4
+//!                                (CR3 at entry; Linux never uses it: its PDs go there)
 //! 0x0002_0000  CMDLINE_START     Linux: kernel command line, at most CMDLINE_MAX_SIZE bytes
 //! 0x0009_fc00  EBDA_START        Linux e820: RAM below it, [EBDA, 1 MiB) reserved
 //! 0x0010_0000  GUEST_IMAGE_START built-in guest (flat binary), BSP entry
@@ -33,6 +35,10 @@ pub const BOOT_STACK_TOP: GuestAddress = GuestAddress(0x8000);
 pub const BOOT_PML4_START: GuestAddress = GuestAddress(0x9000);
 /// The boot PDPT.
 pub const BOOT_PDPT_START: GuestAddress = GuestAddress(0xa000);
+/// The built-in guest's boot PML5 (CR3 at entry when the vCPU's CPUID offers LA57):
+/// entry 0 points to [`BOOT_PML4_START`], so the same identity map is reached with
+/// 5-level paging. Only the built-in guest uses it (the Linux boot's PDs cover it).
+pub const BOOT_PML5_START: GuestAddress = GuestAddress(0xc000);
 /// The boot PD: 512 2 MiB identity leaves covering [0, 1 GiB).
 pub const BOOT_PD_START: GuestAddress = GuestAddress(0xb000);
 /// How much the boot page tables identity-map.
@@ -150,5 +156,9 @@ mod tests {
     fn builtin_tables_stay_where_they_were() {
         assert_eq!(BOOT_PD_START.0 + 0x1000, 0xc000);
         const { assert!(BOOT_STACK_TOP.0 <= BOOT_PML4_START.0) };
+        // The PML5 follows the built-in guest's single PD, below its image.
+        assert_eq!(BOOT_PML5_START.0, BOOT_PD_START.0 + 0x1000);
+        const { assert!(BOOT_PML5_START.0 + 0x1000 <= GUEST_IMAGE_START.0) };
+        assert_eq!(BOOT_PML5_START.0 % 0x1000, 0);
     }
 }

@@ -24,6 +24,9 @@ pub const CR0_PG: u64 = 1 << 31;
 pub const CR4_PAE: u64 = 1 << 5;
 /// CR4.PGE: global pages.
 pub const CR4_PGE: u64 = 1 << 7;
+/// CR4.LA57: 5-level paging (57-bit linear addresses). Only settable with paging off
+/// or, as KVM_SET_SREGS allows, in the initial state together with a PML5 root.
+pub const CR4_LA57: u64 = 1 << 12;
 /// CR4.OSFXSR: the OS supports `fxsave`/`fxrstor` (SSE usable).
 pub const CR4_OSFXSR: u64 = 1 << 9;
 /// CR4.OSXMMEXCPT: the OS handles SIMD floating-point exceptions.
@@ -275,6 +278,18 @@ pub fn long_mode_sregs(current: &SpecialRegisters, nx: bool) -> SpecialRegisters
     }
 }
 
+/// `sregs` switched to 5-level paging: CR4.LA57 set and CR3 on the built-in guest's
+/// boot PML5 ([`layout::BOOT_PML5_START`], whose entry 0 points to the boot PML4, so
+/// the identity map stays the same). Long mode cannot toggle LA57 itself, so a guest
+/// that should run with 5-level paging must be entered this way.
+pub fn with_five_level_paging(sregs: SpecialRegisters) -> SpecialRegisters {
+    SpecialRegisters {
+        cr3: layout::BOOT_PML5_START.0,
+        cr4: sregs.cr4 | CR4_LA57,
+        ..sregs
+    }
+}
+
 /// The general-purpose registers at entry: `rip`, the boot stack, and the two
 /// arguments the built-in guest reads (RDI, RSI).
 pub fn entry_registers(rip: u64, rdi: u64, rsi: u64) -> Registers {
@@ -402,5 +417,10 @@ mod tests {
         assert_ne!(s.cr4 & CR4_PAE, 0);
         assert_eq!(s.efer & (EFER_LME | EFER_LMA), EFER_LME | EFER_LMA);
         assert_eq!(s.cr3, layout::BOOT_PML4_START.0);
+        assert_eq!(s.cr4 & CR4_LA57, 0);
+        let five = with_five_level_paging(s);
+        assert_eq!(five.cr4, s.cr4 | CR4_LA57);
+        assert_eq!(five.cr3, layout::BOOT_PML5_START.0);
+        assert_eq!((five.cr0, five.efer, five.cs), (s.cr0, s.efer, s.cs));
     }
 }
