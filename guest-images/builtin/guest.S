@@ -4,7 +4,8 @@
  * The VMM loads this flat binary at GPA 0x100000 and enters it in 64-bit long mode on
  * its own identity boot page tables (first 1 GiB), in 5-level paging (CR4.LA57, a PML5
  * root) when the vCPU's CPUID offers LA57 and in 4-level paging otherwise, with:
- *   RDI = mode: 0 normal, 1 hostile, 2 triple-fault, 3 dirty-writer, 4 bulk dirty-writer
+ *   RDI = mode: 0 normal, 1 hostile, 2 triple-fault, 3 dirty-writer, 4 bulk dirty-writer,
+ *         5 park (normal, plus a PARK event after every heartbeat)
  *   RSI = guest RAM size in bytes
  * APs (vCPUs other than the BSP) start at image + 0x10 and spin there without exits.
  *
@@ -31,10 +32,12 @@
     .set EV_DONE,       2
     .set EV_HEARTBEAT,  3
     .set EV_ROUND_DONE, 5
+    .set EV_PARK,       6
     .set CMD_FINISH,    1
     .set CMD_NEXT_ROUND, 2
     .set MODE_DIRTY,    3
     .set MODE_BULK,     4
+    .set MODE_PARK,     5
     .set RECORD_MAX,    32          /* pages per round record (ROUND_RECORD_MAX_PAGES) */
     .set SMALL_PAGE_COUNT, 9        /* entries of small_pages */
 
@@ -190,7 +193,7 @@ bsp_entry:
     mov mode(%rip), %rax
     cmp $2, %rax
     je triple_fault
-    cmp $MODE_BULK, %rax
+    cmp $MODE_PARK, %rax
     ja bad_mode
     mov ram_size(%rip), %rax
     cmp $MIN_RAM, %rax
@@ -262,6 +265,13 @@ main_loop:
     test $(HEARTBEAT_EVERY - 1), %r12
     jnz 3f
     mov $EV_HEARTBEAT, %edi
+    mov %r12, %rsi
+    call debug_event
+    /* Park mode: PARK with the iteration count; the VMM holds this vCPU at the OUT
+     * until it lets it go (r12 is the proof it did not run on meanwhile). */
+    cmpq $MODE_PARK, mode(%rip)
+    jne 3f
+    mov $EV_PARK, %edi
     mov %r12, %rsi
     call debug_event
 3:  mov $DEBUG_EVENT_PORT, %dx

@@ -685,11 +685,19 @@ fn finish(vm: &Vm, timeout: Duration) -> anyhow::Result<ExitCode> {
 /// Waits for `count` heartbeats; returns the outcome if the VM ends first.
 fn wait_heartbeats(vm: &Vm, count: u32, timeout: Duration) -> anyhow::Result<Option<ExitOutcome>> {
     let mut seen = 0;
+    let deadline = Instant::now() + timeout;
     while seen < count {
-        match vm.wait_event(timeout).context("waiting for a heartbeat")? {
+        match vm
+            .wait_event_until(deadline, timeout)
+            .context("waiting for a heartbeat")?
+        {
             VmEvent::Heartbeat { iteration } => {
                 seen += 1;
                 eprintln!("vmm: heartbeat: iteration {iteration}");
+            }
+            VmEvent::Parked { vcpu, argument } => {
+                eprintln!("vmm: vCPU {vcpu} parked ({argument:#x}); letting it go");
+                vm.resume_vcpu(vcpu).context("resuming a parked vCPU")?;
             }
             VmEvent::VcpuStopped { .. } => return Ok(vm.outcome()),
             _ => {}

@@ -369,6 +369,10 @@ pub enum GuestMode {
     /// has them, 1 GiB leaves) and writes per round the page count the VMM asks for
     /// ([`BulkRequest`]), listing every page in the round record (benchmarks).
     DirtyBulk,
+    /// As normal, plus a debug-port PARK (argument: the iteration count, also in R12)
+    /// after every heartbeat: exercises [`crate::vm::Vm::resume_vcpu`] and the waits
+    /// that must let parked vCPUs go.
+    Park,
 }
 
 impl GuestMode {
@@ -380,6 +384,7 @@ impl GuestMode {
             Self::TripleFault => 2,
             Self::Dirty => 3,
             Self::DirtyBulk => 4,
+            Self::Park => 5,
         }
     }
 }
