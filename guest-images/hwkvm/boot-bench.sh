@@ -45,12 +45,18 @@ time_to_marker() {
 }
 median() { sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 : >/tmp/vmm.times
+: >/tmp/vmm-pvh.times
 : >/tmp/qemu.times
 i=0
 while [ "$i" -lt "$runs" ]; do
     i=$((i + 1))
     t=$(time_to_marker vmm run --kernel $dir/bzImage --initrd $dir/initramfs.cpio.gz --memory 512M --cmdline "$cmdline" --timeout 120)
     echo "run $i vmm ${t:-NONE}"; [ -n "$t" ] && echo "$t" >>/tmp/vmm.times
+    # The same kernel as an ELF vmlinux through its PVH entry (no decompressor), if shipped.
+    if [ -e $dir/vmlinux ]; then
+        t=$(time_to_marker vmm run --kernel $dir/vmlinux --initrd $dir/initramfs.cpio.gz --memory 512M --cmdline "$cmdline" --timeout 120)
+        echo "run $i vmm-pvh ${t:-NONE}"; [ -n "$t" ] && echo "$t" >>/tmp/vmm-pvh.times
+    fi
     t=$(time_to_marker /usr/bin/qemu-system-x86_64 -M microvm,rtc=on -enable-kvm -cpu host -m 512M -smp 1 \
         -nodefaults -no-user-config -display none -serial stdio \
         -kernel $dir/bzImage -initrd $dir/initramfs.cpio.gz -append "$cmdline")
@@ -58,6 +64,10 @@ while [ "$i" -lt "$runs" ]; do
 done
 v=$(median </tmp/vmm.times); q=$(median </tmp/qemu.times)
 echo "boot-bench: to GUESTWALK-LINUX-INIT, median of $(wc -l </tmp/vmm.times) vmm runs ${v} s, of $(wc -l </tmp/qemu.times) QEMU microvm runs ${q} s, vmm / QEMU = $(awk -v v="$v" -v q="$q" 'BEGIN { if (q > 0) printf "%.2f", v / q; else printf "n/a" }')"
+if [ -s /tmp/vmm-pvh.times ]; then
+    p=$(median </tmp/vmm-pvh.times)
+    echo "boot-bench: vmm with the same kernel as an ELF vmlinux (PVH entry): median of $(wc -l </tmp/vmm-pvh.times) runs ${p} s, vmm-pvh / QEMU = $(awk -v v="$p" -v q="$q" 'BEGIN { if (q > 0) printf "%.2f", v / q; else printf "n/a" }')"
+fi
 [ "$(wc -l </tmp/vmm.times)" = "$runs" ] && [ "$(wc -l </tmp/qemu.times)" = "$runs" ]
 INNER
 HWKVM_EXTRA_ROOT=$extra exec "$here/run.sh" "boot-bench::sh /hwkvm/boot-bench-inner.sh $runs"

@@ -44,6 +44,8 @@ linux_out=${LINUX_OUT:-$repo/guest-images/out/linux}
 if [ -e "$linux_out/bzImage" ] && [ -e "$linux_out/initramfs.cpio.gz" ]; then
     mkdir -p "$overlay/hwkvm/linux"
     cp "$linux_out/bzImage" "$linux_out/initramfs.cpio.gz" "$here/linux-boot.sh" "$overlay/hwkvm/linux/"
+    # The same kernel as an ELF vmlinux, for the PVH entry.
+    [ ! -e "$linux_out/vmlinux" ] || cp "$linux_out/vmlinux" "$overlay/hwkvm/linux/"
 else
     echo "hwkvm-run: no Linux test guest in $linux_out (guest-images/linux/build.sh): its tests will fail" >&2
 fi

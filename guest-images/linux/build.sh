@@ -39,6 +39,40 @@ if [ ! -e "$kdir/.done" ]; then
 fi
 cp "$(compgen -G "$kdir/boot/vmlinuz-*" | head -n1)" "$out/bzImage"
 
+# The same kernel as an ELF vmlinux, for the PVH entry (vmm boots it without running the
+# decompressor). Debian ships only the bzImage: its payload (where the setup header's
+# payload_offset/payload_length say) is the compressed vmlinux, LZ4 for this kernel.
+if [ ! -s "$out/vmlinux" ] || [ "$out/bzImage" -nt "$out/vmlinux" ]; then
+    python3 - "$out/bzImage" "$out/vmlinux.payload" <<'EOF_PY'
+import struct, sys
+data = open(sys.argv[1], "rb").read()
+setup_sects = data[0x1f1] or 4
+offset, length = struct.unpack_from("<II", data, 0x248)
+start = (setup_sects + 1) * 512 + offset
+open(sys.argv[2], "wb").write(data[start:start + length])
+EOF_PY
+    case "$(od -An -tx1 -N4 "$out/vmlinux.payload" | tr -d ' ')" in
+        02214c18) decompress=(lz4 -dc) ;;
+        28b52ffd) decompress=(zstd -dc) ;;
+        fd377a58) decompress=(xz -dc) ;;
+        1f8b08*) decompress=(gzip -dc) ;;
+        *) log "unknown compression of the kernel payload"; exit 1 ;;
+    esac
+    if ! command -v "${decompress[0]}" >/dev/null; then
+        apt_update_once
+        log "installing ${decompress[0]}"
+        pkg=${decompress[0]}; [ "$pkg" = xz ] && pkg=xz-utils
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$pkg" >/dev/null
+    fi
+    # The payload ends with the kernel's size (4 bytes) after the compressed stream, which
+    # lz4 reports as a bad frame after writing everything: judge the output instead.
+    "${decompress[@]}" "$out/vmlinux.payload" >"$out/vmlinux.tmp" || true
+    [ "$(head -c 4 "$out/vmlinux.tmp" | od -An -tx1 | tr -d ' ')" = 7f454c46 ] ||
+        { log "the decompressed kernel payload is not an ELF file"; exit 1; }
+    mv "$out/vmlinux.tmp" "$out/vmlinux"
+    rm -f "$out/vmlinux.payload"
+fi
+
 root=$out/initramfs-root
 rm -rf "$root"
 mkdir -p "$root"/{bin,dev,proc,sys}
@@ -54,4 +88,5 @@ mknod -m 600 "$root/dev/console" c 5 1 2>/dev/null || log "cannot mknod /dev/con
 mv "$out/initramfs.cpio.gz.tmp" "$out/initramfs.cpio.gz"
 log "kernel $kpkg ($(du -h "$out/bzImage" | cut -f1)), initramfs $(du -h "$out/initramfs.cpio.gz" | cut -f1)"
 echo "$out/bzImage"
+echo "$out/vmlinux"
 echo "$out/initramfs.cpio.gz"

@@ -15,7 +15,9 @@
 //! - guest RAM is unchanged by the walks.
 //!
 //! Variants: 1 vCPU in the guest's default paging mode (5-level when the host offers
-//! LA57), 2 vCPUs (the ACPI MADT), `pti=on` (the user and the kernel CR3), `no5lvl`.
+//! LA57), 2 vCPUs (the ACPI MADT), the same kernel as an ELF vmlinux through its PVH
+//! entry (2 vCPUs; 4-level, as Linux enables LA57 only in the decompressor the PVH entry
+//! skips), `pti=on` (the user and the kernel CR3), `no5lvl`.
 //!
 //! Where they run: a stock kernel cannot boot on a PVM `/dev/kvm` (this project's
 //! machines), so these tests need a hardware-style KVM host and the images of
@@ -55,8 +57,9 @@ fn require_linux() -> bool {
     std::env::var("GUESTWALK_REQUIRE_LINUX").is_ok_and(|v| v == "1")
 }
 
-/// The kernel and initramfs, or why this test cannot run here.
-fn images(test: &str) -> Option<(PathBuf, PathBuf)> {
+/// The kernel (`bzImage`, or `vmlinux` for the PVH entry) and initramfs, or why this
+/// test cannot run here.
+fn images(test: &str, kernel: &str) -> Option<(PathBuf, PathBuf)> {
     let skip = |why: String| {
         assert!(
             !require_linux(),
@@ -78,7 +81,7 @@ fn images(test: &str) -> Option<(PathBuf, PathBuf)> {
     let Some(dir) = std::env::var_os("GUESTWALK_LINUX_DIR").map(PathBuf::from) else {
         return skip("GUESTWALK_LINUX_DIR is not set (guest-images/linux/build.sh)".into());
     };
-    let (kernel, initrd) = (dir.join("bzImage"), dir.join("initramfs.cpio.gz"));
+    let (kernel, initrd) = (dir.join(kernel), dir.join("initramfs.cpio.gz"));
     for file in [&kernel, &initrd] {
         if !file.is_file() {
             return skip(format!("{} does not exist", file.display()));
@@ -111,8 +114,8 @@ impl Parked {
     }
 }
 
-fn boot_to_park(test: &str, vcpus: u8, cmdline: &str) -> Option<Parked> {
-    let (kernel, initrd) = images(test)?;
+fn boot_to_park(test: &str, kernel: &str, vcpus: u8, cmdline: &str) -> Option<Parked> {
+    let (kernel, initrd) = images(test, kernel)?;
     let console = Console::capture();
     let config = VmConfig {
         vcpus,
@@ -297,21 +300,24 @@ fn check_kernel_half(p: &Parked, ctx: &PagingContext) {
     );
 }
 
-fn expected_mode(p: &Parked, no5lvl: bool) -> PagingMode {
-    if p.vm.paging_features().la57 && !no5lvl {
+fn expected_mode(p: &Parked, four_level: bool) -> PagingMode {
+    if p.vm.paging_features().la57 && !four_level {
         PagingMode::FiveLevel
     } else {
         PagingMode::FourLevel
     }
 }
 
-fn walk_and_check(test: &str, vcpus: u8, cmdline: &str) {
-    let Some(p) = boot_to_park(test, vcpus, cmdline) else {
+fn walk_and_check(test: &str, kernel: &str, vcpus: u8, cmdline: &str) {
+    let Some(p) = boot_to_park(test, kernel, vcpus, cmdline) else {
         return;
     };
     let before = hash_ram(&p.vm);
     let ctx = p.context(None);
-    assert_eq!(ctx.mode(), expected_mode(&p, cmdline.contains("no5lvl")));
+    // Linux switches to 5-level paging in its decompressor, which the PVH entry skips:
+    // a vmlinux entered there stays 4-level.
+    let four_level = cmdline.contains("no5lvl") || kernel == "vmlinux";
+    assert_eq!(ctx.mode(), expected_mode(&p, four_level));
     check_thp_buffer(&p, &ctx);
     check_kernel_half(&p, &ctx);
     let all = Gva(0)..=Gva(u64::MAX);
@@ -325,17 +331,29 @@ fn walk_and_check(test: &str, vcpus: u8, cmdline: &str) {
 
 #[test]
 fn linux_thp_process_one_vcpu_default_paging() {
-    walk_and_check("linux_thp_process_one_vcpu_default_paging", 1, "");
+    walk_and_check(
+        "linux_thp_process_one_vcpu_default_paging",
+        "bzImage",
+        1,
+        "",
+    );
 }
 
 #[test]
 fn linux_thp_process_two_vcpus() {
-    walk_and_check("linux_thp_process_two_vcpus", 2, "");
+    walk_and_check("linux_thp_process_two_vcpus", "bzImage", 2, "");
+}
+
+/// The same kernel as an ELF vmlinux, entered through its PVH entry (32-bit protected
+/// mode, `hvm_start_info`): no decompressor; ACPI comes through the start info's RSDP.
+#[test]
+fn linux_thp_process_pvh_entry() {
+    walk_and_check("linux_thp_process_pvh_entry", "vmlinux", 2, "");
 }
 
 #[test]
 fn linux_thp_process_four_level() {
-    walk_and_check("linux_thp_process_four_level", 1, "no5lvl");
+    walk_and_check("linux_thp_process_four_level", "bzImage", 1, "no5lvl");
 }
 
 /// With PTI the process runs on the user copy of its PGD, which maps the buffer but
@@ -343,7 +361,7 @@ fn linux_thp_process_four_level() {
 #[test]
 fn linux_thp_process_pti() {
     let test = "linux_thp_process_pti";
-    let Some(p) = boot_to_park(test, 1, "pti=on") else {
+    let Some(p) = boot_to_park(test, "bzImage", 1, "pti=on") else {
         return;
     };
     let before = hash_ram(&p.vm);

@@ -25,7 +25,7 @@ use crate::dirty::{
 use crate::events::VmEvent;
 use crate::guest::{BUILTIN_IMAGE, GuestMode};
 use crate::kvm::{self, Hypervisor, KvmError, KvmVcpu, KvmVm, MemorySlot, kick};
-use crate::linux::{LinuxBoot, LinuxError};
+use crate::linux::{BootProtocol, LinuxBoot, LinuxError};
 use crate::memory::{GuestRam, MemoryError, MemorySize, create_guest_memory};
 use crate::vcpu::VcpuThread;
 use crate::vm::{VcpuHandle, Vm};
@@ -272,12 +272,19 @@ pub fn build_linux_vm(config: &VmConfig, linux: &LinuxBoot) -> Result<Vm, BuildE
             vcpu.set_cpuid(&linux_cpuid(&supported_cpuid, index, pvm))?;
             vcpu.set_msrs(&regs::boot_msrs())?;
             vcpu.set_default_fpu()?;
-            let sregs = regs::long_mode_sregs(&vcpu.special_registers()?, nx);
+            let current = vcpu.special_registers()?;
+            let (sregs, regs) = match loaded.protocol {
+                BootProtocol::Linux64 => (
+                    regs::long_mode_sregs(&current, nx),
+                    regs::linux_entry_registers(loaded.entry.0, loaded.boot_params.0),
+                ),
+                BootProtocol::Pvh => (
+                    regs::pvh_entry_sregs(&current),
+                    regs::pvh_entry_registers(loaded.entry.0, loaded.boot_params.0),
+                ),
+            };
             vcpu.set_special_registers(&sregs)?;
-            vcpu.set_registers(&regs::linux_entry_registers(
-                loaded.entry.0,
-                loaded.boot_params.0,
-            ))?;
+            vcpu.set_registers(&regs)?;
             vcpu.update_lapic_lints(regs::boot_lint_value)?;
             Ok(vcpu)
         })

@@ -106,8 +106,9 @@ pub struct BootArgs {
     /// What the built-in guest does.
     #[arg(long, value_enum, default_value_t = GuestMode::Normal)]
     pub mode: GuestMode,
-    /// Boot this Linux bzImage instead of the built-in guest (64-bit boot protocol, ACPI
-    /// tables for --vcpus; `run` waits until the guest resets or powers off, or --timeout
+    /// Boot this Linux kernel instead of the built-in guest: a bzImage (64-bit boot
+    /// protocol) or an ELF vmlinux with a PVH entry note (32-bit PVH entry), ACPI tables
+    /// for --vcpus; `run` waits until the guest resets or powers off, or --timeout
     /// passes; `walk`/`translate` need --at-signal, --at-serial or --after). Refused on a
     /// PVM host unless --force.
     #[arg(long, value_name = "PATH")]

@@ -15,7 +15,12 @@ use linux_loader::bootparam::{
     E820_MAX_ENTRIES_ZEROPAGE, boot_e820_entry, boot_params, setup_header,
 };
 use linux_loader::configurator::linux::LinuxBootConfigurator;
+use linux_loader::configurator::pvh::PvhBootConfigurator;
 use linux_loader::configurator::{BootConfigurator, BootParams};
+use linux_loader::loader::elf::start_info::{
+    hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
+};
+use linux_loader::loader::elf::{Elf, PvhBootCapability};
 use linux_loader::loader::{BzImage, KernelLoader};
 use vm_memory::{ByteValued, Bytes, GuestAddress};
 
@@ -117,6 +122,14 @@ pub enum LinuxError {
         /// The loader's error.
         reason: String,
     },
+    /// An ELF kernel without the PVH entry note.
+    #[error(
+        "{path} is an ELF file without a PVH entry (no XEN_ELFNOTE_PHYS32_ENTRY note): boot a bzImage, or a vmlinux built with CONFIG_PVH"
+    )]
+    NoPvhEntry {
+        /// The kernel file.
+        path: PathBuf,
+    },
     /// The initrd file cannot be read.
     #[error("cannot read the initrd {path}: {source}")]
     ReadInitrd {
@@ -167,12 +180,40 @@ pub enum LinuxError {
 /// What [`load`] put where.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LoadedLinux {
-    /// The 64-bit entry point (`startup_64`).
+    /// How the kernel is entered.
+    pub protocol: BootProtocol,
+    /// The entry point: `startup_64` of a bzImage, the PVH entry of an ELF vmlinux.
     pub entry: GuestAddress,
-    /// The zero page.
+    /// The zero page (bzImage) or the `hvm_start_info` (PVH).
     pub boot_params: GuestAddress,
     /// The initrd's start and size, if any.
     pub initrd: Option<(GuestAddress, u64)>,
+}
+
+/// How a loaded kernel is entered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootProtocol {
+    /// A bzImage: the 64-bit boot protocol (long mode, RSI = the zero page).
+    Linux64,
+    /// An ELF vmlinux: the PVH entry (32-bit protected mode, paging off, RBX = the
+    /// `hvm_start_info`). No decompressor runs.
+    Pvh,
+}
+
+/// The `hvm_start_info` magic.
+const XEN_HVM_START_MAGIC: u32 = 0x336e_c578;
+
+/// Whether `file` starts with the ELF magic (then it is loaded as a vmlinux, PVH).
+fn is_elf(path: &Path, file: &mut File) -> Result<bool, LinuxError> {
+    let mut magic = [0u8; 4];
+    let read = file
+        .seek(SeekFrom::Start(0))
+        .and_then(|_| file.read(&mut magic))
+        .map_err(|source| LinuxError::ReadKernel {
+            path: path.to_owned(),
+            source,
+        })?;
+    Ok(read == 4 && magic == *b"\x7fELF")
 }
 
 /// Reads and checks the setup header of a bzImage: magic, a protected-mode part after
@@ -380,7 +421,10 @@ pub fn check_files(boot: &LinuxBoot) -> Result<(), LinuxError> {
         path: boot.kernel.clone(),
         source,
     })?;
-    read_setup_header(&boot.kernel, &mut file)?;
+    // An ELF vmlinux is checked by the ELF loader itself (headers, PVH note).
+    if !is_elf(&boot.kernel, &mut file)? {
+        read_setup_header(&boot.kernel, &mut file)?;
+    }
     if let Some(initrd) = &boot.initrd {
         File::open(initrd).map_err(|source| LinuxError::ReadInitrd {
             path: initrd.clone(),
@@ -403,6 +447,9 @@ pub fn load(
         path: path.clone(),
         source,
     })?;
+    if is_elf(path, &mut file)? {
+        return load_pvh(memory, memory_size, boot, rsdp, file);
+    }
     let header = read_setup_header(path, &mut file)?;
     let ram_end = low_ram_end(memory_size);
     let (load, kernel_end) = kernel_extent(&header, layout::LINUX_KERNEL_START);
@@ -438,32 +485,13 @@ pub fn load(
         "the kernel command line",
     )?;
 
-    let initrd = match &boot.initrd {
-        None => None,
-        Some(initrd_path) => {
-            let read_err = |source| LinuxError::ReadInitrd {
-                path: initrd_path.clone(),
-                source,
-            };
-            let size = std::fs::metadata(initrd_path).map_err(read_err)?.len();
-            let max = u64::from(header.initrd_addr_max);
-            let top = if max == 0 {
-                ram_end
-            } else {
-                ram_end.min(max + 1)
-            };
-            let start =
-                place_initrd(size, kernel_end, top).ok_or_else(|| LinuxError::InitrdTooBig {
-                    path: initrd_path.clone(),
-                    size,
-                    kernel_end,
-                    top,
-                })?;
-            let bytes = std::fs::read(initrd_path).map_err(read_err)?;
-            write(memory, start, &bytes, "the initrd")?;
-            Some((start, bytes.len() as u64))
-        }
+    let max = u64::from(header.initrd_addr_max);
+    let top = if max == 0 {
+        ram_end
+    } else {
+        ram_end.min(max + 1)
     };
+    let initrd = load_initrd(memory, boot, kernel_end, top)?;
 
     let params = build_boot_params(
         &header,
@@ -481,8 +509,116 @@ pub fn load(
         reason: e.to_string(),
     })?;
     Ok(LoadedLinux {
+        protocol: BootProtocol::Linux64,
         entry: GuestAddress(loaded.kernel_load.0 + layout::LINUX_64BIT_ENTRY_OFFSET),
         boot_params: layout::BOOT_PARAMS_START,
+        initrd,
+    })
+}
+
+/// Loads the initrd of `boot` (if any) as high as possible below `top`, above `kernel_end`.
+fn load_initrd(
+    memory: &GuestRam,
+    boot: &LinuxBoot,
+    kernel_end: u64,
+    top: u64,
+) -> Result<Option<(GuestAddress, u64)>, LinuxError> {
+    let Some(initrd_path) = &boot.initrd else {
+        return Ok(None);
+    };
+    let read_err = |source| LinuxError::ReadInitrd {
+        path: initrd_path.clone(),
+        source,
+    };
+    let size = std::fs::metadata(initrd_path).map_err(read_err)?.len();
+    let start = place_initrd(size, kernel_end, top).ok_or_else(|| LinuxError::InitrdTooBig {
+        path: initrd_path.clone(),
+        size,
+        kernel_end,
+        top,
+    })?;
+    let bytes = std::fs::read(initrd_path).map_err(read_err)?;
+    write(memory, start, &bytes, "the initrd")?;
+    Ok(Some((start, bytes.len() as u64)))
+}
+
+/// Loads an ELF vmlinux for the PVH entry: its segments where its program headers say
+/// (linux-loader checks them against guest memory), the command line, the initrd as a
+/// module, and the `hvm_start_info` with the e820 map as its memory map and the RSDP.
+fn load_pvh(
+    memory: &GuestRam,
+    memory_size: MemorySize,
+    boot: &LinuxBoot,
+    rsdp: Option<GuestAddress>,
+    mut file: File,
+) -> Result<LoadedLinux, LinuxError> {
+    let path = &boot.kernel;
+    let loaded = Elf::load(memory, None, &mut file, Some(layout::HIMEM_START)).map_err(|e| {
+        LinuxError::Load {
+            path: path.clone(),
+            reason: e.to_string(),
+        }
+    })?;
+    let PvhBootCapability::PvhEntryPresent(entry) = loaded.pvh_boot_cap else {
+        return Err(LinuxError::NoPvhEntry { path: path.clone() });
+    };
+    // No setup header: the command line gets the VMM's own limit.
+    let cmdline = cmdline_bytes(&boot.cmdline, &setup_header::default())?;
+    write(
+        memory,
+        layout::CMDLINE_START,
+        &cmdline,
+        "the kernel command line",
+    )?;
+    let initrd = load_initrd(memory, boot, loaded.kernel_end, low_ram_end(memory_size))?;
+
+    let memmap: Vec<hvm_memmap_table_entry> = e820_map(memory_size)
+        .iter()
+        .map(|e| hvm_memmap_table_entry {
+            addr: e.addr,
+            size: e.size,
+            type_: e.r#type,
+            reserved: 0,
+        })
+        .collect();
+    let modules: Vec<hvm_modlist_entry> = initrd
+        .iter()
+        .map(|&(start, size)| hvm_modlist_entry {
+            paddr: start.0,
+            size,
+            ..Default::default()
+        })
+        .collect();
+    let info = hvm_start_info {
+        magic: XEN_HVM_START_MAGIC,
+        version: 1,
+        nr_modules: modules.len() as u32,
+        modlist_paddr: if modules.is_empty() {
+            0
+        } else {
+            layout::PVH_MODLIST_START.0
+        },
+        cmdline_paddr: layout::CMDLINE_START.0,
+        rsdp_paddr: rsdp.map_or(0, |at| at.0),
+        memmap_paddr: layout::PVH_MEMMAP_START.0,
+        memmap_entries: memmap.len() as u32,
+        ..Default::default()
+    };
+    let mut params = BootParams::new(&info, layout::PVH_START_INFO);
+    params.set_sections(&memmap, layout::PVH_MEMMAP_START);
+    if !modules.is_empty() {
+        params.set_modules(&modules, layout::PVH_MODLIST_START);
+    }
+    PvhBootConfigurator::write_bootparams(&params, memory).map_err(|e| {
+        LinuxError::WriteMemory {
+            what: "the PVH start info",
+            reason: e.to_string(),
+        }
+    })?;
+    Ok(LoadedLinux {
+        protocol: BootProtocol::Pvh,
+        entry,
+        boot_params: layout::PVH_START_INFO,
         initrd,
     })
 }
@@ -767,6 +903,109 @@ mod tests {
             e.contains("use a larger --memory") && e.contains("0x4c00000"),
             "{e}"
         );
+    }
+
+    /// A minimal ELF64 executable: one PT_LOAD of 16 bytes at 1 MiB and, with `pvh_entry`,
+    /// a PT_NOTE holding Xen's PHYS32_ENTRY note.
+    fn elf(pvh_entry: Option<u32>) -> Vec<u8> {
+        let phnum: u16 = if pvh_entry.is_some() { 2 } else { 1 };
+        let data_at = 64 + 56 * u64::from(phnum);
+        let mut f = Vec::new();
+        f.extend_from_slice(b"\x7fELF\x02\x01\x01");
+        f.resize(16, 0);
+        f.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+        f.extend_from_slice(&0x3eu16.to_le_bytes()); // x86-64
+        f.extend_from_slice(&1u32.to_le_bytes());
+        f.extend_from_slice(&0x10_0000u64.to_le_bytes()); // e_entry
+        f.extend_from_slice(&64u64.to_le_bytes()); // e_phoff
+        f.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
+        f.extend_from_slice(&0u32.to_le_bytes());
+        for v in [64u16, 56, phnum, 64, 0, 0] {
+            f.extend_from_slice(&v.to_le_bytes());
+        }
+        let phdr = |f: &mut Vec<u8>, kind: u32, offset: u64, addr: u64, size: u64, align: u64| {
+            f.extend_from_slice(&kind.to_le_bytes());
+            f.extend_from_slice(&5u32.to_le_bytes());
+            for v in [offset, addr, addr, size, size, align] {
+                f.extend_from_slice(&v.to_le_bytes());
+            }
+        };
+        phdr(&mut f, 1, data_at, 0x10_0000, 16, 0x1000);
+        if pvh_entry.is_some() {
+            phdr(&mut f, 4, data_at + 16, 0, 20, 4);
+        }
+        f.extend_from_slice(&[0xf4; 16]); // hlt
+        if let Some(entry) = pvh_entry {
+            for v in [4u32, 4, 18] {
+                f.extend_from_slice(&v.to_le_bytes());
+            }
+            f.extend_from_slice(b"Xen\0");
+            f.extend_from_slice(&entry.to_le_bytes());
+        }
+        f
+    }
+
+    #[test]
+    fn elf_kernels_boot_through_the_pvh_entry_or_are_refused() {
+        use linux_loader::loader::elf::start_info::{hvm_memmap_table_entry, hvm_modlist_entry};
+        let Ok(memory) = create_guest_memory(size(64 * MIB)) else {
+            panic!("cannot map test memory");
+        };
+        let plain = TempFile::new("plain-elf", &elf(None));
+        assert!(
+            check_files(&boot(&plain, None, "")).is_ok(),
+            "an ELF passes the bzImage check"
+        );
+        let e = load(&memory, size(64 * MIB), &boot(&plain, None, ""), None)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.contains("without a PVH entry") && e.contains("plain-elf"),
+            "{e}"
+        );
+
+        let pvh = TempFile::new("pvh-elf", &elf(Some(0x10_0008)));
+        let initrd = TempFile::new("pvh-initrd", &[0x5a; 3000]);
+        let loaded = load(
+            &memory,
+            size(64 * MIB),
+            &boot(&pvh, Some(&initrd), "console=ttyS0"),
+            Some(GuestAddress(0xe_0000)),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(loaded.protocol, BootProtocol::Pvh);
+        assert_eq!(loaded.entry, GuestAddress(0x10_0008));
+        assert_eq!(loaded.boot_params, layout::PVH_START_INFO);
+        let code: u8 = memory.read_obj(GuestAddress(0x10_0000)).unwrap_or(0);
+        assert_eq!(code, 0xf4, "the PT_LOAD segment is loaded");
+        let info: hvm_start_info = memory.read_obj(layout::PVH_START_INFO).unwrap_or_default();
+        let (magic, version, cmdline, rsdp) = (
+            info.magic,
+            info.version,
+            info.cmdline_paddr,
+            info.rsdp_paddr,
+        );
+        assert_eq!((magic, version), (XEN_HVM_START_MAGIC, 1));
+        assert_eq!((cmdline, rsdp), (layout::CMDLINE_START.0, 0xe_0000));
+        let (entries, memmap) = (info.memmap_entries, info.memmap_paddr);
+        assert_eq!(entries as usize, e820_map(size(64 * MIB)).len());
+        let last: hvm_memmap_table_entry = memory
+            .read_obj(GuestAddress(memmap + 24 * (u64::from(entries) - 1)))
+            .unwrap_or_default();
+        let (addr, len, kind) = (last.addr, last.size, last.type_);
+        assert_eq!((addr, addr + len, kind), (0x10_0000, 64 * MIB, E820_RAM));
+        let (count, modlist) = (info.nr_modules, info.modlist_paddr);
+        assert_eq!(count, 1);
+        let module: hvm_modlist_entry = memory.read_obj(GuestAddress(modlist)).unwrap_or_default();
+        let (paddr, msize) = (module.paddr, module.size);
+        assert_eq!(Some((GuestAddress(paddr), msize)), loaded.initrd);
+        assert_eq!(msize, 3000);
+        let first: u8 = memory.read_obj(GuestAddress(paddr)).unwrap_or(0);
+        assert_eq!(first, 0x5a);
+        let mut text = [0u8; 14];
+        assert!(memory.read_slice(&mut text, layout::CMDLINE_START).is_ok());
+        assert_eq!(&text, b"console=ttyS0\0");
     }
 
     #[test]

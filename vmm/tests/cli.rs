@@ -128,8 +128,8 @@ fn translate_agrees_with_kvm() {
         "0x40000123",
         "0x40004000",
         "0xffff888000abc000",
-        // Non-canonical with 4-level paging, an unmapped PML5 slot with 5-level (where the
-        // host offers LA57): KVM must agree either way.
+        // Non-canonical with 4-level paging; with 5-level (where the host offers LA57) it
+        // is PML5 slot 0, PML4 slot 256, unmapped: KVM must agree either way.
         "0x800000000000",
     ]);
     let stdout = text(&out.stdout);
@@ -141,7 +141,7 @@ fn translate_agrees_with_kvm() {
     assert!(lines[1].contains("not present"), "{stdout}");
     assert!(lines[2].contains("-> 0000000000abc000 2M"), "{stdout}");
     assert!(
-        lines[3].contains("not canonical") || lines[3].contains("pml5 entry is not present"),
+        lines[3].contains("not canonical") || lines[3].contains("pml4 entry is not present"),
         "{stdout}"
     );
 }

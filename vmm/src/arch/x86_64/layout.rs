@@ -66,6 +66,14 @@ pub const MMIO_HOLE_START: GuestAddress = GuestAddress(0xc000_0000);
 /// End of the 32-bit MMIO hole; RAM beyond 3 GiB continues here.
 pub const MMIO_HOLE_END: GuestAddress = GuestAddress(0x1_0000_0000);
 
+/// Linux, PVH boot of an ELF vmlinux: `struct hvm_start_info`, then its memory map at
+/// [`PVH_MEMMAP_START`] and its module list (the initrd) at [`PVH_MODLIST_START`], all
+/// in the page below the zero page (unused by the PVH path).
+pub const PVH_START_INFO: GuestAddress = GuestAddress(0x6000);
+/// Linux, PVH: the memory map (`hvm_memmap_table_entry`, 24 bytes each).
+pub const PVH_MEMMAP_START: GuestAddress = GuestAddress(0x6040);
+/// Linux, PVH: the module list (`hvm_modlist_entry`, 32 bytes each).
+pub const PVH_MODLIST_START: GuestAddress = GuestAddress(0x6f00);
 /// Linux: the zero page (`struct boot_params`, 4 KiB), as in Firecracker.
 pub const BOOT_PARAMS_START: GuestAddress = GuestAddress(0x7000);
 /// Linux: initial stack pointer (the kernel switches to its own stack at once; this

@@ -278,6 +278,53 @@ pub fn long_mode_sregs(current: &SpecialRegisters, nx: bool) -> SpecialRegisters
     }
 }
 
+/// The state the PVH boot protocol enters an ELF vmlinux in (its `XEN_ELFNOTE_PHYS32_ENTRY`):
+/// 32-bit protected mode, paging off, flat 4 GiB code (selector 0x08) and data (0x10)
+/// segments, CR4 and EFER clear. The kernel loads its own GDT and page tables at once.
+pub fn pvh_entry_sregs(current: &SpecialRegisters) -> SpecialRegisters {
+    let code = Segment::from_gdt_entry(gdt_entry(0xc09b, 0, 0xfffff), BOOT_CODE_SELECTOR);
+    let data = Segment::from_gdt_entry(BOOT_GDT[2], BOOT_DATA_SELECTOR);
+    let tss = Segment::from_gdt_entry(BOOT_GDT[3], BOOT_TSS_SELECTOR);
+    SpecialRegisters {
+        cs: code,
+        ds: data,
+        es: data,
+        fs: data,
+        gs: data,
+        ss: data,
+        tr: tss,
+        ldt: Segment {
+            unusable: true,
+            ..Segment::default()
+        },
+        gdt: DescriptorTable {
+            base: layout::BOOT_GDT_START.0,
+            limit: (std::mem::size_of_val(&BOOT_GDT) - 1) as u16,
+        },
+        idt: DescriptorTable {
+            base: layout::BOOT_IDT_START.0,
+            limit: 7,
+        },
+        cr0: CR0_PE | CR0_ET,
+        cr2: 0,
+        cr3: 0,
+        cr4: 0,
+        efer: 0,
+        cr8: current.cr8,
+        apic_base: current.apic_base,
+    }
+}
+
+/// The PVH entry's registers: RIP = the entry, RBX = the `hvm_start_info` address.
+pub fn pvh_entry_registers(entry: u64, start_info: u64) -> Registers {
+    Registers {
+        rip: entry,
+        rbx: start_info,
+        rflags: RFLAGS_RESERVED,
+        ..Registers::default()
+    }
+}
+
 /// `sregs` switched to 5-level paging: CR4.LA57 set and CR3 on the built-in guest's
 /// boot PML5 ([`layout::BOOT_PML5_START`], whose entry 0 points to the boot PML4, so
 /// the identity map stays the same). Long mode cannot toggle LA57 itself, so a guest
