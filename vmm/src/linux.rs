@@ -216,6 +216,95 @@ fn is_elf(path: &Path, file: &mut File) -> Result<bool, LinuxError> {
     Ok(read == 4 && magic == *b"\x7fELF")
 }
 
+/// Whether an ELF file has Xen's PVH entry note (`XEN_ELFNOTE_PHYS32_ENTRY`, type 18, name
+/// "Xen") in a PT_NOTE segment. Bounds-checked throughout: a malformed file is simply one
+/// without the note.
+fn has_pvh_note(path: &Path, file: &mut File) -> Result<bool, LinuxError> {
+    const PT_NOTE: u32 = 4;
+    const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
+    // The kernel's notes are a few KiB; a bigger segment is not a kernel's.
+    const MAX_NOTES: u64 = 1 << 20;
+    let read_err = |source| LinuxError::ReadKernel {
+        path: path.to_owned(),
+        source,
+    };
+    let mut at = |offset: u64, len: usize| -> Result<Option<Vec<u8>>, LinuxError> {
+        let mut buf = vec![0u8; len];
+        file.seek(SeekFrom::Start(offset)).map_err(read_err)?;
+        match file.read_exact(&mut buf) {
+            Ok(()) => Ok(Some(buf)),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
+            Err(e) => Err(read_err(e)),
+        }
+    };
+    let u16_at = |b: &[u8], i: usize| b.get(i..i + 2).map(|s| u16::from_le_bytes([s[0], s[1]]));
+    let u32_at = |b: &[u8], i: usize| {
+        b.get(i..i + 4)
+            .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+    };
+    let u64_at = |b: &[u8], i: usize| {
+        b.get(i..i + 8)
+            .and_then(|s| s.try_into().ok())
+            .map(u64::from_le_bytes)
+    };
+    let Some(ehdr) = at(0, 64)? else {
+        return Ok(false);
+    };
+    // ELFCLASS64, little-endian.
+    if ehdr.get(4..6) != Some(&[2, 1][..]) {
+        return Ok(false);
+    }
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (
+        u64_at(&ehdr, 0x20),
+        u16_at(&ehdr, 0x36),
+        u16_at(&ehdr, 0x38),
+    ) else {
+        return Ok(false);
+    };
+    if phentsize < 56 {
+        return Ok(false);
+    }
+    for i in 0..u64::from(phnum) {
+        let Some(offset) = phoff.checked_add(i * u64::from(phentsize)) else {
+            return Ok(false);
+        };
+        let Some(phdr) = at(offset, 56)? else {
+            return Ok(false);
+        };
+        if u32_at(&phdr, 0) != Some(PT_NOTE) {
+            continue;
+        }
+        let (Some(notes_at), Some(size)) = (u64_at(&phdr, 8), u64_at(&phdr, 32)) else {
+            continue;
+        };
+        let Some(notes) = at(notes_at, size.min(MAX_NOTES) as usize)? else {
+            continue;
+        };
+        let mut i = 0usize;
+        while let (Some(namesz), Some(descsz), Some(kind)) = (
+            u32_at(&notes, i),
+            u32_at(&notes, i + 4),
+            u32_at(&notes, i + 8),
+        ) {
+            let name_at = i + 12;
+            let name_len = (namesz as usize).div_ceil(4) * 4;
+            let desc_len = (descsz as usize).div_ceil(4) * 4;
+            let name = notes.get(name_at..name_at + namesz as usize);
+            if kind == XEN_ELFNOTE_PHYS32_ENTRY && name == Some(&b"Xen\0"[..]) {
+                return Ok(true);
+            }
+            let Some(next) = name_at
+                .checked_add(name_len)
+                .and_then(|n| n.checked_add(desc_len))
+            else {
+                break;
+            };
+            i = next;
+        }
+    }
+    Ok(false)
+}
+
 /// Reads and checks the setup header of a bzImage: magic, a protected-mode part after
 /// the setup sectors, the 64-bit entry point.
 pub fn read_setup_header(path: &Path, file: &mut File) -> Result<setup_header, LinuxError> {
@@ -421,8 +510,14 @@ pub fn check_files(boot: &LinuxBoot) -> Result<(), LinuxError> {
         path: boot.kernel.clone(),
         source,
     })?;
-    // An ELF vmlinux is checked by the ELF loader itself (headers, PVH note).
-    if !is_elf(&boot.kernel, &mut file)? {
+    if is_elf(&boot.kernel, &mut file)? {
+        // The loader checks the rest of the ELF file when it loads it.
+        if !has_pvh_note(&boot.kernel, &mut file)? {
+            return Err(LinuxError::NoPvhEntry {
+                path: boot.kernel.clone(),
+            });
+        }
+    } else {
         read_setup_header(&boot.kernel, &mut file)?;
     }
     if let Some(initrd) = &boot.initrd {
@@ -952,10 +1047,11 @@ mod tests {
             panic!("cannot map test memory");
         };
         let plain = TempFile::new("plain-elf", &elf(None));
-        assert!(
-            check_files(&boot(&plain, None, "")).is_ok(),
-            "an ELF passes the bzImage check"
-        );
+        let early = check_files(&boot(&plain, None, ""))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(early.contains("without a PVH entry"), "{early}");
         let e = load(&memory, size(64 * MIB), &boot(&plain, None, ""), None)
             .err()
             .map(|e| e.to_string())
@@ -966,6 +1062,10 @@ mod tests {
         );
 
         let pvh = TempFile::new("pvh-elf", &elf(Some(0x10_0008)));
+        assert!(check_files(&boot(&pvh, None, "")).is_ok());
+        // Truncated in the middle of its notes: refused the same way, no panic.
+        let cut = TempFile::new("cut-elf", &elf(Some(0x10_0008))[..200]);
+        assert!(check_files(&boot(&cut, None, "")).is_err());
         let initrd = TempFile::new("pvh-initrd", &[0x5a; 3000]);
         let loaded = load(
             &memory,

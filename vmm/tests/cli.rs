@@ -369,19 +369,27 @@ fn bad_kernel_files_are_named_before_anything_boots() {
         stderr.contains("cannot read the kernel /nonexistent/bzImage"),
         "{stderr}"
     );
-    // An ELF executable (this very binary) is not a bzImage.
+    // An ELF executable (this very binary) is no bzImage, and no vmlinux with a PVH entry.
     let binary = env!("CARGO_BIN_EXE_vmm");
     let out = vmm(&["run", "--kernel", binary]);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(101), "{stderr}");
     assert!(
-        stderr.contains(&format!("{binary} is not a Linux bzImage")),
+        stderr.contains(&format!("{binary} is an ELF file without a PVH entry")),
+        "{stderr}"
+    );
+    // A file that is neither ELF nor bzImage.
+    let cargo_toml = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+    let out = vmm(&["run", "--kernel", cargo_toml]);
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!("{cargo_toml} is not a Linux bzImage")),
         "{stderr}"
     );
     // Several vCPUs are fine with a kernel (the MADT lists them): the file is the error.
     let out = vmm(&["run", "--kernel", binary, "--vcpus", "2"]);
     let stderr = text(&out.stderr);
-    assert!(stderr.contains("is not a Linux bzImage"), "{stderr}");
+    assert!(stderr.contains("without a PVH entry"), "{stderr}");
     let out = vmm(&["walk", "--kernel", "/nonexistent/bzImage"]);
     let stderr = text(&out.stderr);
     assert!(
