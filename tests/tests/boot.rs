@@ -358,9 +358,13 @@ fn hostile_guest_boots_and_finishes() {
     if la57 {
         assert_eq!(pml5_slots[0] & ADDR_MASK, root);
         assert_eq!(pml5_slots[1] & ADDR_MASK, 0xf_0000_3000);
+        // Slot 103 holds a PML4's address with PS: the guest writes it in space A's PML5
+        // and space B's is a copy, so it names space A's lower PML4 in both spaces (the
+        // vCPU may be paused in either).
+        let space_a_pml4 = lower_pml4(&vm, descriptor.cr3[0], la57);
         assert_eq!(
             pml5_slots[2] & (ADDR_MASK | PAGE_SIZE_BIT),
-            pml4 | PAGE_SIZE_BIT
+            space_a_pml4 | PAGE_SIZE_BIT
         );
         let self_ref = translate(100 << 48);
         let pd = entry(&vm, entry(&vm, pml4, 0), 0);
