@@ -232,13 +232,10 @@ pub fn bulk_round(vm: &Vm, timeout: Duration) -> anyhow::Result<(RoundRecord, Ve
     let deadline = std::time::Instant::now() + timeout;
     let gpa = loop {
         match vm
-            .wait_event_until(deadline, timeout)
+            .wait_event_unparking(deadline, timeout)
             .context("waiting for ROUND_DONE")?
         {
             VmEvent::RoundDone { record } => break record,
-            VmEvent::Parked { vcpu, .. } => {
-                vm.resume_vcpu(vcpu).context("resuming a parked vCPU")?;
-            }
             VmEvent::VcpuStopped { vcpu, stop, .. } => {
                 anyhow::bail!("vCPU {vcpu} stopped during a bulk round: {stop}")
             }

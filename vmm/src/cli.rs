@@ -606,13 +606,10 @@ fn guest_round(vm: &Vm, timeout: Duration) -> anyhow::Result<Option<ExitCode>> {
     let deadline = Instant::now() + timeout;
     let record = loop {
         match vm
-            .wait_event_until(deadline, timeout)
+            .wait_event_unparking(deadline, timeout)
             .context("waiting for ROUND_DONE")?
         {
             VmEvent::RoundDone { record } => break record,
-            VmEvent::Parked { vcpu, .. } => {
-                vm.resume_vcpu(vcpu).context("resuming a parked vCPU")?;
-            }
             VmEvent::VcpuStopped { .. } => {
                 return Ok(Some(
                     vm.outcome()
@@ -689,16 +686,12 @@ fn wait_heartbeats(vm: &Vm, count: u32, timeout: Duration) -> anyhow::Result<Opt
     let deadline = Instant::now() + timeout;
     while seen < count {
         match vm
-            .wait_event_until(deadline, timeout)
+            .wait_event_unparking(deadline, timeout)
             .context("waiting for a heartbeat")?
         {
             VmEvent::Heartbeat { iteration } => {
                 seen += 1;
                 eprintln!("vmm: heartbeat: iteration {iteration}");
-            }
-            VmEvent::Parked { vcpu, argument } => {
-                eprintln!("vmm: vCPU {vcpu} parked ({argument:#x}); letting it go");
-                vm.resume_vcpu(vcpu).context("resuming a parked vCPU")?;
             }
             VmEvent::VcpuStopped { .. } => return Ok(vm.outcome()),
             _ => {}
@@ -821,10 +814,8 @@ fn boot_and_pause(
             }
             // Polls the console every 5 ms; meanwhile a vCPU that parks itself is let go
             // (nobody here asked for it), and a stop is recorded.
-            match vm.wait_event(Duration::from_millis(5)) {
-                Ok(VmEvent::Parked { vcpu, .. }) => {
-                    vm.resume_vcpu(vcpu).context("resuming a parked vCPU")?;
-                }
+            let poll = Duration::from_millis(5);
+            match vm.wait_event_unparking(Instant::now() + poll, poll) {
                 Ok(_) | Err(VmError::Timeout(_)) => {}
                 Err(e) => return Err(e).context("waiting for the console marker"),
             }

@@ -572,13 +572,7 @@ pub fn load(
     // linux-loader's copy of the header, with code32_start set to the load address.
     let header = loaded.setup_header.unwrap_or(header);
 
-    let cmdline = cmdline_bytes(&boot.cmdline, &header)?;
-    write(
-        memory,
-        layout::CMDLINE_START,
-        &cmdline,
-        "the kernel command line",
-    )?;
+    let cmdline = write_cmdline(memory, &boot.cmdline, &header)?;
 
     let max = u64::from(header.initrd_addr_max);
     let top = if max == 0 {
@@ -609,6 +603,23 @@ pub fn load(
         boot_params: layout::BOOT_PARAMS_START,
         initrd,
     })
+}
+
+/// Writes the command line (checked against `header`'s limit) at
+/// [`layout::CMDLINE_START`]; returns its bytes with the NUL.
+fn write_cmdline(
+    memory: &GuestRam,
+    cmdline: &str,
+    header: &setup_header,
+) -> Result<Vec<u8>, LinuxError> {
+    let bytes = cmdline_bytes(cmdline, header)?;
+    write(
+        memory,
+        layout::CMDLINE_START,
+        &bytes,
+        "the kernel command line",
+    )?;
+    Ok(bytes)
 }
 
 /// Loads the initrd of `boot` (if any) as high as possible below `top`, above `kernel_end`.
@@ -658,13 +669,7 @@ fn load_pvh(
         return Err(LinuxError::NoPvhEntry { path: path.clone() });
     };
     // No setup header: the command line gets the VMM's own limit.
-    let cmdline = cmdline_bytes(&boot.cmdline, &setup_header::default())?;
-    write(
-        memory,
-        layout::CMDLINE_START,
-        &cmdline,
-        "the kernel command line",
-    )?;
+    write_cmdline(memory, &boot.cmdline, &setup_header::default())?;
     let initrd = load_initrd(memory, boot, loaded.kernel_end, low_ram_end(memory_size))?;
 
     let memmap: Vec<hvm_memmap_table_entry> = e820_map(memory_size)

@@ -439,17 +439,31 @@ impl Vm {
         self.wait_event(left)
     }
 
+    /// [`Vm::wait_event_until`] for a caller that did not ask for PARK: a vCPU that parks
+    /// meanwhile is let go at once, and the next other event is returned.
+    pub fn wait_event_unparking(
+        &self,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<VmEvent, VmError> {
+        loop {
+            match self.wait_event_until(deadline, timeout)? {
+                VmEvent::Parked { vcpu, .. } => {
+                    self.resume_vcpu(vcpu)?;
+                }
+                event => return Ok(event),
+            }
+        }
+    }
+
     /// Waits for READY and returns the descriptor's GPA; other events before it are
     /// dropped. If the guest stops first, the error carries how it ended.
     pub fn wait_ready(&self, timeout: Duration) -> Result<GuestAddress, VmError> {
         let deadline = Instant::now() + timeout;
         loop {
             // A hard deadline: a guest flooding events must not keep this waiting.
-            match self.wait_event_until(deadline, timeout)? {
+            match self.wait_event_unparking(deadline, timeout)? {
                 VmEvent::Ready { descriptor } => return Ok(descriptor),
-                VmEvent::Parked { vcpu, .. } => {
-                    self.resume_vcpu(vcpu)?;
-                }
                 VmEvent::VcpuStopped { .. } => {
                     let outcome = self.outcome().ok_or(VmError::EventsClosed)?;
                     return Err(VmError::StoppedBeforeReady(Box::new(outcome)));
@@ -468,9 +482,7 @@ impl Vm {
             if let Some(outcome) = self.outcome() {
                 break outcome;
             }
-            if let VmEvent::Parked { vcpu, .. } = self.wait_event_until(deadline, timeout)? {
-                self.resume_vcpu(vcpu)?;
-            }
+            self.wait_event_unparking(deadline, timeout)?;
         };
         self.pause()?;
         Ok(outcome)

@@ -282,36 +282,14 @@ pub fn long_mode_sregs(current: &SpecialRegisters, nx: bool) -> SpecialRegisters
 /// 32-bit protected mode, paging off, flat 4 GiB code (selector 0x08) and data (0x10)
 /// segments, CR4 and EFER clear. The kernel loads its own GDT and page tables at once.
 pub fn pvh_entry_sregs(current: &SpecialRegisters) -> SpecialRegisters {
-    let code = Segment::from_gdt_entry(gdt_entry(0xc09b, 0, 0xfffff), BOOT_CODE_SELECTOR);
-    let data = Segment::from_gdt_entry(BOOT_GDT[2], BOOT_DATA_SELECTOR);
-    let tss = Segment::from_gdt_entry(BOOT_GDT[3], BOOT_TSS_SELECTOR);
     SpecialRegisters {
-        cs: code,
-        ds: data,
-        es: data,
-        fs: data,
-        gs: data,
-        ss: data,
-        tr: tss,
-        ldt: Segment {
-            unusable: true,
-            ..Segment::default()
-        },
-        gdt: DescriptorTable {
-            base: layout::BOOT_GDT_START.0,
-            limit: (std::mem::size_of_val(&BOOT_GDT) - 1) as u16,
-        },
-        idt: DescriptorTable {
-            base: layout::BOOT_IDT_START.0,
-            limit: 7,
-        },
+        // The 64-bit boot state's segments and tables, with a 32-bit code segment.
+        cs: Segment::from_gdt_entry(gdt_entry(0xc09b, 0, 0xfffff), BOOT_CODE_SELECTOR),
         cr0: CR0_PE | CR0_ET,
-        cr2: 0,
         cr3: 0,
         cr4: 0,
         efer: 0,
-        cr8: current.cr8,
-        apic_base: current.apic_base,
+        ..long_mode_sregs(current, false)
     }
 }
 
