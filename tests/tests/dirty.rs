@@ -515,7 +515,9 @@ fn run_bulk_rounds(choice: DirtyLogChoice) -> (DirtyLogBackend, Vec<Round>) {
     request
         .write(vm.guest_memory())
         .unwrap_or_else(|e| panic!("cannot write the request: {e}"));
-    let backend = vm.dirty_log_backend().unwrap_or(DirtyLogBackend::Bitmap);
+    let backend = vm
+        .dirty_log_backend()
+        .unwrap_or_else(|| panic!("a VM built with {choice:?} has no dirty log"));
     vm.pause().unwrap_or_else(|e| panic!("pause: {e}"));
     let first = vm
         .fetch_dirty()
