@@ -264,12 +264,13 @@ pub fn build_linux_vm(config: &VmConfig, linux: &LinuxBoot) -> Result<Vm, BuildE
     // Before any vCPU: each vCPU gets its in-kernel LAPIC when created.
     kvm_vm.create_irqchip_and_pit()?;
     let supported_cpuid = hypervisor.supported_cpuid()?;
+    let tsc_deadline = hypervisor.has_tsc_deadline_timer();
     kick::install_handler()?;
     let nx = has_nx(&supported_cpuid);
     let vcpus = (0..config.vcpus)
         .map(|index| {
             let vcpu = kvm_vm.create_vcpu(index)?;
-            vcpu.set_cpuid(&linux_cpuid(&supported_cpuid, index, pvm))?;
+            vcpu.set_cpuid(&linux_cpuid(&supported_cpuid, index, pvm, tsc_deadline))?;
             vcpu.set_msrs(&regs::boot_msrs())?;
             vcpu.set_default_fpu()?;
             let current = vcpu.special_registers()?;
@@ -297,7 +298,7 @@ pub fn build_linux_vm(config: &VmConfig, linux: &LinuxBoot) -> Result<Vm, BuildE
         kvm_vm,
         memory,
         vcpus,
-        paging_features(&linux_cpuid(&supported_cpuid, 0, pvm)),
+        paging_features(&linux_cpuid(&supported_cpuid, 0, pvm, tsc_deadline)),
         None,
         None,
         config,

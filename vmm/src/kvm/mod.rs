@@ -17,7 +17,7 @@ use kvm_bindings::{
     KVM_MEM_LOG_DIRTY_PAGES, KVMIO, kvm_clear_dirty_log, kvm_enable_cap, kvm_fpu,
     kvm_userspace_memory_region,
 };
-use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use kvm_ioctls::{Cap, Kvm, VcpuExit, VcpuFd, VmFd};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::ioctl::{ioctl, ioctl_with_ref};
 
@@ -240,6 +240,12 @@ impl Hypervisor {
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(ioctl_error("KVM_GET_SUPPORTED_CPUID"))?;
         Ok(cpuid.as_slice().iter().map(CpuidEntry::from).collect())
+    }
+
+    /// Whether the in-kernel LAPIC emulates the TSC-deadline timer
+    /// (`KVM_CAP_TSC_DEADLINE_TIMER`).
+    pub fn has_tsc_deadline_timer(&self) -> bool {
+        self.kvm.check_extension(Cap::TscDeadlineTimer)
     }
 
     /// Creates a VM.

@@ -25,14 +25,31 @@ pub const EXT_EDX_NX: u32 = 1 << 20;
 /// CPUID 1 ECX bit 31: running under a hypervisor.
 pub const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
 
+/// CPUID 1 ECX bit 24: the local APIC's TSC-deadline timer mode.
+pub const LEAF1_ECX_TSC_DEADLINE: u32 = 1 << 24;
+
 /// The CPUID of a Linux guest's vCPU `index`: [`guest_cpuid`] (APIC ID, PVM's missing
-/// features hidden only on PVM) plus the hypervisor bit, so that Linux looks for KVM's
-/// paravirtual leaves (kvm-clock) instead of calibrating against the PIT.
-pub fn linux_cpuid(supported: &[CpuidEntry], index: u8, pvm: bool) -> Vec<CpuidEntry> {
+/// features hidden only on PVM) plus
+/// - the hypervisor bit, so that Linux looks for KVM's paravirtual leaves (kvm-clock)
+///   instead of calibrating against the PIT;
+/// - the TSC-deadline timer when `tsc_deadline` (the host has
+///   `KVM_CAP_TSC_DEADLINE_TIMER`; the in-kernel LAPIC emulates it). KVM leaves it out of
+///   `KVM_GET_SUPPORTED_CPUID` because it depends on that LAPIC, so a VMM must add it, as
+///   QEMU and Firecracker do. Without it Linux arms its timer through the APIC's
+///   initial-count register and first calibrates that timer's rate.
+pub fn linux_cpuid(
+    supported: &[CpuidEntry],
+    index: u8,
+    pvm: bool,
+    tsc_deadline: bool,
+) -> Vec<CpuidEntry> {
     let mut entries = guest_cpuid(supported, index, pvm);
     for entry in &mut entries {
         if entry.function == 0x1 {
             entry.ecx |= LEAF1_ECX_HYPERVISOR;
+            if tsc_deadline {
+                entry.ecx |= LEAF1_ECX_TSC_DEADLINE;
+            }
         }
     }
     entries
@@ -162,11 +179,17 @@ mod tests {
 
     #[test]
     fn linux_cpuid_adds_the_hypervisor_bit_and_keeps_the_apic_id() {
-        let out = linux_cpuid(&sample(), 2, false);
+        let out = linux_cpuid(&sample(), 2, false, false);
         assert_eq!(out[0].ecx & LEAF1_ECX_HYPERVISOR, LEAF1_ECX_HYPERVISOR);
+        assert_eq!(out[0].ecx & LEAF1_ECX_TSC_DEADLINE, 0);
         assert_eq!(out[0].ebx >> 24, 2);
         assert_eq!(out[2].edx, EXT_EDX_PDPE1GB | (1 << 20));
-        assert_eq!(linux_cpuid(&sample(), 0, true)[2].edx, 1 << 20);
+        assert_eq!(linux_cpuid(&sample(), 0, true, false)[2].edx, 1 << 20);
+        let out = linux_cpuid(&sample(), 0, false, true);
+        assert_eq!(
+            out[0].ecx & (LEAF1_ECX_HYPERVISOR | LEAF1_ECX_TSC_DEADLINE),
+            LEAF1_ECX_HYPERVISOR | LEAF1_ECX_TSC_DEADLINE
+        );
     }
 
     #[test]
