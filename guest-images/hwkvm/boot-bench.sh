@@ -47,6 +47,7 @@ median() { sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]
 : >/tmp/vmm.times
 : >/tmp/vmm-pvh.times
 : >/tmp/qemu.times
+: >/tmp/qemu-pvh.times
 i=0
 while [ "$i" -lt "$runs" ]; do
     i=$((i + 1))
@@ -61,12 +62,24 @@ while [ "$i" -lt "$runs" ]; do
         -nodefaults -no-user-config -display none -serial stdio \
         -kernel $dir/bzImage -initrd $dir/initramfs.cpio.gz -append "$cmdline")
     echo "run $i qemu ${t:-NONE}"; [ -n "$t" ] && echo "$t" >>/tmp/qemu.times
+    # QEMU with the same ELF vmlinux (its PVH loader), against vmm-pvh.
+    if [ -e $dir/vmlinux ]; then
+        t=$(time_to_marker /usr/bin/qemu-system-x86_64 -M microvm,rtc=on -enable-kvm -cpu host -m 512M -smp 1 \
+            -nodefaults -no-user-config -display none -serial stdio \
+            -kernel $dir/vmlinux -initrd $dir/initramfs.cpio.gz -append "$cmdline")
+        echo "run $i qemu-pvh ${t:-NONE}"; [ -n "$t" ] && echo "$t" >>/tmp/qemu-pvh.times
+    fi
 done
 v=$(median </tmp/vmm.times); q=$(median </tmp/qemu.times)
 echo "boot-bench: to GUESTWALK-LINUX-INIT, median of $(wc -l </tmp/vmm.times) vmm runs ${v} s, of $(wc -l </tmp/qemu.times) QEMU microvm runs ${q} s, vmm / QEMU = $(awk -v v="$v" -v q="$q" 'BEGIN { if (q > 0) printf "%.2f", v / q; else printf "n/a" }')"
+ratio() { awk -v v="$1" -v q="$2" 'BEGIN { if (q > 0) printf "%.2f", v / q; else printf "n/a" }'; }
 if [ -s /tmp/vmm-pvh.times ]; then
     p=$(median </tmp/vmm-pvh.times)
-    echo "boot-bench: vmm with the same kernel as an ELF vmlinux (PVH entry): median of $(wc -l </tmp/vmm-pvh.times) runs ${p} s, vmm-pvh / QEMU = $(awk -v v="$p" -v q="$q" 'BEGIN { if (q > 0) printf "%.2f", v / q; else printf "n/a" }')"
+    echo "boot-bench: vmm with the same kernel as an ELF vmlinux (PVH entry): median of $(wc -l </tmp/vmm-pvh.times) runs ${p} s, vmm-pvh / QEMU = $(ratio "$p" "$q")"
+    if [ -s /tmp/qemu-pvh.times ]; then
+        qp=$(median </tmp/qemu-pvh.times)
+        echo "boot-bench: QEMU microvm with that vmlinux (PVH): median of $(wc -l </tmp/qemu-pvh.times) runs ${qp} s, vmm-pvh / QEMU-pvh = $(ratio "$p" "$qp")"
+    fi
 fi
 [ "$(wc -l </tmp/vmm.times)" = "$runs" ] && [ "$(wc -l </tmp/qemu.times)" = "$runs" ]
 INNER
