@@ -17,21 +17,20 @@ echo "test-all: GUESTWALK_REQUIRE_KVM=${GUESTWALK_REQUIRE_KVM:-unset}"
 
 cargo test --workspace --locked
 
-# The emulated host is quarantined: its result is reported, but a failure does not fail
-# the run unless HWKVM_REQUIRED=1. It is not yet stable (a guest triple fault, a host
-# lockup and a hang in 3 of 5 runs, not yet understood); until it is, a flaky emulator
-# stage must not hide the verdict of the suite above. See guest-images/hwkvm/README.md.
-# The stage is bounded: a normal run takes about 4 minutes, but the emulated host has been
-# seen to lock up (soft lockups under TCG), and a hang must not eat CI's 90 minutes.
+# The emulated host is required: a failure fails the run (HWKVM_REQUIRED=0 only reports it,
+# for a developer without root). run-ci.sh gives a command that failed one more run in a
+# fresh host, because the emulator itself has failed a few times in about forty runs, and
+# says so loudly when it did (guest-images/hwkvm/README.md). The stage is bounded: a
+# normal run takes about 5 minutes; a locked-up emulated host must not eat CI's 90.
 if guest-images/linux/build.sh >/dev/null &&
     guest-images/hwkvm/build.sh &&
     HWKVM_QUIET=1 HWKVM_TIMEOUT="${HWKVM_TIMEOUT:-1200}" HWKVM_CMD_TIMEOUT="${HWKVM_CMD_TIMEOUT:-600}" \
-        guest-images/hwkvm/run.sh; then
+        guest-images/hwkvm/run-ci.sh; then
     echo "test-all: emulated hardware-KVM host: every command passed"
-elif [ "${HWKVM_REQUIRED:-0}" = 1 ]; then
-    echo "test-all: emulated hardware-KVM host: FAILED" >&2
-    exit 1
+elif [ "${HWKVM_REQUIRED:-1}" = 0 ]; then
+    echo "test-all: emulated hardware-KVM host: FAILED (HWKVM_REQUIRED=0: reported, not failing" \
+        "the run; serial log in guest-images/out/hwkvm/serial.log)" >&2
 else
-    echo "test-all: emulated hardware-KVM host: FAILED (quarantined, not failing the run;" \
-        "serial log in guest-images/out/hwkvm/serial.log)" >&2
+    echo "test-all: emulated hardware-KVM host: FAILED (serial logs in guest-images/out/hwkvm/)" >&2
+    exit 1
 fi
