@@ -134,9 +134,12 @@ fn all_leaves(summary: u64, reserved: u64) -> bool {
 ///
 /// Measured, not derived (the bench's 4 KiB walk, fastest of 200 runs, on an AMD EPYC host):
 /// 64 entries read 8 at a time (the compiler then unrolls the whole batch) walked about 8%
-/// faster than the 128 read 4 at a time this replaced; 32, 128 or 256 entries, or 4 or 16
-/// per pass, were as slow or slower, some by half. Perhaps the 64 stores of a batch fit the
-/// store queue. A power of two, so the 512 entries of a table make whole batches.
+/// faster than the 128 read 4 at a time this replaced; 32, 128 or 256 entries, or 4, 16 or
+/// 32 per pass, were as slow or slower. The walk seems bound by its stores (one per entry,
+/// into the buffer; the baseline has none): with 16 or 32 per pass the compiler also spills
+/// loaded entries to the stack, and the walk takes half as long again. Perhaps the 64
+/// stores of a batch fit the store queue. A power of two, so the 512 entries of a table
+/// make whole batches.
 const PTE_BATCH: usize = 64;
 
 /// Entries loaded per pass of the loop that reads a batch (see [`PTE_BATCH`]).
