@@ -193,6 +193,7 @@ impl Visitor for LevelCounter {
     }
 }
 
+#[inline(never)]
 fn count_level(t: &Tables, callbacks: Callbacks) -> (u64, u64) {
     let mut c = LevelCounter::new(callbacks);
     walk(&t.mem, &t.ctx, mapped_range(), &mut c).unwrap();
@@ -201,6 +202,7 @@ fn count_level(t: &Tables, callbacks: Callbacks) -> (u64, u64) {
 
 /// What any walk of the 4 KiB hierarchy must at least do: one region lookup per table
 /// page and one aligned atomic load per entry.
+#[inline(never)]
 fn read_tables(mem: &GuestMemoryMmap, tables: &[u64]) -> u64 {
     let mut sum = 0u64;
     for &gpa in tables {
@@ -216,6 +218,7 @@ fn read_tables(mem: &GuestMemoryMmap, tables: &[u64]) -> u64 {
 
 /// The same tables read a page at a time: one `read_slice` of each 4 KiB table page into a
 /// buffer (one region lookup and one `memcpy`), then a sum of its 512 entries.
+#[inline(never)]
 fn copy_tables(mem: &GuestMemoryMmap, tables: &[u64]) -> u64 {
     let mut page = [0u8; 4096];
     let mut sum = 0u64;
@@ -253,7 +256,10 @@ fn print_fastest(group: &str, name: &str, best: Duration, elements: u64, ratios:
     );
 }
 
-/// The 4 KiB walk and both baselines, alternately.
+/// The 4 KiB walk and both baselines, alternately. Kept out of line, like the walk and the
+/// baselines it runs, so `valgrind --tool=callgrind --toggle-collect=walk::alternating_4k`
+/// counts the instructions of exactly these runs.
+#[inline(never)]
 fn alternating_4k(t: &Tables) {
     let best = fastest_alternating(&[
         &|| count_level(t, black_box(Callbacks::PTE)).1,
