@@ -13,6 +13,10 @@
  * VMM resumes it; a VMM that is not interested resumes it at once. Then it exits 0 when
  * the whole buffer was backed by huge pages, 1 otherwise.
  *
+ * `thp SECONDS` first spins for SECONDS after PARK, reading its buffer: a VMM without the
+ * debug port (QEMU, in the `info tlb` comparison of guest-images/hwkvm/tlb-bench.sh) can
+ * then stop the guest while this process runs, with its CR3 loaded.
+ *
  * Static, no dependencies beyond libc: gcc -static -O2 -o thp thp.c
  */
 #define _GNU_SOURCE
@@ -22,6 +26,7 @@
 #include <string.h>
 #include <sys/io.h>
 #include <sys/mman.h>
+#include <time.h>
 
 #define HUGE_PAGE (2UL << 20)
 #define BUFFER_SIZE (64UL << 20)
@@ -64,8 +69,9 @@ static long anon_huge_kb(uintptr_t start)
 	return kb;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+	long linger = argc > 1 ? strtol(argv[1], NULL, 10) : 0;
 	size_t span = BUFFER_SIZE + HUGE_PAGE;
 	char *raw = mmap(NULL, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (raw == MAP_FAILED) {
@@ -93,5 +99,13 @@ int main(void)
 	send_event(EVENT_MARK, BUFFER_SIZE);
 	send_event(EVENT_PARK, start);
 	printf("GUESTWALK-THP resumed\n");
+	if (linger > 0) {
+		printf("GUESTWALK-THP lingering %ld s\n", linger);
+		fflush(stdout);
+		volatile uint64_t sum = 0;
+		for (time_t end = time(NULL) + linger; time(NULL) < end;)
+			for (uintptr_t offset = 0; offset < BUFFER_SIZE; offset += HUGE_PAGE)
+				sum += *(volatile uint64_t *)(buffer + offset);
+	}
 	return huge ? 0 : 1;
 }
