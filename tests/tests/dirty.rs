@@ -40,7 +40,7 @@ use vmm::exit::VcpuStop;
 use vmm::kvm::dirty_ring::DIRTY_RING_MIN_BYTES;
 use vmm::kvm::{DirtyLogCapabilities, Hypervisor};
 use vmm::{
-    Console, ExitOutcome, GuestMode, RoundRecord, Vm, VmConfig, VmError, VmEvent, build_vm_with,
+    Console, ExitOutcome, GuestMode, RoundRecord, Vm, VmConfig, VmError, build_vm_with,
     build_vm_with_dirty_ring,
 };
 use walker::{DirtyPages, Granularity, Gva, Mapping, PageSize};
@@ -127,7 +127,9 @@ fn run_rounds_with(
             String::from_utf8_lossy(&console.captured())
         );
     }
-    let backend = vm.dirty_log_backend().unwrap_or(DirtyLogBackend::Bitmap);
+    let backend = vm
+        .dirty_log_backend()
+        .unwrap_or_else(|| panic!("a VM built with dirty logging has no dirty log"));
     let pause = |vm: &Vm| vm.pause().unwrap_or_else(|e| panic!("pause: {e}"));
     pause(&vm);
     vm.fetch_dirty()
@@ -135,18 +137,12 @@ fn run_rounds_with(
     vm.resume().unwrap_or_else(|e| panic!("resume: {e}"));
     let mut rounds = Vec::new();
     for n in 1..=ROUNDS {
-        vm.next_round();
-        let record_gpa = loop {
-            match vm.wait_event(TIMEOUT) {
-                Ok(VmEvent::RoundDone { record }) => break record,
-                Ok(VmEvent::VcpuStopped { stop, .. }) => panic!(
-                    "guest stopped in round {n}: {stop}\n{}",
-                    String::from_utf8_lossy(&console.captured())
-                ),
-                Ok(_) => {}
-                Err(e) => panic!("no ROUND_DONE in round {n}: {e}"),
-            }
-        };
+        let record_gpa = vm.run_round(TIMEOUT).unwrap_or_else(|e| {
+            panic!(
+                "round {n}: {e}\n{}",
+                String::from_utf8_lossy(&console.captured())
+            )
+        });
         let states = pause(&vm);
         let (set, report) = vm
             .dirty_scan(&states, &[])
@@ -529,18 +525,12 @@ fn run_bulk_rounds(choice: DirtyLogChoice) -> (DirtyLogBackend, Vec<Round>) {
     vm.resume().unwrap_or_else(|e| panic!("resume: {e}"));
     let mut rounds = Vec::new();
     for n in 1..=BULK_ROUNDS {
-        vm.next_round();
-        let record_gpa = loop {
-            match vm.wait_event(TIMEOUT) {
-                Ok(VmEvent::RoundDone { record }) => break record,
-                Ok(VmEvent::VcpuStopped { stop, .. }) => panic!(
-                    "guest stopped in round {n}: {stop}\n{}",
-                    String::from_utf8_lossy(&console.captured())
-                ),
-                Ok(_) => {}
-                Err(e) => panic!("no ROUND_DONE in round {n}: {e}"),
-            }
-        };
+        let record_gpa = vm.run_round(TIMEOUT).unwrap_or_else(|e| {
+            panic!(
+                "round {n}: {e}\n{}",
+                String::from_utf8_lossy(&console.captured())
+            )
+        });
         assert_eq!(record_gpa.0, vmm::guest::BULK_RECORD_GPA);
         let states = vm.pause().unwrap_or_else(|e| panic!("pause: {e}"));
         let (set, report) = vm

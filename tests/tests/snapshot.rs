@@ -11,9 +11,7 @@ use guestwalk_tests::{TIMEOUT, kvm_available, test_memory};
 use vm_memory::{Bytes, GuestAddress};
 use vmm::introspect::{Format, VaRange, print_walk};
 use vmm::snapshot::{self, SnapshotDir, SnapshotKind};
-use vmm::{
-    Console, Descriptor, DirtyLogChoice, GuestMode, RoundRecord, Vm, VmConfig, VmEvent, memfile,
-};
+use vmm::{Console, Descriptor, DirtyLogChoice, GuestMode, RoundRecord, Vm, VmConfig, memfile};
 use walker::{Granularity, WalkOptions};
 
 /// Generations per test: one full, then at least five diffs.
@@ -44,15 +42,9 @@ fn boot(mode: GuestMode) -> (Vm, Console, Descriptor) {
 
 /// Runs one round of the dirty-writer guest; returns the GPAs it wrote.
 fn guest_round(vm: &Vm) -> Vec<u64> {
-    vm.next_round();
-    let record = loop {
-        match vm.wait_event(TIMEOUT) {
-            Ok(VmEvent::RoundDone { record }) => break record,
-            Ok(VmEvent::VcpuStopped { stop, .. }) => panic!("guest stopped: {stop}"),
-            Ok(_) => {}
-            Err(e) => panic!("no ROUND_DONE: {e}"),
-        }
-    };
+    let record = vm
+        .run_round(TIMEOUT)
+        .unwrap_or_else(|e| panic!("no ROUND_DONE: {e}"));
     RoundRecord::read(vm.guest_memory(), record)
         .unwrap_or_else(|e| panic!("{e}"))
         .pages

@@ -21,11 +21,11 @@ use std::time::{Duration, Instant};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use walker::{Granularity, Gva, Mapping, PagingContext, WalkOptions, for_each_mapping};
 
+use crate::VcpuState;
 use crate::dirty::DirtySet;
 use crate::guest::{BULK_RECORD_GPA, BULK_REQUEST_GPA, BulkRequest, RoundRecord};
 use crate::snapshot::{SnapshotDir, SnapshotInfo};
 use crate::vm::Vm;
-use crate::{VcpuState, VmEvent};
 
 /// Times `f` `runs` times and returns the median.
 pub fn median<F: FnMut()>(runs: usize, mut f: F) -> Duration {
@@ -228,20 +228,9 @@ const TABLE_POOL: std::ops::Range<u64> = 0x20_0000..0x40_0000;
 /// reads the round record. Returns the record and the paused vCPUs' states.
 pub fn bulk_round(vm: &Vm, timeout: Duration) -> anyhow::Result<(RoundRecord, Vec<VcpuState>)> {
     use anyhow::Context as _;
-    vm.next_round();
-    let deadline = std::time::Instant::now() + timeout;
-    let gpa = loop {
-        match vm
-            .wait_event_unparking(deadline, timeout)
-            .context("waiting for ROUND_DONE")?
-        {
-            VmEvent::RoundDone { record } => break record,
-            VmEvent::VcpuStopped { vcpu, stop, .. } => {
-                anyhow::bail!("vCPU {vcpu} stopped during a bulk round: {stop}")
-            }
-            _ => {}
-        }
-    };
+    let gpa = vm
+        .run_round(timeout)
+        .context("waiting for the bulk guest's ROUND_DONE")?;
     if gpa.0 != BULK_RECORD_GPA {
         anyhow::bail!(
             "the guest reported its round record at {:#x}, not {BULK_RECORD_GPA:#x}: is it in --mode dirty-bulk?",

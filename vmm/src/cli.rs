@@ -602,22 +602,10 @@ fn run_dirty_scans(args: &RunArgs, every: Duration) -> anyhow::Result<ExitCode> 
 /// One round of the dirty-writer guest: NEXT_ROUND, then its ROUND_DONE. Returns the exit
 /// status instead if the guest stops.
 fn guest_round(vm: &Vm, timeout: Duration) -> anyhow::Result<Option<ExitCode>> {
-    vm.next_round();
-    let deadline = Instant::now() + timeout;
-    let record = loop {
-        match vm
-            .wait_event_unparking(deadline, timeout)
-            .context("waiting for ROUND_DONE")?
-        {
-            VmEvent::RoundDone { record } => break record,
-            VmEvent::VcpuStopped { .. } => {
-                return Ok(Some(
-                    vm.outcome()
-                        .map_or(ExitCode::from(EXIT_VM_FAILURE), |o| report(&o)),
-                ));
-            }
-            _ => {}
-        }
+    let record = match vm.run_round(timeout) {
+        Ok(record) => record,
+        Err(VmError::StoppedDuringRound(outcome)) => return Ok(Some(report(&outcome))),
+        Err(e) => return Err(e).context("waiting for ROUND_DONE"),
     };
     match RoundRecord::read_any(vm.guest_memory(), record) {
         Ok(r) => eprintln!("vmm: guest round {} wrote {} pages", r.round, r.pages.len()),

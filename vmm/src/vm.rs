@@ -75,6 +75,9 @@ pub enum VmError {
     /// The guest stopped before it reported READY.
     #[error("the guest stopped before reporting READY: {0}")]
     StoppedBeforeReady(Box<ExitOutcome>),
+    /// The guest stopped during a round, before it reported ROUND_DONE.
+    #[error("the guest stopped during a round: {0}")]
+    StoppedDuringRound(Box<ExitOutcome>),
     /// All vCPU threads are gone and no event will come.
     #[error("the VM's event channel closed")]
     EventsClosed,
@@ -406,6 +409,26 @@ impl Vm {
     /// Tells the dirty-writer guest to do one more round (consumed by the guest's read).
     pub fn next_round(&self) {
         self.control.set_command(COMMAND_NEXT_ROUND);
+    }
+
+    /// One round of the dirty-writer guests ([`crate::guest::GuestMode::Dirty`],
+    /// [`crate::guest::GuestMode::DirtyBulk`]): NEXT_ROUND, then waits (a hard deadline of
+    /// `timeout`, letting parked vCPUs go) for the guest's ROUND_DONE and returns the GPA
+    /// of its round record; other events are dropped. If the guest stops first, the error
+    /// carries how it ended.
+    pub fn run_round(&self, timeout: Duration) -> Result<GuestAddress, VmError> {
+        self.next_round();
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.wait_event_unparking(deadline, timeout)? {
+                VmEvent::RoundDone { record } => return Ok(record),
+                VmEvent::VcpuStopped { .. } => {
+                    let outcome = self.outcome().ok_or(VmError::EventsClosed)?;
+                    return Err(VmError::StoppedDuringRound(Box::new(outcome)));
+                }
+                _ => {}
+            }
+        }
     }
 
     /// Tells the guest to finish: the debug port's command becomes FINISH.
