@@ -17,16 +17,12 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 runs=${1:-5}
-qemu=$(command -v qemu-system-x86_64) || { echo "tlb-bench: qemu-system-x86_64 is missing (build.sh installs it)" >&2; exit 1; }
+# shellcheck source=ship-qemu.sh
+. "$here/ship-qemu.sh"
 
 extra=$(mktemp -d)
 trap 'rm -rf "$extra"' EXIT
-copy() { mkdir -p "$extra$(dirname "$1")" && cp -L "$1" "$extra$1"; }
-copy "$qemu"
-ldd "$qemu" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' | while read -r lib; do copy "$lib"; done
-for fw in qboot.rom bios-microvm.bin linuxboot_dma.bin pvh.bin; do
-    [ -e "/usr/share/qemu/$fw" ] && copy "/usr/share/qemu/$fw"
-done
+ship_qemu "$extra"
 mkdir -p "$extra/hwkvm"
 cat >"$extra/hwkvm/tlb-bench-inner.sh" <<'INNER'
 #!/bin/busybox sh
