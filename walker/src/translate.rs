@@ -77,6 +77,7 @@ struct Translator {
 }
 
 impl Translator {
+    #[inline]
     fn leaf(&mut self, visit: &Visit<'_>) -> Action {
         if let (Some(size), Some(gpa)) = (visit.level.leaf_size(), visit.physical(self.gva)) {
             self.result = Some(Ok(Translation {
@@ -91,6 +92,7 @@ impl Translator {
         Action::Skip
     }
 
+    #[inline]
     fn entry(&mut self, visit: &Visit<'_>) -> Action {
         if visit.is_leaf() {
             self.leaf(visit)
@@ -103,22 +105,27 @@ impl Translator {
 impl Visitor for Translator {
     type Error = Infallible;
 
+    #[inline]
     fn callbacks(&self) -> Callbacks {
         Callbacks::PUD | Callbacks::PMD | Callbacks::PTE
     }
 
+    #[inline]
     fn pud_entry(&mut self, visit: &Visit<'_>) -> Result<Action, Infallible> {
         Ok(self.entry(visit))
     }
 
+    #[inline]
     fn pmd_entry(&mut self, visit: &Visit<'_>) -> Result<Action, Infallible> {
         Ok(self.entry(visit))
     }
 
+    #[inline]
     fn pte_entry(&mut self, visit: &Visit<'_>) -> Result<Action, Infallible> {
         Ok(self.leaf(visit))
     }
 
+    #[inline]
     fn hole(&mut self, _start: Gva, _last: Gva, depth: Level) -> Result<(), Infallible> {
         self.result = Some(Err(TranslateError::NotPresent {
             gva: self.gva,
@@ -127,6 +134,7 @@ impl Visitor for Translator {
         Ok(())
     }
 
+    #[inline]
     fn fault(&mut self, fault: &Fault<'_>) -> Result<(), Infallible> {
         let level = fault.visit.level;
         self.result = Some(Err(match fault.kind {
