@@ -166,10 +166,11 @@ impl Access {
     #[inline(always)]
     pub const fn through(self, entry: Entry, nxe: bool) -> Access {
         let f = entry.0;
+        // `&` and `|` rather than `&&` and `||`: nothing to short-circuit, and no branches.
         Access {
-            writable: self.writable && f & EntryFlags::WRITABLE.bits() != 0,
-            user: self.user && f & EntryFlags::USER.bits() != 0,
-            nx: self.nx || (nxe && f & EntryFlags::NO_EXECUTE.bits() != 0),
+            writable: self.writable & (f & EntryFlags::WRITABLE.bits() != 0),
+            user: self.user & (f & EntryFlags::USER.bits() != 0),
+            nx: self.nx | (nxe & (f & EntryFlags::NO_EXECUTE.bits() != 0)),
         }
     }
 }

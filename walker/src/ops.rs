@@ -97,13 +97,13 @@ impl Visit<'_> {
     }
 
     /// Whether the entry maps a page (a 4 KiB PTE, or a PMD/PUD with PS set).
-    #[inline]
+    #[inline(always)]
     pub const fn is_leaf(&self) -> bool {
         self.entry.is_leaf(self.level)
     }
 
     /// First virtual address the whole entry covers (its span, before clipping to the range).
-    #[inline]
+    #[inline(always)]
     pub const fn entry_start(&self) -> Gva {
         self.start.align_down(self.level.entry_span())
     }
@@ -119,7 +119,7 @@ impl Visit<'_> {
     }
 
     /// For a leaf, the guest-physical address `va` (inside the entry's span) maps to.
-    #[inline]
+    #[inline(always)]
     pub const fn physical(&self, va: Gva) -> Option<GuestAddress> {
         if !self.is_leaf() {
             return None;

@@ -77,7 +77,7 @@ struct Translator {
 }
 
 impl Translator {
-    #[inline]
+    #[inline(always)]
     fn leaf(&mut self, visit: &Visit<'_>) -> Action {
         if let (Some(size), Some(gpa)) = (visit.level.leaf_size(), visit.physical(self.gva)) {
             self.result = Some(Ok(Translation {
@@ -92,7 +92,7 @@ impl Translator {
         Action::Skip
     }
 
-    #[inline]
+    #[inline(always)]
     fn entry(&mut self, visit: &Visit<'_>) -> Action {
         if visit.is_leaf() {
             self.leaf(visit)
@@ -105,27 +105,27 @@ impl Translator {
 impl Visitor for Translator {
     type Error = Infallible;
 
-    #[inline]
+    #[inline(always)]
     fn callbacks(&self) -> Callbacks {
         Callbacks::PUD | Callbacks::PMD | Callbacks::PTE
     }
 
-    #[inline]
+    #[inline(always)]
     fn pud_entry(&mut self, visit: &Visit<'_>) -> Result<Action, Infallible> {
         Ok(self.entry(visit))
     }
 
-    #[inline]
+    #[inline(always)]
     fn pmd_entry(&mut self, visit: &Visit<'_>) -> Result<Action, Infallible> {
         Ok(self.entry(visit))
     }
 
-    #[inline]
+    #[inline(always)]
     fn pte_entry(&mut self, visit: &Visit<'_>) -> Result<Action, Infallible> {
         Ok(self.leaf(visit))
     }
 
-    #[inline]
+    #[inline(always)]
     fn hole(&mut self, _start: Gva, _last: Gva, depth: Level) -> Result<(), Infallible> {
         self.result = Some(Err(TranslateError::NotPresent {
             gva: self.gva,
@@ -134,7 +134,7 @@ impl Visitor for Translator {
         Ok(())
     }
 
-    #[inline]
+    #[inline(always)]
     fn fault(&mut self, fault: &Fault<'_>) -> Result<(), Infallible> {
         let level = fault.visit.level;
         self.result = Some(Err(match fault.kind {

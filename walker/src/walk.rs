@@ -470,6 +470,13 @@ where
 impl<'m, 'c, M: GuestMemoryBackend, V: Visitor> Walk<'m, 'c, '_, M, V> {
     #[inline]
     fn guest_table(&mut self, ptr: TablePointer) -> Option<Table<'m, MS<'m, M>>> {
+        self.guest_table_inlined(ptr)
+    }
+
+    /// [`guest_table`](Self::guest_table), always inlined: for single-address walks, which
+    /// are a few loads and checks, and where the call itself showed.
+    #[inline(always)]
+    fn guest_table_inlined(&mut self, ptr: TablePointer) -> Option<Table<'m, MS<'m, M>>> {
         let region = match self.region {
             Some(r) if r.start_addr() <= ptr.0 && ptr.0 <= r.last_addr() => r,
             _ => {
@@ -884,7 +891,7 @@ impl<'m, 'c, M: GuestMemoryBackend, V: Visitor> Walk<'m, 'c, '_, M, V> {
                 }
                 self.walk_split::<L::Below, true>(huge, addr, addr + 1, effective)
             }
-            Below::Table(ptr) => match self.guest_table(ptr) {
+            Below::Table(ptr) => match self.guest_table_inlined(ptr) {
                 Some(table) => self.walk_point::<L::Below>(&table, addr, effective),
                 None => {
                     let visit = self.visit::<L>(addr, addr + 1, entry, effective, source);
