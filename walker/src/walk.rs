@@ -855,10 +855,7 @@ impl<'m, 'c, M: GuestMemoryBackend, V: Visitor> Walk<'m, 'c, '_, M, V> {
         match classify(entry, L::LEVEL) {
             Below::Page => Ok(()),
             Below::Huge(huge) => {
-                match huge.level() {
-                    Level::Pud => self.stats.split_1g += 1,
-                    _ => self.stats.split_2m += 1,
-                }
+                self.count_split(huge);
                 self.walk_split::<L::Below, false>(huge, addr, next, effective)
             }
             Below::Table(ptr) => match self.guest_table(ptr) {
@@ -885,10 +882,7 @@ impl<'m, 'c, M: GuestMemoryBackend, V: Visitor> Walk<'m, 'c, '_, M, V> {
         match classify(entry, L::LEVEL) {
             Below::Page => Ok(()),
             Below::Huge(huge) => {
-                match huge.level() {
-                    Level::Pud => self.stats.split_1g += 1,
-                    _ => self.stats.split_2m += 1,
-                }
+                self.count_split(huge);
                 self.walk_split::<L::Below, true>(huge, addr, addr + 1, effective)
             }
             Below::Table(ptr) => match self.guest_table_inlined(ptr) {
@@ -898,6 +892,15 @@ impl<'m, 'c, M: GuestMemoryBackend, V: Visitor> Walk<'m, 'c, '_, M, V> {
                     self.report_fault(&visit, FaultKind::OutsideMemory(ptr.0))
                 }
             },
+        }
+    }
+
+    /// Counts a split of `huge` in the statistics.
+    #[inline(always)]
+    fn count_split(&mut self, huge: HugeLeaf) {
+        match huge.level() {
+            Level::Pud => self.stats.split_1g += 1,
+            _ => self.stats.split_2m += 1,
         }
     }
 
