@@ -649,7 +649,7 @@ impl<'m, 'c, M: GuestMemoryBackend, V: Visitor> Walk<'m, 'c, '_, M, V> {
         };
         if descend_wanted && action == Action::Descend {
             if POINT {
-                self.descend_point::<L>(entry, addr, effective, source)?;
+                self.descend_in::<L, true>(entry, addr, next, effective, source)?;
             } else {
                 self.descend::<L>(entry, addr, next, effective, source)?;
             }
@@ -852,30 +852,18 @@ impl<'m, 'c, M: GuestMemoryBackend, V: Visitor> Walk<'m, 'c, '_, M, V> {
         effective: Access,
         source: EntrySource,
     ) -> Result<(), WalkError<V::Error>> {
-        match classify(entry, L::LEVEL) {
-            Below::Page => Ok(()),
-            Below::Huge(huge) => {
-                self.count_split(huge);
-                self.walk_split::<L::Below, false>(huge, addr, next, effective)
-            }
-            Below::Table(ptr) => match self.guest_table(ptr) {
-                Some(table) => self.walk_table::<L::Below>(&table, addr, next, effective),
-                None => {
-                    let visit = self.visit::<L>(addr, next, entry, effective, source);
-                    self.report_fault(&visit, FaultKind::OutsideMemory(ptr.0))
-                }
-            },
-        }
+        self.descend_in::<L, false>(entry, addr, next, effective, source)
     }
 
-    /// [`descend`](Self::descend) for a single-address walk at folded `addr`: the same
-    /// steps, continued with [`walk_point`](Self::walk_point), and inlined so that a whole
-    /// translation is one function.
+    /// [`descend`](Self::descend), and for a single-address walk (`POINT`, with
+    /// `next = addr + 1`) the same steps continued with [`walk_point`](Self::walk_point),
+    /// inlined so that a whole translation is one function.
     #[inline(always)]
-    fn descend_point<L: StaticLevel>(
+    fn descend_in<L: StaticLevel, const POINT: bool>(
         &mut self,
         entry: Entry,
         addr: u64,
+        next: u64,
         effective: Access,
         source: EntrySource,
     ) -> Result<(), WalkError<V::Error>> {
@@ -883,15 +871,23 @@ impl<'m, 'c, M: GuestMemoryBackend, V: Visitor> Walk<'m, 'c, '_, M, V> {
             Below::Page => Ok(()),
             Below::Huge(huge) => {
                 self.count_split(huge);
-                self.walk_split::<L::Below, true>(huge, addr, addr + 1, effective)
+                self.walk_split::<L::Below, POINT>(huge, addr, next, effective)
             }
-            Below::Table(ptr) => match self.guest_table_inlined(ptr) {
-                Some(table) => self.walk_point::<L::Below>(&table, addr, effective),
-                None => {
-                    let visit = self.visit::<L>(addr, addr + 1, entry, effective, source);
-                    self.report_fault(&visit, FaultKind::OutsideMemory(ptr.0))
+            Below::Table(ptr) => {
+                let table = if POINT {
+                    self.guest_table_inlined(ptr)
+                } else {
+                    self.guest_table(ptr)
+                };
+                match table {
+                    Some(table) if POINT => self.walk_point::<L::Below>(&table, addr, effective),
+                    Some(table) => self.walk_table::<L::Below>(&table, addr, next, effective),
+                    None => {
+                        let visit = self.visit::<L>(addr, next, entry, effective, source);
+                        self.report_fault(&visit, FaultKind::OutsideMemory(ptr.0))
+                    }
                 }
-            },
+            }
         }
     }
 
