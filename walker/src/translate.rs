@@ -3,7 +3,11 @@
 //! A translation is a walk of the one-byte range `[gva, gva]` with callbacks on the levels
 //! that can hold a leaf: a huge leaf answers [`Action::Skip`] (found it, do not split), a
 //! table answers [`Action::Descend`]. Holes and faults end it with the level they were
-//! found at. There is no second code path that could disagree with the walk.
+//! found at. There is no second code path that could disagree with the walk: a one-address
+//! range takes the walk's single-address path, which runs each level's entry through the
+//! same code as the loops of a range walk, only without the loops (see
+//! [`walk`](mod@crate::walk)), and the whole translation, callbacks included, inlines
+//! into one function.
 
 use std::convert::Infallible;
 
