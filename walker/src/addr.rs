@@ -27,6 +27,7 @@ impl Gva {
 
     /// Whether the address is canonical for a virtual-address width of `width` bits
     /// (all bits from `width - 1` up are copies of bit `width - 1`).
+    #[inline]
     pub const fn is_canonical(self, width: u32) -> bool {
         let shift = 64 - width;
         (((self.0 << shift) as i64) >> shift) as u64 == self.0
@@ -65,11 +66,13 @@ impl From<u64> for Gva {
 }
 
 /// Folds a canonical address to the low `width` bits.
+#[inline]
 pub(crate) const fn fold(va: u64, width: u32) -> u64 {
     va & ((1u64 << width) - 1)
 }
 
 /// Inverse of [`fold`]: sign-extends bit `width - 1`.
+#[inline]
 pub(crate) const fn unfold(folded: u64, width: u32) -> Gva {
     let shift = 64 - width;
     Gva((((folded << shift) as i64) >> shift) as u64)
@@ -77,6 +80,7 @@ pub(crate) const fn unfold(folded: u64, width: u32) -> Gva {
 
 /// The folded half-open range `[start, end)` covering the canonical parts of the inclusive
 /// range `[first, last]`, or `None` when that range holds no canonical address.
+#[inline]
 pub(crate) fn fold_range(first: Gva, last: Gva, width: u32) -> Option<(u64, u64)> {
     if first > last {
         return None;

@@ -71,6 +71,7 @@ pub enum PagingMode {
 
 impl PagingMode {
     /// The level of the root table.
+    #[inline]
     pub const fn root_level(self) -> Level {
         match self {
             PagingMode::FourLevel => Level::Pml4,
@@ -79,6 +80,7 @@ impl PagingMode {
     }
 
     /// Width of a canonical virtual address in bits.
+    #[inline]
     pub const fn va_bits(self) -> u32 {
         match self {
             PagingMode::FourLevel => 48,
@@ -212,16 +214,19 @@ impl PagingContext {
     }
 
     /// Guest-physical address of the root table (CR3 with PCID/flags and high bits masked).
+    #[inline]
     pub const fn root(&self) -> GuestAddress {
         self.root
     }
 
     /// 4- or 5-level paging.
+    #[inline]
     pub const fn mode(&self) -> PagingMode {
         self.mode
     }
 
     /// Whether bit 63 of entries is NX (EFER.NXE).
+    #[inline]
     pub const fn nxe(&self) -> bool {
         self.nxe
     }
@@ -242,6 +247,7 @@ impl PagingContext {
     }
 
     /// The reserved bits set in a present `entry` at `level`, or 0 when it is well formed.
+    #[inline]
     pub const fn reserved_bits(&self, entry: Entry, level: Level) -> u64 {
         let leaf = matches!(level, Level::Pmd | Level::Pud) && entry.is_leaf(level);
         entry.0 & self.reserved_mask(level, leaf)
@@ -250,6 +256,7 @@ impl PagingContext {
     /// The precomputed mask of bits reserved in a present entry at `level` that is a huge
     /// leaf (`leaf`, meaningful for PMDs and PUDs only) or not: `reserved_bits` is one AND
     /// with it. A PTE always uses `leaf == false` (its bit 7 is PAT, not PS).
+    #[inline]
     pub(crate) const fn reserved_mask(&self, level: Level, leaf: bool) -> u64 {
         self.reserved[level as usize - 1][leaf as usize]
     }

@@ -72,12 +72,14 @@ impl Entry {
     }
 
     /// Bit 0, P.
+    #[inline]
     pub const fn is_present(self) -> bool {
         self.0 & EntryFlags::PRESENT.bits() != 0
     }
 
     /// Whether this entry, found at `level`, maps a page rather than pointing to a table.
     /// Only meaningful for present entries without reserved bits.
+    #[inline]
     pub const fn is_leaf(self, level: Level) -> bool {
         match level {
             Level::Pte => true,
@@ -88,6 +90,7 @@ impl Entry {
 
     /// The guest-physical address this entry holds: a table's address, or a leaf's frame,
     /// using the address bits for its level and kind.
+    #[inline]
     pub const fn address(self, level: Level) -> GuestAddress {
         let mask = match (self.is_leaf(level), level) {
             (true, Level::Pmd) => ADDR_MASK_2M,
@@ -99,6 +102,7 @@ impl Entry {
 
     /// The 3-bit PAT/PCD/PWT memory-type index of a leaf at `level` (PAT is bit 7 in a PTE,
     /// bit 12 in a huge leaf). The index selects an entry of the guest's IA32_PAT MSR.
+    #[inline]
     pub const fn memory_type(self, level: Level) -> MemoryType {
         let pat_bit = match level {
             Level::Pte => EntryFlags::HUGE_OR_PAT.bits(),
@@ -159,12 +163,14 @@ impl Access {
     };
 
     /// The rights after also passing through `entry`. `nxe` says whether bit 63 means NX.
+    #[inline(always)]
     pub const fn through(self, entry: Entry, nxe: bool) -> Access {
         let f = entry.0;
+        // `&` and `|` rather than `&&` and `||`: nothing to short-circuit, and no branches.
         Access {
-            writable: self.writable && f & EntryFlags::WRITABLE.bits() != 0,
-            user: self.user && f & EntryFlags::USER.bits() != 0,
-            nx: self.nx || (nxe && f & EntryFlags::NO_EXECUTE.bits() != 0),
+            writable: self.writable & (f & EntryFlags::WRITABLE.bits() != 0),
+            user: self.user & (f & EntryFlags::USER.bits() != 0),
+            nx: self.nx | (nxe & (f & EntryFlags::NO_EXECUTE.bits() != 0)),
         }
     }
 }

@@ -31,11 +31,13 @@ impl Level {
     pub const ENTRIES: usize = 512;
 
     /// Bit position of the lowest virtual-address bit that indexes this level.
+    #[inline]
     pub const fn shift(self) -> u32 {
         12 + 9 * (self as u32 - 1)
     }
 
     /// Bytes of virtual address space one entry of this level covers.
+    #[inline]
     pub const fn entry_span(self) -> u64 {
         1 << self.shift()
     }
@@ -52,6 +54,7 @@ impl Level {
     }
 
     /// The size of a leaf at this level, or `None` where the architecture allows no leaf.
+    #[inline]
     pub const fn leaf_size(self) -> Option<PageSize> {
         match self {
             Level::Pte => Some(PageSize::Size4K),
@@ -62,6 +65,7 @@ impl Level {
     }
 
     /// Index into a table of this level for a virtual address.
+    #[inline]
     pub const fn index(self, va: u64) -> usize {
         ((va >> self.shift()) & 0x1ff) as usize
     }

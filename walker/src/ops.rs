@@ -46,11 +46,13 @@ bitflags! {
 
 impl Callbacks {
     /// The flag for one level.
+    #[inline]
     pub const fn of(level: Level) -> Callbacks {
         Callbacks::from_bits_truncate(1 << (level as u8 - 1))
     }
 
     /// Whether a level strictly below `level` has a callback.
+    #[inline]
     pub const fn any_below(self, level: Level) -> bool {
         let below = (1u8 << (level as u8 - 1)) - 1;
         self.bits() & below != 0
@@ -95,11 +97,13 @@ impl Visit<'_> {
     }
 
     /// Whether the entry maps a page (a 4 KiB PTE, or a PMD/PUD with PS set).
+    #[inline(always)]
     pub const fn is_leaf(&self) -> bool {
         self.entry.is_leaf(self.level)
     }
 
     /// First virtual address the whole entry covers (its span, before clipping to the range).
+    #[inline(always)]
     pub const fn entry_start(&self) -> Gva {
         self.start.align_down(self.level.entry_span())
     }
@@ -115,6 +119,7 @@ impl Visit<'_> {
     }
 
     /// For a leaf, the guest-physical address `va` (inside the entry's span) maps to.
+    #[inline(always)]
     pub const fn physical(&self, va: Gva) -> Option<GuestAddress> {
         if !self.is_leaf() {
             return None;

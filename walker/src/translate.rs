@@ -3,7 +3,11 @@
 //! A translation is a walk of the one-byte range `[gva, gva]` with callbacks on the levels
 //! that can hold a leaf: a huge leaf answers [`Action::Skip`] (found it, do not split), a
 //! table answers [`Action::Descend`]. Holes and faults end it with the level they were
-//! found at. There is no second code path that could disagree with the walk.
+//! found at. There is no second code path that could disagree with the walk: a one-address
+//! range takes the walk's single-address path, which runs each level's entry through the
+//! same code as the loops of a range walk, only without the loops (see
+//! [`walk`](mod@crate::walk)), and the whole translation, callbacks included, inlines
+//! into one function.
 
 use std::convert::Infallible;
 
@@ -77,6 +81,7 @@ struct Translator {
 }
 
 impl Translator {
+    #[inline(always)]
     fn leaf(&mut self, visit: &Visit<'_>) -> Action {
         if let (Some(size), Some(gpa)) = (visit.level.leaf_size(), visit.physical(self.gva)) {
             self.result = Some(Ok(Translation {
@@ -91,6 +96,7 @@ impl Translator {
         Action::Skip
     }
 
+    #[inline(always)]
     fn entry(&mut self, visit: &Visit<'_>) -> Action {
         if visit.is_leaf() {
             self.leaf(visit)
@@ -103,22 +109,27 @@ impl Translator {
 impl Visitor for Translator {
     type Error = Infallible;
 
+    #[inline(always)]
     fn callbacks(&self) -> Callbacks {
         Callbacks::PUD | Callbacks::PMD | Callbacks::PTE
     }
 
+    #[inline(always)]
     fn pud_entry(&mut self, visit: &Visit<'_>) -> Result<Action, Infallible> {
         Ok(self.entry(visit))
     }
 
+    #[inline(always)]
     fn pmd_entry(&mut self, visit: &Visit<'_>) -> Result<Action, Infallible> {
         Ok(self.entry(visit))
     }
 
+    #[inline(always)]
     fn pte_entry(&mut self, visit: &Visit<'_>) -> Result<Action, Infallible> {
         Ok(self.leaf(visit))
     }
 
+    #[inline(always)]
     fn hole(&mut self, _start: Gva, _last: Gva, depth: Level) -> Result<(), Infallible> {
         self.result = Some(Err(TranslateError::NotPresent {
             gva: self.gva,
@@ -127,6 +138,7 @@ impl Visitor for Translator {
         Ok(())
     }
 
+    #[inline(always)]
     fn fault(&mut self, fault: &Fault<'_>) -> Result<(), Infallible> {
         let level = fault.visit.level;
         self.result = Some(Err(match fault.kind {

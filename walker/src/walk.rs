@@ -26,6 +26,13 @@
 //! write to a later PTE of the same batch. Only entries the walk would read anyway are
 //! read, and the walk itself still writes nothing.
 //!
+//! # Single addresses
+//! A walk of a range holding one address (a translation) takes the same steps as any
+//! other: one entry per level, read, checked and visited by the same code as the body of
+//! every level's loop. It only skips what costs a translation more than its reads: the
+//! loops, the PTE batch and the out-of-line call per level, so that the whole descent is
+//! one function.
+//!
 //! # Bounded work
 //! Page tables have a fixed depth, so every walk ends; the danger is fan-out. A guest can
 //! point all 512 entries of every level at the same table and make a full walk read 512^4
@@ -320,6 +327,7 @@ enum Below {
     Page,
 }
 
+#[inline]
 fn classify(entry: Entry, level: Level) -> Below {
     if !entry.is_leaf(level) {
         Below::Table(TablePointer(entry.address(level)))
@@ -430,6 +438,11 @@ where
     };
     let root = ctx.root();
     let result = match w.guest_table(TablePointer(root)) {
+        // A single address (a translation) takes the same steps without the loops.
+        Some(table) if end - start == 1 => match ctx.mode() {
+            PagingMode::FiveLevel => w.walk_point::<Pml5Level>(&table, start, Access::ROOT),
+            PagingMode::FourLevel => w.walk_point::<Pml4Level>(&table, start, Access::ROOT),
+        },
         Some(table) => match ctx.mode() {
             PagingMode::FiveLevel => w.walk_table::<Pml5Level>(&table, start, end, Access::ROOT),
             PagingMode::FourLevel => w.walk_table::<Pml4Level>(&table, start, end, Access::ROOT),
@@ -455,7 +468,15 @@ where
 }
 
 impl<'m, 'c, M: GuestMemoryBackend, V: Visitor> Walk<'m, 'c, '_, M, V> {
+    #[inline]
     fn guest_table(&mut self, ptr: TablePointer) -> Option<Table<'m, MS<'m, M>>> {
+        self.guest_table_inlined(ptr)
+    }
+
+    /// [`guest_table`](Self::guest_table), always inlined: for single-address walks, which
+    /// are a few loads and checks, and where the call itself showed.
+    #[inline(always)]
+    fn guest_table_inlined(&mut self, ptr: TablePointer) -> Option<Table<'m, MS<'m, M>>> {
         let region = match self.region {
             Some(r) if r.start_addr() <= ptr.0 && ptr.0 <= r.last_addr() => r,
             _ => {
@@ -497,7 +518,7 @@ impl<'m, 'c, M: GuestMemoryBackend, V: Visitor> Walk<'m, 'c, '_, M, V> {
     }
 
     /// Calls the callback of level `L` (a constant: the match folds away).
-    #[inline]
+    #[inline(always)]
     fn call<L: StaticLevel>(&mut self, visit: &Visit<'_>) -> Result<Action, WalkError<V::Error>> {
         let v = &mut *self.visitor;
         let result = match L::LEVEL {
@@ -532,85 +553,108 @@ impl<'m, 'c, M: GuestMemoryBackend, V: Visitor> Walk<'m, 'c, '_, M, V> {
             };
         }
         let span_mask = L::LEVEL.entry_span() - 1;
-        let has_callback = self.callbacks.contains(Callbacks::of(L::LEVEL));
-        let descend_wanted = L::LEVEL != Level::Pte && self.callbacks.any_below(L::LEVEL);
-        let nxe = self.ctx.nxe();
         let mut addr = start;
         loop {
             // Folded addresses are below 2^57, so this cannot overflow.
             let next = ((addr | span_mask) + 1).min(end);
-            if self.budget == 0 {
-                return Err(WalkError::BudgetExhausted {
-                    limit: self.limit,
-                    va: unfold(addr, self.width),
-                    level: L::LEVEL,
-                });
-            }
-            self.budget -= 1;
-
-            let index = L::LEVEL.index(addr);
-            let (raw, source) = match table {
-                Table::Guest { base, slice } => {
-                    let at = GuestAddress(base.0 + (index as u64) * 8);
-                    // Cannot fail: the slice is 4096 bytes and 8-byte aligned (checked when
-                    // the table was entered). Should it ever, the entry is reported as a
-                    // fault rather than invented.
-                    match slice.get_atomic_ref::<AtomicU64>(index * 8) {
-                        Ok(atomic) => (atomic.load(Ordering::Relaxed), EntrySource::Guest(at)),
-                        Err(_) => {
-                            let visit = self.visit::<L>(
-                                addr,
-                                next,
-                                Entry(0),
-                                parent,
-                                EntrySource::Guest(at),
-                            );
-                            self.report_fault(&visit, FaultKind::OutsideMemory(at))?;
-                            if next == end {
-                                return Ok(());
-                            }
-                            addr = next;
-                            continue;
-                        }
-                    }
-                }
-                Table::Shadow(shadow) => (shadow.raw(index), EntrySource::Shadow),
-            };
-            let entry = Entry(raw);
-
-            if !entry.is_present() {
-                let (first, last) = (unfold(addr, self.width), unfold(next - 1, self.width));
-                self.visitor
-                    .hole(first, last, L::LEVEL)
-                    .map_err(|error| WalkError::Callback {
-                        error,
-                        va: first,
-                        level: L::LEVEL,
-                    })?;
-            } else {
-                let effective = parent.through(entry, nxe);
-                let reserved = self.ctx.reserved_bits(entry, L::LEVEL);
-                if reserved != 0 {
-                    let visit = self.visit::<L>(addr, next, entry, effective, source);
-                    self.report_fault(&visit, FaultKind::ReservedBits(reserved))?;
-                } else {
-                    let action = if has_callback {
-                        let visit = self.visit::<L>(addr, next, entry, effective, source);
-                        self.call::<L>(&visit)?
-                    } else {
-                        Action::Descend
-                    };
-                    if descend_wanted && action == Action::Descend {
-                        self.descend::<L>(entry, addr, next, effective, source)?;
-                    }
-                }
-            }
-
+            self.visit_entry::<L, false>(table, addr, next, parent)?;
             if next == end {
                 return Ok(());
             }
             addr = next;
         }
+    }
+
+    /// Walks the single folded address `addr` from `table` (of level `L`) down: what
+    /// [`walk_table`](Self::walk_table) does for the range `[addr, addr + 1)`, one entry per
+    /// level, through the same [`visit_entry`](Self::visit_entry), without the loop, and at
+    /// the PTE level without the batch machinery that only pays off for many entries.
+    #[inline(always)]
+    fn walk_point<L: StaticLevel>(
+        &mut self,
+        table: &Table<'_, MS<'m, M>>,
+        addr: u64,
+        parent: Access,
+    ) -> Result<(), WalkError<V::Error>> {
+        self.visit_entry::<L, true>(table, addr, addr + 1, parent)
+    }
+
+    /// Reads, checks and visits the entry of `table` (of level `L`) for folded
+    /// `[addr, next)`, and descends below it if wanted: the body of every level's loop, and
+    /// all of a single-address walk (`POINT`, which then also descends as one).
+    ///
+    /// For the PTE level it is only used by single-address walks; it does for that one
+    /// entry what [`walk_ptes`](Self::walk_ptes) does, in the same order.
+    #[inline(always)]
+    fn visit_entry<L: StaticLevel, const POINT: bool>(
+        &mut self,
+        table: &Table<'_, MS<'m, M>>,
+        addr: u64,
+        next: u64,
+        parent: Access,
+    ) -> Result<(), WalkError<V::Error>> {
+        let has_callback = self.callbacks.contains(Callbacks::of(L::LEVEL));
+        let descend_wanted = L::LEVEL != Level::Pte && self.callbacks.any_below(L::LEVEL);
+        if self.budget == 0 {
+            return Err(WalkError::BudgetExhausted {
+                limit: self.limit,
+                va: unfold(addr, self.width),
+                level: L::LEVEL,
+            });
+        }
+        self.budget -= 1;
+
+        let index = L::LEVEL.index(addr);
+        let (raw, source) = match table {
+            Table::Guest { base, slice } => {
+                let at = GuestAddress(base.0 + (index as u64) * 8);
+                // Cannot fail: the slice is 4096 bytes and 8-byte aligned (checked when
+                // the table was entered). Should it ever, the entry is reported as a
+                // fault rather than invented.
+                match slice.get_atomic_ref::<AtomicU64>(index * 8) {
+                    Ok(atomic) => (atomic.load(Ordering::Relaxed), EntrySource::Guest(at)),
+                    Err(_) => {
+                        let source = EntrySource::Guest(at);
+                        let visit = self.visit::<L>(addr, next, Entry(0), parent, source);
+                        return self.report_fault(&visit, FaultKind::OutsideMemory(at));
+                    }
+                }
+            }
+            Table::Shadow(shadow) => (shadow.raw(index), EntrySource::Shadow),
+        };
+        let entry = Entry(raw);
+
+        if !entry.is_present() {
+            let (first, last) = (unfold(addr, self.width), unfold(next - 1, self.width));
+            return self
+                .visitor
+                .hole(first, last, L::LEVEL)
+                .map_err(|error| WalkError::Callback {
+                    error,
+                    va: first,
+                    level: L::LEVEL,
+                });
+        }
+        let effective = parent.through(entry, self.ctx.nxe());
+        let reserved = self.ctx.reserved_bits(entry, L::LEVEL);
+        if reserved != 0 {
+            let visit = self.visit::<L>(addr, next, entry, effective, source);
+            return self.report_fault(&visit, FaultKind::ReservedBits(reserved));
+        }
+        let action = if has_callback {
+            let visit = self.visit::<L>(addr, next, entry, effective, source);
+            self.call::<L>(&visit)?
+        } else {
+            Action::Descend
+        };
+        if descend_wanted && action == Action::Descend {
+            if POINT {
+                self.descend_in::<L, true>(entry, addr, next, effective, source)?;
+            } else {
+                self.descend::<L>(entry, addr, next, effective, source)?;
+            }
+        }
+        Ok(())
     }
 
     /// Visits the PTEs of one table (guest or shadow) covering folded `[start, end)`: the
@@ -627,8 +671,9 @@ impl<'m, 'c, M: GuestMemoryBackend, V: Visitor> Walk<'m, 'c, '_, M, V> {
         end: u64,
         parent: Access,
     ) -> Result<(), WalkError<V::Error>> {
-        // A few entries (a translation reads one) get a small buffer: zeroing the full-size
-        // one costs a translation about a tenth of its time.
+        // A few entries get a small buffer: zeroing the full-size one cost a walk of one
+        // entry about a tenth of its time (single addresses no longer come here at all:
+        // see `walk_point`).
         let wanted = Level::Pte.index(end - 1) - Level::Pte.index(start) + 1;
         if wanted <= SMALL_BATCH {
             self.walk_ptes_in::<T, SMALL_BATCH>(table, start, end, parent)
@@ -808,28 +853,57 @@ impl<'m, 'c, M: GuestMemoryBackend, V: Visitor> Walk<'m, 'c, '_, M, V> {
         effective: Access,
         source: EntrySource,
     ) -> Result<(), WalkError<V::Error>> {
+        self.descend_in::<L, false>(entry, addr, next, effective, source)
+    }
+
+    /// [`descend`](Self::descend), and for a single-address walk (`POINT`, with
+    /// `next = addr + 1`) the same steps continued with [`walk_point`](Self::walk_point),
+    /// inlined so that a whole translation is one function.
+    #[inline(always)]
+    fn descend_in<L: StaticLevel, const POINT: bool>(
+        &mut self,
+        entry: Entry,
+        addr: u64,
+        next: u64,
+        effective: Access,
+        source: EntrySource,
+    ) -> Result<(), WalkError<V::Error>> {
         match classify(entry, L::LEVEL) {
             Below::Page => Ok(()),
             Below::Huge(huge) => {
-                match huge.level() {
-                    Level::Pud => self.stats.split_1g += 1,
-                    _ => self.stats.split_2m += 1,
-                }
-                self.walk_split::<L::Below>(huge, addr, next, effective)
+                self.count_split(huge);
+                self.walk_split::<L::Below, POINT>(huge, addr, next, effective)
             }
-            Below::Table(ptr) => match self.guest_table(ptr) {
-                Some(table) => self.walk_table::<L::Below>(&table, addr, next, effective),
-                None => {
-                    let visit = self.visit::<L>(addr, next, entry, effective, source);
-                    self.report_fault(&visit, FaultKind::OutsideMemory(ptr.0))
+            Below::Table(ptr) => {
+                let table = if POINT {
+                    self.guest_table_inlined(ptr)
+                } else {
+                    self.guest_table(ptr)
+                };
+                match table {
+                    Some(table) if POINT => self.walk_point::<L::Below>(&table, addr, effective),
+                    Some(table) => self.walk_table::<L::Below>(&table, addr, next, effective),
+                    None => {
+                        let visit = self.visit::<L>(addr, next, entry, effective, source);
+                        self.report_fault(&visit, FaultKind::OutsideMemory(ptr.0))
+                    }
                 }
-            },
+            }
+        }
+    }
+
+    /// Counts a split of `huge` in the statistics.
+    #[inline(always)]
+    fn count_split(&mut self, huge: HugeLeaf) {
+        match huge.level() {
+            Level::Pud => self.stats.split_1g += 1,
+            _ => self.stats.split_2m += 1,
         }
     }
 
     /// Kept out of line so the 4 KiB shadow table is not in the frame of every level.
     #[inline(never)]
-    fn walk_split<B: StaticLevel>(
+    fn walk_split<B: StaticLevel, const POINT: bool>(
         &mut self,
         huge: HugeLeaf,
         addr: u64,
@@ -837,7 +911,12 @@ impl<'m, 'c, M: GuestMemoryBackend, V: Visitor> Walk<'m, 'c, '_, M, V> {
         effective: Access,
     ) -> Result<(), WalkError<V::Error>> {
         let shadow = ShadowTable::split(huge);
-        self.walk_table::<B>(&Table::Shadow(&shadow), addr, next, effective)
+        let table = Table::Shadow(&shadow);
+        if POINT {
+            self.walk_point::<B>(&table, addr, effective)
+        } else {
+            self.walk_table::<B>(&table, addr, next, effective)
+        }
     }
 
     #[inline]

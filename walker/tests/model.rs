@@ -251,3 +251,119 @@ proptest! {
         check(&b, mmu, &ctx, &all_probes)?;
     }
 }
+
+/// Every event of a walk, with the `last` of each clipped range replaced by `last_as`
+/// when it equals `last_is` (see `single_address_walks_take_the_range_walks_steps`).
+struct Recorder {
+    callbacks: walker::Callbacks,
+    last_is: u64,
+    last_as: u64,
+    events: Vec<String>,
+}
+
+impl Recorder {
+    fn last(&self, last: Gva) -> u64 {
+        if last.0 == self.last_is {
+            self.last_as
+        } else {
+            last.0
+        }
+    }
+
+    fn entry(&mut self, v: &walker::Visit<'_>) -> Result<walker::Action, std::convert::Infallible> {
+        let last = self.last(v.last);
+        self.events.push(format!(
+            "entry {} {:#x}..={last:#x} {:?} {:?} {:?}",
+            v.level, v.start.0, v.entry, v.effective, v.source
+        ));
+        Ok(walker::Action::Descend)
+    }
+}
+
+impl walker::Visitor for Recorder {
+    type Error = std::convert::Infallible;
+
+    fn callbacks(&self) -> walker::Callbacks {
+        self.callbacks
+    }
+    fn pml5_entry(&mut self, v: &walker::Visit<'_>) -> Result<walker::Action, Self::Error> {
+        self.entry(v)
+    }
+    fn pml4_entry(&mut self, v: &walker::Visit<'_>) -> Result<walker::Action, Self::Error> {
+        self.entry(v)
+    }
+    fn pud_entry(&mut self, v: &walker::Visit<'_>) -> Result<walker::Action, Self::Error> {
+        self.entry(v)
+    }
+    fn pmd_entry(&mut self, v: &walker::Visit<'_>) -> Result<walker::Action, Self::Error> {
+        self.entry(v)
+    }
+    fn pte_entry(&mut self, v: &walker::Visit<'_>) -> Result<walker::Action, Self::Error> {
+        self.entry(v)
+    }
+    fn hole(&mut self, start: Gva, last: Gva, depth: walker::Level) -> Result<(), Self::Error> {
+        let last = self.last(last);
+        self.events
+            .push(format!("hole {depth} {:#x}..={last:#x}", start.0));
+        Ok(())
+    }
+    fn fault(&mut self, f: &walker::Fault<'_>) -> Result<(), Self::Error> {
+        let v = &f.visit;
+        let last = self.last(v.last);
+        self.events.push(format!(
+            "fault {} {:#x}..={last:#x} {:?} {:?} {:?} {:?}",
+            v.level, v.start.0, v.entry, v.effective, v.source, f.kind
+        ));
+        Ok(())
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// A walk of one address (a translation) takes a path of its own through the walker,
+    /// without the loops of a range walk. It must take the same steps: the walk of
+    /// `[va, va + 1]`, inside one 4 KiB page, reads the same entries and must report the
+    /// same events (but for the end of their ranges), the same statistics and the same
+    /// errors, for any set of callbacks (huge leaves split when a lower level has one) and
+    /// any budget.
+    #[test]
+    fn single_address_walks_take_the_range_walks_steps(
+        ops in prop::collection::vec(op(), 1..40),
+        la57 in any::<bool>(),
+        nxe in any::<bool>(),
+        gbpages in any::<bool>(),
+        maxphy in prop_oneof![Just(52u8), Just(46u8), 36u8..52],
+        callbacks in 0u8..32,
+        budget in prop_oneof![Just(walker::DEFAULT_ENTRY_BUDGET), 0u64..7],
+        probes in prop::collection::vec(any::<u64>(), 0..8),
+        probe_paths in prop::collection::vec(prop::array::uniform5(0usize..4), 0..8),
+    ) {
+        let mut b = Builder::new(MEM, 0x1000, 4 << 20, la57);
+        let mut tables = vec![b.root];
+        for op in &ops {
+            apply(&mut b, &mut tables, op);
+        }
+        let mut regs: ControlRegisters = b.regs();
+        if !nxe {
+            regs.efer &= !context::EFER_NXE;
+        }
+        let ctx = PagingContext::new(regs)
+            .unwrap()
+            .with_phys_addr_bits(maxphy)
+            .unwrap()
+            .with_gbpages(gbpages);
+        let callbacks = walker::Callbacks::from_bits_truncate(callbacks);
+        let options = walker::WalkOptions { entry_budget: budget };
+        let mut addrs: Vec<u64> = probes.iter().map(|&p| p & !0xfff | 0x7fe).collect();
+        addrs.extend(probe_paths.iter().map(|p| path_va(p, b.top()) | 0x123));
+        for va in addrs {
+            let mut one = Recorder { callbacks, last_is: va, last_as: va, events: vec![] };
+            let mut two = Recorder { callbacks, last_is: va + 1, last_as: va, events: vec![] };
+            let r1 = walker::walk_with(&b.mem, &ctx, Gva(va)..=Gva(va), &mut one, options);
+            let r2 = walker::walk_with(&b.mem, &ctx, Gva(va)..=Gva(va + 1), &mut two, options);
+            prop_assert_eq!(format!("{r1:?}"), format!("{r2:?}"), "va {:#x}", va);
+            prop_assert_eq!(&one.events, &two.events, "va {:#x}", va);
+        }
+    }
+}
