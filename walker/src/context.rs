@@ -162,7 +162,7 @@ impl PagingContext {
         Ok(ctx)
     }
 
-    /// Sets MAXPHYADDR (CPUID 0x80000008 EAX[7:0]): entry bits from it up to bit 51 are
+    /// Sets MAXPHYADDR (CPUID 0x80000008 EAX\[7:0\]): entry bits from it up to bit 51 are
     /// reserved, and CR3 bits from it up are ignored.
     pub fn with_phys_addr_bits(mut self, bits: u8) -> Result<Self, ContextError> {
         if !(MIN_PHYS_ADDR_BITS..=MAX_PHYS_ADDR_BITS).contains(&bits) {

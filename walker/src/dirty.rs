@@ -3,8 +3,8 @@
 //! KVM reports dirtied pages by guest-physical address. To say which *virtual* pages of an
 //! address space changed, walk it with a visitor that, at each huge leaf, asks whether the
 //! physical range it maps holds any dirty page: if not, the leaf answers
-//! [`Action::Skip`](crate::Action::Skip) and is never split; if so, it answers
-//! [`Action::Descend`](crate::Action::Descend), the walk splits it in a shadow table and
+//! [`Action::Skip`] and is never split; if so, it answers
+//! [`Action::Descend`], the walk splits it in a shadow table and
 //! the PTE callback reports exactly the dirty 4 KiB pages. This is the walker's rule paying
 //! for itself: a clean 1 GiB mapping costs one entry read, not 262,144.
 

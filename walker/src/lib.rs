@@ -19,7 +19,7 @@
 //! outside memory are reported, never followed, and a budget bounds the work of every walk
 //! (see [`walk`](mod@walk) for the reasoning). This crate has no `unsafe` code.
 //!
-//! [`translate`] and [`mappings`](mod@mappings) are built on the same walk.
+//! [`translate()`] and [`mappings`](mod@mappings) are built on the same walk.
 //!
 //! ## Example
 //! ```

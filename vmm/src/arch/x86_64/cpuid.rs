@@ -59,7 +59,7 @@ pub fn linux_cpuid(
 /// guest's tables (which bits are reserved, whether PS in a PUD is a 1 GiB leaf).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PagingFeatures {
-    /// MAXPHYADDR (CPUID 0x8000_0008 EAX[7:0]); 36 when the leaf is missing, as the SDM
+    /// MAXPHYADDR (CPUID 0x8000_0008 EAX\[7:0\]); 36 when the leaf is missing, as the SDM
     /// says for CPUs without it.
     pub phys_addr_bits: u8,
     /// 1 GiB pages (CPUID 0x8000_0001 EDX bit 26).
