@@ -100,14 +100,17 @@ elapsed() { awk -v a="$start" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.2f", b - 
 
 echo "hwkvm-run: booting (timeout ${total_timeout}s, ${cmd_timeout}s per command), serial in $serial" >&2
 # -nodefaults: no VGA, NIC or parallel port to probe (faster boot, nothing to configure).
-# -no-reboot + panic=-1: a kernel panic ends QEMU instead of looping. stdin is /dev/null so
-# that CI (no terminal) and a developer's shell behave the same.
+# -no-reboot + panic=-1: a kernel panic ends QEMU instead of looping. softlockup_panic=1
+# with watchdog_thresh=30: a CPU stuck in the host's kernel for 60 s (seen under TCG, in
+# KVM ioctls) panics it, ending the run at once instead of at the whole-run timeout (the
+# stuck task cannot be killed by the per-command timeout). stdin is /dev/null so that CI
+# (no terminal) and a developer's shell behave the same.
 set +e
 timeout -k 10 "$total_timeout" qemu-system-x86_64 \
     -accel tcg -cpu "${HWKVM_CPU:-max}" -m "${HWKVM_MEMORY:-4096}" -smp "${HWKVM_SMP:-2}" \
     -nodefaults -display none -monitor none -serial stdio -no-reboot \
     -kernel "$out/vmlinuz" -initrd "$initrd" \
-    -append "console=ttyS0 quiet panic=-1" </dev/null 2>&1 |
+    -append "console=ttyS0 quiet panic=-1 softlockup_panic=1 watchdog_thresh=30" </dev/null 2>&1 |
     while IFS= read -r line; do
         line=${line%$'\r'}
         printf '%s\n' "$line" >>"$serial"

@@ -94,6 +94,11 @@ if not done:
     out.append("FAIL the host did not finish its command list"); ok = False
 if qemu_rc != 0:
     ok = False
+# The host's own kernel failing (see run.sh: a soft lockup panics it).
+for _, text in lines:
+    if "soft lockup" in text or "Kernel panic" in text or "BUG:" in text or "Oops:" in text:
+        out.append("FAIL the host's kernel: " + text.strip()[:200]); ok = False
+        break
 for name, value in features:
     out.append(f"descriptor features {value} (from {name}; bit0 1 GiB leaf, bit1 PCID, bit2 LA57, bit3 NX)")
 if any(c[0] == "vmm-walk-json" for c in commands):
