@@ -418,17 +418,14 @@ impl Vm {
     /// carries how it ended.
     pub fn run_round(&self, timeout: Duration) -> Result<GuestAddress, VmError> {
         self.next_round();
-        let deadline = Instant::now() + timeout;
-        loop {
-            match self.wait_event_unparking(deadline, timeout)? {
-                VmEvent::RoundDone { record } => return Ok(record),
-                VmEvent::VcpuStopped { .. } => {
-                    let outcome = self.outcome().ok_or(VmError::EventsClosed)?;
-                    return Err(VmError::StoppedDuringRound(Box::new(outcome)));
-                }
-                _ => {}
-            }
-        }
+        self.wait_for(
+            timeout,
+            |event| match event {
+                VmEvent::RoundDone { record } => Some(*record),
+                _ => None,
+            },
+            VmError::StoppedDuringRound,
+        )
     }
 
     /// Tells the guest to finish: the debug port's command becomes FINISH.
@@ -482,16 +479,35 @@ impl Vm {
     /// Waits for READY and returns the descriptor's GPA; other events before it are
     /// dropped. If the guest stops first, the error carries how it ended.
     pub fn wait_ready(&self, timeout: Duration) -> Result<GuestAddress, VmError> {
+        self.wait_for(
+            timeout,
+            |event| match event {
+                VmEvent::Ready { descriptor } => Some(*descriptor),
+                _ => None,
+            },
+            VmError::StoppedBeforeReady,
+        )
+    }
+
+    /// Waits for the first event `wanted` picks (a hard deadline of `timeout`: a guest
+    /// flooding events must not keep this waiting; parked vCPUs are let go) and returns
+    /// what it picked; other events are dropped. If the guest stops first, the error is
+    /// `stopped` with how it ended.
+    fn wait_for<T>(
+        &self,
+        timeout: Duration,
+        wanted: impl Fn(&VmEvent) -> Option<T>,
+        stopped: fn(Box<ExitOutcome>) -> VmError,
+    ) -> Result<T, VmError> {
         let deadline = Instant::now() + timeout;
         loop {
-            // A hard deadline: a guest flooding events must not keep this waiting.
-            match self.wait_event_unparking(deadline, timeout)? {
-                VmEvent::Ready { descriptor } => return Ok(descriptor),
-                VmEvent::VcpuStopped { .. } => {
-                    let outcome = self.outcome().ok_or(VmError::EventsClosed)?;
-                    return Err(VmError::StoppedBeforeReady(Box::new(outcome)));
-                }
-                _ => {}
+            let event = self.wait_event_unparking(deadline, timeout)?;
+            if let Some(found) = wanted(&event) {
+                return Ok(found);
+            }
+            if let VmEvent::VcpuStopped { .. } = event {
+                let outcome = self.outcome().ok_or(VmError::EventsClosed)?;
+                return Err(stopped(Box::new(outcome)));
             }
         }
     }
