@@ -38,7 +38,7 @@ while IFS=$'\t' read -r name command; do
     fi
 done <"$list"
 # The reasons the summary found (panic lines, host failures), for the record.
-grep -E '^(FAIL|----|    )' "$out/timings-run.first.txt" | sed 's/^/hwkvm-ci: first run: /' >&2 || true
+grep -E '^(FAIL|----|    |host kernel:)' "$out/timings-run.first.txt" | sed 's/^/hwkvm-ci: first run: /' >&2 || true
 if [ "${#retry[@]}" -eq 0 ]; then
     # Every command passed, yet the run failed: the host itself did not boot or finish.
     echo "hwkvm-ci: every command passed, but the host did not finish cleanly; booting it again" >&2

@@ -94,10 +94,12 @@ if not done:
     out.append("FAIL the host did not finish its command list"); ok = False
 if qemu_rc != 0:
     ok = False
-# The host's own kernel failing (see run.sh: a soft lockup panics it).
+# Why the host died, when its own kernel failed (run.sh: a soft lockup panics it). Only
+# the reason: such a run already fails above (no END marker, no ALL DONE), and the
+# commands' own output (a guest's console) may hold the same words.
 for _, text in lines:
-    if "soft lockup" in text or "Kernel panic" in text or "BUG:" in text or "Oops:" in text:
-        out.append("FAIL the host's kernel: " + text.strip()[:200]); ok = False
+    if "soft lockup" in text or "Kernel panic" in text:
+        out.append("host kernel: " + text.strip()[:200])
         break
 for name, value in features:
     out.append(f"descriptor features {value} (from {name}; bit0 1 GiB leaf, bit1 PCID, bit2 LA57, bit3 NX)")
