@@ -17,7 +17,9 @@
 //! Variants: 1 vCPU in the guest's default paging mode (5-level when the host offers
 //! LA57), 2 vCPUs (the ACPI MADT), the same kernel as an ELF vmlinux through its PVH
 //! entry (2 vCPUs; 4-level, as Linux enables LA57 only in the decompressor the PVH entry
-//! skips), `pti=on` (the user and the kernel CR3), `no5lvl`.
+//! skips), `pti=on` (the user and the kernel CR3), `no5lvl`. vmm decompresses the
+//! bzImage in all of them but one, which lets the guest's decompressor run; one more
+//! keeps KASLR on, so the kernel runs where vmm relocated it.
 //!
 //! Where they run: a stock kernel cannot boot on a PVM `/dev/kvm` (this project's
 //! machines), so these tests need a hardware-style KVM host and the images of
@@ -30,7 +32,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use vm_memory::Bytes;
-use vmm::{Console, LinuxBoot, MemorySize, VcpuState, Vm, VmConfig, VmEvent};
+use vmm::{
+    Console, Decompress, Decompressed, LinuxBoot, MemorySize, VcpuState, Vm, VmConfig, VmEvent,
+};
 use walker::{
     Granularity, Gva, Leaf, Mapping, PageSize, PagingContext, PagingMode, TranslateError, mappings,
     translate,
@@ -114,7 +118,30 @@ impl Parked {
     }
 }
 
+/// How a test boots its kernel: who decompresses a bzImage, and whether KASLR stays on.
+#[derive(Clone, Copy)]
+struct Boot {
+    decompress: Decompress,
+    kaslr: bool,
+}
+
+/// The usual boot: vmm decompresses, `nokaslr` puts the kernel where the checks look.
+const USUAL: Boot = Boot {
+    decompress: Decompress::Vmm,
+    kaslr: false,
+};
+
 fn boot_to_park(test: &str, kernel: &str, vcpus: u8, cmdline: &str) -> Option<Parked> {
+    boot_to_park_with(test, kernel, vcpus, cmdline, USUAL)
+}
+
+fn boot_to_park_with(
+    test: &str,
+    kernel: &str,
+    vcpus: u8,
+    cmdline: &str,
+    how: Boot,
+) -> Option<Parked> {
     let (kernel, initrd) = images(test, kernel)?;
     let console = Console::capture();
     let config = VmConfig {
@@ -130,8 +157,12 @@ fn boot_to_park(test: &str, kernel: &str, vcpus: u8, cmdline: &str) -> Option<Pa
         // nosmap/clearcpuid=smap: KVM_TRANSLATE translates as an implicit supervisor
         // access, which SMAP forbids on user pages; without SMAP, KVM can vouch for the
         // user half too.
-        cmdline: format!("console=ttyS0 quiet panic=-1 nokaslr nosmap clearcpuid=smap {cmdline}"),
+        cmdline: format!(
+            "console=ttyS0 quiet panic=-1 {}nosmap clearcpuid=smap {cmdline}",
+            if how.kaslr { "" } else { "nokaslr " }
+        ),
         force: false,
+        decompress: how.decompress,
     };
     let vm = vmm::build_linux_vm(&config, &boot).unwrap_or_else(|e| panic!("{test}: {e}"));
     let deadline = Instant::now() + LINUX_TIMEOUT;
@@ -309,9 +340,20 @@ fn expected_mode(p: &Parked, four_level: bool) -> PagingMode {
 }
 
 fn walk_and_check(test: &str, kernel: &str, vcpus: u8, cmdline: &str) {
-    let Some(p) = boot_to_park(test, kernel, vcpus, cmdline) else {
+    walk_and_check_with(test, kernel, vcpus, cmdline, USUAL);
+}
+
+fn walk_and_check_with(test: &str, kernel: &str, vcpus: u8, cmdline: &str, how: Boot) {
+    let Some(p) = boot_to_park_with(test, kernel, vcpus, cmdline, how) else {
         return;
     };
+    let decompressed = p.vm.linux().map(|l| l.decompressed.clone());
+    let by_vmm = matches!(decompressed, Some(Decompressed::ByVmm { .. }));
+    assert_eq!(
+        by_vmm,
+        kernel == "bzImage" && how.decompress == Decompress::Vmm,
+        "{test}: {decompressed:?}"
+    );
     let before = hash_ram(&p.vm);
     let ctx = p.context(None);
     // Linux switches to 5-level paging in its decompressor, which the PVH entry skips:
@@ -337,6 +379,76 @@ fn linux_thp_process_one_vcpu_default_paging() {
         1,
         "",
     );
+}
+
+/// The bzImage's own decompressor in the guest (as QEMU boots it): it switches to
+/// 5-level paging itself.
+#[test]
+fn linux_thp_process_guest_decompressor() {
+    walk_and_check_with(
+        "linux_thp_process_guest_decompressor",
+        "bzImage",
+        1,
+        "",
+        Boot {
+            decompress: Decompress::Guest,
+            kaslr: false,
+        },
+    );
+}
+
+/// KASLR on, with vmm decompressing: the kernel runs at the physical place and virtual
+/// offset vmm chose and relocated it to. Its text is where vmm says (read-only,
+/// executable, at the physical base), not at the link address.
+#[test]
+fn linux_thp_process_kaslr() {
+    let test = "linux_thp_process_kaslr";
+    let how = Boot {
+        decompress: Decompress::Vmm,
+        kaslr: true,
+    };
+    let Some(p) = boot_to_park_with(test, "bzImage", 1, "", how) else {
+        return;
+    };
+    let Some(Decompressed::ByVmm {
+        physical,
+        virtual_offset: Some(offset),
+        ..
+    }) = p.vm.linux().map(|l| l.decompressed.clone())
+    else {
+        panic!(
+            "{test}: vmm did not randomize the kernel: {:?}",
+            p.vm.linux()
+        );
+    };
+    eprintln!(
+        "{test}: kernel at GPA {:#x}, virtual offset {offset:#x}",
+        physical.0
+    );
+    let before = hash_ram(&p.vm);
+    let ctx = p.context(None);
+    check_thp_buffer(&p, &ctx);
+    let mem = p.vm.guest_memory();
+    let text = translate(mem, &ctx, Gva(KERNEL_TEXT + offset)).unwrap();
+    assert_eq!(
+        text.gpa.0, physical.0,
+        "{test}: _text maps the kernel's first frame"
+    );
+    assert!(
+        !text.effective.writable && !text.effective.nx && !text.effective.user,
+        "{text:?}"
+    );
+    if offset != 0 {
+        let link = translate(mem, &ctx, Gva(KERNEL_TEXT));
+        assert!(
+            link.as_ref().map_or(true, |t| t.gpa != physical),
+            "{test}: the link address still maps _text: {link:?}"
+        );
+    }
+    let checked = check_against_kvm(&p, &ctx, Gva(0)..=Gva(u64::MAX));
+    assert!(checked > 100, "only {checked} translations checked");
+    assert_eq!(hash_ram(&p.vm), before, "a walk changed guest RAM");
+    finish(p, test, &[]);
 }
 
 #[test]

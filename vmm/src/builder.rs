@@ -265,6 +265,22 @@ pub fn build_linux_vm(config: &VmConfig, linux: &LinuxBoot) -> Result<Vm, BuildE
     kvm_vm.create_irqchip_and_pit()?;
     let supported_cpuid = hypervisor.supported_cpuid()?;
     let tsc_deadline = hypervisor.has_tsc_deadline_timer();
+    let paging = paging_features(&linux_cpuid(&supported_cpuid, 0, pvm, tsc_deadline));
+    // A kernel proper entered directly cannot switch to 5-level paging itself (long mode
+    // cannot toggle LA57): it gets it at entry, as its decompressor would have set it.
+    let five_level = matches!(
+        loaded.protocol,
+        BootProtocol::Vmlinux64 { five_level: true }
+    ) && paging.la57;
+    if five_level {
+        let pml5e = layout::BOOT_PML4_START.0 | 0x3; // present | writable
+        write(
+            &memory,
+            layout::LINUX_BOOT_PML5_START,
+            &pml5e.to_le_bytes(),
+            "the boot PML5",
+        )?;
+    }
     kick::install_handler()?;
     let nx = has_nx(&supported_cpuid);
     let vcpus = (0..config.vcpus)
@@ -275,10 +291,17 @@ pub fn build_linux_vm(config: &VmConfig, linux: &LinuxBoot) -> Result<Vm, BuildE
             vcpu.set_default_fpu()?;
             let current = vcpu.special_registers()?;
             let (sregs, regs) = match loaded.protocol {
-                BootProtocol::Linux64 => (
-                    regs::long_mode_sregs(&current, nx),
-                    regs::linux_entry_registers(loaded.entry.0, loaded.boot_params.0),
-                ),
+                BootProtocol::Linux64 | BootProtocol::Vmlinux64 { .. } => {
+                    let mut sregs = regs::long_mode_sregs(&current, nx);
+                    if five_level {
+                        sregs =
+                            regs::with_five_level_paging(sregs, layout::LINUX_BOOT_PML5_START.0);
+                    }
+                    (
+                        sregs,
+                        regs::linux_entry_registers(loaded.entry.0, loaded.boot_params.0),
+                    )
+                }
                 BootProtocol::Pvh => (
                     regs::pvh_entry_sregs(&current),
                     regs::pvh_entry_registers(loaded.entry.0, loaded.boot_params.0),
@@ -294,17 +317,19 @@ pub fn build_linux_vm(config: &VmConfig, linux: &LinuxBoot) -> Result<Vm, BuildE
     kvm_vm.register_irqfd(&irq, COM1_IRQ)?;
     let serial = SerialDevice::with_interrupt(config.console.clone(), SerialInterrupt::Irqfd(irq));
     let legacy = Arc::new(Mutex::new(LegacyDevices::default()));
-    start(
+    let mut vm = start(
         kvm_vm,
         memory,
         vcpus,
-        paging_features(&linux_cpuid(&supported_cpuid, 0, pvm, tsc_deadline)),
+        paging,
         None,
         None,
         config,
         serial,
         Some(legacy),
-    )
+    )?;
+    vm.linux = Some(loaded);
+    Ok(vm)
 }
 
 /// Maps every vCPU's dirty ring, shared by the VMM thread and the vCPU threads.
@@ -397,7 +422,7 @@ fn create_vcpu(
     vcpu.set_default_fpu()?;
     let mut sregs = regs::long_mode_sregs(&vcpu.special_registers()?, has_nx(supported_cpuid));
     if la57 {
-        sregs = regs::with_five_level_paging(sregs);
+        sregs = regs::with_five_level_paging(sregs, layout::BOOT_PML5_START.0);
     }
     vcpu.set_special_registers(&sregs)?;
     let entry = if index == 0 {
@@ -443,6 +468,7 @@ fn start(
         paging,
         dirty: dirty.map(Mutex::new),
         dirty_rings: dirty_rings.clone(),
+        linux: None,
     };
     for (index, vcpu) in (0u8..).zip(vcpus) {
         let (requests_tx, requests) = channel();
@@ -482,6 +508,7 @@ fn start(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::linux::Decompress;
 
     #[test]
     fn rejects_zero_vcpus_and_tiny_memory() {
@@ -553,10 +580,10 @@ mod tests {
         let pml4e: u64 = memory.read_obj(layout::BOOT_PML4_START).unwrap_or(0);
         assert_eq!(pml4e, layout::BOOT_PDPT_START.0 | 3);
         // The PML5 is the root the LA57 vCPU state points at.
-        let sregs = regs::with_five_level_paging(regs::long_mode_sregs(
-            &regs::SpecialRegisters::default(),
-            true,
-        ));
+        let sregs = regs::with_five_level_paging(
+            regs::long_mode_sregs(&regs::SpecialRegisters::default(), true),
+            layout::BOOT_PML5_START.0,
+        );
         assert_eq!(sregs.cr3, layout::BOOT_PML5_START.0);
         assert_ne!(sregs.cr4 & regs::CR4_LA57, 0);
     }
@@ -588,6 +615,7 @@ mod tests {
             initrd: None,
             cmdline: String::new(),
             force: true,
+            decompress: Decompress::Vmm,
         };
         for vcpus in [0, MAX_VCPUS + 1] {
             let config = VmConfig {

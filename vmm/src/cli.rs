@@ -20,8 +20,9 @@ use vmm::introspect::{
     translation_line,
 };
 use vmm::{
-    Console, Descriptor, DirtyLogChoice, ExitOutcome, GuestMode, LinuxBoot, MemorySize,
-    RoundRecord, Vm, VmConfig, VmError, VmEvent, build_linux_vm, build_vm_with, memfile, snapshot,
+    Console, Decompress, Decompressed, Descriptor, DirtyLogChoice, ExitOutcome, GuestMode,
+    LinuxBoot, MemorySize, RoundRecord, Vm, VmConfig, VmError, VmEvent, build_linux_vm,
+    build_vm_with, memfile, snapshot,
 };
 use walker::{ControlRegisters, Granularity, Gva, PagingContext, WalkOptions};
 
@@ -122,6 +123,11 @@ pub struct BootArgs {
     /// With --kernel: boot even on a PVM host, where a stock kernel cannot run.
     #[arg(long, requires = "kernel")]
     pub force: bool,
+    /// With a bzImage: let its own decompressor run in the guest (as QEMU does), instead
+    /// of vmm decompressing it (gzip, lz4, zstd) and entering the kernel proper, with
+    /// the same KASLR choices (none with `nokaslr` on the command line).
+    #[arg(long, requires = "kernel")]
+    pub guest_decompressor: bool,
     /// Seconds to wait for each phase (READY, heartbeats, DONE).
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub timeout: u64,
@@ -499,6 +505,11 @@ fn boot_with(
             initrd: args.initrd.clone(),
             cmdline: args.cmdline.clone(),
             force: args.force,
+            decompress: if args.guest_decompressor {
+                Decompress::Guest
+            } else {
+                Decompress::Vmm
+            },
         };
         return build_linux_vm(&config, &linux).context("cannot start the Linux VM");
     }
@@ -700,6 +711,26 @@ fn run_linux(args: &BootArgs) -> anyhow::Result<ExitCode> {
         "vmm: vCPUs started {:.2?} after set-up began",
         started.elapsed()
     );
+    match vm.linux().map(|loaded| loaded.decompressed.clone()) {
+        Some(Decompressed::ByVmm {
+            format,
+            compressed,
+            decompressed,
+            physical,
+            virtual_offset,
+        }) => eprintln!(
+            "vmm: decompressed the kernel ({format}, {compressed} -> {decompressed} bytes); \
+             its image is at GPA {:#x}, {}",
+            physical.0,
+            virtual_offset.map_or("KASLR off".to_string(), |offset| format!(
+                "virtual KASLR offset {offset:#x}"
+            ))
+        ),
+        Some(Decompressed::LeftToGuest { reason }) => {
+            eprintln!("vmm: the kernel's own decompressor runs in the guest: {reason}")
+        }
+        _ => {}
+    }
     let outcome = vm
         .wait(timeout)
         .with_context(|| format!("waiting for the Linux guest to end (--timeout {timeout:?})"))?;

@@ -43,7 +43,7 @@ pub use dirty::{DirtyLog, DirtyLogBackend, DirtyLogChoice, DirtySet, ScanReport}
 pub use events::VmEvent;
 pub use guest::{Descriptor, DescriptorError, GuestMode, RoundRecord};
 pub use kvm::KvmTranslation;
-pub use linux::LinuxBoot;
+pub use linux::{Decompress, Decompressed, LinuxBoot};
 pub use memory::MemorySize;
 pub use snapshot::{SnapshotDir, SnapshotError, SnapshotInfo};
 pub use vcpu::VcpuState;

@@ -209,9 +209,15 @@ pub struct Vm {
     pub(crate) paging: PagingFeatures,
     pub(crate) dirty: Option<std::sync::Mutex<DirtyTracker>>,
     pub(crate) dirty_rings: Option<Arc<DirtyRings>>,
+    pub(crate) linux: Option<crate::linux::LoadedLinux>,
 }
 
 impl Vm {
+    /// What was loaded where, for a Linux guest.
+    pub fn linux(&self) -> Option<&crate::linux::LoadedLinux> {
+        self.linux.as_ref()
+    }
+
     /// Guest RAM (shared with the running guest: reads may race its writes; use
     /// single `load`s of naturally aligned values to avoid torn reads).
     ///

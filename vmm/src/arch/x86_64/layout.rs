@@ -12,6 +12,7 @@
 //!                                (Linux: 4 PDs to 0xf000, identity map of [0, 4 GiB))
 //! 0x0000_c000  BOOT_PML5_START   built-in guest with LA57 only: boot PML5[0] -> PML4
 //!                                (CR3 at entry; Linux never uses it: its PDs go there)
+//! 0x0000_f000  LINUX_BOOT_PML5_START Linux entered in 5-level paging: PML5[0] -> PML4
 //! 0x0002_0000  CMDLINE_START     Linux: kernel command line, at most CMDLINE_MAX_SIZE bytes
 //! 0x0009_fc00  EBDA_START        Linux e820: RAM below it, [EBDA, 1 MiB) reserved
 //! 0x0010_0000  GUEST_IMAGE_START built-in guest (flat binary), BSP entry
@@ -86,6 +87,9 @@ pub const LINUX_BOOT_PD_COUNT: u64 = 4;
 /// the 3 GiB hole, and the 4 GiB cover it all with 2 MiB pages (no 1 GiB pages: PVM and
 /// some hosts lack them).
 pub const LINUX_IDENTITY_MAP_SIZE: u64 = LINUX_BOOT_PD_COUNT << 30;
+/// Linux entered in 5-level paging (a bzImage vmm decompressed, on a vCPU with LA57):
+/// the boot PML5, after the 4 PDs, whose entry 0 points to [`BOOT_PML4_START`].
+pub const LINUX_BOOT_PML5_START: GuestAddress = GuestAddress(0xf000);
 /// Linux: the kernel command line (NUL-terminated), as in Firecracker.
 pub const CMDLINE_START: GuestAddress = GuestAddress(0x2_0000);
 /// Linux: the longest command line including its NUL (x86's `COMMAND_LINE_SIZE`; a

@@ -303,13 +303,13 @@ pub fn pvh_entry_registers(entry: u64, start_info: u64) -> Registers {
     }
 }
 
-/// `sregs` switched to 5-level paging: CR4.LA57 set and CR3 on the built-in guest's
-/// boot PML5 ([`layout::BOOT_PML5_START`], whose entry 0 points to the boot PML4, so
-/// the identity map stays the same). Long mode cannot toggle LA57 itself, so a guest
+/// `sregs` switched to 5-level paging: CR4.LA57 set and CR3 on the boot PML5 at `pml5`
+/// ([`layout::BOOT_PML5_START`] for the built-in guest, [`layout::LINUX_BOOT_PML5_START`]
+/// for Linux), whose entry 0 points to the boot PML4, so the identity map stays the same. Long mode cannot toggle LA57 itself, so a guest
 /// that should run with 5-level paging must be entered this way.
-pub fn with_five_level_paging(sregs: SpecialRegisters) -> SpecialRegisters {
+pub fn with_five_level_paging(sregs: SpecialRegisters, pml5: u64) -> SpecialRegisters {
     SpecialRegisters {
-        cr3: layout::BOOT_PML5_START.0,
+        cr3: pml5,
         cr4: sregs.cr4 | CR4_LA57,
         ..sregs
     }
@@ -443,7 +443,7 @@ mod tests {
         assert_eq!(s.efer & (EFER_LME | EFER_LMA), EFER_LME | EFER_LMA);
         assert_eq!(s.cr3, layout::BOOT_PML4_START.0);
         assert_eq!(s.cr4 & CR4_LA57, 0);
-        let five = with_five_level_paging(s);
+        let five = with_five_level_paging(s, layout::BOOT_PML5_START.0);
         assert_eq!(five.cr4, s.cr4 | CR4_LA57);
         assert_eq!(five.cr3, layout::BOOT_PML5_START.0);
         assert_eq!((five.cr0, five.efer, five.cs), (s.cr0, s.efer, s.cs));

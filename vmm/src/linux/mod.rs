@@ -4,6 +4,11 @@
 //! possible below the 3 GiB hole, and the zero page (`struct boot_params`, with the
 //! image's setup header and our e820 map) at [`layout::BOOT_PARAMS_START`].
 //!
+//! By default vmm decompresses the bzImage's payload itself ([`payload`]) and enters the
+//! kernel proper at its `startup_64`, with the KASLR offsets the guest's decompressor
+//! would have chosen; [`Decompress::Guest`] (or a payload format vmm does not decode)
+//! loads the bzImage as it is and lets its decompressor run in the guest.
+//!
 //! The pure parts (header checks, e820 map, initrd placement, zero page) are separate
 //! functions so they are tested without files or KVM.
 
@@ -27,6 +32,10 @@ use vm_memory::{ByteValued, Bytes, GuestAddress};
 use crate::arch::x86_64::layout;
 use crate::memory::{GuestRam, MemorySize, ram_ranges};
 
+pub mod payload;
+
+use payload::{Compression, PayloadError, Relocations, Vmlinux};
+
 /// What to boot: a bzImage, an optional initrd and a command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinuxBoot {
@@ -38,6 +47,19 @@ pub struct LinuxBoot {
     pub cmdline: String,
     /// Boot even on a PVM host (where a stock kernel dies on instructions PVM cannot run).
     pub force: bool,
+    /// Who decompresses a bzImage.
+    pub decompress: Decompress,
+}
+
+/// Who decompresses a bzImage's payload.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Decompress {
+    /// vmm, on the host, when it decodes the format (gzip, lz4, zstd); then the guest
+    /// starts in the kernel proper. Otherwise the guest's decompressor runs.
+    #[default]
+    Vmm,
+    /// The bzImage's own decompressor, in the guest (what QEMU and most VMMs do).
+    Guest,
 }
 
 /// Offset of the setup header in a bzImage (and in the zero page).
@@ -52,8 +74,13 @@ pub const QUIET_FLAG: u8 = 1 << 5;
 pub const KEEP_SEGMENTS: u8 = 1 << 6;
 /// `loadflags` bit 7: CAN_USE_HEAP (`heap_end_ptr` is valid; real-mode setup only).
 pub const CAN_USE_HEAP: u8 = 1 << 7;
+/// `loadflags` bit 1: KASLR_FLAG (the decompressor randomized the kernel's place, so the
+/// kernel proper randomizes its memory regions too).
+pub const KASLR_FLAG: u8 = 1 << 1;
 /// `xloadflags` bit 0: the kernel has the 64-bit entry point at +0x200.
 pub const XLF_KERNEL_64: u16 = 1 << 0;
+/// `xloadflags` bit 5: the kernel supports 5-level paging (`CONFIG_X86_5LEVEL`).
+pub const XLF_5LEVEL: u16 = 1 << 5;
 /// `type_of_loader` for a boot loader without an assigned ID.
 pub const LOADER_TYPE_UNDEFINED: u8 = 0xff;
 /// e820 type: usable RAM.
@@ -167,6 +194,20 @@ pub enum LinuxError {
     /// The command line contains a NUL byte.
     #[error("the kernel command line contains a NUL byte")]
     CmdlineNul,
+    /// The bzImage's payload cannot be decompressed or loaded.
+    #[error(
+        "cannot boot the kernel {path} without its decompressor: {source} (--guest-decompressor lets the guest try)"
+    )]
+    Payload {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        #[source]
+        source: PayloadError,
+    },
+    /// No random numbers for KASLR.
+    #[error("cannot choose the kernel's KASLR offsets: no random numbers from the host: {0}")]
+    Random(String),
     /// Writing into guest memory failed.
     #[error("cannot write {what} into guest memory: {reason}")]
     WriteMemory {
@@ -178,7 +219,7 @@ pub enum LinuxError {
 }
 
 /// What [`load`] put where.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadedLinux {
     /// How the kernel is entered.
     pub protocol: BootProtocol,
@@ -188,13 +229,51 @@ pub struct LoadedLinux {
     pub boot_params: GuestAddress,
     /// The initrd's start and size, if any.
     pub initrd: Option<(GuestAddress, u64)>,
+    /// Who decompressed a bzImage, and where its kernel went.
+    pub decompressed: Decompressed,
+}
+
+/// What became of a bzImage's compressed payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decompressed {
+    /// Not a bzImage, or [`Decompress::Guest`] was asked for.
+    NotByVmm,
+    /// vmm could not decompress it (a format it does not decode, or no payload fields
+    /// in the header): the guest's decompressor runs.
+    LeftToGuest {
+        /// Why.
+        reason: String,
+    },
+    /// vmm decompressed it and placed the kernel proper.
+    ByVmm {
+        /// The format.
+        format: &'static str,
+        /// Bytes in the bzImage.
+        compressed: u64,
+        /// Bytes decompressed (the ELF file and its relocation table).
+        decompressed: u64,
+        /// Where the kernel's image starts in guest-physical memory.
+        physical: GuestAddress,
+        /// How far its virtual base moved from the link address (KASLR); `None` when
+        /// KASLR is off (`nokaslr`, or a kernel without relocations).
+        virtual_offset: Option<u64>,
+    },
 }
 
 /// How a loaded kernel is entered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BootProtocol {
-    /// A bzImage: the 64-bit boot protocol (long mode, RSI = the zero page).
+    /// A bzImage: the 64-bit boot protocol (long mode, RSI = the zero page), entered at
+    /// its decompressor's `startup_64`.
     Linux64,
+    /// A bzImage vmm decompressed: the 64-bit boot protocol, entered at the kernel
+    /// proper's `startup_64`. With `five_level` the kernel takes 5-level paging (it
+    /// supports it, and `no5lvl` is not on its command line): it is then entered in
+    /// 5-level paging when the vCPU offers LA57, as its decompressor would switch to it.
+    Vmlinux64 {
+        /// The kernel would run 5-level paging where LA57 is offered.
+        five_level: bool,
+    },
     /// An ELF vmlinux: the PVH entry (32-bit protected mode, paging off, RBX = the
     /// `hvm_start_info`). No decompressor runs.
     Pvh,
@@ -546,6 +625,13 @@ pub fn load(
         return load_pvh(memory, memory_size, boot, rsdp, file);
     }
     let header = read_setup_header(path, &mut file)?;
+    let mut decompressed = Decompressed::NotByVmm;
+    if boot.decompress == Decompress::Vmm {
+        match load_decompressed(memory, memory_size, boot, rsdp, &mut file, &header)? {
+            Ok(loaded) => return Ok(loaded),
+            Err(reason) => decompressed = Decompressed::LeftToGuest { reason },
+        }
+    }
     let ram_end = low_ram_end(memory_size);
     let (load, kernel_end) = kernel_extent(&header, layout::LINUX_KERNEL_START);
     let file_len = file.metadata().map_or(0, |m| m.len());
@@ -602,7 +688,298 @@ pub fn load(
         entry: GuestAddress(loaded.kernel_load.0 + layout::LINUX_64BIT_ENTRY_OFFSET),
         boot_params: layout::BOOT_PARAMS_START,
         initrd,
+        decompressed,
     })
+}
+
+/// Whether `option` is on the kernel's part of `cmdline` (before any `--`).
+pub fn cmdline_has(cmdline: &str, option: &str) -> bool {
+    cmdline
+        .split_ascii_whitespace()
+        .take_while(|word| *word != "--")
+        .any(|word| word == option)
+}
+
+/// Where the compressed payload of the bzImage `file` is (setup header fields
+/// `payload_offset` and `payload_length`, from the protected-mode kernel's start): its
+/// offset in the file and length, checked to lie inside the file.
+fn payload_extent(
+    path: &Path,
+    file: &File,
+    header: &setup_header,
+) -> Result<(u64, u64), LinuxError> {
+    let start = setup_bytes(header) + u64::from(header.payload_offset);
+    let len = u64::from(header.payload_length);
+    let file_len = file.metadata().map_or(0, |m| m.len());
+    if start + len > file_len {
+        return Err(LinuxError::NotBzImage {
+            path: path.to_owned(),
+            reason: format!(
+                "its payload ({len} bytes at offset {start:#x}) is not inside the file's {file_len} bytes"
+            ),
+        });
+    }
+    Ok((start, len))
+}
+
+/// Reads `N` bytes of `file` at `at`.
+fn read_at<const N: usize>(path: &Path, file: &mut File, at: u64) -> Result<[u8; N], LinuxError> {
+    let mut bytes = [0u8; N];
+    file.seek(SeekFrom::Start(at))
+        .and_then(|_| file.read_exact(&mut bytes))
+        .map_err(|source| LinuxError::ReadKernel {
+            path: path.to_owned(),
+            source,
+        })?;
+    Ok(bytes)
+}
+
+/// Puts a kernel that is being decompressed into guest memory: [`payload::Place`]
+/// chooses its physical place once the ELF headers say how big it is (a random
+/// `align`-aligned one between `base` and `room` when `random`), then copies each
+/// piece there. Its own errors are kept in `error` (the decompressor only sees
+/// [`PayloadError::Place`]).
+struct GuestKernel<'a> {
+    memory: &'a GuestRam,
+    path: &'a Path,
+    base: u64,
+    room: u64,
+    align: u64,
+    random: bool,
+    physical: u64,
+    error: Option<LinuxError>,
+}
+
+impl GuestKernel<'_> {
+    fn fail(&mut self, error: LinuxError) -> PayloadError {
+        let message = error.to_string();
+        self.error = Some(error);
+        PayloadError::Place(message)
+    }
+}
+
+impl payload::Place for GuestKernel<'_> {
+    fn start(&mut self, vmlinux: &Vmlinux) -> Result<(), PayloadError> {
+        let image = vmlinux.end - self.base;
+        if self.base + image > self.room {
+            return Err(self.fail(LinuxError::KernelTooBig {
+                path: self.path.to_owned(),
+                load: self.base,
+                init_size: image as u32,
+                needed_end: self.base + image,
+                ram_end: self.room,
+            }));
+        }
+        self.physical = self.base;
+        if self.random {
+            match random_below(payload::slots(self.base, image, self.room, self.align)) {
+                Ok(slot) => self.physical += slot * self.align,
+                Err(e) => return Err(self.fail(e)),
+            }
+        }
+        Ok(())
+    }
+
+    fn bytes(&mut self, offset: u64, bytes: &[u8]) -> Result<(), PayloadError> {
+        let at = GuestAddress(self.physical + offset);
+        write(self.memory, at, bytes, "the kernel").map_err(|e| self.fail(e))
+    }
+}
+
+/// Applies relocation `sites` in guest memory to a kernel placed `shift` bytes above
+/// its link-time physical addresses, whose virtual base moves by `delta`.
+fn relocate(
+    memory: &GuestRam,
+    sites: &[payload::Site],
+    shift: u64,
+    delta: u64,
+) -> Result<(), LinuxError> {
+    let failed = |e: vm_memory::GuestMemoryError| LinuxError::WriteMemory {
+        what: "a kernel relocation",
+        reason: e.to_string(),
+    };
+    for site in sites {
+        let at = GuestAddress(site.paddr + shift);
+        match site.field {
+            payload::Field::Abs64 => {
+                let value: u64 = memory.read_obj(at).map_err(failed)?;
+                memory
+                    .write_obj(site.relocate(value, delta), at)
+                    .map_err(failed)?;
+            }
+            payload::Field::Abs32 | payload::Field::Inverse32 => {
+                let value: u32 = memory.read_obj(at).map_err(failed)?;
+                let value = site.relocate(u64::from(value), delta) as u32;
+                memory.write_obj(value, at).map_err(failed)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A random number below `bound` (at least 1), from the host's random source.
+fn random_below(bound: u64) -> Result<u64, LinuxError> {
+    if bound <= 1 {
+        return Ok(0);
+    }
+    getrandom::u64()
+        .map(|r| r % bound)
+        .map_err(|e| LinuxError::Random(e.to_string()))
+}
+
+/// The bzImage path of [`load`] when vmm decompresses: the payload decompressed, its ELF
+/// segments placed (at a random 2 MiB-aligned physical address below the initrd, and
+/// relocated to a random virtual base, unless KASLR is off), then the command line, the
+/// initrd and the zero page as for any bzImage. `Ok(Err(format))` when vmm does not
+/// decode the payload (or the header has no payload fields), with the reason; nothing
+/// has been written to guest memory then.
+fn load_decompressed(
+    memory: &GuestRam,
+    memory_size: MemorySize,
+    boot: &LinuxBoot,
+    rsdp: Option<GuestAddress>,
+    file: &mut File,
+    header: &setup_header,
+) -> Result<Result<LoadedLinux, String>, LinuxError> {
+    let path = &boot.kernel;
+    if header.payload_length == 0 {
+        return Ok(Err(
+            "its setup header does not say where its payload is".into()
+        ));
+    }
+    let (start, len) = payload_extent(path, file, header)?;
+    let format = Compression::of(&read_at::<8>(path, file, start)?);
+    if let Compression::Other(name) = format {
+        return Ok(Err(format!(
+            "its payload is compressed with {name}, which vmm does not decompress"
+        )));
+    }
+    let bad = |source| LinuxError::Payload {
+        path: path.clone(),
+        source,
+    };
+    let not_bz = |reason: String| LinuxError::NotBzImage {
+        path: path.clone(),
+        reason,
+    };
+    let trailer = read_at::<4>(path, file, start + len - 4)?;
+    let ram_end = low_ram_end(memory_size);
+    // LOAD_PHYSICAL_ADDR, which the ELF file is linked for, and CONFIG_PHYSICAL_ALIGN.
+    let base = header.pref_address;
+    let kernel_alignment = header.kernel_alignment;
+    let align = u64::from(kernel_alignment).max(layout::INITRD_ALIGN);
+    if !align.is_power_of_two()
+        || base % align != 0
+        || base < layout::HIMEM_START.0
+        || base >= ram_end
+    {
+        return Err(not_bz(format!(
+            "its preferred load address {base:#x} and alignment {kernel_alignment:#x} do not fit this VM's {ram_end:#x} bytes of low RAM"
+        )));
+    }
+    // KASLR as the guest's decompressor does it: unless `nokaslr`, a relocatable kernel
+    // goes to a random physical place, and one with relocations to a random virtual base.
+    let random = header.relocatable_kernel != 0 && !cmdline_has(&boot.cmdline, "nokaslr");
+
+    // The initrd first, as high as it goes, above the kernel's whole `init_size`; the
+    // kernel then anywhere below it.
+    let max = u64::from(header.initrd_addr_max);
+    let top = if max == 0 {
+        ram_end
+    } else {
+        ram_end.min(max + 1)
+    };
+    let initrd = load_initrd(memory, boot, base + u64::from(header.init_size), top)?;
+    let room = initrd.map_or(top, |(at, _)| at.0);
+    let mut placer = payload::Placer::new(
+        base,
+        u64::from(u32::from_le_bytes(trailer)),
+        GuestKernel {
+            memory,
+            path,
+            base,
+            room,
+            align,
+            random,
+            physical: base,
+            error: None,
+        },
+    );
+    file.seek(SeekFrom::Start(start))
+        .map_err(|source| LinuxError::ReadKernel {
+            path: path.clone(),
+            source,
+        })?;
+    let reader = std::io::BufReader::with_capacity(1 << 20, &mut *file);
+    let decompressed = payload::decompress_into(format, reader, len, trailer, ram_end, &mut placer);
+    let decompressed = match decompressed {
+        Ok(bytes) => bytes,
+        Err(e) => return Err(placer.into_place().error.unwrap_or_else(|| bad(e))),
+    };
+    let (vmlinux, tail, placed) = placer.finish().map_err(bad)?;
+    let physical = placed.physical;
+    let relocations = Relocations::parse(&tail).map_err(bad)?;
+    let image = vmlinux.end - base;
+    let virtual_offset = match (&relocations, random) {
+        (Some(table), true) => {
+            let size = image.max(decompressed);
+            let slots = payload::slots(base, size, payload::KERNEL_IMAGE_SIZE, align);
+            let delta = random_below(slots)? * align;
+            if delta != 0 {
+                relocate(
+                    memory,
+                    &vmlinux.sites(table).map_err(bad)?,
+                    physical - base,
+                    delta,
+                )?;
+            }
+            Some(delta)
+        }
+        _ => None,
+    };
+    for segment in &vmlinux.segments {
+        let bss = segment.memsz - segment.filesz;
+        if bss > 0 {
+            let at = GuestAddress(physical + (segment.paddr - base) + segment.filesz);
+            write(memory, at, &vec![0u8; bss as usize], "the kernel's bss")?;
+        }
+    }
+    let kaslr = virtual_offset.is_some();
+    let cmdline = write_cmdline(memory, &boot.cmdline, header)?;
+    let mut params = build_boot_params(
+        header,
+        (layout::CMDLINE_START, cmdline.len() as u64),
+        initrd,
+        &e820_map(memory_size),
+        rsdp,
+    );
+    if kaslr {
+        params.hdr.loadflags |= KASLR_FLAG;
+    }
+    LinuxBootConfigurator::write_bootparams(
+        &BootParams::new(&params, layout::BOOT_PARAMS_START),
+        memory,
+    )
+    .map_err(|e| LinuxError::WriteMemory {
+        what: "the zero page",
+        reason: e.to_string(),
+    })?;
+    Ok(Ok(LoadedLinux {
+        protocol: BootProtocol::Vmlinux64 {
+            five_level: header.xloadflags & XLF_5LEVEL != 0
+                && !cmdline_has(&boot.cmdline, "no5lvl"),
+        },
+        entry: GuestAddress(physical + (vmlinux.entry - base)),
+        boot_params: layout::BOOT_PARAMS_START,
+        initrd,
+        decompressed: Decompressed::ByVmm {
+            format: format.name(),
+            compressed: len,
+            decompressed,
+            physical: GuestAddress(physical),
+            virtual_offset,
+        },
+    }))
 }
 
 /// Writes the command line (checked against `header`'s limit) at
@@ -720,6 +1097,7 @@ fn load_pvh(
         entry,
         boot_params: layout::PVH_START_INFO,
         initrd,
+        decompressed: Decompressed::NotByVmm,
     })
 }
 
@@ -801,6 +1179,7 @@ mod tests {
             initrd: initrd.map(|f| f.0.clone()),
             cmdline: cmdline.into(),
             force: false,
+            decompress: Decompress::Vmm,
         }
     }
 
@@ -953,6 +1332,7 @@ mod tests {
             initrd: None,
             cmdline: String::new(),
             force: false,
+            decompress: Decompress::Vmm,
         };
         let e = load(&memory, size(64 * MIB), &missing, None)
             .err()
@@ -1172,5 +1552,192 @@ mod tests {
             e.contains("the initrd") && e.contains("use a larger --memory"),
             "{e}"
         );
+    }
+
+    /// A bzImage whose payload is an LZ4-compressed synthetic kernel
+    /// ([`payload::fixtures`]): 8 KiB of text at 16 MiB holding a 32-bit pointer (at
+    /// +0x10) and a 64-bit one (at +0x30) into itself, 4 KiB of data (and 256 bytes of
+    /// bss) 2 MiB above, and the relocation table for both pointers.
+    fn decompressible(xloadflags: u16) -> Vec<u8> {
+        use payload::fixtures::{LOAD, elf, lz4_payload, table};
+        let mut text = vec![0xccu8; 0x2000];
+        text[0x10..0x14].copy_from_slice(&0x8100_0040u32.to_le_bytes());
+        text[0x30..0x38].copy_from_slice(&0xffff_ffff_8100_0080u64.to_le_bytes());
+        let mut data = elf(&text, 0x1000);
+        let data_end = data.len();
+        data[data_end - 0x1000..].fill(0xdd);
+        let va = |paddr: u64| (paddr + payload::START_KERNEL_MAP) as u32;
+        data.extend(table(&[va(LOAD + 0x10)], &[], &[va(LOAD + 0x30)]));
+        let compressed = lz4_payload(&data, 4096);
+        let h = setup_header {
+            payload_length: compressed.len() as u32,
+            xloadflags: XLF_KERNEL_64 | xloadflags,
+            ..header(8 * MIB as u32)
+        };
+        let mut bz = image(&h, compressed.len());
+        let at = setup_bytes(&h) as usize;
+        bz[at..].copy_from_slice(&compressed);
+        bz
+    }
+
+    fn read_u32(memory: &GuestRam, at: u64) -> u32 {
+        memory.read_obj(GuestAddress(at)).unwrap_or_default()
+    }
+
+    fn read_u64(memory: &GuestRam, at: u64) -> u64 {
+        memory.read_obj(GuestAddress(at)).unwrap_or_default()
+    }
+
+    fn zero_page(memory: &GuestRam) -> boot_params {
+        memory
+            .read_obj(layout::BOOT_PARAMS_START)
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn vmm_decompresses_places_and_relocates_the_kernel() {
+        let ram = size(128 * MIB);
+        let file = TempFile::new("decompressible", &decompressible(XLF_5LEVEL));
+        let fresh = || match create_guest_memory(ram) {
+            Ok(memory) => memory,
+            Err(e) => panic!("cannot map test memory: {e}"),
+        };
+
+        // nokaslr: the kernel where it is linked, untouched, KASLR_FLAG clear.
+        let memory = fresh();
+        let loaded = load(
+            &memory,
+            ram,
+            &boot(&file, None, "console=ttyS0 nokaslr no5lvl"),
+            None,
+        );
+        let Ok(loaded) = loaded else {
+            panic!("{loaded:?}");
+        };
+        assert_eq!(
+            loaded.protocol,
+            BootProtocol::Vmlinux64 { five_level: false }
+        );
+        assert_eq!(loaded.entry, GuestAddress(16 * MIB));
+        assert!(matches!(
+            loaded.decompressed,
+            Decompressed::ByVmm {
+                format: "lz4",
+                physical: GuestAddress(0x100_0000),
+                virtual_offset: None,
+                ..
+            }
+        ));
+        assert_eq!(read_u32(&memory, 16 * MIB), 0xcccc_cccc);
+        assert_eq!(read_u32(&memory, 16 * MIB + 0x10), 0x8100_0040);
+        assert_eq!(read_u64(&memory, 16 * MIB + 0x30), 0xffff_ffff_8100_0080);
+        assert_eq!(read_u32(&memory, 18 * MIB), 0xdddd_dddd);
+        assert_eq!(read_u32(&memory, 18 * MIB + 0x1000), 0, "bss");
+        assert_eq!(zero_page(&memory).hdr.loadflags & KASLR_FLAG, 0);
+
+        // KASLR: a random 2 MiB-aligned physical place and virtual offset, the pointers
+        // moved by the offset, KASLR_FLAG set; 5-level since the kernel supports it.
+        let mut choices = std::collections::BTreeSet::new();
+        for _ in 0..8 {
+            let memory = fresh();
+            let loaded = load(&memory, ram, &boot(&file, None, "console=ttyS0"), None);
+            let Ok(LoadedLinux {
+                protocol: BootProtocol::Vmlinux64 { five_level: true },
+                entry,
+                decompressed:
+                    Decompressed::ByVmm {
+                        physical,
+                        virtual_offset: Some(offset),
+                        ..
+                    },
+                ..
+            }) = loaded
+            else {
+                panic!("{loaded:?}");
+            };
+            let base = physical.0;
+            assert_eq!(entry, physical);
+            assert!(base >= 16 * MIB && base % (2 * MIB) == 0, "{base:#x}");
+            assert!(base + 2 * MIB + 0x1100 <= 128 * MIB, "{base:#x}");
+            assert!(
+                offset % (2 * MIB) == 0 && 16 * MIB + offset < 1 << 30,
+                "{offset:#x}"
+            );
+            assert_eq!(read_u32(&memory, base), 0xcccc_cccc);
+            assert_eq!(
+                read_u32(&memory, base + 0x10),
+                0x8100_0040u32.wrapping_add(offset as u32)
+            );
+            assert_eq!(
+                read_u64(&memory, base + 0x30),
+                0xffff_ffff_8100_0080 + offset
+            );
+            assert_eq!(read_u32(&memory, base + 2 * MIB), 0xdddd_dddd);
+            assert_ne!(zero_page(&memory).hdr.loadflags & KASLR_FLAG, 0);
+            choices.insert((base, offset));
+        }
+        assert!(choices.len() > 1, "eight boots, one place: {choices:?}");
+
+        // The guest decompresses when asked to, and when vmm cannot.
+        let memory = fresh();
+        let guest = LinuxBoot {
+            decompress: Decompress::Guest,
+            ..boot(&file, None, "")
+        };
+        let loaded = load(&memory, ram, &guest, None).map(|l| (l.protocol, l.decompressed));
+        assert_eq!(
+            loaded.ok(),
+            Some((BootProtocol::Linux64, Decompressed::NotByVmm))
+        );
+        let mut xz = decompressible(0);
+        let at = setup_bytes(&header(0)) as usize;
+        xz[at..at + 6].copy_from_slice(&[0xfd, b'7', b'z', b'X', b'Z', 0]);
+        let xz = TempFile::new("xz", &xz);
+        let loaded = load(&fresh(), ram, &boot(&xz, None, ""), None);
+        assert!(
+            matches!(&loaded, Ok(LoadedLinux { protocol: BootProtocol::Linux64, decompressed: Decompressed::LeftToGuest { reason }, .. }) if reason.contains("xz")),
+            "{loaded:?}"
+        );
+
+        // A corrupt payload is an error naming the file; so is a payload past the end.
+        let mut corrupt = decompressible(0);
+        let n = corrupt.len();
+        corrupt[n - 64..n - 4].fill(0xff);
+        let corrupt = TempFile::new("corrupt", &corrupt);
+        let e = load(&fresh(), ram, &boot(&corrupt, None, ""), None)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.contains(&*corrupt.0.to_string_lossy()) && e.contains("lz4 payload is corrupt"),
+            "{e}"
+        );
+        let mut short = decompressible(0);
+        short.truncate(short.len() - 100);
+        let short = TempFile::new("short-payload", &short);
+        let e = load(&fresh(), ram, &boot(&short, None, ""), None)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.contains("payload") && e.contains("not inside the file"),
+            "{e}"
+        );
+
+        // Too little RAM for the kernel below the initrd.
+        let initrd = TempFile::new("initrd-filling-ram", &vec![0u8; 120 * MIB as usize]);
+        let e = load(&fresh(), ram, &boot(&file, Some(&initrd), ""), None)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("use a larger --memory"), "{e}");
+    }
+
+    #[test]
+    fn cmdline_options_are_whole_words_before_the_init_arguments() {
+        assert!(cmdline_has("console=ttyS0 nokaslr", "nokaslr"));
+        assert!(!cmdline_has("console=ttyS0 nokaslrx", "nokaslr"));
+        assert!(!cmdline_has("console=ttyS0 -- nokaslr", "nokaslr"));
+        assert!(cmdline_has("no5lvl\tquiet", "no5lvl"));
     }
 }
