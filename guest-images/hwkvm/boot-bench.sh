@@ -3,7 +3,8 @@
 # (`-enable-kvm -M microvm,rtc=on`) booting the same Linux test guest (guest-images/linux/)
 # to the GUESTWALK-LINUX-INIT marker, RUNS times each, alternating, timed from the
 # process's start to the marker line on its console (host clock, /proc/uptime). Prints
-# every run, then the medians and vmm / QEMU.
+# every run, then the medians and vmm / QEMU. vmm boots the bzImage twice a run: as it
+# does by default (decompressed by vmm) and with --guest-decompressor (as QEMU boots it).
 #
 #   guest-images/hwkvm/boot-bench.sh [RUNS]     (default 10; after build.sh and
 #                                                 guest-images/linux/build.sh)
@@ -42,6 +43,7 @@ time_to_marker() {
 }
 median() { sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 : >/tmp/vmm.times
+: >/tmp/vmm-guest-dec.times
 : >/tmp/vmm-pvh.times
 : >/tmp/qemu.times
 : >/tmp/qemu-pvh.times
@@ -50,6 +52,9 @@ while [ "$i" -lt "$runs" ]; do
     i=$((i + 1))
     t=$(time_to_marker vmm run --kernel $dir/bzImage --initrd $dir/initramfs.cpio.gz --memory 512M --cmdline "$cmdline" --timeout 120)
     echo "run $i vmm ${t:-NONE}"; [ -n "$t" ] && echo "$t" >>/tmp/vmm.times
+    # The same bzImage through its own decompressor in the guest, as QEMU boots it.
+    t=$(time_to_marker vmm run --guest-decompressor --kernel $dir/bzImage --initrd $dir/initramfs.cpio.gz --memory 512M --cmdline "$cmdline" --timeout 120)
+    echo "run $i vmm-guest-dec ${t:-NONE}"; [ -n "$t" ] && echo "$t" >>/tmp/vmm-guest-dec.times
     # The same kernel as an ELF vmlinux through its PVH entry (no decompressor), if shipped.
     if [ -e $dir/vmlinux ]; then
         t=$(time_to_marker vmm run --kernel $dir/vmlinux --initrd $dir/initramfs.cpio.gz --memory 512M --cmdline "$cmdline" --timeout 120)
@@ -70,6 +75,10 @@ done
 v=$(median </tmp/vmm.times); q=$(median </tmp/qemu.times)
 echo "boot-bench: to GUESTWALK-LINUX-INIT, median of $(wc -l </tmp/vmm.times) vmm runs ${v} s, of $(wc -l </tmp/qemu.times) QEMU microvm runs ${q} s, vmm / QEMU = $(awk -v v="$v" -v q="$q" 'BEGIN { if (q > 0) printf "%.2f", v / q; else printf "n/a" }')"
 ratio() { awk -v v="$1" -v q="$2" 'BEGIN { if (q > 0) printf "%.2f", v / q; else printf "n/a" }'; }
+if [ -s /tmp/vmm-guest-dec.times ]; then
+    g=$(median </tmp/vmm-guest-dec.times)
+    echo "boot-bench: vmm with the guest's own decompressor (--guest-decompressor): median of $(wc -l </tmp/vmm-guest-dec.times) runs ${g} s, vmm-guest-dec / QEMU = $(ratio "$g" "$q")"
+fi
 if [ -s /tmp/vmm-pvh.times ]; then
     p=$(median </tmp/vmm-pvh.times)
     echo "boot-bench: vmm with the same kernel as an ELF vmlinux (PVH entry): median of $(wc -l </tmp/vmm-pvh.times) runs ${p} s, vmm-pvh / QEMU = $(ratio "$p" "$q")"

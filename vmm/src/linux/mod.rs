@@ -27,7 +27,8 @@ use linux_loader::loader::elf::start_info::{
 };
 use linux_loader::loader::elf::{Elf, PvhBootCapability};
 use linux_loader::loader::{BzImage, KernelLoader};
-use vm_memory::{ByteValued, Bytes, GuestAddress};
+use vm_memory::bitmap::Bitmap;
+use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryBackend};
 
 use crate::arch::x86_64::layout;
 use crate::memory::{GuestRam, MemorySize, ram_ranges};
@@ -786,10 +787,17 @@ impl payload::Place for GuestKernel<'_> {
     }
 }
 
-/// Applies relocation `sites` in guest memory to a kernel placed `shift` bytes above
-/// its link-time physical addresses, whose virtual base moves by `delta`.
+/// Applies relocation `sites` in guest memory to a kernel whose segments start
+/// `shift` bytes above their link-time physical addresses and whose virtual base moves
+/// by `delta`.
+///
+/// A kernel has some 200,000 relocations: they go through one host pointer per
+/// segment rather than a guest-memory lookup each (which took 0.4 s of a 4 s boot on
+/// the emulated host). The segments' bytes are marked dirty in the memory's bitmap, as
+/// a write through vm-memory would.
 fn relocate(
     memory: &GuestRam,
+    vmlinux: &Vmlinux,
     sites: &[payload::Site],
     shift: u64,
     delta: u64,
@@ -798,21 +806,39 @@ fn relocate(
         what: "a kernel relocation",
         reason: e.to_string(),
     };
+    let slices = vmlinux
+        .segments
+        .iter()
+        .map(|s| memory.get_slice(GuestAddress(s.paddr + shift), s.filesz as usize))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(failed)?;
+    let guards: Vec<_> = slices.iter().map(|slice| slice.ptr_guard_mut()).collect();
     for site in sites {
-        let at = GuestAddress(site.paddr + shift);
+        let field = guards[site.segment]
+            .as_ptr()
+            .wrapping_add(site.offset as usize);
         match site.field {
             payload::Field::Abs64 => {
-                let value: u64 = memory.read_obj(at).map_err(failed)?;
-                memory
-                    .write_obj(site.relocate(value, delta), at)
-                    .map_err(failed)?;
+                let field = field.cast::<u64>();
+                // SAFETY: `field` is `site.offset` bytes into the host mapping of the
+                // segment's `filesz` bytes of guest memory (checked by `get_slice`), and
+                // `Vmlinux::sites` checked that the whole field lies inside them. The
+                // mapping lives as long as `memory`, which is borrowed; no vCPU exists yet,
+                // so nothing else touches it. Fields need not be aligned: unaligned access.
+                unsafe { field.write_unaligned(site.relocate(field.read_unaligned(), delta)) };
             }
             payload::Field::Abs32 | payload::Field::Inverse32 => {
-                let value: u32 = memory.read_obj(at).map_err(failed)?;
-                let value = site.relocate(u64::from(value), delta) as u32;
-                memory.write_obj(value, at).map_err(failed)?;
+                let field = field.cast::<u32>();
+                // SAFETY: as above, for a four-byte field.
+                unsafe {
+                    let value = site.relocate(u64::from(field.read_unaligned()), delta);
+                    field.write_unaligned(value as u32);
+                }
             }
         }
+    }
+    for slice in &slices {
+        slice.bitmap().mark_dirty(0, slice.len());
     }
     Ok(())
 }
@@ -926,12 +952,8 @@ fn load_decompressed(
             let slots = payload::slots(base, size, payload::KERNEL_IMAGE_SIZE, align);
             let delta = random_below(slots)? * align;
             if delta != 0 {
-                relocate(
-                    memory,
-                    &vmlinux.sites(table).map_err(bad)?,
-                    physical - base,
-                    delta,
-                )?;
+                let sites = vmlinux.sites(table).map_err(bad)?;
+                relocate(memory, &vmlinux, &sites, physical - base, delta)?;
             }
             Some(delta)
         }

@@ -480,10 +480,10 @@ impl Vmlinux {
         })
     }
 
-    /// Whether `len` bytes at link-time physical address `paddr` lie inside one
-    /// segment's file bytes.
-    fn holds(&self, paddr: u64, len: u64) -> bool {
-        self.segments.iter().any(|s| {
+    /// The segment whose file bytes hold the `len` bytes at link-time physical address
+    /// `paddr`, if one does.
+    fn holder(&self, paddr: u64, len: u64) -> Option<usize> {
+        self.segments.iter().position(|s| {
             paddr
                 .checked_sub(s.paddr)
                 .and_then(|into| into.checked_add(len))
@@ -491,8 +491,8 @@ impl Vmlinux {
         })
     }
 
-    /// The fields `relocations` name, as link-time physical addresses, each checked to
-    /// lie in a segment's file bytes (so it is written with the kernel): for a kernel
+    /// The fields `relocations` name, each checked to lie wholly in one segment's file
+    /// bytes (so it is written with the kernel) and given by its place there: for a kernel
     /// whose virtual base moves by `delta`, [`Site::relocate`] gives each its new value,
     /// exactly as the guest decompressor's `handle_relocations` would.
     pub fn sites(&self, relocations: &Relocations) -> Result<Vec<Site>, PayloadError> {
@@ -507,13 +507,17 @@ impl Vmlinux {
                 // A 32-bit entry, sign-extended, is the field's kernel virtual address.
                 let virt = i64::from(entry as i32) as u64;
                 let paddr = virt.wrapping_sub(START_KERNEL_MAP);
-                if !self.holds(paddr, field.size()) {
+                let Some(segment) = self.holder(paddr, field.size()) else {
                     return Err(PayloadError::BadRelocations(format!(
                         "a {} relocation at {virt:#x} is outside the kernel's loaded bytes",
                         field.name()
                     )));
-                }
-                sites.push(Site { paddr, field });
+                };
+                sites.push(Site {
+                    segment,
+                    offset: paddr - self.segments[segment].paddr,
+                    field,
+                });
             }
         }
         Ok(sites)
@@ -552,8 +556,10 @@ impl Field {
 /// One field to relocate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Site {
-    /// Its link-time physical address.
-    pub paddr: u64,
+    /// The segment (index in [`Vmlinux::segments`]) whose file bytes hold it.
+    pub segment: usize,
+    /// Where it is in that segment: `offset + field.size() <= filesz`.
+    pub offset: u64,
     /// Its kind.
     pub field: Field,
 }
@@ -1051,7 +1057,10 @@ mod tests {
         let Ok(sites) = vmlinux.sites(&relocs) else {
             panic!("sites");
         };
-        let kinds: Vec<_> = sites.iter().map(|s| (s.paddr, s.field)).collect();
+        let kinds: Vec<_> = sites
+            .iter()
+            .map(|s| (vmlinux.segments[s.segment].paddr + s.offset, s.field))
+            .collect();
         assert_eq!(
             kinds,
             vec![
@@ -1060,6 +1069,10 @@ mod tests {
                 (fields[2], Field::Abs64),
                 (fields[3], Field::Abs64),
             ]
+        );
+        assert_eq!(
+            sites.iter().map(|s| s.segment).collect::<Vec<_>>(),
+            [0, 0, 0, 1]
         );
         let delta = 0x1e00_0000;
         assert_eq!(sites[0].relocate(0x8100_0040, delta), 0x9f00_0040);
