@@ -1127,4 +1127,73 @@ mod tests {
         );
         assert_eq!(slots(LOAD, 1, KERNEL_IMAGE_SIZE, 0), 0);
     }
+
+    /// A [`Place`] that checks the contract the guest's relies on: every piece lies in
+    /// `[0, end - base)` of the image `start` announced, and `start` comes first.
+    struct Bounded {
+        size: Option<u64>,
+    }
+
+    impl Place for Bounded {
+        fn start(&mut self, vmlinux: &Vmlinux) -> Result<(), PayloadError> {
+            assert!(self.size.is_none());
+            assert!(vmlinux.start >= LOAD && vmlinux.end >= vmlinux.start);
+            self.size = Some(vmlinux.end - LOAD);
+            Ok(())
+        }
+
+        fn bytes(&mut self, offset: u64, bytes: &[u8]) -> Result<(), PayloadError> {
+            let size = self.size.unwrap_or(0);
+            assert!(
+                offset + bytes.len() as u64 <= size,
+                "{offset:#x}+{:#x} > {size:#x}",
+                bytes.len()
+            );
+            Ok(())
+        }
+    }
+
+    proptest::proptest! {
+        /// A kernel image is user input: a corrupted payload (any bytes changed, in any
+        /// format, trailer included) never panics, never writes outside the image it
+        /// announced, and every relocation site it yields lies inside its segment.
+        #[test]
+        fn corrupted_payloads_are_refused_or_stay_in_bounds(
+            format in 0..3u8,
+            edits in proptest::collection::vec((proptest::prelude::any::<proptest::sample::Index>(), proptest::prelude::any::<u8>()), 1..8),
+        ) {
+            use std::io::Write;
+            let (file, _, _) = relocatable();
+            let mut payload = match format {
+                0 => lz4_payload(&file, 1024),
+                1 => {
+                    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                    proptest::prop_assert!(gz.write_all(&file).is_ok());
+                    gz.finish().unwrap_or_default()
+                }
+                _ => with_trailer(
+                    ruzstd::encoding::compress_to_vec(&file[..], ruzstd::encoding::CompressionLevel::Fastest),
+                    file.len(),
+                ),
+            };
+            for (at, byte) in edits {
+                let i = at.index(payload.len());
+                payload[i] = byte;
+            }
+            let n = payload.len();
+            let trailer = *payload.last_chunk::<4>().unwrap_or(&[0; 4]);
+            let mut placer = Placer::new(LOAD, u64::from(u32::from_le_bytes(trailer)), Bounded { size: None });
+            let format = Compression::of(&payload);
+            if decompress_into(format, &payload[..], n as u64, trailer, 1 << 24, &mut placer).is_ok()
+                && let Ok((vmlinux, tail, _)) = placer.finish()
+                && let Ok(Some(table)) = Relocations::parse(&tail)
+                && let Ok(sites) = vmlinux.sites(&table)
+            {
+                for site in sites {
+                    let segment = vmlinux.segments[site.segment];
+                    proptest::prop_assert!(site.offset + site.field.size() <= segment.filesz);
+                }
+            }
+        }
+    }
 }
