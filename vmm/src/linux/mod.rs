@@ -703,7 +703,8 @@ pub fn cmdline_has(cmdline: &str, option: &str) -> bool {
 
 /// Where the compressed payload of the bzImage `file` is (setup header fields
 /// `payload_offset` and `payload_length`, from the protected-mode kernel's start): its
-/// offset in the file and length, checked to lie inside the file.
+/// offset in the file and length, checked to lie inside the file and to hold at least
+/// a format's magic and the length trailer.
 fn payload_extent(
     path: &Path,
     file: &File,
@@ -712,11 +713,16 @@ fn payload_extent(
     let start = setup_bytes(header) + u64::from(header.payload_offset);
     let len = u64::from(header.payload_length);
     let file_len = file.metadata().map_or(0, |m| m.len());
-    if start + len > file_len {
+    if len < 8 || start + len > file_len {
+        let what = if len < 8 {
+            "too short for a compressed kernel"
+        } else {
+            "not inside the file"
+        };
         return Err(LinuxError::NotBzImage {
             path: path.to_owned(),
             reason: format!(
-                "its payload ({len} bytes at offset {start:#x}) is not inside the file's {file_len} bytes"
+                "its payload ({len} bytes at offset {start:#x}) is {what} ({file_len} bytes)"
             ),
         });
     }
@@ -1745,6 +1751,14 @@ mod tests {
             e.contains("payload") && e.contains("not inside the file"),
             "{e}"
         );
+        let mut tiny = decompressible(0);
+        tiny[0x24c..0x250].copy_from_slice(&3u32.to_le_bytes()); // payload_length
+        let tiny = TempFile::new("tiny-payload", &tiny);
+        let e = load(&fresh(), ram, &boot(&tiny, None, ""), None)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("(3 bytes") && e.contains("too short"), "{e}");
 
         // Too little RAM for the kernel below the initrd.
         let initrd = TempFile::new("initrd-filling-ram", &vec![0u8; 120 * MIB as usize]);
