@@ -274,6 +274,13 @@ fn builtin_guest_boots_pauses_and_finishes() {
         assert_eq!(states.len(), 1);
         let bsp = states[0];
         assert!(!bsp.finished);
+        // The guest has talked to the debug port (READY, heartbeats) by now.
+        assert!(
+            bsp.last_io
+                .is_some_and(|io| io.count > 0 && io.port >= 0xe9),
+            "{:?}",
+            bsp.last_io
+        );
         // Long mode with paging, on the guest's own tables.
         assert_ne!(bsp.cr0 & (1 << 31), 0);
         assert_ne!(bsp.efer & (1 << 10), 0);
@@ -399,7 +406,9 @@ fn triple_fault_mode_reports_the_shutdown() {
     assert!(dump.is_some());
     let message = outcome.to_string();
     assert!(
-        message.contains("triple fault") && message.contains("RIP="),
+        message.contains("triple fault")
+            && message.contains("RIP=")
+            && message.contains("last port I/O: "),
         "{message}"
     );
     let output = String::from_utf8_lossy(&console.captured()).into_owned();

@@ -731,11 +731,21 @@ fn run_linux(args: &BootArgs) -> anyhow::Result<ExitCode> {
         }
         _ => {}
     }
-    let outcome = vm
-        .wait(timeout)
+    let outcome = vm.wait(timeout).map_err(|e| {
+        // A hung guest: where every vCPU is, before the error ends the VMM.
+        eprint!("vmm: {e}; every vCPU now:\n{}", vm.vcpu_report(None));
+        e
+    });
+    let outcome = outcome
         .with_context(|| format!("waiting for the Linux guest to end (--timeout {timeout:?})"))?;
     eprintln!("vmm: the VM ran for {:.2?}", started.elapsed());
-    Ok(report(&outcome))
+    let code = report(&outcome);
+    if let ExitOutcome::Failed { vcpu, .. } = &outcome
+        && vm.vcpu_count() > 1
+    {
+        eprint!("vmm: the other vCPUs now:\n{}", vm.vcpu_report(Some(*vcpu)));
+    }
+    Ok(code)
 }
 
 fn report(outcome: &ExitOutcome) -> ExitCode {

@@ -13,7 +13,7 @@ use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use walker::{ControlRegisters, Gva};
 
 use crate::arch::x86_64::regs::{RegisterDump, Registers, SpecialRegisters};
-use crate::devices::IoBus;
+use crate::devices::{IoBus, PortIo};
 use crate::dirty::DirtyRings;
 use crate::events::VmEvent;
 use crate::exit::{ExitAction, VcpuStop, handle_exit};
@@ -43,10 +43,18 @@ pub struct VcpuState {
     pub regs: Registers,
     /// All special registers.
     pub sregs: SpecialRegisters,
+    /// The vCPU's last port access (`IN`/`OUT` exit), if it made one.
+    pub last_io: Option<PortIo>,
 }
 
 impl VcpuState {
-    fn new(index: u8, regs: Registers, sregs: SpecialRegisters, finished: bool) -> Self {
+    fn new(
+        index: u8,
+        regs: Registers,
+        sregs: SpecialRegisters,
+        finished: bool,
+        last_io: Option<PortIo>,
+    ) -> Self {
         Self {
             index,
             rip: regs.rip,
@@ -58,6 +66,7 @@ impl VcpuState {
             finished,
             regs,
             sregs,
+            last_io,
         }
     }
 
@@ -66,8 +75,29 @@ impl VcpuState {
         RegisterDump {
             regs: self.regs,
             sregs: self.sregs,
+            last_io: self.last_io,
         }
     }
+}
+
+/// Every vCPU's registers and last port access, one block per vCPU, for the message of a
+/// guest that hung or died.
+pub fn describe_states(states: &[VcpuState]) -> String {
+    states
+        .iter()
+        .map(|state| {
+            format!(
+                "registers of vCPU {}{}:\n{}",
+                state.index,
+                if state.finished {
+                    " (stopped for good)"
+                } else {
+                    ""
+                },
+                state.dump()
+            )
+        })
+        .collect()
 }
 
 impl From<&VcpuState> for ControlRegisters {
@@ -236,6 +266,59 @@ impl VcpuThread {
     fn state(&self, finished: bool) -> Result<VcpuState, KvmError> {
         let regs = self.vcpu.registers()?;
         let sregs = self.vcpu.special_registers()?;
-        Ok(VcpuState::new(self.index, regs, sregs, finished))
+        Ok(VcpuState::new(
+            self.index,
+            regs,
+            sregs,
+            finished,
+            self.bus.last_port_io(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_vcpu_is_described_with_its_last_port_access() {
+        let io = PortIo {
+            port: 0x3f8,
+            write: true,
+            size: 1,
+            value: 0x5b,
+            count: 3,
+        };
+        let running = VcpuState::new(
+            0,
+            Registers {
+                rip: 0xffff_ffff_8100_1234,
+                ..Registers::default()
+            },
+            SpecialRegisters::default(),
+            false,
+            Some(io),
+        );
+        let stopped = VcpuState::new(
+            1,
+            Registers::default(),
+            SpecialRegisters::default(),
+            true,
+            None,
+        );
+        assert_eq!(running.dump().last_io, Some(io));
+        let text = describe_states(&[running, stopped]);
+        let Some((first, second)) = text.split_once("registers of vCPU 1") else {
+            panic!("vCPU 1 is missing: {text}");
+        };
+        assert!(first.starts_with("registers of vCPU 0:\n"), "{text}");
+        assert!(first.contains("RIP=0xffffffff81001234"), "{text}");
+        assert!(
+            first.contains("last port I/O: OUT 0x03f8 <- 0x5b"),
+            "{text}"
+        );
+        assert!(second.starts_with(" (stopped for good):\n"), "{text}");
+        assert!(second.contains("last port I/O: none"), "{text}");
+        assert_eq!(describe_states(&[]), "");
     }
 }

@@ -533,6 +533,20 @@ impl Vm {
         Ok(outcome)
     }
 
+    /// Pauses every vCPU and describes each one's registers and last port access (see
+    /// [`crate::vcpu::describe_states`]), all but vCPU `except` if given, or says why
+    /// they could not be read: for the message of a guest that hung (a wait timed out)
+    /// or died (the vCPU that died has its own dump in the [`ExitOutcome`]).
+    pub fn vcpu_report(&self, except: Option<u8>) -> String {
+        match self.pause() {
+            Ok(mut states) => {
+                states.retain(|state| Some(state.index) != except);
+                crate::vcpu::describe_states(&states)
+            }
+            Err(e) => format!("the vCPUs' registers could not be read: {e}\n"),
+        }
+    }
+
     /// How the VM ended, if it did.
     pub fn outcome(&self) -> Option<ExitOutcome> {
         self.outcome.lock().ok().and_then(|o| o.clone())

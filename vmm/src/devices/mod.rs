@@ -68,6 +68,57 @@ impl UnhandledAccesses {
     }
 }
 
+/// One port access of a vCPU (an `IN` or `OUT` exit), as a device saw it: kept so that
+/// a stopped or hung guest's register dump can say what it last did with a device.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PortIo {
+    /// The port.
+    pub port: u16,
+    /// `OUT` (set) or `IN`.
+    pub write: bool,
+    /// Access width in bytes (1, 2 or 4).
+    pub size: u8,
+    /// The value written, or the value the device answered (little-endian bytes).
+    pub value: u32,
+    /// How many port accesses this vCPU made in all, this one included.
+    pub count: u64,
+}
+
+impl PortIo {
+    fn new(port: u16, write: bool, data: &[u8], count: u64) -> Self {
+        let mut bytes = [0u8; 4];
+        let n = data.len().min(bytes.len());
+        bytes[..n].copy_from_slice(&data[..n]);
+        Self {
+            port,
+            write,
+            size: u8::try_from(data.len()).unwrap_or(u8::MAX),
+            value: u32::from_le_bytes(bytes),
+            count,
+        }
+    }
+}
+
+impl std::fmt::Display for PortIo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let width = usize::from(self.size.min(4)) * 2;
+        if self.write {
+            write!(f, "OUT {:#06x} <- ", self.port)?;
+        } else {
+            write!(f, "IN {:#06x} -> ", self.port)?;
+        }
+        write!(
+            f,
+            "{:#0w$x} ({} byte{}; port access {} of this vCPU)",
+            self.value,
+            self.size,
+            if self.size == 1 { "" } else { "s" },
+            self.count,
+            w = width + 2
+        )
+    }
+}
+
 /// What one vCPU's I/O exits are routed to.
 #[derive(Debug)]
 pub struct IoBus {
@@ -75,6 +126,7 @@ pub struct IoBus {
     serial: Arc<Mutex<SerialDevice>>,
     legacy: Option<Arc<Mutex<LegacyDevices>>>,
     unhandled: Arc<UnhandledAccesses>,
+    last_io: Option<PortIo>,
 }
 
 impl IoBus {
@@ -89,7 +141,18 @@ impl IoBus {
             serial,
             legacy: None,
             unhandled,
+            last_io: None,
         }
+    }
+
+    /// This vCPU's last port access (`IN` with the value answered), if it made one.
+    pub fn last_port_io(&self) -> Option<PortIo> {
+        self.last_io
+    }
+
+    fn record(&mut self, port: u16, write: bool, data: &[u8]) {
+        let count = self.last_io.map_or(0, |io| io.count).saturating_add(1);
+        self.last_io = Some(PortIo::new(port, write, data, count));
     }
 
     /// The same bus with the VM's shared legacy devices (RTC, i8042) on it.
@@ -151,8 +214,8 @@ pub trait ExitDevices {
     }
 }
 
-impl ExitDevices for IoBus {
-    fn port_read(&mut self, port: u16, data: &mut [u8]) {
+impl IoBus {
+    fn route_read(&mut self, port: u16, data: &mut [u8]) {
         if SerialDevice::claims(port) && data.len() == 1 {
             if let Ok(mut serial) = self.serial.lock() {
                 data[0] = serial.read(port);
@@ -172,7 +235,7 @@ impl ExitDevices for IoBus {
         data.fill(0xff);
     }
 
-    fn port_write(&mut self, port: u16, data: &[u8]) {
+    fn route_write(&mut self, port: u16, data: &[u8]) {
         if SerialDevice::claims(port) && data.len() == 1 {
             if let Ok(mut serial) = self.serial.lock() {
                 serial.write(port, data[0]);
@@ -188,6 +251,18 @@ impl ExitDevices for IoBus {
             return;
         }
         self.unhandled.port_writes.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl ExitDevices for IoBus {
+    fn port_read(&mut self, port: u16, data: &mut [u8]) {
+        self.route_read(port, data);
+        self.record(port, false, data);
+    }
+
+    fn port_write(&mut self, port: u16, data: &[u8]) {
+        self.record(port, true, data);
+        self.route_write(port, data);
     }
 
     fn mmio_read(&mut self, _address: u64, data: &mut [u8]) {
@@ -220,5 +295,66 @@ impl ExitDevices for IoBus {
                     .map(|d| d.acpi_sleep.power_off_requested())
             })
             .unwrap_or(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc::channel;
+
+    use super::*;
+
+    fn bus() -> IoBus {
+        let (tx, _rx) = channel();
+        let console = Console::capture();
+        IoBus::new(
+            DebugPort::new(Arc::new(DebugControl::default()), tx, console.clone()),
+            Arc::new(Mutex::new(SerialDevice::new(console))),
+            Arc::new(UnhandledAccesses::default()),
+        )
+    }
+
+    #[test]
+    fn the_last_port_access_is_kept_with_the_value_answered() {
+        let mut bus = bus();
+        assert_eq!(bus.last_port_io(), None);
+        bus.port_write(0x3f8, b"[");
+        let written = PortIo {
+            port: 0x3f8,
+            write: true,
+            size: 1,
+            value: u32::from(b'['),
+            count: 1,
+        };
+        assert_eq!(bus.last_port_io(), Some(written));
+        // LSR: the value the UART answered (THR empty, transmitter empty) is recorded.
+        let mut lsr = [0u8];
+        bus.port_read(0x3fd, &mut lsr);
+        let Some(read) = bus.last_port_io() else {
+            panic!("no access recorded");
+        };
+        assert_eq!(
+            (read.port, read.write, read.size, read.value, read.count),
+            (0x3fd, false, 1, u32::from(lsr[0]), 2)
+        );
+        assert_ne!(read.value & 0x20, 0);
+        assert_eq!(
+            read.to_string(),
+            format!(
+                "IN 0x03fd -> {:#04x} (1 byte; port access 2 of this vCPU)",
+                lsr[0]
+            )
+        );
+        // Unknown ports and wider accesses too (all ones answered).
+        let mut wide = [0u8; 4];
+        bus.port_read(0x1234, &mut wide);
+        assert_eq!(
+            bus.last_port_io().map(|io| (io.size, io.value, io.count)),
+            Some((4, u32::MAX, 3))
+        );
+        assert_eq!(
+            written.to_string(),
+            "OUT 0x03f8 <- 0x5b (1 byte; port access 1 of this vCPU)"
+        );
     }
 }

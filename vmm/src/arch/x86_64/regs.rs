@@ -7,6 +7,7 @@
 use std::fmt;
 
 use super::layout;
+use crate::devices::PortIo;
 
 /// CR0.PE: protected mode.
 pub const CR0_PE: u64 = 1 << 0;
@@ -349,6 +350,19 @@ pub struct RegisterDump {
     pub regs: Registers,
     /// Special registers.
     pub sregs: SpecialRegisters,
+    /// The vCPU's last port access, if it made one.
+    #[serde(default)]
+    pub last_io: Option<PortIo>,
+}
+
+impl RegisterDump {
+    /// Whether these are the registers of x86's reset/INIT state (CS.base 0xffff0000,
+    /// RIP 0xfff0, paging off). On AMD hosts KVM re-initialises a vCPU on a shutdown
+    /// intercept (the VMCB is undefined after it), so a triple fault's dump is this
+    /// state, not the one at the fault.
+    pub fn is_reset_state(&self) -> bool {
+        self.regs.rip == 0xfff0 && self.sregs.cs.base == 0xffff_0000 && self.sregs.cr0 & CR0_PG == 0
+    }
 }
 
 impl fmt::Display for RegisterDump {
@@ -389,13 +403,53 @@ impl fmt::Display for RegisterDump {
             f,
             "  EFER={:#x} CS={:#06x} SS={:#06x} GDT={:#x}/{:#x} IDT={:#x}/{:#x}",
             s.efer, s.cs.selector, s.ss.selector, s.gdt.base, s.gdt.limit, s.idt.base, s.idt.limit
-        )
+        )?;
+        match &self.last_io {
+            Some(io) => writeln!(f, "  last port I/O: {io}")?,
+            None => writeln!(f, "  last port I/O: none")?,
+        }
+        if self.is_reset_state() {
+            writeln!(
+                f,
+                "  (the reset/INIT state: after a triple fault an AMD host's KVM re-initialises \
+                 the vCPU, so these are not the registers at the fault)"
+            )?;
+        }
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dumps_show_the_last_port_access_and_name_the_reset_state() {
+        let mut dump = RegisterDump::default();
+        dump.regs.rip = 0xffff_ffff_8100_0000;
+        let text = dump.to_string();
+        assert!(text.contains("RIP=0xffffffff81000000"), "{text}");
+        assert!(text.contains("last port I/O: none"), "{text}");
+        assert!(!dump.is_reset_state());
+        dump.last_io = Some(PortIo {
+            port: 0x3fd,
+            write: false,
+            size: 1,
+            value: 0x60,
+            count: 7,
+        });
+        let text = dump.to_string();
+        assert!(
+            text.contains("last port I/O: IN 0x03fd -> 0x60 (1 byte; port access 7 of this vCPU)"),
+            "{text}"
+        );
+        // What KVM on AMD leaves after a shutdown intercept: the INIT state.
+        dump.regs.rip = 0xfff0;
+        dump.sregs.cs.base = 0xffff_0000;
+        dump.sregs.cr0 = 0x6000_0010;
+        assert!(dump.is_reset_state());
+        assert!(dump.to_string().contains("reset/INIT state"));
+    }
 
     #[test]
     fn gdt_entries_match_the_usual_encodings() {
