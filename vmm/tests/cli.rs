@@ -179,40 +179,7 @@ fn triple_fault_is_a_clear_failure() {
 /// A minimal ELF vmlinux for the PVH entry: `code` loaded at 1 MiB (at most 16 bytes,
 /// padded with HLT), entered there in 32-bit protected mode.
 fn pvh_elf(code: &[u8]) -> Vec<u8> {
-    let data_at = 64u64 + 56 * 2;
-    let mut f = Vec::new();
-    f.extend_from_slice(b"\x7fELF\x02\x01\x01");
-    f.resize(16, 0);
-    f.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
-    f.extend_from_slice(&0x3eu16.to_le_bytes()); // x86-64
-    f.extend_from_slice(&1u32.to_le_bytes());
-    f.extend_from_slice(&0x10_0000u64.to_le_bytes()); // e_entry
-    f.extend_from_slice(&64u64.to_le_bytes()); // e_phoff
-    f.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
-    f.extend_from_slice(&0u32.to_le_bytes());
-    for v in [64u16, 56, 2, 64, 0, 0] {
-        f.extend_from_slice(&v.to_le_bytes());
-    }
-    // PT_LOAD of the code at 1 MiB, PT_NOTE with Xen's PHYS32_ENTRY (also 1 MiB).
-    for (kind, offset, addr, size, align) in [
-        (1u32, data_at, 0x10_0000u64, 16u64, 0x1000u64),
-        (4, data_at + 16, 0, 20, 4),
-    ] {
-        f.extend_from_slice(&kind.to_le_bytes());
-        f.extend_from_slice(&5u32.to_le_bytes());
-        for v in [offset, addr, addr, size, size, align] {
-            f.extend_from_slice(&v.to_le_bytes());
-        }
-    }
-    let mut text = code.to_vec();
-    text.resize(16, 0xf4);
-    f.extend_from_slice(&text);
-    for v in [4u32, 4, 18] {
-        f.extend_from_slice(&v.to_le_bytes());
-    }
-    f.extend_from_slice(b"Xen\0");
-    f.extend_from_slice(&0x10_0000u32.to_le_bytes());
-    f
+    vmm::test_support::tiny_elf_kernel(code, Some(0x10_0000))
 }
 
 #[test]

@@ -676,20 +676,25 @@ pub fn load(
         &e820_map(memory_size),
         rsdp,
     );
-    LinuxBootConfigurator::write_bootparams(
-        &BootParams::new(&params, layout::BOOT_PARAMS_START),
-        memory,
-    )
-    .map_err(|e| LinuxError::WriteMemory {
-        what: "the zero page",
-        reason: e.to_string(),
-    })?;
+    write_zero_page(memory, &params)?;
     Ok(LoadedLinux {
         protocol: BootProtocol::Linux64,
         entry: GuestAddress(loaded.kernel_load.0 + layout::LINUX_64BIT_ENTRY_OFFSET),
         boot_params: layout::BOOT_PARAMS_START,
         initrd,
         decompressed,
+    })
+}
+
+/// Writes the zero page at [`layout::BOOT_PARAMS_START`].
+fn write_zero_page(memory: &GuestRam, params: &boot_params) -> Result<(), LinuxError> {
+    LinuxBootConfigurator::write_bootparams(
+        &BootParams::new(params, layout::BOOT_PARAMS_START),
+        memory,
+    )
+    .map_err(|e| LinuxError::WriteMemory {
+        what: "the zero page",
+        reason: e.to_string(),
     })
 }
 
@@ -984,14 +989,7 @@ fn load_decompressed(
     if kaslr {
         params.hdr.loadflags |= KASLR_FLAG;
     }
-    LinuxBootConfigurator::write_bootparams(
-        &BootParams::new(&params, layout::BOOT_PARAMS_START),
-        memory,
-    )
-    .map_err(|e| LinuxError::WriteMemory {
-        what: "the zero page",
-        reason: e.to_string(),
-    })?;
+    write_zero_page(memory, &params)?;
     Ok(Ok(LoadedLinux {
         protocol: BootProtocol::Vmlinux64 {
             five_level: header.xloadflags & XLF_5LEVEL != 0
@@ -1413,44 +1411,9 @@ mod tests {
         );
     }
 
-    /// A minimal ELF64 executable: one PT_LOAD of 16 bytes at 1 MiB and, with `pvh_entry`,
-    /// a PT_NOTE holding Xen's PHYS32_ENTRY note.
+    /// A minimal ELF64 executable of 16 `hlt`s at 1 MiB, with or without a PVH entry.
     fn elf(pvh_entry: Option<u32>) -> Vec<u8> {
-        let phnum: u16 = if pvh_entry.is_some() { 2 } else { 1 };
-        let data_at = 64 + 56 * u64::from(phnum);
-        let mut f = Vec::new();
-        f.extend_from_slice(b"\x7fELF\x02\x01\x01");
-        f.resize(16, 0);
-        f.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
-        f.extend_from_slice(&0x3eu16.to_le_bytes()); // x86-64
-        f.extend_from_slice(&1u32.to_le_bytes());
-        f.extend_from_slice(&0x10_0000u64.to_le_bytes()); // e_entry
-        f.extend_from_slice(&64u64.to_le_bytes()); // e_phoff
-        f.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
-        f.extend_from_slice(&0u32.to_le_bytes());
-        for v in [64u16, 56, phnum, 64, 0, 0] {
-            f.extend_from_slice(&v.to_le_bytes());
-        }
-        let phdr = |f: &mut Vec<u8>, kind: u32, offset: u64, addr: u64, size: u64, align: u64| {
-            f.extend_from_slice(&kind.to_le_bytes());
-            f.extend_from_slice(&5u32.to_le_bytes());
-            for v in [offset, addr, addr, size, size, align] {
-                f.extend_from_slice(&v.to_le_bytes());
-            }
-        };
-        phdr(&mut f, 1, data_at, 0x10_0000, 16, 0x1000);
-        if pvh_entry.is_some() {
-            phdr(&mut f, 4, data_at + 16, 0, 20, 4);
-        }
-        f.extend_from_slice(&[0xf4; 16]); // hlt
-        if let Some(entry) = pvh_entry {
-            for v in [4u32, 4, 18] {
-                f.extend_from_slice(&v.to_le_bytes());
-            }
-            f.extend_from_slice(b"Xen\0");
-            f.extend_from_slice(&entry.to_le_bytes());
-        }
-        f
+        crate::test_support::tiny_elf_kernel(&[0xf4; 16], pvh_entry)
     }
 
     #[test]
