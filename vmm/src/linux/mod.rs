@@ -158,6 +158,23 @@ pub enum LinuxError {
         /// The kernel file.
         path: PathBuf,
     },
+    /// The decompressed kernel does not fit below the initrd (or the end of low RAM).
+    #[error(
+        "the kernel {path} takes {image:#x} bytes from {base:#x} once decompressed, but \
+         only {room:#x} bytes are free there ({what}): use a larger --memory"
+    )]
+    KernelDoesNotFit {
+        /// The file.
+        path: PathBuf,
+        /// Its link-time load address.
+        base: u64,
+        /// The size of its image (`_end - _text`).
+        image: u64,
+        /// The room from `base`.
+        room: u64,
+        /// What ends the room.
+        what: &'static str,
+    },
     /// The initrd file cannot be read.
     #[error("cannot read the initrd {path}: {source}")]
     ReadInitrd {
@@ -563,9 +580,11 @@ pub fn build_boot_params(
         ..Default::default()
     };
     params.hdr.type_of_loader = LOADER_TYPE_UNDEFINED;
-    // Early messages on; no real-mode heap or 32-bit segment rules (64-bit entry).
-    params.hdr.loadflags =
-        (header.loadflags | LOADED_HIGH) & !(QUIET_FLAG | KEEP_SEGMENTS | CAN_USE_HEAP);
+    // Early messages on; no real-mode heap or 32-bit segment rules (64-bit entry); no
+    // KASLR_FLAG from the image (it is for the kernel's own use: only a decompressor
+    // that randomized the kernel sets it).
+    params.hdr.loadflags = (header.loadflags | LOADED_HIGH)
+        & !(KASLR_FLAG | QUIET_FLAG | KEEP_SEGMENTS | CAN_USE_HEAP);
     params.hdr.cmd_line_ptr = cmdline.0.0 as u32;
     params.ext_cmd_line_ptr = (cmdline.0.0 >> 32) as u32;
     if let Some((start, size)) = initrd {
@@ -611,6 +630,9 @@ pub fn check_files(boot: &LinuxBoot) -> Result<(), LinuxError> {
 
 /// Loads everything of `boot` into `memory` (`memory_size` bytes of RAM) and writes the
 /// zero page, pointing it at the ACPI RSDP at `rsdp` if the tables were written.
+///
+/// Call it before any vCPU of the VM exists: a kernel vmm decompresses is relocated
+/// through host pointers into `memory`, which nothing else may touch meanwhile.
 pub fn load(
     memory: &GuestRam,
     memory_size: MemorySize,
@@ -698,6 +720,15 @@ fn write_zero_page(memory: &GuestRam, params: &boot_params) -> Result<(), LinuxE
     })
 }
 
+/// Whether an option starting with `prefix` (such as `mem=`) is on the kernel's part of
+/// `cmdline` (before any `--`).
+pub fn cmdline_has_prefix(cmdline: &str, prefix: &str) -> bool {
+    cmdline
+        .split_ascii_whitespace()
+        .take_while(|word| *word != "--")
+        .any(|word| word.starts_with(prefix))
+}
+
 /// Whether `option` is on the kernel's part of `cmdline` (before any `--`).
 pub fn cmdline_has(cmdline: &str, option: &str) -> bool {
     cmdline
@@ -717,7 +748,13 @@ fn payload_extent(
 ) -> Result<(u64, u64), LinuxError> {
     let start = setup_bytes(header) + u64::from(header.payload_offset);
     let len = u64::from(header.payload_length);
-    let file_len = file.metadata().map_or(0, |m| m.len());
+    let file_len = file
+        .metadata()
+        .map_err(|source| LinuxError::ReadKernel {
+            path: path.to_owned(),
+            source,
+        })?
+        .len();
     if len < 8 || start + len > file_len {
         let what = if len < 8 {
             "too short for a compressed kernel"
@@ -756,6 +793,7 @@ struct GuestKernel<'a> {
     path: &'a Path,
     base: u64,
     room: u64,
+    below_initrd: bool,
     align: u64,
     random: bool,
     physical: u64,
@@ -774,12 +812,16 @@ impl payload::Place for GuestKernel<'_> {
     fn start(&mut self, vmlinux: &Vmlinux) -> Result<(), PayloadError> {
         let image = vmlinux.end - self.base;
         if self.base + image > self.room {
-            return Err(self.fail(LinuxError::KernelTooBig {
+            return Err(self.fail(LinuxError::KernelDoesNotFit {
                 path: self.path.to_owned(),
-                load: self.base,
-                init_size: image as u32,
-                needed_end: self.base + image,
-                ram_end: self.room,
+                base: self.base,
+                image,
+                room: self.room - self.base,
+                what: if self.below_initrd {
+                    "below the initrd"
+                } else {
+                    "below the end of low RAM"
+                },
             }));
         }
         self.physical = self.base;
@@ -798,24 +840,36 @@ impl payload::Place for GuestKernel<'_> {
     }
 }
 
-/// Applies relocation `sites` in guest memory to a kernel whose segments start
+/// Why [`relocate`] failed.
+enum Relocate {
+    /// The table names a field outside the kernel.
+    Table(PayloadError),
+    /// Guest memory.
+    Memory(LinuxError),
+}
+
+/// Applies the relocation `table` in guest memory to a kernel whose segments start
 /// `shift` bytes above their link-time physical addresses and whose virtual base moves
-/// by `delta`.
+/// by `delta` (nothing changes with a zero `delta`, but every entry is checked).
 ///
 /// A kernel has some 200,000 relocations: they go through one host pointer per
 /// segment rather than a guest-memory lookup each (which took 0.4 s of a 4 s boot on
 /// the emulated host). The segments' bytes are marked dirty in the memory's bitmap, as
 /// a write through vm-memory would.
+///
+/// Only for a VM whose vCPUs do not exist yet ([`load`]'s rule).
 fn relocate(
     memory: &GuestRam,
     vmlinux: &Vmlinux,
-    sites: &[payload::Site],
+    table: &Relocations,
     shift: u64,
     delta: u64,
-) -> Result<(), LinuxError> {
-    let failed = |e: vm_memory::GuestMemoryError| LinuxError::WriteMemory {
-        what: "a kernel relocation",
-        reason: e.to_string(),
+) -> Result<(), Relocate> {
+    let failed = |e: vm_memory::GuestMemoryError| {
+        Relocate::Memory(LinuxError::WriteMemory {
+            what: "a kernel relocation",
+            reason: e.to_string(),
+        })
     };
     let slices = vmlinux
         .segments
@@ -824,7 +878,11 @@ fn relocate(
         .collect::<Result<Vec<_>, _>>()
         .map_err(failed)?;
     let guards: Vec<_> = slices.iter().map(|slice| slice.ptr_guard_mut()).collect();
-    for site in sites {
+    for site in vmlinux.sites(table) {
+        let site = site.map_err(Relocate::Table)?;
+        if delta == 0 {
+            continue;
+        }
         let field = guards[site.segment]
             .as_ptr()
             .wrapping_add(site.offset as usize);
@@ -834,8 +892,9 @@ fn relocate(
                 // SAFETY: `field` is `site.offset` bytes into the host mapping of the
                 // segment's `filesz` bytes of guest memory (checked by `get_slice`), and
                 // `Vmlinux::sites` checked that the whole field lies inside them. The
-                // mapping lives as long as `memory`, which is borrowed; no vCPU exists yet,
-                // so nothing else touches it. Fields need not be aligned: unaligned access.
+                // mapping lives as long as `memory`, which is borrowed; no vCPU exists yet
+                // (the rule of `load`, whose only caller builds the vCPUs after it), so
+                // nothing else touches it. Fields need not be aligned: unaligned access.
                 unsafe { field.write_unaligned(site.relocate(field.read_unaligned(), delta)) };
             }
             payload::Field::Abs32 | payload::Field::Inverse32 => {
@@ -850,6 +909,18 @@ fn relocate(
     }
     for slice in &slices {
         slice.bitmap().mark_dirty(0, slice.len());
+    }
+    Ok(())
+}
+
+/// Writes `len` zero bytes at `at` (a segment's bss), a page-sized piece at a time.
+fn zero(memory: &GuestRam, mut at: GuestAddress, mut len: u64) -> Result<(), LinuxError> {
+    let zeroes = [0u8; 4096];
+    while len > 0 {
+        let n = len.min(zeroes.len() as u64);
+        write(memory, at, &zeroes[..n as usize], "the kernel's bss")?;
+        at = GuestAddress(at.0 + n);
+        len -= n;
     }
     Ok(())
 }
@@ -917,6 +988,11 @@ fn load_decompressed(
     // KASLR as the guest's decompressor does it: unless `nokaslr`, a relocatable kernel
     // goes to a random physical place, and one with relocations to a random virtual base.
     let random = header.relocatable_kernel != 0 && !cmdline_has(&boot.cmdline, "nokaslr");
+    // `mem=` and `memmap=` change what the kernel takes as RAM; the guest's decompressor
+    // keeps its random physical choice inside them. vmm keeps the kernel where it is
+    // linked then (its virtual offset is still random).
+    let memory_options =
+        cmdline_has_prefix(&boot.cmdline, "mem=") || cmdline_has_prefix(&boot.cmdline, "memmap=");
 
     // The initrd first, as high as it goes, above the kernel's whole `init_size`; the
     // kernel then anywhere below it.
@@ -936,8 +1012,9 @@ fn load_decompressed(
             path,
             base,
             room,
+            below_initrd: initrd.is_some(),
             align,
-            random,
+            random: random && !memory_options,
             physical: base,
             error: None,
         },
@@ -955,27 +1032,29 @@ fn load_decompressed(
     };
     let (vmlinux, tail, placed) = placer.finish().map_err(bad)?;
     let physical = placed.physical;
-    let relocations = Relocations::parse(&tail).map_err(bad)?;
+    // Like the guest's decompressor, the table is only read to move the kernel.
+    let relocations = match random {
+        true => Relocations::parse(&tail).map_err(bad)?,
+        false => None,
+    };
     let image = vmlinux.end - base;
-    let virtual_offset = match (&relocations, random) {
-        (Some(table), true) => {
+    let virtual_offset = match relocations {
+        Some(table) => {
             let size = image.max(decompressed);
             let slots = payload::slots(base, size, payload::KERNEL_IMAGE_SIZE, align);
             let delta = random_below(slots)? * align;
-            if delta != 0 {
-                let sites = vmlinux.sites(table).map_err(bad)?;
-                relocate(memory, &vmlinux, &sites, physical - base, delta)?;
-            }
+            // Also with a zero offset, so a bad table fails every boot, not some.
+            relocate(memory, &vmlinux, &table, physical - base, delta).map_err(|e| match e {
+                Relocate::Table(e) => bad(e),
+                Relocate::Memory(e) => e,
+            })?;
             Some(delta)
         }
-        _ => None,
+        None => None,
     };
     for segment in &vmlinux.segments {
-        let bss = segment.memsz - segment.filesz;
-        if bss > 0 {
-            let at = GuestAddress(physical + (segment.paddr - base) + segment.filesz);
-            write(memory, at, &vec![0u8; bss as usize], "the kernel's bss")?;
-        }
+        let at = physical + (segment.paddr - base) + segment.filesz;
+        zero(memory, GuestAddress(at), segment.memsz - segment.filesz)?;
     }
     let kaslr = virtual_offset.is_some();
     let cmdline = write_cmdline(memory, &boot.cmdline, header)?;
@@ -1550,20 +1629,33 @@ mod tests {
     /// +0x10) and a 64-bit one (at +0x30) into itself, 4 KiB of data (and 256 bytes of
     /// bss) 2 MiB above, and the relocation table for both pointers.
     fn decompressible(xloadflags: u16) -> Vec<u8> {
+        decompressible_with(xloadflags, 8 * MIB as u32, 0)
+    }
+
+    /// [`decompressible`] with the header's `init_size` and extra `loadflags`, and an
+    /// inverse 32-bit field (at +0x20) too.
+    fn decompressible_with(xloadflags: u16, init_size: u32, loadflags: u8) -> Vec<u8> {
         use payload::fixtures::{LOAD, elf, lz4_payload, table};
         let mut text = vec![0xccu8; 0x2000];
         text[0x10..0x14].copy_from_slice(&0x8100_0040u32.to_le_bytes());
+        text[0x20..0x24].copy_from_slice(&0x0000_1000u32.to_le_bytes());
         text[0x30..0x38].copy_from_slice(&0xffff_ffff_8100_0080u64.to_le_bytes());
         let mut data = elf(&text, 0x1000);
         let data_end = data.len();
         data[data_end - 0x1000..].fill(0xdd);
         let va = |paddr: u64| (paddr + payload::START_KERNEL_MAP) as u32;
-        data.extend(table(&[va(LOAD + 0x10)], &[], &[va(LOAD + 0x30)]));
+        data.extend(table(
+            &[va(LOAD + 0x10)],
+            &[va(LOAD + 0x20)],
+            &[va(LOAD + 0x30)],
+        ));
         let compressed = lz4_payload(&data, 4096);
+        let base = header(init_size);
         let h = setup_header {
             payload_length: compressed.len() as u32,
             xloadflags: XLF_KERNEL_64 | xloadflags,
-            ..header(8 * MIB as u32)
+            loadflags: base.loadflags | loadflags,
+            ..base
         };
         let mut bz = image(&h, compressed.len());
         let at = setup_bytes(&h) as usize;
@@ -1660,6 +1752,10 @@ mod tests {
                 0x8100_0040u32.wrapping_add(offset as u32)
             );
             assert_eq!(
+                read_u32(&memory, base + 0x20),
+                0x1000u32.wrapping_sub(offset as u32)
+            );
+            assert_eq!(
                 read_u64(&memory, base + 0x30),
                 0xffff_ffff_8100_0080 + offset
             );
@@ -1723,17 +1819,107 @@ mod tests {
             .unwrap_or_default();
         assert!(e.contains("(3 bytes") && e.contains("too short"), "{e}");
 
-        // Too little RAM for the kernel below the initrd.
+        // Too little RAM for the initrd above the kernel's init_size.
         let initrd = TempFile::new("initrd-filling-ram", &vec![0u8; 120 * MIB as usize]);
         let e = load(&fresh(), ram, &boot(&file, Some(&initrd), ""), None)
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
-        assert!(e.contains("use a larger --memory"), "{e}");
+        assert!(
+            e.contains("the initrd") && e.contains("use a larger --memory"),
+            "{e}"
+        );
+        // An init_size smaller than the image, and an initrd right above it: the image
+        // does not fit below the initrd (at 18 MiB).
+        let small = TempFile::new("small-init-size", &decompressible_with(0, MIB as u32, 0));
+        let initrd = TempFile::new("initrd-at-18m", &vec![0u8; 110 * MIB as usize]);
+        let e = load(&fresh(), ram, &boot(&small, Some(&initrd), "nokaslr"), None)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.contains("takes 0x201100 bytes from 0x1000000")
+                && e.contains("only 0x200000 bytes are free there (below the initrd)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn vmm_kaslr_stays_below_the_initrd_inside_mem_and_off_when_asked() {
+        let ram = size(128 * MIB);
+        let fresh = || match create_guest_memory(ram) {
+            Ok(memory) => memory,
+            Err(e) => panic!("cannot map test memory: {e}"),
+        };
+        // The image says KASLR_FLAG already: only vmm's own choice may set it.
+        let file = TempFile::new(
+            "kaslr-flag-preset",
+            &decompressible_with(0, 8 * MIB as u32, KASLR_FLAG),
+        );
+        let initrd = TempFile::new("initrd-40m", &vec![0xabu8; 40 * MIB as usize]);
+        for _ in 0..8 {
+            let memory = fresh();
+            let loaded = load(&memory, ram, &boot(&file, Some(&initrd), ""), None);
+            let Ok(LoadedLinux {
+                initrd: Some((start, _)),
+                decompressed: Decompressed::ByVmm { physical, .. },
+                ..
+            }) = loaded
+            else {
+                panic!("{loaded:?}");
+            };
+            assert!(
+                physical.0 + 2 * MIB + 0x1100 <= start.0,
+                "{physical:?} {start:?}"
+            );
+            assert_ne!(zero_page(&memory).hdr.loadflags & KASLR_FLAG, 0);
+        }
+        let memory = fresh();
+        let loaded = load(&memory, ram, &boot(&file, None, "nokaslr"), None);
+        assert!(
+            matches!(
+                loaded,
+                Ok(LoadedLinux {
+                    decompressed: Decompressed::ByVmm {
+                        virtual_offset: None,
+                        ..
+                    },
+                    ..
+                })
+            ),
+            "{loaded:?}"
+        );
+        assert_eq!(
+            zero_page(&memory).hdr.loadflags & KASLR_FLAG,
+            0,
+            "the image's flag was passed on"
+        );
+        // mem= (or memmap=): the kernel stays where it is linked; its virtual base moves.
+        for cmdline in ["mem=64M", "quiet memmap=16M$32M"] {
+            for _ in 0..4 {
+                let loaded = load(&fresh(), ram, &boot(&file, None, cmdline), None);
+                assert!(
+                    matches!(
+                        loaded,
+                        Ok(LoadedLinux {
+                            decompressed: Decompressed::ByVmm {
+                                physical: GuestAddress(0x100_0000),
+                                virtual_offset: Some(_),
+                                ..
+                            },
+                            ..
+                        })
+                    ),
+                    "{cmdline}: {loaded:?}"
+                );
+            }
+        }
     }
 
     #[test]
     fn cmdline_options_are_whole_words_before_the_init_arguments() {
+        assert!(cmdline_has_prefix("quiet mem=1G", "mem="));
+        assert!(!cmdline_has_prefix("quiet nomem=1G -- mem=1G", "mem="));
         assert!(cmdline_has("console=ttyS0 nokaslr", "nokaslr"));
         assert!(!cmdline_has("console=ttyS0 nokaslrx", "nokaslr"));
         assert!(!cmdline_has("console=ttyS0 -- nokaslr", "nokaslr"));

@@ -491,19 +491,22 @@ impl Vmlinux {
         })
     }
 
-    /// The fields `relocations` name, each checked to lie wholly in one segment's file
-    /// bytes (so it is written with the kernel) and given by its place there: for a kernel
-    /// whose virtual base moves by `delta`, [`Site::relocate`] gives each its new value,
-    /// exactly as the guest decompressor's `handle_relocations` would.
-    pub fn sites(&self, relocations: &Relocations) -> Result<Vec<Site>, PayloadError> {
+    /// The fields `relocations` name, in the table's order, each checked to lie wholly
+    /// in one segment's file bytes (so it is written with the kernel) and given by its
+    /// place there: for a kernel whose virtual base moves by `delta`, [`Site::relocate`]
+    /// gives each its new value, exactly as the guest decompressor's
+    /// `handle_relocations` would. A field outside is an error, in its turn.
+    pub fn sites<'a>(
+        &'a self,
+        relocations: &'a Relocations,
+    ) -> impl Iterator<Item = Result<Site, PayloadError>> + 'a {
         let lists = [
             (&relocations.abs32, Field::Abs32),
             (&relocations.inverse32, Field::Inverse32),
             (&relocations.abs64, Field::Abs64),
         ];
-        let mut sites = Vec::with_capacity(lists.iter().map(|(l, _)| l.len()).sum());
-        for (list, field) in lists {
-            for &entry in list {
+        lists.into_iter().flat_map(move |(list, field)| {
+            list.iter().map(move |&entry| {
                 // A 32-bit entry, sign-extended, is the field's kernel virtual address.
                 let virt = i64::from(entry as i32) as u64;
                 let paddr = virt.wrapping_sub(START_KERNEL_MAP);
@@ -513,14 +516,13 @@ impl Vmlinux {
                         field.name()
                     )));
                 };
-                sites.push(Site {
+                Ok(Site {
                     segment,
                     offset: paddr - self.segments[segment].paddr,
                     field,
-                });
-            }
-        }
-        Ok(sites)
+                })
+            })
+        })
     }
 }
 
@@ -668,6 +670,16 @@ impl<P: Place> Placer<P> {
         }
         if end > vmlinux.file_end {
             let from = vmlinux.file_end.max(offset);
+            // A relocation table has at most one entry per four bytes of the image (each
+            // names a distinct field), plus its three terminators.
+            let limit = (vmlinux.end - vmlinux.start) + 12;
+            if end - from + self.tail.len() as u64 > limit {
+                return Err(PayloadError::BadRelocations(format!(
+                    "more than {limit} bytes follow the ELF file, more than a relocation table \
+                     of a {:#x}-byte image can be",
+                    vmlinux.end - vmlinux.start
+                )));
+            }
             self.tail
                 .extend_from_slice(&bytes[(from - offset) as usize..]);
         }
@@ -703,23 +715,16 @@ pub struct Relocations {
 }
 
 impl Relocations {
-    /// The table in `tail`, the bytes after the ELF file: `None` when there are none
-    /// (a kernel built without `CONFIG_RANDOMIZE_BASE`), an error when they are not
-    /// exactly the three zero-terminated lists.
+    /// The table at the end of `tail`, the bytes after the ELF file, read backwards
+    /// from its end as the guest decompressor reads it (bytes before it are not looked
+    /// at): `None` when `tail` is empty (a kernel built without `CONFIG_RANDOMIZE_BASE`),
+    /// an error when the three zero-terminated lists are not all there.
     pub fn parse(tail: &[u8]) -> Result<Option<Self>, PayloadError> {
-        let bad = |reason: String| PayloadError::BadRelocations(reason);
         if tail.is_empty() {
             return Ok(None);
         }
-        if tail.len() % 4 != 0 {
-            return Err(bad(format!(
-                "{} bytes follow the ELF file, not a whole number of 32-bit entries",
-                tail.len()
-            )));
-        }
         let mut entries = tail
-            .chunks_exact(4)
-            .rev()
+            .rchunks_exact(4)
             .map(|e| u32::from_le_bytes([e[0], e[1], e[2], e[3]]));
         let mut list = |name: &str| -> Result<Vec<u32>, PayloadError> {
             let mut out = Vec::new();
@@ -728,26 +733,18 @@ impl Relocations {
                     Some(0) => return Ok(out),
                     Some(entry) => out.push(entry),
                     None => {
-                        return Err(bad(format!(
+                        return Err(PayloadError::BadRelocations(format!(
                             "the list of {name} relocations has no terminating zero"
                         )));
                     }
                 }
             }
         };
-        let table = Self {
+        Ok(Some(Self {
             abs32: list("32-bit")?,
             inverse32: list("inverse 32-bit")?,
             abs64: list("64-bit")?,
-        };
-        let left = entries.count();
-        if left != 0 {
-            return Err(bad(format!(
-                "{} bytes between the ELF file and the table are not part of it",
-                left * 4
-            )));
-        }
-        Ok(Some(table))
+        }))
     }
 }
 
@@ -1038,6 +1035,15 @@ mod tests {
             );
             assert!(image.bytes[0x2000..2 << 20].iter().all(|b| *b == 0));
         }
+        // More bytes after the ELF file than a table of this image can have: refused.
+        let mut bloated = file[..elf_len].to_vec();
+        bloated.resize(elf_len + (2 << 20) + 0x1100 + 16, 0);
+        let mut placer = Placer::new(LOAD, bloated.len() as u64, Image::default());
+        let put = placer.put(0, &bloated);
+        assert!(
+            matches!(&put, Err(PayloadError::BadRelocations(m)) if m.contains("more than")),
+            "{put:?}"
+        );
         // Not an ELF file: refused once the headers are in.
         let mut placer = Placer::new(LOAD, 100, Image::default());
         assert!(placer.put(0, &[1u8; 100]).is_ok());
@@ -1054,7 +1060,7 @@ mod tests {
         let Ok(Some(relocs)) = Relocations::parse(&data[elf_len..]) else {
             panic!("relocations");
         };
-        let Ok(sites) = vmlinux.sites(&relocs) else {
+        let Ok(sites) = vmlinux.sites(&relocs).collect::<Result<Vec<_>, _>>() else {
             panic!("sites");
         };
         let kinds: Vec<_> = sites
@@ -1095,18 +1101,26 @@ mod tests {
         let Ok(Some(outside)) = Relocations::parse(&bss) else {
             panic!("relocations");
         };
-        assert!(vmlinux.sites(&outside).is_err());
+        assert!(vmlinux.sites(&outside).any(|site| site.is_err()));
         let straddling = table(&[va(LOAD + 0x1ffe)], &[], &[]);
         let Ok(Some(straddling)) = Relocations::parse(&straddling) else {
             panic!("relocations");
         };
-        assert!(vmlinux.sites(&straddling).is_err());
-        // Malformed tables: a missing terminator, stray bytes, a partial entry.
+        assert!(vmlinux.sites(&straddling).any(|site| site.is_err()));
+        // Malformed tables: missing terminators. Bytes before a whole table are not
+        // looked at, as the guest decompressor reads the table from its end.
         assert!(Relocations::parse(&[1, 0, 0, 0]).is_err());
-        assert!(Relocations::parse(&[1, 0, 0, 0, 0]).is_err());
-        let mut stray = vec![9, 0, 0, 0];
-        stray.extend(table(&[], &[], &[]));
-        assert!(Relocations::parse(&stray).is_err());
+        assert!(Relocations::parse(&[0, 0, 0, 0, 0, 0, 0, 0]).is_err());
+        let mut stray = vec![9, 0, 0, 0, 7];
+        stray.extend(table(&[5], &[], &[6]));
+        assert_eq!(
+            Relocations::parse(&stray),
+            Ok(Some(Relocations {
+                abs32: vec![5],
+                inverse32: vec![],
+                abs64: vec![6]
+            }))
+        );
     }
 
     #[test]
@@ -1187,9 +1201,9 @@ mod tests {
             if decompress_into(format, &payload[..], n as u64, trailer, 1 << 24, &mut placer).is_ok()
                 && let Ok((vmlinux, tail, _)) = placer.finish()
                 && let Ok(Some(table)) = Relocations::parse(&tail)
-                && let Ok(sites) = vmlinux.sites(&table)
             {
-                for site in sites {
+                proptest::prop_assert!(tail.len() as u64 <= vmlinux.end - vmlinux.start + 12);
+                for site in vmlinux.sites(&table).flatten() {
                     let segment = vmlinux.segments[site.segment];
                     proptest::prop_assert!(site.offset + site.field.size() <= segment.filesz);
                 }
