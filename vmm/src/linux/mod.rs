@@ -236,6 +236,17 @@ pub enum LinuxError {
     },
 }
 
+impl LinuxError {
+    /// How an I/O error on the kernel file `path` becomes a [`LinuxError::ReadKernel`]
+    /// (for `map_err`).
+    fn read_kernel(path: &Path) -> impl Fn(std::io::Error) -> Self + Copy + '_ {
+        move |source| Self::ReadKernel {
+            path: path.to_owned(),
+            source,
+        }
+    }
+}
+
 /// What [`load`] put where.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadedLinux {
@@ -306,10 +317,7 @@ fn is_elf(path: &Path, file: &mut File) -> Result<bool, LinuxError> {
     let read = file
         .seek(SeekFrom::Start(0))
         .and_then(|_| file.read(&mut magic))
-        .map_err(|source| LinuxError::ReadKernel {
-            path: path.to_owned(),
-            source,
-        })?;
+        .map_err(LinuxError::read_kernel(path))?;
     Ok(read == 4 && magic == *b"\x7fELF")
 }
 
@@ -321,10 +329,7 @@ fn has_pvh_note(path: &Path, file: &mut File) -> Result<bool, LinuxError> {
     const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
     // The kernel's notes are a few KiB; a bigger segment is not a kernel's.
     const MAX_NOTES: u64 = 1 << 20;
-    let read_err = |source| LinuxError::ReadKernel {
-        path: path.to_owned(),
-        source,
-    };
+    let read_err = LinuxError::read_kernel(path);
     let mut at = |offset: u64, len: usize| -> Result<Option<Vec<u8>>, LinuxError> {
         let mut buf = vec![0u8; len];
         file.seek(SeekFrom::Start(offset)).map_err(read_err)?;
@@ -405,10 +410,7 @@ fn has_pvh_note(path: &Path, file: &mut File) -> Result<bool, LinuxError> {
 /// Reads and checks the setup header of a bzImage: magic, a protected-mode part after
 /// the setup sectors, the 64-bit entry point.
 pub fn read_setup_header(path: &Path, file: &mut File) -> Result<setup_header, LinuxError> {
-    let read_err = |source| LinuxError::ReadKernel {
-        path: path.to_owned(),
-        source,
-    };
+    let read_err = LinuxError::read_kernel(path);
     let not_bz = |reason: String| LinuxError::NotBzImage {
         path: path.to_owned(),
         reason,
@@ -605,10 +607,7 @@ pub fn build_boot_params(
 /// 64-bit bzImage, the initrd (if any) is readable. Cheap, so bad paths are reported
 /// before anything else (such as the PVM refusal).
 pub fn check_files(boot: &LinuxBoot) -> Result<(), LinuxError> {
-    let mut file = File::open(&boot.kernel).map_err(|source| LinuxError::ReadKernel {
-        path: boot.kernel.clone(),
-        source,
-    })?;
+    let mut file = File::open(&boot.kernel).map_err(LinuxError::read_kernel(&boot.kernel))?;
     if is_elf(&boot.kernel, &mut file)? {
         // The loader checks the rest of the ELF file when it loads it.
         if !has_pvh_note(&boot.kernel, &mut file)? {
@@ -640,10 +639,7 @@ pub fn load(
     rsdp: Option<GuestAddress>,
 ) -> Result<LoadedLinux, LinuxError> {
     let path = &boot.kernel;
-    let mut file = File::open(path).map_err(|source| LinuxError::ReadKernel {
-        path: path.clone(),
-        source,
-    })?;
+    let mut file = File::open(path).map_err(LinuxError::read_kernel(path))?;
     if is_elf(path, &mut file)? {
         return load_pvh(memory, memory_size, boot, rsdp, file);
     }
@@ -723,18 +719,20 @@ fn write_zero_page(memory: &GuestRam, params: &boot_params) -> Result<(), LinuxE
 /// Whether an option starting with `prefix` (such as `mem=`) is on the kernel's part of
 /// `cmdline` (before any `--`).
 pub fn cmdline_has_prefix(cmdline: &str, prefix: &str) -> bool {
-    cmdline
-        .split_ascii_whitespace()
-        .take_while(|word| *word != "--")
-        .any(|word| word.starts_with(prefix))
+    kernel_options(cmdline).any(|word| word.starts_with(prefix))
 }
 
 /// Whether `option` is on the kernel's part of `cmdline` (before any `--`).
 pub fn cmdline_has(cmdline: &str, option: &str) -> bool {
+    kernel_options(cmdline).any(|word| word == option)
+}
+
+/// The options of `cmdline` that are the kernel's: those before any `--` (the rest go
+/// to init).
+fn kernel_options(cmdline: &str) -> impl Iterator<Item = &str> {
     cmdline
         .split_ascii_whitespace()
         .take_while(|word| *word != "--")
-        .any(|word| word == option)
 }
 
 /// Where the compressed payload of the bzImage `file` is (setup header fields
@@ -750,10 +748,7 @@ fn payload_extent(
     let len = u64::from(header.payload_length);
     let file_len = file
         .metadata()
-        .map_err(|source| LinuxError::ReadKernel {
-            path: path.to_owned(),
-            source,
-        })?
+        .map_err(LinuxError::read_kernel(path))?
         .len();
     if len < 8 || start + len > file_len {
         let what = if len < 8 {
@@ -776,10 +771,7 @@ fn read_at<const N: usize>(path: &Path, file: &mut File, at: u64) -> Result<[u8;
     let mut bytes = [0u8; N];
     file.seek(SeekFrom::Start(at))
         .and_then(|_| file.read_exact(&mut bytes))
-        .map_err(|source| LinuxError::ReadKernel {
-            path: path.to_owned(),
-            source,
-        })?;
+        .map_err(LinuxError::read_kernel(path))?;
     Ok(bytes)
 }
 
@@ -1020,10 +1012,7 @@ fn load_decompressed(
         },
     );
     file.seek(SeekFrom::Start(start))
-        .map_err(|source| LinuxError::ReadKernel {
-            path: path.clone(),
-            source,
-        })?;
+        .map_err(LinuxError::read_kernel(path))?;
     let reader = std::io::BufReader::with_capacity(1 << 20, &mut *file);
     let decompressed = payload::decompress_into(format, reader, len, trailer, ram_end, &mut placer);
     let decompressed = match decompressed {
