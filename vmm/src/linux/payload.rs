@@ -252,21 +252,28 @@ impl<S: Sink> Output<'_, S> {
     ) -> Result<(), PayloadError> {
         let mut buffer = vec![0u8; CHUNK];
         loop {
-            let mut filled = 0;
-            while filled < buffer.len() {
-                match decoder.read(&mut buffer[filled..]) {
-                    Ok(0) => break,
-                    Ok(n) => filled += n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(corrupt(e.to_string())),
-                }
-            }
+            let filled = fill(&mut decoder, &mut buffer).map_err(|e| corrupt(e.to_string()))?;
             if filled == 0 {
                 return Ok(());
             }
             self.put(&buffer[..filled])?;
         }
     }
+}
+
+/// Reads from `reader` until `buffer` is full or the reader ends; returns how many bytes
+/// were read (fewer than asked only at the end).
+fn fill(reader: &mut impl Read, buffer: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buffer.len() {
+        match reader.read(&mut buffer[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
 }
 
 /// Decompresses an LZ4 legacy stream (after its magic): blocks of a 32-bit
@@ -301,16 +308,7 @@ fn lz4_legacy<S: Sink>(
             out.put(&output[..written])?;
         }
         // The next block's size, or the end of the stream.
-        let mut got = 0;
-        while got < 4 {
-            match stream.read(&mut word[got..]) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(read_err(e)),
-            }
-        }
-        match got {
+        match fill(&mut stream, &mut word).map_err(read_err)? {
             0 => return Ok(()),
             4 => size = u32::from_le_bytes(word),
             n => return Err(corrupt(format!("{n} stray bytes after the last block"))),
