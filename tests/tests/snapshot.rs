@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use guestwalk_tests::{TIMEOUT, kvm_available, test_memory};
 use vm_memory::{Bytes, GuestAddress};
+use vmm::files::Replace;
 use vmm::introspect::{Format, VaRange, print_walk};
 use vmm::snapshot::{self, SnapshotDir, SnapshotKind};
 use vmm::{Console, Descriptor, DirtyLogChoice, GuestMode, RoundRecord, Vm, VmConfig, memfile};
@@ -93,7 +94,8 @@ fn assert_same_file(a: &Path, b: &Path, what: &str) {
 fn check_merges(dir: &Path, dumps: &Path, generations: u64) {
     for g in 0..generations {
         let merged = dumps.join(format!("merged-{g}.raw"));
-        let state = snapshot::merge(dir, Some(g), &merged).unwrap_or_else(|e| panic!("{e}"));
+        let state =
+            snapshot::merge(dir, Some(g), &merged, Replace::Yes).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(state.generation, g);
         assert_same_file(
             &merged,
@@ -133,8 +135,12 @@ fn normal_guest_full_and_diffs_merge_to_the_memory_at_each_pause() {
         if g > 0 {
             assert!(info.pages > 0 && info.pages < 1024, "{info:?}");
         }
-        memfile::dump(vm.guest_memory(), &dumps.join(format!("dump-{g}.raw")))
-            .unwrap_or_else(|e| panic!("{e}"));
+        memfile::dump(
+            vm.guest_memory(),
+            &dumps.join(format!("dump-{g}.raw")),
+            Replace::Yes,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         if g == 2 {
             // A VMM-side write between generations 2 and 3.
             vm.guest_memory()
@@ -201,7 +207,8 @@ fn dirty_guest_rounds_land_in_their_diffs_and_a_failed_write_loses_nothing() {
     let states = vm.pause().unwrap_or_else(|e| panic!("{e}"));
     vm.snapshot_paused(&mut snaps, &states)
         .unwrap_or_else(|e| panic!("{e}"));
-    memfile::dump(vm.guest_memory(), &dumps.join("dump-0.raw")).unwrap_or_else(|e| panic!("{e}"));
+    memfile::dump(vm.guest_memory(), &dumps.join("dump-0.raw"), Replace::Yes)
+        .unwrap_or_else(|e| panic!("{e}"));
     vm.resume().unwrap_or_else(|e| panic!("{e}"));
     let mut pending: Vec<u64> = Vec::new();
     let mut round = 0;
@@ -237,8 +244,12 @@ fn dirty_guest_rounds_land_in_their_diffs_and_a_failed_write_loses_nothing() {
                 );
             }
             pending.clear();
-            memfile::dump(vm.guest_memory(), &dumps.join(format!("dump-{g}.raw")))
-                .unwrap_or_else(|e| panic!("{e}"));
+            memfile::dump(
+                vm.guest_memory(),
+                &dumps.join(format!("dump-{g}.raw")),
+                Replace::Yes,
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
         }
         vm.resume().unwrap_or_else(|e| panic!("{e}"));
     }

@@ -423,17 +423,20 @@ fn inspecting_a_memory_dump_equals_the_live_walk() {
     let dir = std::env::temp_dir().join(format!("guestwalk-dump-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
     let path = dir.join("ram.raw");
-    memfile::dump(vm.guest_memory(), &path).unwrap_or_else(|e| panic!("{e}"));
-    let file = memfile::open(&path).unwrap_or_else(|e| panic!("{e}"));
+    memfile::dump(vm.guest_memory(), &path, vmm::files::Replace::Yes)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mapped = memfile::open(&path).unwrap_or_else(|e| panic!("{e}"));
+    let file = mapped.memory();
     for space in 0..2usize {
         let ctx = context(&vm, &states[0], d.cr3[space]);
         for g in [Granularity::AsMapped, Granularity::Split4K] {
             let live = leaves_of(vm.guest_memory(), &ctx, g);
-            let offline = leaves_of(&file, &ctx, g);
+            let offline = leaves_of(file, &ctx, g);
             assert_eq!(live, offline, "space {space}, {g:?}");
         }
     }
-    drop(file);
+    mapped.check_intact().unwrap_or_else(|e| panic!("{e}"));
+    drop(mapped);
     std::fs::remove_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
     vm.resume().unwrap_or_else(|e| panic!("resume: {e}"));
     finish(&vm, &console);

@@ -16,6 +16,9 @@
 //! Only [`kvm`] contains `unsafe` code or raw KVM types.
 
 #![warn(missing_docs)]
+// `unsafe` is allowed only in the modules below that say so, each block with its SAFETY
+// argument: the KVM boundary, the host-side kernel relocation, the SIGBUS guard.
+#![deny(unsafe_code)]
 
 pub mod arch;
 pub mod bench;
@@ -24,12 +27,17 @@ pub mod devices;
 pub mod dirty;
 pub mod events;
 pub mod exit;
+pub mod files;
 pub mod guest;
 pub mod introspect;
+#[allow(unsafe_code)]
 pub mod kvm;
+#[allow(unsafe_code)]
 pub mod linux;
 pub mod memfile;
 pub mod memory;
+#[allow(unsafe_code)]
+pub mod sigbus;
 pub mod snapshot;
 pub mod test_support;
 pub mod vcpu;

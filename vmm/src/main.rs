@@ -8,6 +8,10 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
+    // SIGINT/SIGTERM/SIGHUP remove the temporaries of outputs being written.
+    if let Err(e) = vmm::files::install_signal_cleanup() {
+        eprintln!("vmm: warning: cannot watch for SIGINT/SIGTERM: {e}");
+    }
     match cli::run(args) {
         Ok(code) => code,
         Err(e) => {

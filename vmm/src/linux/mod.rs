@@ -13,6 +13,8 @@
 //! functions so they are tested without files or KVM.
 
 use std::fs::File;
+
+use crate::files::open_input;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
@@ -94,6 +96,9 @@ pub const MIN_PROTOCOL_VERSION: u16 = 0x020c;
 /// Errors while loading a Linux guest. Each names the file or the limit involved.
 #[derive(Debug, thiserror::Error)]
 pub enum LinuxError {
+    /// The kernel or initrd path is not a readable regular file ([`crate::files`]).
+    #[error(transparent)]
+    File(#[from] crate::files::FileError),
     /// The kernel file cannot be opened or read.
     #[error("cannot read the kernel {path}: {source}")]
     ReadKernel {
@@ -174,15 +179,6 @@ pub enum LinuxError {
         room: u64,
         /// What ends the room.
         what: &'static str,
-    },
-    /// The initrd file cannot be read.
-    #[error("cannot read the initrd {path}: {source}")]
-    ReadInitrd {
-        /// The file.
-        path: PathBuf,
-        /// The error.
-        #[source]
-        source: std::io::Error,
     },
     /// The initrd does not fit between the kernel and the top of RAM.
     #[error(
@@ -607,7 +603,7 @@ pub fn build_boot_params(
 /// 64-bit bzImage, the initrd (if any) is readable. Cheap, so bad paths are reported
 /// before anything else (such as the PVM refusal).
 pub fn check_files(boot: &LinuxBoot) -> Result<(), LinuxError> {
-    let mut file = File::open(&boot.kernel).map_err(LinuxError::read_kernel(&boot.kernel))?;
+    let mut file = open_input(&boot.kernel, "kernel")?.into_file();
     if is_elf(&boot.kernel, &mut file)? {
         // The loader checks the rest of the ELF file when it loads it.
         if !has_pvh_note(&boot.kernel, &mut file)? {
@@ -619,10 +615,7 @@ pub fn check_files(boot: &LinuxBoot) -> Result<(), LinuxError> {
         read_setup_header(&boot.kernel, &mut file)?;
     }
     if let Some(initrd) = &boot.initrd {
-        File::open(initrd).map_err(|source| LinuxError::ReadInitrd {
-            path: initrd.clone(),
-            source,
-        })?;
+        open_input(initrd, "initrd")?;
     }
     Ok(())
 }
@@ -639,7 +632,7 @@ pub fn load(
     rsdp: Option<GuestAddress>,
 ) -> Result<LoadedLinux, LinuxError> {
     let path = &boot.kernel;
-    let mut file = File::open(path).map_err(LinuxError::read_kernel(path))?;
+    let mut file = open_input(path, "kernel")?.into_file();
     if is_elf(path, &mut file)? {
         return load_pvh(memory, memory_size, boot, rsdp, file);
     }
@@ -1103,18 +1096,16 @@ fn load_initrd(
     let Some(initrd_path) = &boot.initrd else {
         return Ok(None);
     };
-    let read_err = |source| LinuxError::ReadInitrd {
-        path: initrd_path.clone(),
-        source,
-    };
-    let size = std::fs::metadata(initrd_path).map_err(read_err)?.len();
+    let input = open_input(initrd_path, "initrd")?;
+    let size = input.len();
     let start = place_initrd(size, kernel_end, top).ok_or_else(|| LinuxError::InitrdTooBig {
         path: initrd_path.clone(),
         size,
         kernel_end,
         top,
     })?;
-    let bytes = std::fs::read(initrd_path).map_err(read_err)?;
+    // Bounded by the room it was given: a file that grows meanwhile is refused.
+    let bytes = input.read_all(size)?;
     write(memory, start, &bytes, "the initrd")?;
     Ok(Some((start, bytes.len() as u64)))
 }
@@ -1433,14 +1424,14 @@ mod tests {
             .map(|e| e.to_string());
         assert!(
             e.as_deref()
-                .is_some_and(|e| e.starts_with("cannot read the kernel /nonexistent/vmlinuz")),
+                .is_some_and(|e| e.starts_with("cannot open the kernel /nonexistent/vmlinuz")),
             "{e:?}"
         );
 
         let empty = TempFile::new("empty", &[]);
         let e = load_err(&empty);
         assert!(
-            e.contains(&*empty.0.to_string_lossy()) && e.contains("shorter than"),
+            e.contains(&*empty.0.to_string_lossy()) && e.contains("is empty (0 bytes)"),
             "{e}"
         );
 
@@ -1594,7 +1585,7 @@ mod tests {
         let e = check_files(&no_initrd).err().map(|e| e.to_string());
         assert!(
             e.as_deref()
-                .is_some_and(|e| e.starts_with("cannot read the initrd /nonexistent/initrd")),
+                .is_some_and(|e| e.starts_with("cannot open the initrd /nonexistent/initrd")),
             "{e:?}"
         );
         let big_initrd = TempFile::new("big-initrd", &vec![0; (50 * MIB) as usize]);

@@ -3,10 +3,11 @@
 
 use std::fs::File;
 use std::io::{self, IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::{Result, SnapshotError};
+use crate::files::Output;
 
 /// Progress is shown for files at least this large.
 const PROGRESS_MIN_BYTES: u64 = 64 << 20;
@@ -68,13 +69,12 @@ impl Progress {
     }
 }
 
-/// A file being written under a temporary name; it appears under its name only on
-/// [`AtomicFile::commit`], and the temporary is removed if it is dropped before.
+/// A file of the snapshot directory being written under a temporary name
+/// ([`crate::files::Output`]); it appears under its name only on [`AtomicFile::commit`],
+/// and the temporary is removed if it is dropped before.
 #[derive(Debug)]
 pub(crate) struct AtomicFile {
-    file: Option<File>,
-    tmp: PathBuf,
-    path: PathBuf,
+    out: Output,
     hasher: crc32fast::Hasher,
     written: u64,
     limit: Option<u64>,
@@ -82,21 +82,13 @@ pub(crate) struct AtomicFile {
 }
 
 impl AtomicFile {
-    /// Starts `dir/name` as `dir/.name.tmp`. `expected` (bytes) is for progress; `limit`
-    /// simulates a disk that is full after that many bytes (for tests).
+    /// Starts `dir/name` under a temporary name. `expected` (bytes) is for progress;
+    /// `limit` simulates a disk that is full after that many bytes (for tests).
     pub fn create(dir: &Path, name: &str, expected: u64, limit: Option<u64>) -> Result<Self> {
-        let path = dir.join(name);
-        let tmp = dir.join(format!(".{name}.tmp"));
-        let file = File::create(&tmp).map_err(|source| SnapshotError::Io {
-            op: "create",
-            path: tmp.clone(),
-            source,
-        })?;
+        let out = Output::create_in_snapshot_dir(dir, name, "snapshot file")?;
         Ok(Self {
-            file: Some(file),
-            progress: Progress::new(format!("writing {}", path.display()), expected),
-            tmp,
-            path,
+            progress: Progress::new(format!("writing {}", out.path().display()), expected),
+            out,
             hasher: crc32fast::Hasher::new(),
             written: 0,
             limit,
@@ -105,13 +97,13 @@ impl AtomicFile {
 
     /// The final path.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.out.path()
     }
 
     fn io_error(&self, source: io::Error) -> SnapshotError {
         SnapshotError::Io {
             op: "write",
-            path: self.tmp.clone(),
+            path: self.out.temp_path().to_owned(),
             source,
         }
     }
@@ -122,10 +114,7 @@ impl AtomicFile {
             .limit
             .map_or(buf.len() as u64, |l| l.saturating_sub(self.written));
         let take = (buf.len() as u64).min(room) as usize;
-        let Some(file) = self.file.as_mut() else {
-            return Err(self.io_error(io::Error::other("the file is closed")));
-        };
-        if let Err(e) = file.write_all(&buf[..take]) {
+        if let Err(e) = self.out.write_all(&buf[..take]) {
             return Err(self.io_error(e));
         }
         self.hasher.update(&buf[..take]);
@@ -144,36 +133,13 @@ impl AtomicFile {
 
     /// Fsyncs, renames to the final name and fsyncs the directory. Returns the length and
     /// the CRC32 of what was written.
-    pub fn commit(mut self) -> Result<(u64, u32)> {
-        let file = self.file.take();
-        if let Some(file) = file {
-            file.sync_all().map_err(|source| SnapshotError::Io {
-                op: "fsync",
-                path: self.tmp.clone(),
-                source,
-            })?;
-        }
-        std::fs::rename(&self.tmp, &self.path).map_err(|source| SnapshotError::Io {
-            op: "rename into place",
-            path: self.path.clone(),
-            source,
-        })?;
+    pub fn commit(self) -> Result<(u64, u32)> {
+        let (written, crc) = (self.written, self.hasher.clone().finalize());
+        self.out.commit()?;
         if let Some(p) = &self.progress {
             p.finish();
         }
-        if let Some(dir) = self.path.parent() {
-            sync_dir(dir)?;
-        }
-        Ok((self.written, self.hasher.clone().finalize()))
-    }
-}
-
-impl Drop for AtomicFile {
-    fn drop(&mut self) {
-        if self.file.take().is_some() {
-            // Not committed: the temporary must not outlive the failed write.
-            let _ = std::fs::remove_file(&self.tmp);
-        }
+        Ok((written, crc))
     }
 }
 
@@ -219,15 +185,22 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let mut f = AtomicFile::create(&dir, "a", 0, None).unwrap();
         f.write(b"hello").unwrap();
-        assert!(dir.join(".a.tmp").exists() && !dir.join("a").exists());
+        let temp = f.out.temp_path().to_owned();
+        assert!(temp.exists() && !dir.join("a").exists());
+        let name = temp.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(name.starts_with(".a.") && name.ends_with(".tmp"), "{name}");
         let (len, crc) = f.commit().unwrap();
         assert_eq!((len, crc), (5, crc32fast::hash(b"hello")));
         assert_eq!(std::fs::read(dir.join("a")).unwrap(), b"hello");
         let mut f = AtomicFile::create(&dir, "b", 0, Some(3)).unwrap();
         let e = f.write(b"hello").unwrap_err().to_string();
-        assert!(e.contains(".b.tmp") && e.contains("no space"), "{e}");
+        assert!(e.contains("/.b.") && e.contains("no space"), "{e}");
         drop(f);
-        assert!(!dir.join(".b.tmp").exists() && !dir.join("b").exists());
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            1,
+            "only a is left"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -315,6 +315,27 @@ pub enum SnapshotError {
     /// Writing a merged memory file failed.
     #[error(transparent)]
     MemFile(#[from] crate::memfile::MemFileError),
+    /// A file cannot be opened, read or written safely ([`crate::files`]).
+    #[error(transparent)]
+    File(#[from] crate::files::FileError),
+    /// The snapshot directory's path is not a directory.
+    #[error("the snapshot directory {path} is {kind}, not a directory")]
+    NotADirectory {
+        /// The path.
+        path: PathBuf,
+        /// What it is.
+        kind: crate::files::FileKind,
+    },
+    /// The snapshot directory holds something that is not vmm's.
+    #[error(
+        "{dir} holds {name:?}, which is not a snapshot file of vmm's: give a new or empty directory for --snapshot-dir (vmm never deletes files it did not create)"
+    )]
+    ForeignFile {
+        /// The directory.
+        dir: PathBuf,
+        /// The first entry that is not ours.
+        name: String,
+    },
 }
 
 /// Result type of this module.
@@ -446,11 +467,13 @@ mod tests {
             assert!(snap.paging_context(1, None).is_err());
         }
         // Merge: byte-identical to a raw dump of the memory (hole included).
-        let merged = dir.join("merged.raw");
-        let dumped = dir.join("dumped.raw");
-        let state = merge(&dir, None, &merged).unwrap();
+        let out = temp("series-out");
+        std::fs::create_dir_all(&out).unwrap();
+        let merged = out.join("merged.raw");
+        let dumped = out.join("dumped.raw");
+        let state = merge(&dir, None, &merged, crate::files::Replace::No).unwrap();
         assert_eq!(state.generation, 4);
-        crate::memfile::dump(&mem, &dumped).unwrap();
+        crate::memfile::dump(&mem, &dumped, crate::files::Replace::No).unwrap();
         assert_eq!(
             std::fs::read(&merged).unwrap(),
             std::fs::read(&dumped).unwrap()
@@ -463,6 +486,7 @@ mod tests {
                 GuestAddress(HOLE_REGION + 0x2000)
             ]
         );
+        std::fs::remove_dir_all(&out).unwrap();
         // The files are untouched by loading (copy-on-write).
         let base = load(&dir, Some(0)).unwrap();
         assert_eq!(contents(base.memory()), at[0]);
@@ -589,7 +613,7 @@ mod tests {
         // A full snapshot that fails half-way: nothing left, still generation 0 next.
         snaps.fail_writes_after(Some(0x5000));
         let e = snaps.write(source(&mem, &[])).unwrap_err();
-        assert!(e.to_string().contains(".gen-000000.mem.tmp"), "{e}");
+        assert!(e.to_string().contains("/.gen-000000.mem."), "{e}");
         assert!(files(&dir).is_empty(), "{:?}", files(&dir));
         assert_eq!(snaps.next_generation(), 0);
         snaps.fail_writes_after(None);

@@ -13,6 +13,8 @@ use super::{
     DIFF_HEADER_LEN, DIFF_MAGIC, FORMAT_VERSION, PAGE_SIZE, Result, STATE_MAGIC, SnapshotError,
     SnapshotKind, SnapshotState, data_file_name, state_file_name,
 };
+use crate::files::{FileError, Output, Replace, excerpt, open_input, read_bounded};
+use crate::sigbus::{self, FaultWatch};
 
 /// The generations in `dir` (those with a state file), in order.
 pub fn generations(dir: &Path) -> Result<Vec<u64>> {
@@ -40,53 +42,96 @@ fn malformed(path: &Path, reason: impl Into<String>) -> SnapshotError {
     }
 }
 
+/// The largest state file read: a few KiB per vCPU in practice.
+pub const MAX_STATE_BYTES: u64 = 16 << 20;
+/// Bytes of bad file content quoted in an error message.
+const EXCERPT: usize = 48;
+
 /// Reads and verifies the state file of `generation` (its header, length, CRC32, version
 /// and consistency; not its data file).
 pub fn read_state(dir: &Path, generation: u64) -> Result<SnapshotState> {
     let path = dir.join(state_file_name(generation));
-    let bytes = std::fs::read(&path).map_err(|source| SnapshotError::Io {
-        op: "read",
-        path: path.clone(),
-        source,
-    })?;
-    let newline = bytes
-        .iter()
-        .position(|b| *b == b'\n')
-        .ok_or_else(|| malformed(&path, "no header line"))?;
-    let header = String::from_utf8_lossy(&bytes[..newline]).into_owned();
-    let fields: Vec<&str> = header.split_whitespace().collect();
+    let bytes = match read_bounded(&path, "snapshot state file", MAX_STATE_BYTES) {
+        Ok(bytes) => bytes,
+        Err(FileError::Open { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            return Err(SnapshotError::Io {
+                op: "read",
+                path,
+                source,
+            });
+        }
+        Err(e) => return Err(e.into()),
+    };
+    parse_state(&path, generation, &bytes)
+}
+
+/// Parses and verifies a state file's bytes (see [`read_state`]).
+pub fn parse_state(path: &Path, generation: u64, bytes: &[u8]) -> Result<SnapshotState> {
+    let path = path.to_owned();
+    let Some(newline) = bytes.iter().position(|b| *b == b'\n') else {
+        return Err(malformed(
+            &path,
+            format!("no header line: it starts {}", excerpt(bytes, EXCERPT)),
+        ));
+    };
+    let header = &bytes[..newline];
+    let bad_header = || {
+        malformed(
+            &path,
+            format!("bad header line {}", excerpt(header, EXCERPT)),
+        )
+    };
+    let text = std::str::from_utf8(header).map_err(|_| bad_header())?;
+    let fields: Vec<&str> = text.split(' ').collect();
     let [magic, version, len, crc] = fields[..] else {
-        return Err(malformed(&path, format!("bad header line {header:?}")));
+        return Err(bad_header());
     };
     if magic != STATE_MAGIC {
         return Err(malformed(
             &path,
-            format!("it does not start with {STATE_MAGIC}"),
+            format!(
+                "it does not start with {STATE_MAGIC}: it starts {}",
+                excerpt(header, EXCERPT)
+            ),
         ));
     }
-    let version: u64 = version
-        .parse()
-        .map_err(|_| malformed(&path, format!("bad version {version:?}")))?;
+    let version: u64 = version.parse().map_err(|_| bad_header())?;
     if version != u64::from(FORMAT_VERSION) {
         return Err(SnapshotError::Version {
             path,
             found: version,
         });
     }
-    let len: u64 = len
-        .parse()
-        .map_err(|_| malformed(&path, format!("bad length {len:?}")))?;
-    let crc = u32::from_str_radix(crc, 16)
-        .map_err(|_| malformed(&path, format!("bad checksum {crc:?}")))?;
+    let len: u64 = len.parse().map_err(|_| bad_header())?;
+    if crc.len() != 8 {
+        return Err(bad_header());
+    }
+    let crc = u32::from_str_radix(crc, 16).map_err(|_| bad_header())?;
     let body = &bytes[newline + 1..];
-    if (body.len() as u64) < len {
+    // The JSON, then one newline, then nothing.
+    let expected = (newline as u64 + 1)
+        .checked_add(len)
+        .and_then(|n| n.checked_add(1))
+        .ok_or_else(bad_header)?;
+    if (bytes.len() as u64) < expected {
         return Err(SnapshotError::Truncated {
             path,
-            expected: (newline as u64 + 1) + len + 1,
+            expected,
             found: bytes.len() as u64,
         });
     }
     let json = &body[..len as usize];
+    let trailer = &body[len as usize..];
+    if trailer != b"\n" {
+        return Err(malformed(
+            &path,
+            format!(
+                "{} bytes after its JSON, where only a newline belongs: {}",
+                trailer.len(),
+                excerpt(trailer, EXCERPT)
+            ),
+        ));
+    }
     let found = crc32fast::hash(json);
     if found != crc {
         return Err(SnapshotError::Checksum {
@@ -162,6 +207,8 @@ pub struct Snapshot {
     pub state: SnapshotState,
     /// The generations applied, base first.
     pub chain: Vec<u64>,
+    // Dropped before the memory: the watches end before the mapping goes.
+    watches: Vec<FaultWatch>,
     memory: GuestMemoryMmap,
 }
 
@@ -169,6 +216,35 @@ impl Snapshot {
     /// Guest RAM at that generation.
     pub fn memory(&self) -> &GuestMemoryMmap {
         &self.memory
+    }
+
+    /// Fails, naming the memory file, if it shrank while mapped, so that something read
+    /// past its new end (and got zeros instead of its bytes). Call it after using the
+    /// memory.
+    pub fn check_intact(&self) -> Result<()> {
+        if self.watches.iter().any(FaultWatch::faulted) {
+            let path = self.dir.join(data_file_name(0, SnapshotKind::Full));
+            return Err(malformed(
+                &path,
+                "it shrank while it was mapped: what was read past its new end is not the snapshot's",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Every file of the chain (state and data files), base first.
+    pub fn files(&self) -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        for (i, &g) in self.chain.iter().enumerate() {
+            let kind = if i == 0 {
+                SnapshotKind::Full
+            } else {
+                SnapshotKind::Diff
+            };
+            files.push(self.dir.join(state_file_name(g)));
+            files.push(self.dir.join(data_file_name(g, kind)));
+        }
+        files
     }
 
     /// How the walker must read the tables of vCPU `vcpu` at that generation, with its
@@ -247,7 +323,7 @@ pub fn load(dir: &Path, generation: Option<u64>) -> Result<Snapshot> {
             ));
         }
     }
-    let memory = map_full(dir, base)?;
+    let (memory, watches) = map_full(dir, base)?;
     for s in &states[1..] {
         apply_diff(dir, s, &memory)?;
     }
@@ -259,26 +335,31 @@ pub fn load(dir: &Path, generation: Option<u64>) -> Result<Snapshot> {
         dir: dir.to_owned(),
         state,
         chain,
+        watches,
         memory,
+    })
+    .and_then(|snapshot| {
+        // A memory file truncated while it was verified and diffs applied.
+        snapshot.check_intact()?;
+        Ok(snapshot)
     })
 }
 
 /// Opens a data file and checks its length against the state.
 fn open_data(dir: &Path, state: &SnapshotState) -> Result<(PathBuf, File)> {
     let path = dir.join(&state.data.name);
-    let file = File::open(&path).map_err(|source| SnapshotError::Io {
-        op: "open",
-        path: path.clone(),
-        source,
-    })?;
-    let len = file
-        .metadata()
-        .map_err(|source| SnapshotError::Io {
-            op: "read the size of",
-            path: path.clone(),
-            source,
-        })?
-        .len();
+    let input = match open_input(&path, "snapshot data file") {
+        Ok(input) => input,
+        Err(FileError::Empty { .. }) => {
+            return Err(SnapshotError::Truncated {
+                path,
+                expected: state.data.len,
+                found: 0,
+            });
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let len = input.len();
     if len < state.data.len {
         return Err(SnapshotError::Truncated {
             path,
@@ -295,7 +376,7 @@ fn open_data(dir: &Path, state: &SnapshotState) -> Result<(PathBuf, File)> {
             ),
         ));
     }
-    Ok((path, file))
+    Ok((path, input.into_file()))
 }
 
 fn checksum(path: &Path, expected: u32, found: u32) -> Result<()> {
@@ -312,7 +393,7 @@ fn checksum(path: &Path, expected: u32, found: u32) -> Result<()> {
 
 /// Maps the memory file of a full generation private and writable (copy-on-write) and
 /// verifies its checksum.
-fn map_full(dir: &Path, state: &SnapshotState) -> Result<GuestMemoryMmap> {
+fn map_full(dir: &Path, state: &SnapshotState) -> Result<(GuestMemoryMmap, Vec<FaultWatch>)> {
     let (path, file) = open_data(dir, state)?;
     let total: u64 = state.regions.iter().map(|r| r.len).sum();
     if total != state.data.len {
@@ -326,6 +407,7 @@ fn map_full(dir: &Path, state: &SnapshotState) -> Result<GuestMemoryMmap> {
         reason,
     };
     let mut regions = Vec::new();
+    let mut watches = Vec::new();
     for r in &state.regions {
         let len = usize::try_from(r.len).map_err(|_| map_error(format!("{r:?} is too large")))?;
         let fd = file.try_clone().map_err(|e| map_error(e.to_string()))?;
@@ -335,6 +417,10 @@ fn map_full(dir: &Path, state: &SnapshotState) -> Result<GuestMemoryMmap> {
             .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
             .build()
             .map_err(|e| map_error(e.to_string()))?;
+        watches.push(
+            sigbus::watch(region.as_ptr(), len, libc::PROT_READ | libc::PROT_WRITE)
+                .map_err(|e| map_error(e.to_string()))?,
+        );
         regions.push(
             GuestRegionMmap::new(region, GuestAddress(r.gpa))
                 .ok_or_else(|| map_error(format!("{r:?} overflows")))?,
@@ -356,7 +442,7 @@ fn map_full(dir: &Path, state: &SnapshotState) -> Result<GuestMemoryMmap> {
         }
     }
     checksum(&path, state.data.crc32, hasher.finalize())?;
-    Ok(memory)
+    Ok((memory, watches))
 }
 
 /// Reads a diff's header and page list, checked.
@@ -472,9 +558,23 @@ pub fn diff_pages(dir: &Path, generation: u64) -> Result<Vec<GuestAddress>> {
 
 /// Rebuilds guest RAM of `generation` (default: the latest) as a raw memory file `out`
 /// (byte N = GPA N, as [`crate::memfile::dump`] writes it, so `vmm inspect --memory`
-/// reads it). Returns the state of the generation merged.
-pub fn merge(dir: &Path, generation: Option<u64>, out: &Path) -> Result<SnapshotState> {
+/// reads it). `out` is a new file unless `replace`; it is never one of the snapshot's
+/// own files, nor inside the snapshot directory ([`crate::files::Output`]). Returns the
+/// state of the generation merged.
+pub fn merge(
+    dir: &Path,
+    generation: Option<u64>,
+    out: &Path,
+    replace: Replace,
+) -> Result<SnapshotState> {
     let snapshot = load(dir, generation)?;
-    crate::memfile::dump(snapshot.memory(), out)?;
+    let files = snapshot.files();
+    let inputs: Vec<(&'static str, &Path)> = files
+        .iter()
+        .map(|f| ("snapshot file", f.as_path()))
+        .collect();
+    let output = Output::create(out, "merged memory file", replace, &inputs)?;
+    crate::memfile::dump_to(snapshot.memory(), output)?;
+    snapshot.check_intact()?;
     Ok(snapshot.state)
 }

@@ -15,8 +15,29 @@ use super::{
 };
 use crate::arch::x86_64::cpuid::PagingFeatures;
 use crate::dirty::DirtyError;
+use crate::files::FileKind;
 use crate::vcpu::VcpuState;
 use crate::vm::{Vm, VmError};
+
+/// Whether `name` is something a snapshot writer that died left behind: a temporary
+/// (`.gen-NNNNNN.{mem,diff,state}.XXXXXXXX.tmp`) or a data file without a state.
+fn is_writer_leftover(name: &str) -> bool {
+    fn generation_file(name: &str, extensions: &[&str]) -> bool {
+        name.strip_prefix("gen-")
+            .and_then(|rest| rest.split_once('.'))
+            .is_some_and(|(digits, ext)| {
+                digits.len() == 6
+                    && digits.bytes().all(|b| b.is_ascii_digit())
+                    && extensions.contains(&ext)
+            })
+    }
+    match name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp")) {
+        Some(temp) => temp
+            .rsplit_once('.')
+            .is_some_and(|(file, _random)| generation_file(file, &["mem", "diff", "state"])),
+        None => generation_file(name, &["mem", "diff"]),
+    }
+}
 
 /// Bytes copied from guest RAM per write.
 const CHUNK: usize = 1 << 20;
@@ -68,9 +89,23 @@ pub struct SnapshotDir {
 }
 
 impl SnapshotDir {
-    /// Opens `dir` (created if missing) for a new series of generations. Refuses a
-    /// directory that already holds a generation; leftover temporaries are removed.
+    /// Opens `dir` (created if missing) for a new series of generations. `dir` must be
+    /// new or empty: a directory that holds generations is refused (continuing another
+    /// run's chain would mix two guests), and so is one holding anything that is not a
+    /// snapshot file of ours; vmm never deletes files it did not create. Leftovers of a
+    /// crashed writer (temporaries `.gen-*.tmp`, data files `gen-NNNNNN.mem|diff` whose
+    /// state was never written) are ours, and are removed or replaced.
     pub fn create(dir: &Path) -> Result<Self> {
+        if let Some(kind) = std::fs::metadata(dir)
+            .ok()
+            .map(|m| FileKind::of(&m))
+            .filter(|k| *k != FileKind::Directory)
+        {
+            return Err(SnapshotError::NotADirectory {
+                path: dir.to_owned(),
+                kind,
+            });
+        }
         std::fs::create_dir_all(dir).map_err(|source| SnapshotError::Io {
             op: "create the directory",
             path: dir.to_owned(),
@@ -84,11 +119,21 @@ impl SnapshotDir {
             path: dir.to_owned(),
             source,
         })?;
+        let mut leftovers = Vec::new();
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with(".gen-") && name.ends_with(".tmp") {
-                let _ = std::fs::remove_file(entry.path());
+            let regular = entry.file_type().is_ok_and(|t| t.is_file());
+            if regular && is_writer_leftover(&name) {
+                leftovers.push(entry.path());
+            } else {
+                return Err(SnapshotError::ForeignFile {
+                    dir: dir.to_owned(),
+                    name,
+                });
             }
+        }
+        for path in leftovers {
+            let _ = std::fs::remove_file(path);
         }
         Ok(Self {
             dir: dir.to_owned(),
