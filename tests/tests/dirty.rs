@@ -360,8 +360,8 @@ fn capabilities(test: &str) -> DirtyLogCapabilities {
     caps
 }
 
-/// The smallest ring KVM accepts here: KVM reserves 64 entries, more with a hardware
-/// dirty log (PML), so try each power of two from 64 entries up on a bare VM.
+/// The smallest ring KVM accepts here: at least a page, more with a hardware dirty log
+/// (PML), so try each power of two from a page up on a bare VM.
 fn smallest_ring(max: u32) -> u32 {
     let mut bytes = DIRTY_RING_MIN_BYTES;
     while bytes < max {

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use vm_memory::GuestMemoryBackend;
+use vmm::files::Replace;
 use vmm::introspect::{
     Format, OracleVerdict, PrintError, VaRange, oracle_verdict, parse_hex, print_walk,
     translation_line,
@@ -149,7 +150,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub dirty_scan_every: Option<Duration>,
     /// How many dirty scans (rounds) before FINISH.
-    #[arg(long, default_value_t = 5, requires = "dirty_scan_every")]
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..), requires = "dirty_scan_every")]
     pub rounds: u32,
     /// Output format of the dirty scans.
     #[arg(long, value_enum, default_value_t = ScanFormat::Text, requires = "dirty_scan_every")]
@@ -158,8 +159,9 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = DirtyLogChoice::Auto, requires = "dirty_scan_every")]
     pub dirty_log: DirtyLogChoice,
     /// With `--dirty-log ring`: bytes of each vCPU's dirty ring (a power of two, at least
-    /// 1K, at most KVM_CAP_DIRTY_LOG_RING's maximum; e.g. 65536 or 64K). Default: 1M or
-    /// the host's maximum.
+    /// 4K, or more where KVM reserves more (16K with Intel PML: asked of KVM), at most
+    /// KVM_CAP_DIRTY_LOG_RING's maximum; e.g. 65536 or 64K). Default: 1M or the host's
+    /// maximum.
     #[arg(long, value_name = "BYTES", value_parser = parse_ring_size, requires = "dirty_scan_every")]
     pub dirty_ring_size: Option<u32>,
     /// Boot with dirty logging and write snapshots into DIR (new or empty): a full one,
@@ -208,9 +210,13 @@ pub struct MergeArgs {
     /// The generation to rebuild (default: the latest).
     #[arg(long, value_name = "G")]
     pub generation: Option<u64>,
-    /// The raw memory file to write (written to a temporary name, then renamed).
+    /// The raw memory file to write: a new file (written under a temporary name, then
+    /// renamed), never a file of the snapshot or anything inside its directory.
     #[arg(short = 'o', long = "output", value_name = "OUT")]
     pub output: PathBuf,
+    /// Replace OUT if it is an existing regular file.
+    #[arg(long)]
+    pub overwrite: bool,
 }
 
 /// Arguments of `vmm snapshot list`.
@@ -282,9 +288,13 @@ pub struct WalkArgs {
     /// What to print.
     #[command(flatten)]
     pub output: WalkOutputArgs,
-    /// Also write guest RAM, while paused, to this raw memory file (for `vmm inspect`).
+    /// Also write guest RAM, while paused, to this raw memory file (for `vmm inspect`): a
+    /// new file, written under a temporary name and renamed.
     #[arg(long, value_name = "PATH")]
     pub dump_memory: Option<PathBuf>,
+    /// With --dump-memory: replace PATH if it is an existing regular file.
+    #[arg(long, requires = "dump_memory")]
+    pub overwrite: bool,
 }
 
 /// Arguments of `vmm translate`.
@@ -320,10 +330,20 @@ pub struct InspectArgs {
     #[arg(long, value_name = "DIR", conflicts_with_all = ["cr4", "efer", "cr0", "maxphyaddr", "no_gbpages"])]
     pub snapshot: Option<PathBuf>,
     /// With --snapshot: the generation (default: the latest).
-    #[arg(long, value_name = "G", requires = "snapshot")]
+    #[arg(
+        long,
+        value_name = "G",
+        requires = "snapshot",
+        conflicts_with = "memory"
+    )]
     pub generation: Option<u64>,
     /// With --snapshot: the vCPU whose saved registers are used.
-    #[arg(long, default_value_t = 0, requires = "snapshot")]
+    #[arg(
+        long,
+        default_value_t = 0,
+        requires = "snapshot",
+        conflicts_with = "memory"
+    )]
     pub vcpu: usize,
     /// CR3 of the address space (hex); with --snapshot, default: the vCPU's saved CR3.
     #[arg(long, value_parser = parse_hex_arg, required_unless_present = "snapshot")]
@@ -373,28 +393,51 @@ fn parse_ring_size(text: &str) -> Result<u32, String> {
     }
     if bytes < u64::from(min) {
         return Err(format!(
-            "{bytes} bytes is below the smallest ring KVM can take ({min} bytes: 64 entries of 16 bytes)"
+            "{bytes} bytes is below the smallest ring KVM can take ({min} bytes: one page)"
         ));
     }
     u32::try_from(bytes).map_err(|_| format!("{bytes} bytes is larger than any KVM dirty ring"))
 }
 
-/// Checks a `--dirty-ring-size` against this host's `KVM_CAP_DIRTY_LOG_RING` maximum.
+/// Checks a `--dirty-ring-size` with this host's KVM, on a scratch VM: its
+/// `KVM_CAP_DIRTY_LOG_RING` maximum, and whether it takes a ring that small (KVM
+/// reserves entries for the hardware dirty log, so its floor depends on the host). A
+/// refused size is reported with the range this KVM takes.
 fn check_ring_size(bytes: u32) -> anyhow::Result<()> {
-    let caps = vmm::kvm::Hypervisor::open()
-        .and_then(|h| h.create_vm())
-        .context("--dirty-ring-size: cannot ask KVM for its dirty-ring maximum")?
-        .dirty_log_capabilities();
-    let Some((_, max)) = caps.dirty_ring() else {
+    let scratch_vm = || {
+        vmm::kvm::Hypervisor::open()
+            .and_then(|h| h.create_vm())
+            .context("--dirty-ring-size: cannot ask KVM about its dirty rings")
+    };
+    let vm = scratch_vm()?;
+    let Some((_, max)) = vm.dirty_log_capabilities().dirty_ring() else {
         bail!("--dirty-ring-size: this host's KVM has no dirty rings (KVM_CAP_DIRTY_LOG_RING)");
+    };
+    let range = |smallest: u32| {
+        format!(
+            "this host's KVM_CAP_DIRTY_LOG_RING takes rings of {smallest} to {max} bytes (powers of two)"
+        )
     };
     if !vmm::kvm::dirty_ring::valid_ring_bytes(bytes, max) {
         bail!(
-            "--dirty-ring-size {bytes}: this host's KVM_CAP_DIRTY_LOG_RING takes rings of {} to {max} bytes (powers of two)",
-            vmm::kvm::dirty_ring::DIRTY_RING_MIN_BYTES
+            "--dirty-ring-size {bytes}: {}",
+            range(vmm::kvm::dirty_ring::DIRTY_RING_MIN_BYTES)
         );
     }
-    Ok(())
+    if vm.enable_dirty_ring(bytes).is_ok() {
+        return Ok(());
+    }
+    let mut smallest = bytes;
+    while smallest < max {
+        smallest *= 2;
+        if scratch_vm()?.enable_dirty_ring(smallest).is_ok() {
+            break;
+        }
+    }
+    bail!(
+        "--dirty-ring-size {bytes}: too small for this host's KVM, which reserves entries for its hardware dirty log: {}",
+        range(smallest)
+    )
 }
 
 /// Boots the built-in guest in `mode` with dirty logging `choice`; with `ring_bytes`
@@ -437,7 +480,11 @@ fn parse_percent(text: &str) -> Result<f64, String> {
 }
 
 fn parse_hex_arg(text: &str) -> Result<u64, String> {
-    parse_hex(text).ok_or_else(|| format!("{text:?} is not a hexadecimal number"))
+    parse_hex(text).ok_or_else(|| {
+        format!(
+            "{text:?} is not a hexadecimal number of at most 16 digits (an optional 0x; `_` only between groups of four digits, e.g. ffff_8880_0000_0000)"
+        )
+    })
 }
 
 fn parse_gva(text: &str) -> Result<Gva, String> {
@@ -464,6 +511,11 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err(format!("{text:?} is out of range (0 to 24 hours)"));
     }
     Ok(Duration::from_secs_f64(seconds))
+}
+
+/// Whether an output may replace an existing regular file (`--overwrite`).
+fn replace(overwrite: bool) -> Replace {
+    if overwrite { Replace::Yes } else { Replace::No }
 }
 
 /// Runs the parsed command line.
@@ -785,8 +837,10 @@ fn boot_and_pause(
     pause: &PauseArgs,
 ) -> anyhow::Result<Result<Paused, ExitOutcome>> {
     let timeout = Duration::from_secs(boot_args.timeout);
-    if pause.at_signal && boot_args.kernel.is_none() {
-        bail!("--at-signal needs --kernel: the built-in guest never parks a vCPU");
+    if pause.at_signal && boot_args.kernel.is_none() && boot_args.mode != GuestMode::Park {
+        bail!(
+            "--at-signal waits for a vCPU to park (debug-port PARK): the built-in guest parks only in --mode park; a Linux guest (--kernel) parks from a process"
+        );
     }
     if boot_args.kernel.is_some()
         && pause.at_serial.is_none()
@@ -910,7 +964,7 @@ fn walk_guest(args: &WalkArgs) -> anyhow::Result<ExitCode> {
         }
     }
     if let Some(path) = &args.dump_memory {
-        memfile::dump(p.vm.guest_memory(), path)?;
+        memfile::dump(p.vm.guest_memory(), path, replace(args.overwrite))?;
         eprintln!("vmm: guest RAM written to {}", path.display());
     }
     let mut incomplete = false;
@@ -1275,7 +1329,7 @@ fn inspect_file(args: &InspectArgs) -> anyhow::Result<ExitCode> {
     let (Some(path), Some(cr3)) = (&args.memory, args.cr3) else {
         bail!("vmm inspect needs --memory FILE --cr3 HEX, or --snapshot DIR");
     };
-    let mem = memfile::open(path)?;
+    let file = memfile::open(path)?;
     let defaults = ControlRegisters::long_mode(cr3);
     let regs = ControlRegisters {
         cr0: args.cr0.unwrap_or(defaults.cr0),
@@ -1287,8 +1341,21 @@ fn inspect_file(args: &InspectArgs) -> anyhow::Result<ExitCode> {
         .and_then(|c| c.with_phys_addr_bits(args.maxphyaddr.unwrap_or(52)))
         .map(|c| c.with_gbpages(!args.no_gbpages))
         .context("the registers given do not describe 4- or 5-level paging")?;
+    // A root table outside the file is a mistake in --cr3 (or the wrong file), not a
+    // guest's bad entry: say so instead of walking nothing.
+    let root = ctx.root().0;
+    if root.checked_add(0x1000).is_none_or(|end| end > file.len()) {
+        bail!(
+            "--cr3 {cr3:#x}: its top-level table at GPA {root:#x} is outside the memory file {} ({} bytes, GPAs 0x0-{:#x})",
+            path.display(),
+            file.len(),
+            file.len() - 1
+        );
+    }
     let label = path.display().to_string();
-    Ok(if walk_one(&mem, &ctx, &label, &args.output)? {
+    let complete = walk_one(file.memory(), &ctx, &label, &args.output)?;
+    file.check_intact()?;
+    Ok(if complete {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_WALK_INCOMPLETE)
@@ -1305,7 +1372,9 @@ fn inspect_snapshot(args: &InspectArgs, dir: &std::path::Path) -> anyhow::Result
         snap.state.generation,
         dir.display()
     );
-    Ok(if walk_one(snap.memory(), &ctx, &label, &args.output)? {
+    let complete = walk_one(snap.memory(), &ctx, &label, &args.output)?;
+    snap.check_intact()?;
+    Ok(if complete {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_WALK_INCOMPLETE)
@@ -1316,7 +1385,7 @@ fn snapshot_command(args: &SnapshotArgs) -> anyhow::Result<ExitCode> {
     match &args.command {
         SnapshotCommand::Merge(m) => {
             let started = Instant::now();
-            let state = snapshot::merge(&m.dir, m.generation, &m.output)?;
+            let state = snapshot::merge(&m.dir, m.generation, &m.output, replace(m.overwrite))?;
             eprintln!(
                 "vmm: generation {} of {} (base + {} diffs) written to {} in {:.2?}",
                 state.generation,
@@ -1510,7 +1579,9 @@ mod tests {
         assert_eq!(parse_ring_size("65536"), Ok(65536));
         assert_eq!(parse_ring_size("64K"), Ok(65536));
         assert_eq!(parse_ring_size("1M"), Ok(1 << 20));
-        assert_eq!(parse_ring_size("1024"), Ok(1024));
+        assert_eq!(parse_ring_size("4096"), Ok(4096));
+        let e = parse_ring_size("1K").unwrap_err();
+        assert!(e.contains("below the smallest ring"), "{e}");
         let e = parse_ring_size("3000").unwrap_err();
         assert!(e.contains("not a power of two"), "{e}");
         let e = parse_ring_size("512").unwrap_err();

@@ -65,8 +65,15 @@ pub fn parse_hex(s: &str) -> Option<u64> {
         .strip_prefix("0x")
         .or_else(|| t.strip_prefix("0X"))
         .unwrap_or(t);
-    let t: String = t.chars().filter(|c| *c != '_').collect();
-    if t.is_empty() {
+    // `_` separates groups of four hex digits (`ffff_8880_0000_0000`), nothing else:
+    // `1_000` looks decimal and is refused rather than read as 0x1000.
+    let groups: Vec<&str> = t.split('_').collect();
+    let grouped = groups.len() == 1
+        || (groups[0].len() <= 4
+            && !groups[0].is_empty()
+            && groups[1..].iter().all(|g| g.len() == 4));
+    let t: String = groups.concat();
+    if t.is_empty() || !grouped || !t.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     u64::from_str_radix(&t, 16).ok()

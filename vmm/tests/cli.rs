@@ -269,6 +269,15 @@ fn bad_input_gets_a_clear_error() {
     let file = dir.join("tiny.raw");
     std::fs::write(&file, [0u8; 100]).unwrap_or_else(|e| panic!("{e}"));
     let file_arg = file.to_string_lossy().into_owned();
+    // Not whole pages: refused by size.
+    let out = vmm(&["inspect", "--memory", &file_arg, "--cr3", "0"]);
+    assert_eq!(out.status.code(), Some(101));
+    assert!(
+        text(&out.stderr).contains("100 bytes, not a multiple of 4096"),
+        "{}",
+        text(&out.stderr)
+    );
+    std::fs::write(&file, [0u8; 4096]).unwrap_or_else(|e| panic!("{e}"));
     // CR4 without PAE: not a mode the walker reads.
     let out = vmm(&["inspect", "--memory", &file_arg, "--cr3", "0", "--cr4", "0"]);
     assert_eq!(out.status.code(), Some(101));
@@ -277,14 +286,17 @@ fn bad_input_gets_a_clear_error() {
         "{}",
         text(&out.stderr)
     );
-    // A root table beyond the file: reported, not a crash.
+    // A root table beyond the file: a mistake in --cr3, named with the file's size.
     let out = vmm(&["inspect", "--memory", &file_arg, "--cr3", "0x5000"]);
-    assert!(out.status.success());
+    assert_eq!(out.status.code(), Some(101));
+    let stderr = text(&out.stderr);
     assert!(
-        text(&out.stdout).contains("outside guest memory"),
-        "{}",
-        text(&out.stdout)
+        stderr.contains("--cr3 0x5000")
+            && stderr.contains("outside the memory file")
+            && stderr.contains("4096 bytes"),
+        "{stderr}"
     );
+    assert!(out.stdout.is_empty());
     std::fs::remove_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
     for args in [
         &["walk", "--help"][..],
@@ -441,7 +453,7 @@ fn bad_kernel_files_are_named_before_anything_boots() {
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(101), "{stderr}");
     assert!(
-        stderr.contains("cannot read the kernel /nonexistent/bzImage"),
+        stderr.contains("cannot open the kernel /nonexistent/bzImage"),
         "{stderr}"
     );
     // An ELF executable (this very binary) is no bzImage, and no vmlinux with a PVH entry.

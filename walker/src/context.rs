@@ -8,6 +8,8 @@ use crate::level::Level;
 
 /// CR0.PG: paging enabled.
 pub const CR0_PG: u64 = 1 << 31;
+/// CR0.PE: protected mode.
+pub const CR0_PE: u64 = 1;
 /// CR0.WP: supervisor writes honour R/W.
 pub const CR0_WP: u64 = 1 << 16;
 /// CR4.PAE: physical-address extension (required for 4- and 5-level paging).
@@ -52,7 +54,7 @@ impl ControlRegisters {
     /// `cr3`: what an offline inspection of a memory file assumes when told nothing else.
     pub const fn long_mode(cr3: u64) -> Self {
         ControlRegisters {
-            cr0: CR0_PG | CR0_WP | 1,
+            cr0: CR0_PG | CR0_WP | CR0_PE,
             cr3,
             cr4: CR4_PAE | CR4_PGE,
             efer: EFER_LME | EFER_LMA | EFER_NXE,
@@ -108,6 +110,10 @@ pub enum ContextError {
         /// EFER.LMA.
         lma: bool,
     },
+    /// Register values no x86-64 CPU can hold: CR0.PG without CR0.PE (setting it faults),
+    /// or EFER.LMA without EFER.LME (LMA is set by the CPU only when LME and PG are).
+    #[error("the registers are inconsistent: {0}")]
+    Inconsistent(&'static str),
     /// MAXPHYADDR outside what x86-64 CPUs report.
     #[error(
         "MAXPHYADDR {0} is out of range (expected {MIN_PHYS_ADDR_BITS}..={MAX_PHYS_ADDR_BITS})"
@@ -137,6 +143,16 @@ impl PagingContext {
     pub fn new(regs: ControlRegisters) -> Result<Self, ContextError> {
         if regs.cr0 & CR0_PG == 0 {
             return Err(ContextError::PagingDisabled { cr0: regs.cr0 });
+        }
+        if regs.cr0 & CR0_PE == 0 {
+            return Err(ContextError::Inconsistent(
+                "CR0.PG is set without CR0.PE (protection), which no CPU allows",
+            ));
+        }
+        if regs.efer & EFER_LMA != 0 && regs.efer & EFER_LME == 0 {
+            return Err(ContextError::Inconsistent(
+                "EFER.LMA is set without EFER.LME, which no CPU allows",
+            ));
         }
         let pae = regs.cr4 & CR4_PAE != 0;
         let lma = regs.efer & EFER_LMA != 0;
@@ -301,6 +317,16 @@ mod tests {
             PagingContext::new(r),
             Err(ContextError::NotLongMode { lma: false, .. })
         ));
+        let mut r = ControlRegisters::long_mode(0x1000);
+        r.cr0 &= !CR0_PE;
+        assert!(matches!(
+            PagingContext::new(r),
+            Err(ContextError::Inconsistent(_))
+        ));
+        let mut r = ControlRegisters::long_mode(0x1000);
+        r.efer &= !EFER_LME;
+        let e = PagingContext::new(r).unwrap_err().to_string();
+        assert!(e.contains("EFER.LMA is set without EFER.LME"), "{e}");
         assert!(ctx(0).with_phys_addr_bits(53).is_err());
         assert!(ctx(0).with_phys_addr_bits(20).is_err());
     }
