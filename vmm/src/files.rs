@@ -196,7 +196,9 @@ pub enum FileError {
         path: PathBuf,
     },
     /// The output exists and may not be replaced.
-    #[error("the {what} {path} already exists: vmm does not replace it unless told to (--force)")]
+    #[error(
+        "the {what} {path} already exists: vmm does not replace it unless told to (--overwrite)"
+    )]
     Exists {
         /// What the file is for.
         what: &'static str,

@@ -147,6 +147,29 @@ fn translate_agrees_with_kvm() {
 }
 
 #[test]
+fn at_signal_walks_the_builtin_guest_where_it_parks() {
+    if !kvm_available("at_signal_walks_the_builtin_guest_where_it_parks") {
+        return;
+    }
+    let out = vmm(&["walk", "--memory", "64M", "--mode", "park", "--at-signal"]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("vCPU 0 parked with argument"), "{stderr}");
+    assert!(
+        text(&out.stdout).contains("ffff888000000000-ffff888001000000"),
+        "{stderr}"
+    );
+    // Without park mode the built-in guest never parks: refused before booting.
+    let out = vmm(&["walk", "--memory", "64M", "--at-signal"]);
+    assert_eq!(out.status.code(), Some(101));
+    assert!(
+        text(&out.stderr).contains("--mode park"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
 fn hostile_guest_walk_is_bounded_and_says_so() {
     if !kvm_available("hostile_guest_walk_is_bounded_and_says_so") {
         return;

@@ -251,7 +251,7 @@ fn merge_output_rules() {
     let before = hashes(root.path());
     refused(
         &merge(&target, &[]),
-        &["notes.txt", "already exists", "--force"],
+        &["notes.txt", "already exists", "--overwrite"],
     );
     unchanged(root.path(), &before);
     let out = merge(&target, &["--overwrite"]);
@@ -595,4 +595,208 @@ fn silently_accepted_inputs_now_have_an_answer() {
     ]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("one page"), "{}", stderr(&out));
+}
+
+/// Paths of every kind, made once for the CLI fuzz below.
+struct Fixture {
+    _root: tempfile::TempDir,
+    _listener: UnixListener,
+    root: PathBuf,
+    out: PathBuf,
+    paths: Vec<String>,
+}
+
+fn fixture() -> &'static Fixture {
+    static FIXTURE: std::sync::OnceLock<Fixture> = std::sync::OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let root_dir = scratch("fuzz");
+        let root = root_dir.path().to_owned();
+        snapshot_dir(&root.join("S"), MIB, 2);
+        snapshot_dir(&root.join("Sbad"), MIB, 2);
+        let diff = root.join("Sbad/gen-000001.diff");
+        let mut bytes = std::fs::read(&diff).unwrap_or_default();
+        if let Some(b) = bytes.get_mut(40) {
+            *b ^= 1;
+        }
+        std::fs::write(&diff, bytes).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(root.join("mem.raw"), vec![0u8; 0x4000]).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(root.join("odd.raw"), vec![1u8; 5000]).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(root.join("zeros.bin"), vec![0u8; 8192]).unwrap_or_else(|e| panic!("{e}"));
+        let mut elf = vmm::test_support::tiny_elf_kernel(&[0xf4], None);
+        elf[0x12] = 183;
+        std::fs::write(root.join("arm.elf"), elf).unwrap_or_else(|e| panic!("{e}"));
+        mkfifo(&root.join("fifo"));
+        let listener = UnixListener::bind(root.join("sock")).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::create_dir(root.join("dir")).unwrap_or_else(|e| panic!("{e}"));
+        std::os::unix::fs::symlink(root.join("mem.raw"), root.join("link"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        std::os::unix::fs::symlink(root.join("nothing"), root.join("dangling"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        std::os::unix::fs::symlink(root.join("loop"), root.join("loop"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let out = root.join("out");
+        std::fs::create_dir(&out).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(out.join("exists.raw"), b"keep").unwrap_or_else(|e| panic!("{e}"));
+        let mut paths: Vec<String> = [
+            "S",
+            "Sbad",
+            "S/gen-000000.mem",
+            "S/gen-000001.diff",
+            "S/gen-000002.state",
+            "S/new.raw",
+            "mem.raw",
+            "odd.raw",
+            "zeros.bin",
+            "arm.elf",
+            "fifo",
+            "sock",
+            "dir",
+            "link",
+            "dangling",
+            "loop",
+            "missing",
+            "out/exists.raw",
+            "out/new.raw",
+            "out",
+        ]
+        .iter()
+        .map(|p| arg(&root.join(p)))
+        .collect();
+        paths.extend(["/dev/null", "/dev/zero", "/proc/self/status", ""].map(String::from));
+        Fixture {
+            _root: root_dir,
+            _listener: listener,
+            root,
+            out,
+            paths,
+        }
+    })
+}
+
+/// The regular files directly in the fixture's root, as made.
+fn originals() -> &'static BTreeMap<PathBuf, Vec<u8>> {
+    static ORIGINALS: std::sync::OnceLock<BTreeMap<PathBuf, Vec<u8>>> = std::sync::OnceLock::new();
+    ORIGINALS.get_or_init(|| {
+        let root = &fixture().root;
+        std::fs::read_dir(root)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+                    .filter_map(|e| Some((e.path(), std::fs::read(e.path()).ok()?)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    })
+}
+
+/// One random command line over the fixture's paths.
+fn command_line() -> impl proptest::strategy::Strategy<Value = Vec<String>> {
+    use proptest::prelude::*;
+    let path = (0..fixture().paths.len()).prop_map(|i| fixture().paths[i].clone());
+    let value = prop_oneof![
+        Just("0".to_owned()),
+        Just("0x1000".to_owned()),
+        Just("1_000".to_owned()),
+        Just("ffff_8880_0000_0000".to_owned()),
+        Just("ffffffffffffffffff".to_owned()),
+        Just("-1".to_owned()),
+        Just("".to_owned()),
+        Just("0x20".to_owned()),
+        Just("0x1020".to_owned()),
+        Just("0xd00".to_owned()),
+        Just("0x400".to_owned()),
+        Just("0x80000000".to_owned()),
+        Just("0-".to_owned()),
+        Just("1000-0".to_owned()),
+        Just("7".to_owned()),
+        Just("99".to_owned()),
+        "[ -~]{0,12}",
+    ];
+    let flag = prop_oneof![
+        (Just("--memory"), path.clone()).prop_map(|(f, v)| vec![f.to_owned(), v]),
+        (Just("--snapshot"), path.clone()).prop_map(|(f, v)| vec![f.to_owned(), v]),
+        (Just("--kernel"), path.clone()).prop_map(|(f, v)| vec![f.to_owned(), v]),
+        (Just("--initrd"), path.clone()).prop_map(|(f, v)| vec![f.to_owned(), v]),
+        (Just("-o"), path.clone()).prop_map(|(f, v)| vec![f.to_owned(), v]),
+        (
+            prop_oneof![
+                Just("--cr3"),
+                Just("--cr4"),
+                Just("--cr0"),
+                Just("--efer"),
+                Just("--generation"),
+                Just("--vcpu"),
+                Just("--range"),
+                Just("--budget"),
+                Just("--maxphyaddr"),
+                Just("--format"),
+            ],
+            value
+        )
+            .prop_map(|(f, v)| vec![f.to_owned(), v]),
+        prop_oneof![
+            Just("--pte-level"),
+            Just("--overwrite"),
+            Just("--no-gbpages"),
+            Just("--force"),
+        ]
+        .prop_map(|f| vec![f.to_owned()]),
+        path.prop_map(|p| vec![p]),
+    ];
+    let command = prop_oneof![
+        Just(vec!["inspect"]),
+        Just(vec!["snapshot", "merge"]),
+        Just(vec!["snapshot", "list"]),
+        Just(vec!["run", "--timeout", "2", "--kernel"]),
+    ];
+    (command, proptest::collection::vec(flag, 0..6)).prop_map(|(c, flags)| {
+        let mut argv: Vec<String> = c.iter().map(|s| (*s).to_owned()).collect();
+        argv.extend(flags.into_iter().flatten());
+        argv
+    })
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig {
+        cases: std::env::var("GUESTWALK_FUZZ_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(48),
+        failure_persistence: None,
+        ..proptest::prelude::ProptestConfig::default()
+    })]
+
+    /// Random command lines over hostile paths: every run ends by itself with a
+    /// documented status and a short message, destroys nothing, leaves no temporary.
+    #[test]
+    fn cli_fuzz_destroys_nothing(argv in command_line()) {
+        let f = fixture();
+        static BEFORE: std::sync::OnceLock<BTreeMap<PathBuf, u32>> = std::sync::OnceLock::new();
+        let before = BEFORE.get_or_init(|| {
+            originals();
+            hashes(&f.root)
+        });
+        let refs: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let out = vmm(&refs);
+        let code = out.status.code();
+        proptest::prop_assert!(
+            matches!(code, Some(0 | 2 | 3 | 100 | 101)),
+            "{argv:?}: status {:?}: {}", out.status, stderr(&out)
+        );
+        if code != Some(2) {
+            proptest::prop_assert!(stderr(&out).len() < 4096, "{argv:?}: {}", stderr(&out));
+        }
+        // A successful merge may add out/new.raw (or replace out/exists.raw with
+        // --overwrite): put the fixture back, then everything must be as before.
+        let _ = std::fs::remove_file(f.out.join("new.raw"));
+        std::fs::write(f.out.join("exists.raw"), b"keep").unwrap_or_else(|e| panic!("{e}"));
+        // With --overwrite a user may replace any regular file they name with -o: put
+        // it back too (the snapshot's own files are never replaced: checked below).
+        let target = argv.iter().rposition(|a| a == "-o").and_then(|i| argv.get(i + 1));
+        if let (Some(target), true) = (target, code == Some(0) && argv.iter().any(|a| a == "--overwrite")) {
+            let target = PathBuf::from(target);
+            if let Some(bytes) = originals().get(&target) {
+                std::fs::write(&target, bytes).unwrap_or_else(|e| panic!("{e}"));
+            }
+        }
+        let now = hashes(&f.root);
+        proptest::prop_assert_eq!(&now, before, "{:?}: {}", argv, stderr(&out));
+    }
 }

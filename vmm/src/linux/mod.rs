@@ -147,6 +147,14 @@ pub enum LinuxError {
         /// End of RAM below the hole.
         ram_end: u64,
     },
+    /// An ELF kernel whose file header is wrong.
+    #[error("the kernel {path} is not an x86-64 ELF kernel: {reason}")]
+    BadElf {
+        /// The file.
+        path: PathBuf,
+        /// The field that is wrong.
+        reason: String,
+    },
     /// `linux-loader` refused the image.
     #[error("cannot load the kernel {path}: {reason}")]
     Load {
@@ -317,6 +325,84 @@ fn is_elf(path: &Path, file: &mut File) -> Result<bool, LinuxError> {
     Ok(read == 4 && magic == *b"\x7fELF")
 }
 
+/// Checks an ELF kernel's file header field by field, naming the first wrong one: a
+/// 64-bit little-endian x86-64 executable whose program headers lie inside the file.
+fn check_elf_header(path: &Path, file: &mut File) -> Result<(), LinuxError> {
+    let len = file
+        .metadata()
+        .map_err(LinuxError::read_kernel(path))?
+        .len();
+    let bad = |reason: String| LinuxError::BadElf {
+        path: path.to_owned(),
+        reason,
+    };
+    if len < 64 {
+        return Err(bad(format!(
+            "it is {len} bytes, shorter than an ELF64 file header (64 bytes)"
+        )));
+    }
+    let ehdr = read_at::<64>(path, file, 0)?;
+    let u16_at = |i: usize| u16::from_le_bytes([ehdr[i], ehdr[i + 1]]);
+    let u32_at = |i: usize| u32::from_le_bytes([ehdr[i], ehdr[i + 1], ehdr[i + 2], ehdr[i + 3]]);
+    let mut phoff = [0u8; 8];
+    phoff.copy_from_slice(&ehdr[0x20..0x28]);
+    let phoff = u64::from_le_bytes(phoff);
+    match ehdr[4] {
+        2 => {}
+        1 => return Err(bad("EI_CLASS is 1 (32-bit ELF), not 2 (64-bit)".into())),
+        c => return Err(bad(format!("EI_CLASS is {c}, not 2 (64-bit)"))),
+    }
+    if ehdr[5] != 1 {
+        return Err(bad(format!(
+            "EI_DATA is {}, not 1 (little-endian)",
+            ehdr[5]
+        )));
+    }
+    let machine = u16_at(0x12);
+    if machine != 62 {
+        let name = match machine {
+            3 => " (i386)",
+            8 => " (MIPS)",
+            20 => " (PowerPC)",
+            21 => " (PowerPC 64)",
+            22 => " (s390)",
+            40 => " (ARM)",
+            183 => " (AArch64)",
+            243 => " (RISC-V)",
+            258 => " (LoongArch)",
+            _ => "",
+        };
+        return Err(bad(format!(
+            "e_machine is {machine}{name}: a kernel for another machine (x86-64 is 62)"
+        )));
+    }
+    let kind = u16_at(0x10);
+    if kind != 2 && kind != 3 {
+        return Err(bad(format!(
+            "e_type is {kind}, not 2 (an executable, as a vmlinux is) or 3"
+        )));
+    }
+    if u32_at(0x14) != 1 {
+        return Err(bad(format!("e_version is {}, not 1", u32_at(0x14))));
+    }
+    let (phentsize, phnum) = (u16_at(0x36), u16_at(0x38));
+    if phentsize != 56 {
+        return Err(bad(format!(
+            "e_phentsize is {phentsize}, not 56 (an ELF64 program header)"
+        )));
+    }
+    if phnum == 0 {
+        return Err(bad("e_phnum is 0: no program header to load".into()));
+    }
+    let end = phoff.checked_add(u64::from(phnum) * 56);
+    if end.is_none_or(|end| end > len) {
+        return Err(bad(format!(
+            "e_phoff {phoff:#x} with e_phnum {phnum} runs past the end of the file ({len} bytes)"
+        )));
+    }
+    Ok(())
+}
+
 /// Whether an ELF file has Xen's PVH entry note (`XEN_ELFNOTE_PHYS32_ENTRY`, type 18, name
 /// "Xen") in a PT_NOTE segment. Bounds-checked throughout: a malformed file is simply one
 /// without the note.
@@ -473,8 +559,18 @@ pub fn check_setup_header(header: &setup_header, file_len: u64) -> Result<(), He
     if version < MIN_PROTOCOL_VERSION || xloadflags & XLF_KERNEL_64 == 0 {
         return Err(HeaderProblem::Not64Bit);
     }
+    let init_size = header.init_size;
+    if u64::from(init_size) > MAX_KERNEL_IMAGE_SIZE {
+        return Err(HeaderProblem::Invalid(format!(
+            "its setup header's init_size {init_size:#x} is more than an x86-64 kernel can occupy (KERNEL_IMAGE_SIZE, {MAX_KERNEL_IMAGE_SIZE:#x})"
+        )));
+    }
     Ok(())
 }
+
+/// The most an x86-64 kernel image can occupy (`KERNEL_IMAGE_SIZE` with KASLR, 1 GiB): a
+/// setup header's `init_size` above it is not a kernel's.
+pub const MAX_KERNEL_IMAGE_SIZE: u64 = 1 << 30;
 
 /// Bytes of the real-mode part (boot sector + setup sectors) that precede the kernel.
 fn setup_bytes(header: &setup_header) -> u64 {
@@ -605,6 +701,7 @@ pub fn build_boot_params(
 pub fn check_files(boot: &LinuxBoot) -> Result<(), LinuxError> {
     let mut file = open_input(&boot.kernel, "kernel")?.into_file();
     if is_elf(&boot.kernel, &mut file)? {
+        check_elf_header(&boot.kernel, &mut file)?;
         // The loader checks the rest of the ELF file when it loads it.
         if !has_pvh_note(&boot.kernel, &mut file)? {
             return Err(LinuxError::NoPvhEntry {
@@ -634,6 +731,7 @@ pub fn load(
     let path = &boot.kernel;
     let mut file = open_input(path, "kernel")?.into_file();
     if is_elf(path, &mut file)? {
+        check_elf_header(path, &mut file)?;
         return load_pvh(memory, memory_size, boot, rsdp, file);
     }
     let header = read_setup_header(path, &mut file)?;
@@ -961,14 +1059,22 @@ fn load_decompressed(
     let base = header.pref_address;
     let kernel_alignment = header.kernel_alignment;
     let align = u64::from(kernel_alignment).max(layout::INITRD_ALIGN);
-    if !align.is_power_of_two()
-        || base % align != 0
-        || base < layout::HIMEM_START.0
-        || base >= ram_end
-    {
+    if !align.is_power_of_two() || base % align != 0 || base < layout::HIMEM_START.0 {
         return Err(not_bz(format!(
-            "its preferred load address {base:#x} and alignment {kernel_alignment:#x} do not fit this VM's {ram_end:#x} bytes of low RAM"
+            "its setup header's pref_address {base:#x} and kernel_alignment {kernel_alignment:#x} are not a 2 MiB-aligned address above 1 MiB"
         )));
+    }
+    // The kernel needs init_size bytes from where it is linked: a VM with less RAM is
+    // too small, whatever else the image says.
+    let needed_end = base + u64::from(header.init_size);
+    if needed_end > ram_end {
+        return Err(LinuxError::KernelTooBig {
+            path: path.clone(),
+            load: base,
+            init_size: header.init_size,
+            needed_end,
+            ram_end,
+        });
     }
     // KASLR as the guest's decompressor does it: unless `nokaslr`, a relocatable kernel
     // goes to a random physical place, and one with relocations to a random virtual base.
@@ -1655,6 +1761,65 @@ mod tests {
         memory
             .read_obj(layout::BOOT_PARAMS_START)
             .unwrap_or_default()
+    }
+
+    #[test]
+    fn too_little_ram_and_nonsense_headers_are_named_as_such() {
+        // init_size is 8 MiB from 16 MiB: 16 MiB of RAM is too small, and says so.
+        let file = TempFile::new("small-ram", &decompressible(0));
+        for mib in [4, 16, 20] {
+            let ram = size(mib * MIB);
+            let memory = match create_guest_memory(ram) {
+                Ok(memory) => memory,
+                Err(e) => panic!("{e}"),
+            };
+            let e = load(&memory, ram, &boot(&file, None, "nokaslr"), None)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(e.contains("use a larger --memory"), "{mib} MiB: {e}");
+        }
+        // An init_size no kernel can have.
+        let mut image = decompressible(0);
+        image[0x260..0x264].copy_from_slice(&0xffff_ffffu32.to_le_bytes());
+        let file = TempFile::new("init-size", &image);
+        let e = check_files(&boot(&file, None, ""))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("init_size 0xffffffff"), "{e}");
+    }
+
+    #[test]
+    fn elf_header_fields_are_named() {
+        let good = crate::test_support::tiny_elf_kernel(&[0xf4], Some(0x10_0000));
+        let file = TempFile::new("elf-good", &good);
+        assert!(check_files(&boot(&file, None, "")).is_ok());
+        let cases: [(usize, &[u8], &str); 6] = [
+            (4, &[1], "EI_CLASS is 1 (32-bit ELF)"),
+            (5, &[2], "EI_DATA is 2"),
+            (0x12, &[183, 0], "e_machine is 183 (AArch64)"),
+            (0x10, &[1, 0], "e_type is 1"),
+            (0x36, &[32, 0], "e_phentsize is 32"),
+            (
+                0x20,
+                &[0, 0, 0, 0, 0, 0, 1, 0],
+                "runs past the end of the file",
+            ),
+        ];
+        for (at, bytes, expected) in cases {
+            let mut image = good.clone();
+            image[at..at + bytes.len()].copy_from_slice(bytes);
+            let file = TempFile::new("elf-bad", &image);
+            let e = check_files(&boot(&file, None, ""))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                e.contains(expected) && e.contains("not an x86-64 ELF kernel"),
+                "{expected}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -663,4 +663,127 @@ mod tests {
         assert!(matches!(snaps.write(src), Err(SnapshotError::NoDirtyLog)));
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    #[test]
+    fn a_memory_file_truncated_while_loaded_is_named() {
+        let dir = temp("shrunk");
+        let mem = memory();
+        series(&dir, &mem, 1);
+        let snap = load(&dir, None).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join("gen-000000.mem"))
+            .unwrap()
+            .set_len(0x1000)
+            .unwrap();
+        // Pages the diff did not touch are still the file's: reading them faults.
+        let mut buf = vec![0u8; 0x4000];
+        snap.memory()
+            .read_slice(&mut buf, GuestAddress(HOLE_REGION))
+            .unwrap();
+        let e = snap.check_intact().unwrap_err().to_string();
+        assert!(e.contains("gen-000000.mem") && e.contains("shrank"), "{e}");
+        drop(snap);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn writer_leftovers_are_told_from_foreign_files() {
+        let dir = temp("leftovers");
+        std::fs::create_dir_all(&dir).unwrap();
+        for name in [
+            ".gen-000000.mem.ab12cd34.tmp",
+            ".gen-000001.state.x.tmp",
+            "gen-000003.diff",
+        ] {
+            std::fs::write(dir.join(name), b"x").unwrap();
+        }
+        SnapshotDir::create(&dir).unwrap();
+        assert!(files(&dir).is_empty());
+        for foreign in ["gen-000001.txt", ".gen-1.mem.x.tmp", "notes", ".hidden.tmp"] {
+            std::fs::write(dir.join(foreign), b"x").unwrap();
+            let e = SnapshotDir::create(&dir).unwrap_err();
+            assert!(
+                matches!(e, SnapshotError::ForeignFile { .. }),
+                "{foreign}: {e}"
+            );
+            assert_eq!(files(&dir), [foreign], "not deleted");
+            std::fs::remove_file(dir.join(foreign)).unwrap();
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Valid state and diff files of one generation, to mutate: made once.
+    fn valid_files() -> &'static (Vec<u8>, Vec<u8>, SnapshotState) {
+        static FILES: std::sync::OnceLock<(Vec<u8>, Vec<u8>, SnapshotState)> =
+            std::sync::OnceLock::new();
+        FILES.get_or_init(|| {
+            let dir = temp("valid-files");
+            series(&dir, &memory(), 1);
+            let state_bytes = std::fs::read(dir.join("gen-000001.state")).unwrap();
+            let diff = std::fs::read(dir.join("gen-000001.diff")).unwrap();
+            let state = read_state(&dir, 1).unwrap();
+            std::fs::remove_dir_all(&dir).unwrap();
+            (state_bytes, diff, state)
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Any bytes as a state file: an error or a state, never a panic, and an error
+        /// message of bounded length whatever the input.
+        #[test]
+        fn state_reader_takes_any_bytes(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..4096)) {
+            let path = Path::new("gen-000001.state");
+            if let Err(e) = read::parse_state(path, 1, &bytes) {
+                proptest::prop_assert!(e.to_string().len() < 600, "{}", e);
+            }
+        }
+
+        /// A valid state or diff with a few bytes changed: refused with a message, or
+        /// (a change the format cannot see, such as inside a page) read consistently.
+        #[test]
+        fn mutated_files_are_refused_or_consistent(
+            edits in proptest::collection::vec((proptest::prelude::any::<proptest::sample::Index>(), proptest::prelude::any::<u8>()), 1..4),
+            in_diff in proptest::prelude::any::<bool>(),
+        ) {
+            let (state_bytes, diff, good) = valid_files();
+            let (mut state_bytes, mut diff) = (state_bytes.clone(), diff.clone());
+            let dir = Path::new("S");
+            let target = if in_diff { &mut diff } else { &mut state_bytes };
+            for (at, value) in &edits {
+                let i = at.index(target.len());
+                target[i] = *value;
+            }
+            let path = dir.join("gen-000001.state");
+            match read::parse_state(&path, 1, &state_bytes) {
+                Err(e) => proptest::prop_assert!(e.to_string().contains("gen-000001.state"), "{}", e),
+                Ok(state) => {
+                    proptest::prop_assert_eq!(state.generation, 1);
+                    if in_diff {
+                        let mut reader = std::io::Cursor::new(&diff);
+                        let pages = read::read_diff_header(&dir.join("gen-000001.diff"), &state, &mut reader);
+                        if let Ok(pages) = pages {
+                            proptest::prop_assert_eq!(pages.len() as u64, state.pages);
+                            proptest::prop_assert!(pages.windows(2).all(|w| w[0] < w[1]));
+                        }
+                    } else {
+                        proptest::prop_assert_eq!(&state.regions, &good.regions);
+                    }
+                }
+            }
+        }
+
+        /// Any bytes as a diff of a valid state: an error, or a sorted page list inside
+        /// the regions; never a panic or an allocation beyond the state's own sizes.
+        #[test]
+        fn diff_reader_takes_any_bytes(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
+            let (_, _, state) = valid_files();
+            let mut reader = std::io::Cursor::new(&bytes);
+            if let Ok(pages) = read::read_diff_header(Path::new("gen-000001.diff"), state, &mut reader) {
+                proptest::prop_assert_eq!(pages.len() as u64, state.pages);
+            }
+        }
+    }
 }

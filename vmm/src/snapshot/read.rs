@@ -446,7 +446,7 @@ fn map_full(dir: &Path, state: &SnapshotState) -> Result<(GuestMemoryMmap, Vec<F
 }
 
 /// Reads a diff's header and page list, checked.
-fn read_diff_header<R: Read>(
+pub(super) fn read_diff_header<R: Read>(
     path: &Path,
     state: &SnapshotState,
     reader: &mut R,
