@@ -17,7 +17,7 @@
 //!   huge file is never read into memory.
 //!
 //! Mapped files (memory files, snapshot memory files) are protected against shrinking
-//! under us by [`crate::sys::sigbus`].
+//! under us by [`crate::sigbus`].
 //!
 //! # Writing ([`Output`])
 //!

@@ -13,7 +13,9 @@
 //! - [`introspect`] prints a guest's address spaces with the walker (live or from a
 //!   memory file, [`memfile`]).
 //!
-//! Only [`kvm`] contains `unsafe` code or raw KVM types.
+//! Only [`kvm`] contains raw KVM types. `unsafe` is denied at the crate root and allowed
+//! only in [`kvm`], [`linux`] (relocating a decompressed kernel through host pointers)
+//! and [`sigbus`]; user paths are opened and outputs written only through [`files`].
 
 #![warn(missing_docs)]
 // `unsafe` is allowed only in the modules below that say so, each block with its SAFETY

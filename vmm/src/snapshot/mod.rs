@@ -12,7 +12,7 @@
 //! | `gen-NNNNNN.state` | the state file: written **last**, so a generation exists exactly when its state file does |
 //!
 //! `NNNNNN` is the generation, six decimal digits. Every file is written under a
-//! temporary name (`.NAME.tmp`) in the same directory, fsynced, renamed to its name and
+//! temporary name (`.NAME.XXXXXXXX.tmp`, [`crate::files::Output`]) in the same directory, fsynced, renamed to its name and
 //! the directory fsynced; the data file first, the state file last. A crash or a failed
 //! write (disk full) therefore leaves at most temporaries and, for a generation whose state
 //! was never renamed, a data file without a state, which readers ignore; the writer removes
