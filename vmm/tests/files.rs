@@ -800,3 +800,51 @@ proptest::proptest! {
         proptest::prop_assert_eq!(&now, before, "{:?}: {}", argv, stderr(&out));
     }
 }
+
+#[test]
+fn a_memory_file_truncated_during_a_walk_is_an_error_naming_it() {
+    let root = scratch("truncated");
+    let mem = root.path().join("mem.raw");
+    // Four tables at the end of a 64 MiB file: every PML4, PDPT and PD entry points to
+    // the next table, the PTEs are empty. The walk reads 512^3 PTE tables (holes, nothing
+    // printed) until its budget stops it, seconds from now, unless the tables vanish.
+    let size = 64 * MIB;
+    let tables = size - 4 * 0x1000;
+    let file = std::fs::File::create(&mem).unwrap_or_else(|e| panic!("{e}"));
+    file.set_len(size).unwrap_or_else(|e| panic!("{e}"));
+    for level in 0..3u64 {
+        let this = tables + level * 0x1000;
+        let entry = (this + 0x1000) | 0x3;
+        let page: Vec<u8> = (0..512).flat_map(|_| entry.to_le_bytes()).collect();
+        std::os::unix::fs::FileExt::write_all_at(&file, &page, this)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    drop(file);
+    let cr3 = format!("{tables:#x}");
+    let mut child = spawn(&[
+        "inspect",
+        "--memory",
+        &arg(&mem),
+        "--cr3",
+        &cr3,
+        "--budget",
+        "34359738368",
+    ]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        child.try_wait().ok().flatten().is_none(),
+        "the walk ended before the file was truncated"
+    );
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&mem)
+        .and_then(|f| f.set_len(0x1000))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let started = Instant::now();
+    while child.try_wait().ok().flatten().is_none() {
+        assert!(started.elapsed() < DEADLINE, "the walk went on");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
+    refused(&out, &["mem.raw", "shrank", "from 67108864 to 4096 bytes"]);
+}
