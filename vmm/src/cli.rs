@@ -55,8 +55,9 @@ pub enum Command {
     /// Boot a guest, pause it when ready, and translate virtual addresses through its
     /// page tables (checked against KVM_TRANSLATE).
     Translate(TranslateArgs),
-    /// Walk page tables offline: in a raw guest-physical memory file (byte N = GPA N), or
-    /// in a generation of a snapshot directory (registers from the snapshot).
+    /// Walk page tables offline: in a raw guest-physical memory file (byte N = GPA N), in
+    /// a generation of a snapshot directory (registers from the snapshot), or in another
+    /// tool's dump (ELF core, LiME, Firecracker / Cloud Hypervisor memory file).
     Inspect(InspectArgs),
     /// Work with snapshot directories (`vmm run --snapshot-dir`): merge, list.
     Snapshot(SnapshotArgs),
@@ -217,6 +218,9 @@ pub struct MergeArgs {
     /// Replace OUT if it is an existing regular file.
     #[arg(long)]
     pub overwrite: bool,
+    /// What to write.
+    #[arg(long, value_enum, default_value_t = MergeFormat::Raw)]
+    pub format: MergeFormat,
 }
 
 /// Arguments of `vmm snapshot list`.
@@ -225,6 +229,25 @@ pub struct ListArgs {
     /// The snapshot directory.
     #[arg(value_name = "DIR")]
     pub dir: PathBuf,
+}
+
+/// A headerless memory file's layout (`vmm inspect --dump --layout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DumpLayout {
+    /// Firecracker: RAM below 3.25 GiB, then from 4 GiB.
+    Firecracker,
+    /// Cloud Hypervisor (and this VMM): RAM below 3 GiB, then from 4 GiB.
+    CloudHypervisor,
+}
+
+/// What `vmm snapshot merge` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MergeFormat {
+    /// A raw memory file: byte N is GPA N.
+    Raw,
+    /// A QEMU-style ELF core: one PT_LOAD per RAM region, NT_PRSTATUS and QEMU notes per
+    /// vCPU (for gdb, crash, drgn, volatility3 and `vmm inspect --dump`).
+    Elf,
 }
 
 /// Output format of `vmm run --dirty-scan-every`.
@@ -321,10 +344,33 @@ pub struct InspectArgs {
     #[arg(
         long,
         value_name = "FILE",
-        required_unless_present = "snapshot",
-        conflicts_with = "snapshot"
+        required_unless_present_any = ["snapshot", "dump"],
+        conflicts_with_all = ["snapshot", "dump"]
     )]
     pub memory: Option<PathBuf>,
+    /// A memory dump made by another tool, its format detected from its contents: an ELF
+    /// core (QEMU `dump-guest-memory`, `virsh dump --memory-only`, `ch-remote coredump`,
+    /// `vmm snapshot merge --format elf`) with the registers of --cpu taken from it, a
+    /// LiME capture, or with --layout/--regions a headerless memory file (Firecracker,
+    /// Cloud Hypervisor).
+    #[arg(long, value_name = "FILE", conflicts_with = "snapshot")]
+    pub dump: Option<PathBuf>,
+    /// With --dump: print what the dump holds (format, segments, CPUs with CR0/CR3/CR4
+    /// and paging mode, VMCOREINFO) instead of walking.
+    #[arg(long, requires = "dump")]
+    pub info: bool,
+    /// With --dump: the CPU whose saved registers are used (default 0).
+    #[arg(long, default_value_t = 0, requires = "dump")]
+    pub cpu: usize,
+    /// With --dump: a headerless memory file of this VMM's layout: `firecracker` (RAM
+    /// below 3.25 GiB, then from 4 GiB) or `cloud-hypervisor` (below 3 GiB, then from 4
+    /// GiB; also this VMM's `gen-000000.mem`).
+    #[arg(long, value_enum, requires = "dump", conflicts_with = "regions")]
+    pub layout: Option<DumpLayout>,
+    /// With --dump: a headerless memory file of these regions, concatenated in this order:
+    /// `GPA:LEN,...` (hex; LEN may end in K, M or G).
+    #[arg(long, value_name = "GPA:LEN,...", requires = "dump", value_parser = vmm::dump::Layout::parse_regions)]
+    pub regions: Option<vmm::dump::Layout>,
     /// A snapshot directory: walk the CR3 saved in it, with the saved CR0, CR4, EFER,
     /// MAXPHYADDR and 1 GiB-page support (the register flags are not needed).
     #[arg(long, value_name = "DIR", conflicts_with_all = ["cr4", "efer", "cr0", "maxphyaddr", "no_gbpages"])]
@@ -345,8 +391,8 @@ pub struct InspectArgs {
         conflicts_with = "memory"
     )]
     pub vcpu: usize,
-    /// CR3 of the address space (hex); with --snapshot, default: the vCPU's saved CR3.
-    #[arg(long, value_parser = parse_hex_arg, required_unless_present = "snapshot")]
+    /// CR3 of the address space (hex); with --snapshot or --dump, default: the saved CR3.
+    #[arg(long, value_parser = parse_hex_arg, required_unless_present_any = ["snapshot", "dump"])]
     pub cr3: Option<u64>,
     /// CR4 (hex); default: PAE and PGE (4-level paging). Set bit 12 for 5-level paging.
     #[arg(long, value_parser = parse_hex_arg)]
@@ -999,13 +1045,17 @@ fn walk_one<M: GuestMemoryBackend>(
     };
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
-    if output.format != Format::Json {
-        writeln!(
-            out,
-            "# address space of {label}: CR3 {:#x}, {:?} paging",
-            ctx.registers().cr3,
-            ctx.mode()
-        )?;
+    // The text format starts each address space with a `#` line; `tlb` is QEMU's `info
+    // tlb` line for line, so its header goes to stderr, as json's does.
+    let header = format!(
+        "# address space of {label}: CR3 {:#x}, {:?} paging",
+        ctx.registers().cr3,
+        ctx.mode()
+    );
+    if output.format == Format::Text {
+        writeln!(out, "{header}")?;
+    } else {
+        eprintln!("vmm: {}", &header[2..]);
     }
     let started = Instant::now();
     let result = print_walk(
@@ -1326,6 +1376,9 @@ fn inspect_file(args: &InspectArgs) -> anyhow::Result<ExitCode> {
     if let Some(dir) = &args.snapshot {
         return inspect_snapshot(args, dir);
     }
+    if let Some(path) = &args.dump {
+        return inspect_dump(args, path);
+    }
     let (Some(path), Some(cr3)) = (&args.memory, args.cr3) else {
         bail!("vmm inspect needs --memory FILE --cr3 HEX, or --snapshot DIR");
     };
@@ -1362,6 +1415,58 @@ fn inspect_file(args: &InspectArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// `vmm inspect --dump FILE`: opens the dump, prints what it holds or walks with the
+/// registers of `--cpu` (each flag given overrides the dump's value).
+fn inspect_dump(args: &InspectArgs, path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let layout = match (args.layout, &args.regions) {
+        (Some(DumpLayout::Firecracker), _) => Some(vmm::dump::Layout::Firecracker),
+        (Some(DumpLayout::CloudHypervisor), _) => Some(vmm::dump::Layout::CloudHypervisor),
+        (None, regions) => regions.clone(),
+    };
+    let dump = vmm::dump::Dump::open(path, layout)?;
+    eprintln!(
+        "vmm: {} is a {} ({} segments, {} CPUs with registers)",
+        path.display(),
+        dump.format,
+        dump.segments.len(),
+        dump.cpus.iter().filter(|c| c.cr.is_some()).count()
+    );
+    if args.info {
+        print!("{}", dump.info());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let saved = match args.cr3 {
+        // Registers typed by hand need nothing from the dump.
+        Some(cr3) => dump
+            .control_registers(args.cpu, args.efer)
+            .unwrap_or(ControlRegisters::long_mode(cr3)),
+        None => dump.control_registers(args.cpu, args.efer)?,
+    };
+    let regs = ControlRegisters {
+        cr0: args.cr0.unwrap_or(saved.cr0),
+        cr3: args.cr3.unwrap_or(saved.cr3),
+        cr4: args.cr4.unwrap_or(saved.cr4),
+        efer: args.efer.unwrap_or(saved.efer),
+    };
+    let ctx = PagingContext::new(regs)
+        .and_then(|c| c.with_phys_addr_bits(args.maxphyaddr.unwrap_or(52)))
+        .map(|c| c.with_gbpages(!args.no_gbpages))
+        .with_context(|| {
+            format!(
+                "the registers of CPU {} do not describe 4- or 5-level paging",
+                args.cpu
+            )
+        })?;
+    let label = format!("cpu {} of {}", args.cpu, path.display());
+    let complete = walk_one(dump.memory(), &ctx, &label, &args.output)?;
+    dump.check_intact()?;
+    Ok(if complete {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_WALK_INCOMPLETE)
+    })
+}
+
 /// `vmm inspect --snapshot DIR`: loads the generation and walks with its saved registers.
 fn inspect_snapshot(args: &InspectArgs, dir: &std::path::Path) -> anyhow::Result<ExitCode> {
     let snap = snapshot::load(dir, args.generation)?;
@@ -1385,7 +1490,14 @@ fn snapshot_command(args: &SnapshotArgs) -> anyhow::Result<ExitCode> {
     match &args.command {
         SnapshotCommand::Merge(m) => {
             let started = Instant::now();
-            let state = snapshot::merge(&m.dir, m.generation, &m.output, replace(m.overwrite))?;
+            let state = match m.format {
+                MergeFormat::Raw => {
+                    snapshot::merge(&m.dir, m.generation, &m.output, replace(m.overwrite))?
+                }
+                MergeFormat::Elf => {
+                    snapshot::merge_elf(&m.dir, m.generation, &m.output, replace(m.overwrite))?
+                }
+            };
             eprintln!(
                 "vmm: generation {} of {} (base + {} diffs) written to {} in {:.2?}",
                 state.generation,

@@ -27,6 +27,7 @@ pub mod bench;
 pub mod builder;
 pub mod devices;
 pub mod dirty;
+pub mod dump;
 pub mod events;
 pub mod exit;
 pub mod files;

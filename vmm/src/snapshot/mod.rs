@@ -102,7 +102,7 @@ use serde::{Deserialize, Serialize};
 use crate::arch::x86_64::cpuid::PagingFeatures;
 use crate::arch::x86_64::regs::{Registers, SpecialRegisters};
 
-pub use read::{Snapshot, diff_pages, generations, load, merge, read_state};
+pub use read::{Snapshot, diff_pages, generations, load, merge, merge_elf, read_state};
 pub use write::{SnapshotDir, SnapshotInfo, SnapshotSource};
 
 /// The snapshot format this VMM writes and reads.

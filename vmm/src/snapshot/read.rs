@@ -578,3 +578,24 @@ pub fn merge(
     snapshot.check_intact()?;
     Ok(snapshot.state)
 }
+
+/// Like [`merge`], but writes a QEMU-style ELF core ([`crate::dump::elf::write_core`]):
+/// every RAM region as a `PT_LOAD` at its GPA, every vCPU's registers as `NT_PRSTATUS`
+/// and `QEMU` notes, so `vmm inspect --dump OUT` walks it with the saved registers.
+pub fn merge_elf(
+    dir: &Path,
+    generation: Option<u64>,
+    out: &Path,
+    replace: Replace,
+) -> Result<SnapshotState> {
+    let snapshot = load(dir, generation)?;
+    let files = snapshot.files();
+    let inputs: Vec<(&'static str, &Path)> = files
+        .iter()
+        .map(|f| ("snapshot file", f.as_path()))
+        .collect();
+    let output = Output::create(out, "ELF core", replace, &inputs)?;
+    crate::dump::elf::write_core(snapshot.memory(), &snapshot.state.vcpus, output)?;
+    snapshot.check_intact()?;
+    Ok(snapshot.state)
+}
