@@ -1457,6 +1457,19 @@ fn inspect_dump(args: &InspectArgs, path: &std::path::Path) -> anyhow::Result<Ex
                 args.cpu
             )
         })?;
+    let levels = match ctx.mode() {
+        walker::PagingMode::FiveLevel => 5,
+        walker::PagingMode::FourLevel => 4,
+    };
+    let started = Instant::now();
+    if let Some(loaded) = dump.prepare_walk(ctx.root().0, levels)? {
+        eprintln!(
+            "vmm: decompressed {} table pages ({} not in the dump: zeros) in {:.2?}",
+            loaded.pages,
+            loaded.missing,
+            started.elapsed()
+        );
+    }
     let label = format!("cpu {} of {}", args.cpu, path.display());
     let complete = walk_one(dump.memory(), &ctx, &label, &args.output)?;
     dump.check_intact()?;

@@ -123,8 +123,7 @@ pub(crate) fn parse(path: &Path, file: &File, file_len: u64) -> Result<Parsed, D
         machine: Some(machine),
         ..Parsed::default()
     };
-    let mut qemu_cpus = Vec::new();
-    let mut prstatus = Vec::new();
+    let mut found = NoteSet::default();
     for i in 0..phnum as usize {
         let p = &phdrs[i * PHDR_LEN as usize..(i + 1) * PHDR_LEN as usize];
         let (kind, offset, paddr, filesz, memsz) = (
@@ -156,70 +155,94 @@ pub(crate) fn parse(path: &Path, file: &File, file_len: u64) -> Result<Parsed, D
                     )));
                 }
                 let notes = read(offset, filesz, &format!("PT_NOTE {i}"))?;
-                for note in Notes::new(&notes) {
-                    let (name, kind, desc) = note.map_err(|reason| {
-                        bad(format!("PT_NOTE {i} at offset {offset:#x}: {reason}"))
-                    })?;
-                    match (name, kind) {
-                        (b"CORE", NT_PRSTATUS) if desc.len() >= PR_REG_AT + 27 * 8 => {
-                            let reg = |n: usize| u64_at(desc, PR_REG_AT + 8 * n);
-                            prstatus.push((reg(16), reg(19)));
-                        }
-                        (b"QEMU", 0) => {
-                            let size = if desc.len() >= 8 {
-                                u32_at(desc, 4) as usize
-                            } else {
-                                0
-                            };
-                            if desc.len() < QEMU_CPU_MIN_LEN
-                                || size < QEMU_CPU_MIN_LEN
-                                || size > desc.len()
-                            {
-                                return Err(bad(format!(
-                                    "QEMU note {} is {} bytes and says {size}: a QEMUCPUState is 432 or 440",
-                                    qemu_cpus.len(),
-                                    desc.len()
-                                )));
-                            }
-                            let mut cr = [0u64; 5];
-                            for (n, c) in cr.iter_mut().enumerate() {
-                                *c = u64_at(desc, QEMU_CR_AT + 8 * n);
-                            }
-                            qemu_cpus.push(DumpCpu {
-                                cr: Some(cr),
-                                rip: Some(u64_at(desc, 136)),
-                                rsp: Some(u64_at(desc, 8 + 6 * 8)),
-                            });
-                        }
-                        (b"VMCOREINFO", 0) => {
-                            parsed.vmcoreinfo = String::from_utf8_lossy(desc)
-                                .lines()
-                                .filter_map(|l| {
-                                    let (k, v) = l.split_once('=')?;
-                                    Some((k.to_owned(), v.trim_end_matches('\0').to_owned()))
-                                })
-                                .take(4096)
-                                .collect();
-                        }
-                        _ => {}
-                    }
-                }
+                found.add(&notes).map_err(|reason| {
+                    bad(format!("PT_NOTE {i} at offset {offset:#x}: {reason}"))
+                })?;
             }
             _ => {}
         }
     }
-    let cpus = qemu_cpus.len().max(prstatus.len());
-    parsed.cpus = (0..cpus)
-        .map(|i| {
-            let mut cpu = qemu_cpus.get(i).copied().unwrap_or_default();
-            if let Some((rip, rsp)) = prstatus.get(i) {
-                cpu.rip = cpu.rip.or(Some(*rip));
-                cpu.rsp = cpu.rsp.or(Some(*rsp));
-            }
-            cpu
-        })
-        .collect();
+    parsed.cpus = found.cpus();
+    parsed.vmcoreinfo = found.vmcoreinfo;
     Ok(parsed)
+}
+
+/// What the notes of a dump say: per-CPU states and VMCOREINFO.
+#[derive(Debug, Default)]
+pub(crate) struct NoteSet {
+    qemu: Vec<DumpCpu>,
+    prstatus: Vec<(u64, u64)>,
+    /// VMCOREINFO's `KEY=VALUE` lines.
+    pub vmcoreinfo: Vec<(String, String)>,
+}
+
+impl NoteSet {
+    /// Reads the notes in `notes` (an ELF note segment's bytes), or says why not.
+    pub fn add(&mut self, notes: &[u8]) -> Result<(), String> {
+        for note in Notes::new(notes) {
+            let (name, kind, desc) = note?;
+            match (name, kind) {
+                (b"CORE", NT_PRSTATUS) if desc.len() >= PR_REG_AT + 27 * 8 => {
+                    let reg = |n: usize| u64_at(desc, PR_REG_AT + 8 * n);
+                    self.prstatus.push((reg(16), reg(19)));
+                }
+                (b"QEMU", 0) => {
+                    let size = if desc.len() >= 8 {
+                        u32_at(desc, 4) as usize
+                    } else {
+                        0
+                    };
+                    if desc.len() < QEMU_CPU_MIN_LEN || size < QEMU_CPU_MIN_LEN || size > desc.len()
+                    {
+                        return Err(format!(
+                            "QEMU note {} is {} bytes and says {size}: a QEMUCPUState is 432 or 440",
+                            self.qemu.len(),
+                            desc.len()
+                        ));
+                    }
+                    let mut cr = [0u64; 5];
+                    for (n, c) in cr.iter_mut().enumerate() {
+                        *c = u64_at(desc, QEMU_CR_AT + 8 * n);
+                    }
+                    self.qemu.push(DumpCpu {
+                        cr: Some(cr),
+                        rip: Some(u64_at(desc, 136)),
+                        rsp: Some(u64_at(desc, 8 + 6 * 8)),
+                    });
+                }
+                (b"VMCOREINFO", 0) => self.add_vmcoreinfo(desc),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads VMCOREINFO's text (`KEY=VALUE` lines).
+    pub fn add_vmcoreinfo(&mut self, text: &[u8]) {
+        self.vmcoreinfo = String::from_utf8_lossy(text)
+            .lines()
+            .filter_map(|l| {
+                let (k, v) = l.split_once('=')?;
+                Some((k.to_owned(), v.trim_end_matches('\0').to_owned()))
+            })
+            .take(4096)
+            .collect();
+    }
+
+    /// CPU N: the Nth QEMU note, with the Nth NT_PRSTATUS's RIP and RSP where it has none.
+    pub fn cpus(&self) -> Vec<DumpCpu> {
+        let count = self.qemu.len().max(self.prstatus.len());
+        (0..count)
+            .map(|i| {
+                let mut cpu = self.qemu.get(i).copied().unwrap_or_default();
+                if let Some((rip, rsp)) = self.prstatus.get(i) {
+                    cpu.rip = cpu.rip.or(Some(*rip));
+                    cpu.rsp = cpu.rsp.or(Some(*rsp));
+                }
+                cpu
+            })
+            .collect()
+    }
 }
 
 /// The notes of a `PT_NOTE` segment: `(name without its NUL, type, descriptor)`, or why

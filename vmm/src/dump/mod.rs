@@ -16,7 +16,9 @@
 //! CR0, CR3, CR4; `NT_PRSTATUS`: general registers); see [`DumpCpu`].
 
 pub mod elf;
+pub mod kdump;
 pub mod lime;
+pub mod lzo;
 
 use std::fmt::Write as _;
 use std::fs::File;
@@ -138,6 +140,11 @@ pub enum DumpFormat {
     Elf,
     /// A LiME capture (`EMiL` range headers).
     Lime,
+    /// A kdump-compressed dump (makedumpfile's format), flattened or seekable.
+    Kdump {
+        /// The flattened stream variant.
+        flattened: bool,
+    },
     /// A headerless memory file placed by a [`Layout`].
     Layout(Layout),
 }
@@ -147,6 +154,10 @@ impl std::fmt::Display for DumpFormat {
         match self {
             Self::Elf => f.write_str("ELF core"),
             Self::Lime => f.write_str("LiME capture"),
+            Self::Kdump { flattened: false } => f.write_str("kdump-compressed dump"),
+            Self::Kdump { flattened: true } => {
+                f.write_str("kdump-compressed dump (flattened stream)")
+            }
             Self::Layout(l) => write!(f, "headerless memory file ({l})"),
         }
     }
@@ -247,6 +258,8 @@ pub struct Dump {
     // Dropped before the memory: the watches end before the mappings go.
     watches: Vec<FaultWatch>,
     memory: GuestMemoryMmap,
+    /// For a kdump-compressed dump: the pages, decompressed on demand.
+    kdump: Option<kdump::Kdump>,
 }
 
 /// Bytes of a file's start quoted when it is not recognised.
@@ -263,11 +276,17 @@ impl Dump {
             path: path.to_owned(),
             source,
         };
-        let mut magic = [0u8; 8];
+        let mut magic = [0u8; 12];
         let n = file
             .read_at(&mut magic, 0)
             .map_err(read_error)?
             .min(magic.len());
+        if layout.is_none()
+            && (magic[..n].starts_with(kdump::SIGNATURE)
+                || magic[..n].starts_with(kdump::FLAT_SIGNATURE))
+        {
+            return Self::open_kdump(path, file, file_len);
+        }
         let parsed = if let Some(layout) = layout {
             let mut segments = Vec::new();
             let mut offset = 0u64;
@@ -299,7 +318,7 @@ impl Dump {
         } else {
             return Err(DumpError::Unknown {
                 path: path.to_owned(),
-                start: crate::files::excerpt(&magic[..n], QUOTE),
+                start: crate::files::excerpt(&magic[..n.min(8)], QUOTE),
             });
         };
         let mut segments = parsed.segments;
@@ -315,7 +334,50 @@ impl Dump {
             machine: parsed.machine,
             watches,
             memory,
+            kdump: None,
         })
+    }
+
+    fn open_kdump(path: &Path, file: File, file_len: u64) -> Result<Self, DumpError> {
+        let (k, mut segments, notes) = kdump::open(path, file, file_len)?;
+        let format = DumpFormat::Kdump {
+            flattened: k.is_flattened(),
+        };
+        if segments.is_empty() {
+            return Err(DumpError::Malformed {
+                path: path.to_owned(),
+                format: "kdump-compressed dump",
+                reason: "its 1st bitmap marks no RAM".into(),
+            });
+        }
+        segments.sort_by_key(|g| g.gpa);
+        let memory = kdump::memory(path, &segments)?;
+        Ok(Self {
+            path: path.to_owned(),
+            format,
+            segments,
+            cpus: notes.cpus(),
+            vmcoreinfo: notes.vmcoreinfo,
+            file_len,
+            machine: None,
+            watches: Vec::new(),
+            memory,
+            kdump: Some(k),
+        })
+    }
+
+    /// Makes the memory ready for a walk from `root` in `levels`-level paging: for a
+    /// kdump-compressed dump, decompresses the tables the walk will read (see
+    /// [`kdump`]); other formats are mapped already. Returns what was decompressed.
+    pub fn prepare_walk(
+        &self,
+        root: u64,
+        levels: u8,
+    ) -> Result<Option<kdump::LoadStats>, DumpError> {
+        match &self.kdump {
+            Some(k) => k.load_tables(&self.memory, root, levels).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// Guest-physical memory.
@@ -449,7 +511,6 @@ pub(crate) struct Parsed {
     pub machine: Option<u16>,
 }
 
-
 /// Sorts the segments by GPA and refuses empty, overflowing, overlapping ones and ones
 /// past the end of the file.
 fn check_segments(
@@ -471,6 +532,11 @@ fn check_segments(
         DumpFormat::Lime => DumpError::Malformed {
             path: path.to_owned(),
             format: "LiME capture",
+            reason,
+        },
+        DumpFormat::Kdump { .. } => DumpError::Malformed {
+            path: path.to_owned(),
+            format: "kdump-compressed dump",
             reason,
         },
     };
@@ -570,7 +636,7 @@ fn map_segments(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::io::Write as _;
 
     use vm_memory::GuestMemoryBackend;
@@ -624,7 +690,7 @@ mod tests {
     }
 
     /// Every leaf as mapped and split, in `vmm inspect --format tlb`'s lines.
-    fn leaves<M: GuestMemoryBackend>(mem: &M, cr3: u64) -> Vec<String> {
+    pub(crate) fn leaves<M: GuestMemoryBackend>(mem: &M, cr3: u64) -> Vec<String> {
         let ctx = PagingContext::new(walker::ControlRegisters::long_mode(cr3)).unwrap();
         let mut all = Vec::new();
         for g in [Granularity::AsMapped, Granularity::Split4K] {
@@ -645,7 +711,7 @@ mod tests {
         all
     }
 
-    fn core(dir: &Path) -> (PathBuf, Vec<u8>) {
+    pub(crate) fn core(dir: &Path) -> (PathBuf, Vec<u8>) {
         let path = dir.join("core.elf");
         let out = Output::create(&path, "ELF core", Replace::Yes, &[]).unwrap();
         elf::write_core(&guest(), &[vcpu(), vcpu()], out).unwrap();
