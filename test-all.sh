@@ -6,6 +6,7 @@
 #     1 GiB pages and LA57 are live, with the Linux tests (tests/tests/linux.rs: Debian's
 #     cloud kernel under vmm, built by guest-images/linux/build.sh). It needs root
 #     (apt-get for QEMU and Debian's packages).
+#  Between the two: QEMU-made dumps of the Linux guest walked by `vmm inspect --dump`.
 # Tests that need /dev/kvm fail rather than skip when GUESTWALK_REQUIRE_KVM=1.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -22,6 +23,24 @@ cargo test --workspace --locked
 # fresh host, because the emulator itself has failed a few times in about forty runs, and
 # says so loudly when it did (guest-images/hwkvm/README.md). The stage is bounded: a
 # normal run takes about 5 minutes; a locked-up emulated host must not eat CI's 90.
+# QEMU's own dumps of the Linux test guest (ELF, kdump-zlib; 4- and 5-level paging, made
+# by QEMU TCG on this machine, about 30 s): `vmm inspect --dump` must print exactly QEMU's
+# `info tlb` (tests/tests/dumps.rs). Needs the same Linux guest and QEMU as the stage below.
+dumps_ok=0
+if guest-images/linux/build.sh >/dev/null &&
+    guest-images/hwkvm/build.sh &&
+    guest-images/qemu-dumps/make.sh guest-images/out/qemu-dumps &&
+    GUESTWALK_QEMU_DUMPS="$PWD/guest-images/out/qemu-dumps" GUESTWALK_REQUIRE_QEMU_DUMPS=1 \
+        cargo test -p guestwalk-tests --test dumps --locked; then
+    dumps_ok=1
+    echo "test-all: QEMU-made dumps: vmm inspect --dump equals QEMU's info tlb"
+elif [ "${HWKVM_REQUIRED:-1}" != 0 ]; then
+    echo "test-all: QEMU-made dumps: FAILED" >&2
+    exit 1
+fi
+rm -f guest-images/out/qemu-dumps/*/mem.raw guest-images/out/qemu-dumps/*/core.elf
+echo "test-all: QEMU-made dumps stage passed=$dumps_ok"
+
 if guest-images/linux/build.sh >/dev/null &&
     guest-images/hwkvm/build.sh &&
     HWKVM_QUIET=1 HWKVM_TIMEOUT="${HWKVM_TIMEOUT:-1200}" HWKVM_CMD_TIMEOUT="${HWKVM_CMD_TIMEOUT:-600}" \

@@ -8,9 +8,8 @@
 # times, fastest kept, less the fastest of a trivial command: the monitor's round trip),
 # and saves guest RAM (`pmemsave`). `vmm inspect` then walks that memory with those
 # registers, --format tlb (QEMU's format), timed the same way less the fastest of an
-# inspect of one empty page (process start, mapping the file). Both listings must hold the
-# same leaves: the same (VA, PA) pairs with the same G/D/A/C/T/U/W flags (X and P differ
-# in meaning: QEMU prints the leaf's own NX and PS, vmm the effective NX and the PAT bit).
+# inspect of one empty page (process start, mapping the file). Both listings must be the
+# same lines (vmm's tlb format is QEMU's, flag for flag).
 #
 #   guest-images/hwkvm/tlb-bench.sh [RUNS]    (default 5; after build.sh and
 #                                               guest-images/linux/build.sh)
@@ -106,9 +105,8 @@ awk -v q="$q" -v qb="$qb" -v v="$v" -v vb="$vb" -v vs="$vs" 'BEGIN {
     qw = q - qb; if (qw < 0) qw = 0
     printf "tlb-bench: walk and listing: QEMU info tlb %.4f s (less the monitor round trip), vmm %.4f s; vmm / QEMU = %s; whole commands (vmm inspect incl. start-up and mapping the file / info tlb incl. round trip) = %.2f\n",
         qw, vs, (qw > 0 ? sprintf("%.3f", vs / qw) : "n/a"), (q > 0 ? v / q : 0) }'
-# Same leaves: VA, PA and the flags both mean the same way (columns 2 and 4 of the nine
-# letters are X and P: left out).
-norm() { grep -E '^[0-9a-f]{16}: [0-9a-f]{16} ' "$1" | awk '{ f = $3; print $1, $2, substr(f, 2, 1) substr(f, 4) }' | sort; }
+# Same lines: VA, PA and all nine flags.
+norm() { grep -E '^[0-9a-f]{16}: [0-9a-f]{16} ' "$1" | sort; }
 norm /tmp/qemu.tlb >/tmp/q.n; norm /tmp/vmm.tlb >/tmp/v.n
 # Set operations without comm (busybox lacks it); neither listing repeats a leaf.
 sort /tmp/q.n /tmp/v.n | uniq -d >/tmp/both.n

@@ -28,14 +28,13 @@
 //! allocate more). A RAM page the dump left out (makedumpfile excludes zero and free
 //! pages) reads as zeros.
 
-use std::collections::HashSet;
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use vm_memory::mmap::MmapRegionBuilder;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
+use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap};
 
 use super::elf::NoteSet;
 use super::{DumpError, Segment};
@@ -90,14 +89,7 @@ pub struct Kdump {
     flattened: bool,
 }
 
-/// What [`Kdump::load_tables`] did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct LoadStats {
-    /// Table pages decompressed.
-    pub pages: u64,
-    /// Of those, pages the dump left out (zeros).
-    pub missing: u64,
-}
+pub use super::LoadStats;
 
 fn be64(b: &[u8]) -> u64 {
     let mut w = [0u8; 8];
@@ -226,62 +218,19 @@ impl Kdump {
     }
 
     /// Decompresses into `memory` every page a walk from `root` (in `levels`-level
-    /// paging) will read: the root table and each table a present non-leaf entry points
-    /// to, level by level, each page once.
+    /// paging) will read ([`super::load_tables`]).
     pub fn load_tables(
         &self,
         memory: &GuestMemoryMmap,
         root: u64,
         levels: u8,
     ) -> Result<LoadStats, DumpError> {
-        const ADDR: u64 = 0x000f_ffff_ffff_f000;
-        const PS: u64 = 1 << 7;
-        let mut stats = LoadStats::default();
-        let mut loaded: HashSet<u64> = HashSet::new();
-        let mut seen: HashSet<(u64, u8)> = HashSet::new();
-        let mut level_pages = vec![root & ADDR];
-        for level in (1..=levels).rev() {
-            let mut next = Vec::new();
-            for table in level_pages {
-                if !seen.insert((table, level)) {
-                    continue;
-                }
-                let pfn = table / PAGE;
-                if loaded.insert(pfn) {
-                    stats.pages += 1;
-                    match self.page(pfn)? {
-                        Some(page) => {
-                            // A page outside RAM stays outside memory for the walker.
-                            let _ = memory.write_slice(&page, GuestAddress(table));
-                        }
-                        None => stats.missing += 1,
-                    }
-                }
-                if level == 1 {
-                    continue;
-                }
-                let mut entries = [0u8; PAGE as usize];
-                if memory
-                    .read_slice(&mut entries, GuestAddress(table))
-                    .is_err()
-                {
-                    continue;
-                }
-                for e in entries.chunks_exact(8) {
-                    let entry = le64(e, 0);
-                    // Present and pointing to a table (PS at PDPT and PD is a leaf;
-                    // at PML4 and PML5 it is a reserved bit the walker refuses).
-                    let leaf = (level == 2 || level == 3) && entry & PS != 0;
-                    if entry & 1 != 0 && !leaf {
-                        next.push(entry & ADDR);
-                    }
-                }
-            }
-            next.sort_unstable();
-            next.dedup();
-            level_pages = next;
-        }
-        Ok(stats)
+        super::load_tables(memory, root, levels, |pfn| {
+            Ok(match self.page(pfn)? {
+                Some(page) => super::Page::Data(page),
+                None => super::Page::Absent,
+            })
+        })
     }
 }
 
@@ -324,11 +273,7 @@ fn malformed(path: &Path, flattened: bool, reason: String) -> DumpError {
 }
 
 /// Reads a flattened stream's records: where each piece of the seekable file is.
-fn flat_extents(
-    path: &Path,
-    file: &File,
-    file_len: u64,
-) -> Result<(Vec<Extent>, u64), DumpError> {
+fn flat_extents(path: &Path, file: &File, file_len: u64) -> Result<(Vec<Extent>, u64), DumpError> {
     let bad = |reason: String| malformed(path, true, reason);
     let io = |source| DumpError::Read {
         path: path.to_owned(),
@@ -532,7 +477,7 @@ pub(crate) fn memory(path: &Path, segments: &[Segment]) -> Result<GuestMemoryMma
 pub(crate) mod tests {
     use std::io::Write as _;
 
-    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+    use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryRegion};
 
     use super::*;
     use crate::dump::Dump;

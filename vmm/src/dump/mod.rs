@@ -5,10 +5,14 @@
 //!
 //! A dump is mapped, not copied: every segment whose file offset is page-aligned is
 //! mapped private and read-only ([`vm_memory::GuestMemoryMmap`], so the walker runs
-//! unchanged and holes between segments are "outside memory" faults as in a raw file);
-//! a segment at an unaligned offset (LiME's, after each 32-byte header) is read into
-//! anonymous memory, so memory use is bounded by the file's real size. Mapped segments
-//! are watched for the file shrinking ([`crate::sigbus`]).
+//! unchanged and holes between segments are "outside memory" faults as in a raw file).
+//! A segment at an offset that cannot be mapped (QEMU's ELF cores put their first
+//! `PT_LOAD` right after the notes; LiME's data follows each 32-byte header) and a
+//! kdump-compressed dump's pages are backed by anonymous memory and read on demand:
+//! [`Dump::prepare_walk`] reads (and decompresses) exactly the table pages a walk from a
+//! root will read, so opening and walking a 1 GiB dump costs what its tables cost, not
+//! what its RAM does. Mapped segments are watched for the file shrinking
+//! ([`crate::sigbus`]).
 //!
 //! Every offset, size and count read from a file is checked against the file's size with
 //! checked arithmetic before anything is allocated or mapped; overlapping segments are
@@ -260,6 +264,10 @@ pub struct Dump {
     memory: GuestMemoryMmap,
     /// For a kdump-compressed dump: the pages, decompressed on demand.
     kdump: Option<kdump::Kdump>,
+    /// Segments at file offsets that cannot be mapped (not page-aligned, as in QEMU's ELF
+    /// cores and LiME captures): backed by anonymous memory, their pages read on demand.
+    unaligned: Vec<Segment>,
+    file: File,
 }
 
 /// Bytes of a file's start quoted when it is not recognised.
@@ -324,6 +332,11 @@ impl Dump {
         let mut segments = parsed.segments;
         check_segments(path, &parsed.format, &mut segments, file_len)?;
         let (memory, watches) = map_segments(path, &file, &segments)?;
+        let unaligned: Vec<Segment> = segments
+            .iter()
+            .filter(|g| g.file_offset % 4096 != 0)
+            .copied()
+            .collect();
         Ok(Self {
             path: path.to_owned(),
             format: parsed.format,
@@ -335,10 +348,16 @@ impl Dump {
             watches,
             memory,
             kdump: None,
+            unaligned,
+            file,
         })
     }
 
     fn open_kdump(path: &Path, file: File, file_len: u64) -> Result<Self, DumpError> {
+        let dup = file.try_clone().map_err(|source| DumpError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         let (k, mut segments, notes) = kdump::open(path, file, file_len)?;
         let format = DumpFormat::Kdump {
             flattened: k.is_flattened(),
@@ -363,24 +382,50 @@ impl Dump {
             watches: Vec::new(),
             memory,
             kdump: Some(k),
+            unaligned: Vec::new(),
+            file: dup,
         })
     }
 
-    /// Makes the memory ready for a walk from `root` in `levels`-level paging: for a
-    /// kdump-compressed dump, decompresses the tables the walk will read (see
-    /// [`kdump`]); other formats are mapped already. Returns what was decompressed.
+    /// Makes the memory ready for a walk from `root` in `levels`-level paging: reads (and
+    /// for a kdump-compressed dump decompresses) the table pages the walk will read that
+    /// are not mapped ([`load_tables`]). Returns what was read, `None` when everything is
+    /// mapped.
     pub fn prepare_walk(
         &self,
         root: u64,
         levels: u8,
     ) -> Result<Option<kdump::LoadStats>, DumpError> {
-        match &self.kdump {
-            Some(k) => k.load_tables(&self.memory, root, levels).map(Some),
-            None => Ok(None),
+        if let Some(k) = &self.kdump {
+            return k.load_tables(&self.memory, root, levels).map(Some);
         }
+        if self.unaligned.is_empty() {
+            return Ok(None);
+        }
+        load_tables(&self.memory, root, levels, |pfn| {
+            let at = pfn * 4096;
+            let Some(g) = self
+                .unaligned
+                .iter()
+                .find(|g| at >= g.gpa && at - g.gpa < g.len)
+            else {
+                return Ok(Page::Mapped);
+            };
+            let mut page = vec![0u8; 4096];
+            let n = (g.len - (at - g.gpa)).min(4096) as usize;
+            self.file
+                .read_exact_at(&mut page[..n], g.file_offset + (at - g.gpa))
+                .map_err(|source| DumpError::Read {
+                    path: self.path.clone(),
+                    source,
+                })?;
+            Ok(Page::Data(page))
+        })
+        .map(Some)
     }
 
-    /// Guest-physical memory.
+    /// Guest-physical memory. Pages read on demand (see the module docs) hold what
+    /// [`Dump::prepare_walk`] loaded, zeros elsewhere: call it before walking.
     pub fn memory(&self) -> &GuestMemoryMmap {
         &self.memory
     }
@@ -571,6 +616,92 @@ fn check_segments(
     Ok(())
 }
 
+/// What [`load_tables`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoadStats {
+    /// Table pages read (and decompressed) into memory.
+    pub pages: u64,
+    /// Of those, pages the dump left out (they read as zeros).
+    pub missing: u64,
+}
+
+/// Where a page a walk needs comes from.
+#[derive(Debug)]
+pub(crate) enum Page {
+    /// Already in memory (a mapped segment): nothing to do.
+    Mapped,
+    /// Not in the dump: zeros.
+    Absent,
+    /// Its bytes, to put in memory.
+    Data(Vec<u8>),
+}
+
+/// Fills `memory` with every page a walk from `root` (in `levels`-level paging) will
+/// read, from `fetch` (PFN to page): the root table and each table a present non-leaf
+/// entry points to, level by level, each page read once and each (page, level) followed
+/// once, so a hostile table that aliases itself costs at most one visit per page and
+/// level.
+pub(crate) fn load_tables(
+    memory: &GuestMemoryMmap,
+    root: u64,
+    levels: u8,
+    mut fetch: impl FnMut(u64) -> Result<Page, DumpError>,
+) -> Result<LoadStats, DumpError> {
+    const ADDR: u64 = 0x000f_ffff_ffff_f000;
+    const PS: u64 = 1 << 7;
+    let mut stats = LoadStats::default();
+    let mut loaded = std::collections::HashSet::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut level_pages = vec![root & ADDR];
+    for level in (1..=levels).rev() {
+        let mut next = Vec::new();
+        for table in level_pages {
+            if !seen.insert((table, level)) {
+                continue;
+            }
+            if loaded.insert(table) {
+                match fetch(table / 4096)? {
+                    Page::Mapped => {}
+                    Page::Absent => {
+                        stats.pages += 1;
+                        stats.missing += 1;
+                    }
+                    Page::Data(page) => {
+                        stats.pages += 1;
+                        // A page outside RAM stays outside memory for the walker.
+                        let _ = memory.write_slice(&page, GuestAddress(table));
+                    }
+                }
+            }
+            if level == 1 {
+                continue;
+            }
+            let mut entries = [0u8; 4096];
+            if memory
+                .read_slice(&mut entries, GuestAddress(table))
+                .is_err()
+            {
+                continue;
+            }
+            for e in entries.chunks_exact(8) {
+                let mut w = [0u8; 8];
+                w.copy_from_slice(e);
+                let entry = u64::from_le_bytes(w);
+                // Present and pointing to a table (PS at PDPT and PD is a leaf; at PML4
+                // and PML5 it is a reserved bit the walker refuses).
+                let leaf = (level == 2 || level == 3) && entry & PS != 0;
+                if entry & 1 != 0 && !leaf {
+                    next.push(entry & ADDR);
+                }
+            }
+        }
+        next.sort_unstable();
+        next.dedup();
+        level_pages = next;
+    }
+    Ok(stats)
+}
+
 /// Maps every segment (see the module docs).
 fn map_segments(
     path: &Path,
@@ -615,23 +746,6 @@ fn map_segments(
         );
     }
     let memory = GuestMemoryMmap::from_regions(regions).map_err(|e| map_error(0, e.to_string()))?;
-    // Segments at unaligned offsets are copied in.
-    let mut buf = vec![0u8; 1 << 20];
-    for g in segments.iter().filter(|g| g.file_offset % 4096 != 0) {
-        let mut done = 0u64;
-        while done < g.len {
-            let n = (g.len - done).min(buf.len() as u64) as usize;
-            file.read_exact_at(&mut buf[..n], g.file_offset + done)
-                .map_err(|source| DumpError::Read {
-                    path: path.to_owned(),
-                    source,
-                })?;
-            memory
-                .write_slice(&buf[..n], GuestAddress(g.gpa + done))
-                .map_err(|e| map_error(g.file_offset, e.to_string()))?;
-            done += n as u64;
-        }
-    }
     Ok((memory, watches))
 }
 
@@ -781,6 +895,10 @@ pub(crate) mod tests {
         drop(f);
         let lime_dump = Dump::open(&lime_path, None).unwrap();
         assert_eq!(lime_dump.format, DumpFormat::Lime);
+        // Its data is at unaligned offsets: nothing is read until a walk asks.
+        assert_ne!(leaves(lime_dump.memory(), 0x1000), expected);
+        let read = lime_dump.prepare_walk(0x1000, 4).unwrap().unwrap();
+        assert_eq!((read.pages, read.missing), (4, 0), "PML4, PDPT, PD, PT");
         assert_eq!(leaves(lime_dump.memory(), 0x1000), expected);
         // Regions concatenated, placed by --regions.
         let cat = dir.path().join("guest.mem");
