@@ -124,8 +124,8 @@ pub struct BootArgs {
     /// pvpanic driver: its report ends the VM as a crash).
     #[arg(long, value_name = "STR", default_value = DEFAULT_CMDLINE, requires = "kernel")]
     pub cmdline: String,
-    /// With --kernel: what a guest reset (reboot, panic=-1) means for the exit status:
-    /// success (0) or fail (102). The message names how the guest reset.
+    /// With --kernel, for `vmm run`: what a guest reset (reboot, panic=-1) means for the
+    /// exit status: success (0) or fail (102). The message names how the guest reset.
     #[arg(long, value_enum, default_value_t = OnReset::Success, requires = "kernel")]
     pub on_reset: OnReset,
     /// With --kernel: boot even on a PVM host, where a stock kernel cannot run.
