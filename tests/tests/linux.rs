@@ -21,6 +21,11 @@
 //! bzImage in all of them but one, which lets the guest's decompressor run; one more
 //! keeps KASLR on, so the kernel runs where vmm relocated it.
 //!
+//! Reboots and panics (issue 13): `reboot -f` with every reboot method of Linux on 1 and 2
+//! vCPUs, a panic before `/init` and a sysrq crash with pvpanic each end the VM with the
+//! documented outcome and status, promptly; each case prints the time from the guest's
+//! request to the VM's end.
+//!
 //! Where they run: a stock kernel cannot boot on a PVM `/dev/kvm` (this project's
 //! machines), so these tests need a hardware-style KVM host and the images of
 //! `guest-images/linux/build.sh`, named by `GUESTWALK_LINUX_DIR`. CI runs them inside the
