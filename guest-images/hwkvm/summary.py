@@ -95,9 +95,10 @@ if not done:
 if qemu_rc != 0:
     ok = False
 # Why the host died, when its own kernel failed (run.sh: a soft lockup panics it). Only
-# the reason: such a run already fails above (no END marker, no ALL DONE), and the
-# commands' own output (a guest's console) may hold the same words.
-for _, text in lines:
+# the reason: such a run already fails above (no END marker, no ALL DONE). Only for a
+# host that did not finish: the commands' own output (a guest's console, such as the
+# Linux guest's pvpanic crash) may hold the same words in a run that passed.
+for _, text in lines if not done else []:
     if "soft lockup" in text or "Kernel panic" in text:
         out.append("host kernel: " + text.strip()[:200])
         break

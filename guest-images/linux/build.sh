@@ -28,14 +28,15 @@ download_deb busybox-static
 # busybox-static: the only program in the guest besides thp.
 unpack_busybox
 
-# Only the bzImage is needed (no modules: the guest loads none).
+# The bzImage, and the only modules the guest loads: pvpanic (its core and the driver of
+# the ACPI QEMU0001 device, uncompressed in Debian's package).
 kdir=$out/kernel/$kpkg
-if [ ! -e "$kdir/.done" ]; then
+if [ ! -e "$kdir/.done-pvpanic" ]; then
     rm -rf "$kdir"
     mkdir -p "$kdir"
     dpkg-deb --fsys-tarfile "$(compgen -G "$out/debs/${kpkg}_*.deb" | head -n1)" |
-        tar -x -C "$kdir" --wildcards './boot/vmlinuz-*'
-    touch "$kdir/.done"
+        tar -x -C "$kdir" --wildcards './boot/vmlinuz-*' './lib/modules/*/kernel/drivers/misc/pvpanic/*'
+    touch "$kdir/.done-pvpanic"
 fi
 cp "$(compgen -G "$kdir/boot/vmlinuz-*" | head -n1)" "$out/bzImage"
 
@@ -75,8 +76,11 @@ fi
 
 root=$out/initramfs-root
 rm -rf "$root"
-mkdir -p "$root"/{bin,dev,proc,sys}
+mkdir -p "$root"/{bin,dev,proc,sys,lib/modules}
 cp "$bbdir/bin/busybox" "$root/bin/busybox"
+for module in pvpanic pvpanic-mmio; do
+    cp "$(compgen -G "$kdir/lib/modules/*/kernel/drivers/misc/pvpanic/$module.ko" | head -n1)" "$root/lib/modules/"
+done
 install -m 0755 "$here/init" "$root/init"
 # The THP test process: static, so the initramfs needs no libc.
 gcc -static -O2 -Wall -Werror -o "$root/bin/thp" "$here/thp.c"

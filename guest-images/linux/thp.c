@@ -17,6 +17,10 @@
  * debug port (QEMU, in the `info tlb` comparison of guest-images/hwkvm/tlb-bench.sh) can
  * then stop the guest while this process runs, with its CR3 loaded.
  *
+ * `thp mark VALUE` only sends MARK with VALUE (hex) and exits: /init sends it right
+ * before it reboots or crashes the guest on purpose (guestwalk.do=), so a test can time
+ * the VM's end from the guest's request.
+ *
  * Static, no dependencies beyond libc: gcc -static -O2 -o thp thp.c
  */
 #define _GNU_SOURCE
@@ -71,6 +75,14 @@ static long anon_huge_kb(uintptr_t start)
 
 int main(int argc, char **argv)
 {
+	if (argc > 2 && strcmp(argv[1], "mark") == 0) {
+		if (ioperm(EVENT_PORT, 12, 1) != 0) {
+			perror("thp: ioperm");
+			return 1;
+		}
+		send_event(EVENT_MARK, strtoull(argv[2], NULL, 16));
+		return 0;
+	}
 	long linger = argc > 1 ? strtol(argv[1], NULL, 10) : 0;
 	size_t span = BUFFER_SIZE + HUGE_PAGE;
 	char *raw = mmap(NULL, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);

@@ -21,6 +21,11 @@
 //! bzImage in all of them but one, which lets the guest's decompressor run; one more
 //! keeps KASLR on, so the kernel runs where vmm relocated it.
 //!
+//! Reboots and panics (issue 13): `reboot -f` with every reboot method of Linux on 1 and 2
+//! vCPUs, a panic before `/init` and a sysrq crash with pvpanic each end the VM with the
+//! documented outcome and status, promptly; each case prints the time from the guest's
+//! request to the VM's end.
+//!
 //! Where they run: a stock kernel cannot boot on a PVM `/dev/kvm` (this project's
 //! machines), so these tests need a hardware-style KVM host and the images of
 //! `guest-images/linux/build.sh`, named by `GUESTWALK_LINUX_DIR`. CI runs them inside the
@@ -498,4 +503,236 @@ fn linux_thp_process_pti() {
     assert_eq!(hash_ram(&p.vm), before, "a walk changed guest RAM");
     eprintln!("{test}: {checked} translations agree with KVM_TRANSLATE");
     finish(p, test, &[]);
+}
+
+/// The MARK /init sends right before it reboots or crashes the guest (`guestwalk.do=`).
+const REQUEST_MARK: u64 = 0x7265_626f_6f74;
+/// How long a VM may take from the guest's request to its end before the case fails.
+/// Generous (the emulated host is slow and shared); the measured times are printed.
+const PROMPT: Duration = Duration::from_secs(30);
+/// What the kernel prints first when it panics (for a panic with no MARK before it).
+const PANIC_LINE: &str = "Kernel panic - not syncing";
+
+/// How one guest ended: its outcome, and the time from its request to the VM's end.
+struct Ended {
+    outcome: vmm::ExitOutcome,
+    /// From the MARK (or the console's panic line) to the vCPU's stop.
+    after_request: Option<Duration>,
+    /// From the vCPUs' start to the stop.
+    after_boot: Duration,
+    console: String,
+}
+
+/// Boots the Linux test guest (128 MiB) with `cmdline` after vmm's default one and
+/// waits until the VM ends, timing it from the guest's request: /init's MARK, or the
+/// kernel's panic line on the console when no MARK came.
+fn boot_until_end(test: &str, vcpus: u8, cmdline: &str) -> Option<Ended> {
+    let (kernel, initrd) = images(test, "bzImage")?;
+    let console = Console::capture();
+    let config = VmConfig {
+        vcpus,
+        console: console.clone(),
+        memory: MemorySize::from_bytes(128 << 20).unwrap(),
+        ..VmConfig::default()
+    };
+    let boot = LinuxBoot {
+        kernel,
+        initrd: Some(initrd),
+        cmdline: format!("console=ttyS0 quiet panic=-1 {cmdline}"),
+        force: false,
+        decompress: Decompress::Vmm,
+    };
+    let vm = vmm::build_linux_vm(&config, &boot).unwrap_or_else(|e| panic!("{test}: {e}"));
+    let started = Instant::now();
+    let deadline = started + LINUX_TIMEOUT;
+    let mut requested = None;
+    let poll = Duration::from_millis(10);
+    loop {
+        let until = deadline.min(Instant::now() + poll);
+        match vm.wait_event_until(until, poll) {
+            Ok(VmEvent::Mark {
+                value: REQUEST_MARK,
+            }) => requested = Some(Instant::now()),
+            Ok(VmEvent::Parked { vcpu, .. }) => {
+                vm.resume_vcpu(vcpu).unwrap();
+            }
+            Ok(VmEvent::VcpuStopped { .. }) => break,
+            Ok(_) => {}
+            Err(vmm::VmError::Timeout(_)) if Instant::now() < deadline => {
+                if requested.is_none() && console.contains(PANIC_LINE.as_bytes()) {
+                    requested = Some(Instant::now());
+                }
+            }
+            Err(e) => panic!(
+                "{test}: {cmdline:?} with {vcpus} vCPU(s): the VM did not end: {e}\n{}\nconsole:\n{}",
+                vm.vcpu_report(None),
+                String::from_utf8_lossy(&console.captured())
+            ),
+        }
+    }
+    let stopped = Instant::now();
+    Some(Ended {
+        outcome: vm.outcome().unwrap(),
+        after_request: requested.map(|at| stopped - at),
+        after_boot: stopped - started,
+        console: String::from_utf8_lossy(&console.captured()).into_owned(),
+    })
+}
+
+/// What a case must end with.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Expect {
+    Reset(vmm::ResetMethod),
+    /// A triple fault with no reset request before it.
+    TripleFault,
+    /// A pvpanic report.
+    Panic,
+}
+
+impl Expect {
+    fn matches(self, outcome: &vmm::ExitOutcome) -> bool {
+        match (self, outcome) {
+            (Self::Reset(want), vmm::ExitOutcome::Reset { method, .. }) => *method == want,
+            (Self::Panic, vmm::ExitOutcome::Panicked { .. }) => true,
+            (
+                Self::TripleFault,
+                vmm::ExitOutcome::Failed {
+                    stop: vmm::exit::VcpuStop::Shutdown,
+                    ..
+                },
+            ) => true,
+            _ => false,
+        }
+    }
+
+    /// The status `vmm run --kernel` exits with, and the start of its message.
+    fn status_and_verdict(self) -> (u8, &'static str) {
+        match self {
+            Self::Reset(_) => (0, "the guest reset"),
+            Self::TripleFault | Self::Panic => (100, "the guest crashed"),
+        }
+    }
+}
+
+/// Boots each case in turn, prints one line per case (outcome, time from the guest's
+/// request to the VM's end), then asserts them all: the documented status and message,
+/// the console marker that the guest got there, and a prompt end.
+fn check_cases(test: &str, vcpus: u8, cases: &[(&str, Expect, Option<&str>)]) {
+    let mut failures = Vec::new();
+    for &(cmdline, expect, marker) in cases {
+        let Some(ended) = boot_until_end(test, vcpus, cmdline) else {
+            return;
+        };
+        let outcome = &ended.outcome;
+        let (status, verdict) = expect.status_and_verdict();
+        eprintln!(
+            "{test}: {cmdline:?}, {vcpus} vCPU(s): {} ({} s after boot), request to end {}; status {}: {}: {outcome}",
+            outcome.verdict(),
+            ended.after_boot.as_secs_f64(),
+            ended.after_request.map_or("not seen".into(), |d| format!(
+                "{:.0} ms",
+                d.as_secs_f64() * 1e3
+            )),
+            outcome.exit_status(vmm::OnReset::Success),
+            outcome.verdict(),
+        );
+        let mut wrong = Vec::new();
+        if !expect.matches(outcome) {
+            wrong.push(format!("expected {expect:?}"));
+        }
+        if outcome.exit_status(vmm::OnReset::Success) != status || outcome.verdict() != verdict {
+            wrong.push(format!("expected status {status}, {verdict:?}"));
+        }
+        if let Some(marker) = marker
+            && !ended.console.contains(marker)
+        {
+            wrong.push(format!("no {marker:?} on the console"));
+        }
+        match ended.after_request {
+            Some(d) if d <= PROMPT => {}
+            other => wrong.push(format!("not within {PROMPT:?} of the request: {other:?}")),
+        }
+        if !wrong.is_empty() {
+            failures.push(format!(
+                "{cmdline:?}: {}; got {outcome}\nconsole:\n{}",
+                wrong.join(", "),
+                ended.console
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{test}:\n{}", failures.join("\n\n"));
+}
+
+/// `reboot -f` with each of Linux's reboot methods. Without `reboot=`, Linux picks the
+/// EFI method on a hardware-reduced ACPI platform (`reboot_init`), whatever the FADT's
+/// reset register says; with no EFI that falls back to the BIOS method, a jump to the
+/// reset vector in real mode, where vmm's stub asks for the reset: this proves it.
+/// `reboot=t` triple-faults with no request before it, which nothing tells apart from a
+/// crash.
+fn reboot_cases() -> Vec<(&'static str, Expect, Option<&'static str>)> {
+    use vmm::ResetMethod::*;
+    let reboot = Some("GUESTWALK-REBOOT");
+    vec![
+        ("guestwalk.do=reboot", Expect::Reset(ResetVector), reboot),
+        (
+            "reboot=k guestwalk.do=reboot",
+            Expect::Reset(Keyboard),
+            reboot,
+        ),
+        ("reboot=t guestwalk.do=reboot", Expect::TripleFault, reboot),
+        (
+            "reboot=a guestwalk.do=reboot",
+            Expect::Reset(AcpiResetRegister),
+            reboot,
+        ),
+        (
+            "reboot=pci guestwalk.do=reboot",
+            Expect::Reset(PciResetControl),
+            reboot,
+        ),
+        (
+            "reboot=b guestwalk.do=reboot",
+            Expect::Reset(ResetVector),
+            reboot,
+        ),
+        (
+            "reboot=e guestwalk.do=reboot",
+            Expect::Reset(ResetVector),
+            reboot,
+        ),
+    ]
+}
+
+#[test]
+fn linux_reboot_methods_one_vcpu() {
+    check_cases("linux_reboot_methods_one_vcpu", 1, &reboot_cases());
+}
+
+#[test]
+fn linux_reboot_methods_two_vcpus() {
+    check_cases("linux_reboot_methods_two_vcpus", 2, &reboot_cases());
+}
+
+/// Panics with `panic=-1`: one before user space (no init: before /init can load the
+/// pvpanic driver, which Debian builds as a module, so it ends as the kernel's reset) and
+/// one from user space (`echo c > /proc/sysrq-trigger`, pvpanic loaded: a crash).
+#[test]
+fn linux_panics_end_the_vm() {
+    use vmm::ResetMethod::ResetVector;
+    check_cases(
+        "linux_panics_end_the_vm",
+        1,
+        &[
+            (
+                "rdinit=/nonexistent",
+                Expect::Reset(ResetVector),
+                Some(PANIC_LINE),
+            ),
+            (
+                "guestwalk.do=crash",
+                Expect::Panic,
+                Some("sysrq triggered crash"),
+            ),
+        ],
+    );
 }

@@ -13,6 +13,7 @@ use crate::arch::x86_64::cpuid::{
 };
 use crate::arch::x86_64::layout;
 use crate::arch::x86_64::regs::{self, BOOT_GDT};
+use crate::devices::reset::reset_vector_stub;
 use crate::devices::serial::COM1_IRQ;
 use crate::devices::{
     Console, DebugControl, DebugPort, IoBus, LegacyDevices, SerialDevice, SerialInterrupt,
@@ -237,9 +238,11 @@ fn build(
 /// initrd, command line and zero page from [`crate::linux::load`]; ACPI tables
 /// ([`crate::arch::x86_64::acpi`]: the MADT is how the guest finds the other vCPUs);
 /// identity page tables for the first 4 GiB; the in-kernel irqchip and PIT; COM1 on
-/// IRQ 4 through an irqfd; the CMOS RTC, the i8042 (whose reset ends the VM cleanly,
-/// [`crate::vm::ExitOutcome::Reset`]) and the ACPI sleep registers (power-off,
-/// [`crate::vm::ExitOutcome::PowerOff`]). Refused on a PVM host unless `linux.force`.
+/// IRQ 4 through an irqfd; the CMOS RTC, the i8042 and the other reset lines (0xCF9, the
+/// ACPI reset register, a stub at the reset vector: each reset ends the VM cleanly,
+/// [`crate::vm::ExitOutcome::Reset`]), the ACPI sleep registers (power-off,
+/// [`crate::vm::ExitOutcome::PowerOff`]) and pvpanic ([`crate::vm::ExitOutcome::Panicked`]).
+/// Refused on a PVM host unless `linux.force`.
 ///
 /// Every vCPU gets the same boot registers, but only vCPU 0 runs from them: with the
 /// in-kernel LAPIC, KVM holds the others until the guest wakes them with INIT/SIPI,
@@ -256,6 +259,12 @@ pub fn build_linux_vm(config: &VmConfig, linux: &LinuxBoot) -> Result<Vm, BuildE
     let hypervisor = Hypervisor::open()?;
     let memory = create_guest_memory(config.memory)?;
     let rsdp = AcpiTables::build(usize::from(config.vcpus))?.write(&memory)?;
+    write(
+        &memory,
+        layout::RESET_VECTOR,
+        &reset_vector_stub(),
+        "the reset-vector stub",
+    )?;
     let loaded = crate::linux::load(&memory, config.memory, linux, Some(rsdp))?;
     write_identity_tables(&memory, layout::LINUX_BOOT_PD_COUNT)?;
     let kvm_vm = Arc::new(hypervisor.create_vm()?);

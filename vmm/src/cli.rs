@@ -2,9 +2,11 @@
 //!
 //! Exit status: 0 when everything worked and the guest reported success; the guest's DONE
 //! status (clamped to 1..=99) when it reports a failure; [`EXIT_WALK_INCOMPLETE`] when a
-//! walk stopped early (its entry budget ran out); [`EXIT_VM_FAILURE`] when the VM dies
-//! (triple fault, KVM internal error, halt without DONE); [`EXIT_VMM_ERROR`] when the VMM
-//! itself fails; 2 for bad command-line syntax.
+//! walk stopped early (its entry budget ran out) or never started (the guest ended
+//! first); [`vmm::vm::EXIT_VM_FAILURE`] when the guest crashed (triple fault with no reset request,
+//! pvpanic) or the VM died (KVM internal error, halt without DONE); [`EXIT_VMM_ERROR`]
+//! when the VMM itself fails; 2 for bad command-line syntax; a guest reset is 0, or
+//! [`vmm::vm::EXIT_GUEST_RESET`] with `--on-reset fail`.
 
 use std::collections::BTreeSet;
 use std::io::{self, Write};
@@ -22,15 +24,13 @@ use vmm::introspect::{
 };
 use vmm::{
     Console, Decompress, Decompressed, Descriptor, DirtyLogChoice, ExitOutcome, GuestMode,
-    LinuxBoot, MemorySize, RoundRecord, Vm, VmConfig, VmError, VmEvent, build_linux_vm,
+    LinuxBoot, MemorySize, OnReset, RoundRecord, Vm, VmConfig, VmError, VmEvent, build_linux_vm,
     build_vm_with, memfile, snapshot,
 };
 use walker::{ControlRegisters, Granularity, Gva, PagingContext, WalkOptions};
 
 /// Exit status when a walk stopped before the end of its range.
 pub const EXIT_WALK_INCOMPLETE: u8 = 3;
-/// Exit status when the VM dies without the guest reporting DONE.
-pub const EXIT_VM_FAILURE: u8 = 100;
 /// Exit status when the VMM itself fails.
 pub const EXIT_VMM_ERROR: u8 = 101;
 
@@ -93,7 +93,8 @@ pub struct BenchArgs {
 }
 
 /// The default Linux command line: console on COM1, no boot chatter (each serial byte
-/// is an exit), reboot at once on panic (which ends the VM).
+/// is an exit), reboot at once on panic (a reset, which ends the VM; with pvpanic loaded
+/// the panic ends it first, as a crash).
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 quiet panic=-1";
 
 /// How to boot the guest (shared by `run`, `walk` and `translate`).
@@ -119,9 +120,16 @@ pub struct BootArgs {
     /// With --kernel: the initrd (initramfs) to load.
     #[arg(long, value_name = "FILE", requires = "kernel")]
     pub initrd: Option<PathBuf>,
-    /// With --kernel: the kernel command line.
+    /// With --kernel: the kernel command line. Keep panic=-1 (or panic=N): a panicking
+    /// kernel then resets, which ends the VM. With panic=0 it halts forever and the VM
+    /// keeps running until --timeout, as a real machine would (unless the guest has the
+    /// pvpanic driver: its report ends the VM as a crash).
     #[arg(long, value_name = "STR", default_value = DEFAULT_CMDLINE, requires = "kernel")]
     pub cmdline: String,
+    /// With --kernel, for `vmm run`: what a guest reset (reboot, panic=-1) means for the
+    /// exit status: success (0) or fail (102). The message names how the guest reset.
+    #[arg(long, value_enum, default_value_t = OnReset::Success, requires = "kernel")]
+    pub on_reset: OnReset,
     /// With --kernel: boot even on a PVM host, where a stock kernel cannot run.
     #[arg(long, requires = "kernel")]
     pub force: bool,
@@ -837,7 +845,7 @@ fn run_linux(args: &BootArgs) -> anyhow::Result<ExitCode> {
     let outcome = outcome
         .with_context(|| format!("waiting for the Linux guest to end (--timeout {timeout:?})"))?;
     eprintln!("vmm: the VM ran for {:.2?}", started.elapsed());
-    let code = report(&outcome);
+    let code = report_with(&outcome, args.on_reset);
     if let ExitOutcome::Failed { vcpu, .. } = &outcome
         && vm.vcpu_count() > 1
     {
@@ -847,23 +855,27 @@ fn run_linux(args: &BootArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn report(outcome: &ExitOutcome) -> ExitCode {
+    report_with(outcome, OnReset::Success)
+}
+
+/// Prints how the VM ended (what kind of end, then the details) and returns its status.
+fn report_with(outcome: &ExitOutcome, on_reset: OnReset) -> ExitCode {
     match outcome {
-        ExitOutcome::Reset { .. } | ExitOutcome::PowerOff { .. } => {
-            eprintln!("vmm: {outcome}");
-            ExitCode::SUCCESS
-        }
-        ExitOutcome::Done { status: 0 } => {
-            eprintln!("vmm: {outcome}");
-            ExitCode::SUCCESS
-        }
-        ExitOutcome::Done { status } => {
-            eprintln!("vmm: {outcome}");
-            ExitCode::from((*status).clamp(1, 99) as u8)
-        }
-        ExitOutcome::Failed { .. } => {
-            eprintln!("vmm: the VM failed: {outcome}");
-            ExitCode::from(EXIT_VM_FAILURE)
-        }
+        ExitOutcome::Done { .. } => eprintln!("vmm: {outcome}"),
+        _ => eprintln!("vmm: {}: {outcome}", outcome.verdict()),
+    }
+    ExitCode::from(outcome.exit_status(on_reset))
+}
+
+/// `walk`/`translate` whose guest ended before it could be paused: nothing was walked.
+/// The guest's crash keeps its status; a clean end is a walk that never happened.
+fn report_unwalked(outcome: &ExitOutcome, what: &str) -> ExitCode {
+    eprintln!("vmm: the guest ended before it could be paused: no {what} was done");
+    let code = report(outcome);
+    if outcome.is_success() {
+        ExitCode::from(EXIT_WALK_INCOMPLETE)
+    } else {
+        code
     }
 }
 
@@ -956,9 +968,19 @@ fn boot_and_pause(
             }
         }
     } else if let Some(delay) = pause.after {
-        std::thread::sleep(delay);
-        if let Some(outcome) = vm.outcome() {
-            return Ok(Err(outcome));
+        // Events until the delay passes: a guest that ends meanwhile ends the wait.
+        let until = Instant::now() + delay;
+        loop {
+            match vm.wait_event_unparking(until, delay) {
+                Ok(VmEvent::VcpuStopped { .. }) => {
+                    if let Some(outcome) = vm.outcome() {
+                        return Ok(Err(outcome));
+                    }
+                }
+                Ok(_) => {}
+                Err(VmError::Timeout(_)) => break,
+                Err(e) => return Err(e).context("waiting for --after to pass"),
+            }
         }
     } else {
         let gpa = match vm.wait_ready(timeout) {
@@ -972,6 +994,11 @@ fn boot_and_pause(
         }
     }
     let states = vm.pause().context("pausing the vCPUs")?;
+    // A guest that reset or crashed between the wait and the pause: its vCPU state is a
+    // reset state, not the moment asked for.
+    if let Some(outcome) = vm.ended() {
+        return Ok(Err(outcome));
+    }
     eprintln!(
         "vmm: paused {} vCPU(s) {:.1?} after start",
         states.len(),
@@ -989,7 +1016,7 @@ fn walk_guest(args: &WalkArgs) -> anyhow::Result<ExitCode> {
     let timeout = Duration::from_secs(args.boot.timeout);
     let p = match boot_and_pause(&args.boot, &args.pause)? {
         Ok(p) => p,
-        Err(outcome) => return Ok(report(&outcome)),
+        Err(outcome) => return Ok(report_unwalked(&outcome, "walk")),
     };
     let state = &p.states[p.vcpu];
     // The address spaces: (label, CR3).
@@ -1096,7 +1123,7 @@ fn translate_guest(args: &TranslateArgs) -> anyhow::Result<ExitCode> {
     let timeout = Duration::from_secs(args.boot.timeout);
     let p = match boot_and_pause(&args.boot, &args.pause)? {
         Ok(p) => p,
-        Err(outcome) => return Ok(report(&outcome)),
+        Err(outcome) => return Ok(report_unwalked(&outcome, "translation")),
     };
     let state = &p.states[p.vcpu];
     let ctx =

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use crate::devices::ExitDevices;
+use crate::devices::{ExitDevices, ResetMethod};
 use crate::kvm::VmExit;
 
 /// Why a vCPU stopped for good.
@@ -11,12 +11,14 @@ use crate::kvm::VmExit;
 pub enum VcpuStop {
     /// The vCPU executed `HLT`. With the built-in guest this is how it ends after DONE.
     Halted,
-    /// Triple fault: the vCPU shut down.
+    /// Triple fault with no reset request before it: the vCPU shut down. A crash (Linux
+    /// resets this way on purpose only with `reboot=t`, which nothing tells apart).
     Shutdown,
-    /// The guest asked for a machine reset (i8042 command 0xFE), or shut down (triple
-    /// fault) after asking: how Linux without ACPI ends `reboot -f` / `poweroff -f`. A
-    /// clean end.
-    ResetRequested,
+    /// The guest asked for a machine reset (how, in the method), or shut down (triple
+    /// fault) after asking: how Linux ends `reboot -f` and `panic=-1`. A clean end.
+    ResetRequested(ResetMethod),
+    /// The guest reported a panic through pvpanic. A crash.
+    Panicked,
     /// The guest powered off through ACPI (the sleep control register, soft-off): how
     /// Linux with ACPI ends `poweroff`. A clean end.
     PowerOff,
@@ -43,7 +45,10 @@ pub enum VcpuStop {
 impl VcpuStop {
     /// Whether this stop is a failure in itself (a HLT is judged by the guest's DONE).
     pub fn is_failure(&self) -> bool {
-        !matches!(self, Self::Halted | Self::ResetRequested | Self::PowerOff)
+        !matches!(
+            self,
+            Self::Halted | Self::ResetRequested(_) | Self::PowerOff
+        )
     }
 }
 
@@ -51,10 +56,15 @@ impl fmt::Display for VcpuStop {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Halted => write!(f, "the vCPU executed HLT"),
-            Self::Shutdown => write!(f, "triple fault: the vCPU shut down (KVM_EXIT_SHUTDOWN)"),
-            Self::ResetRequested => write!(
+            Self::Shutdown => write!(
                 f,
-                "the guest asked for a reset (i8042 command 0xfe on port 0x64)"
+                "triple fault with no reset request before it: the vCPU shut down (KVM_EXIT_SHUTDOWN)"
+            ),
+            Self::ResetRequested(method) => write!(f, "the guest asked for a reset ({method})"),
+            Self::Panicked => write!(
+                f,
+                "the guest reported a kernel panic (pvpanic, port {:#x})",
+                crate::devices::pvpanic::PVPANIC_PORT
             ),
             Self::PowerOff => write!(
                 f,
@@ -107,23 +117,29 @@ pub enum ExitAction {
 /// ones, writes are ignored and counted), everything else decides whether the vCPU
 /// stops. A write that makes the devices request a reset stops the vCPU with
 /// [`VcpuStop::ResetRequested`]; a triple fault counts as that too, but only once a
-/// reset was requested (otherwise it is the failure [`VcpuStop::Shutdown`]). A write
-/// that requests ACPI soft-off stops it with [`VcpuStop::PowerOff`].
+/// reset was requested (otherwise it is the crash [`VcpuStop::Shutdown`]). A write
+/// that requests ACPI soft-off stops it with [`VcpuStop::PowerOff`], one that reports a
+/// panic (pvpanic) with [`VcpuStop::Panicked`].
 pub fn handle_exit(exit: VmExit<'_>, devices: &mut impl ExitDevices) -> ExitAction {
     match exit {
         VmExit::IoOut { port, data } => {
             devices.port_write(port, data);
-            if devices.reset_requested() {
-                ExitAction::Stop(VcpuStop::ResetRequested)
+            if let Some(method) = devices.reset_request() {
+                ExitAction::Stop(VcpuStop::ResetRequested(method))
             } else if devices.power_off_requested() {
                 ExitAction::Stop(VcpuStop::PowerOff)
+            } else if devices.panic_reported() {
+                ExitAction::Stop(VcpuStop::Panicked)
             } else if let Some(argument) = devices.take_park() {
                 ExitAction::Park(argument)
             } else {
                 ExitAction::Continue
             }
         }
-        VmExit::Shutdown if devices.reset_requested() => ExitAction::Stop(VcpuStop::ResetRequested),
+        VmExit::Shutdown => match devices.reset_request() {
+            Some(method) => ExitAction::Stop(VcpuStop::ResetRequested(method)),
+            None => ExitAction::Stop(VcpuStop::Shutdown),
+        },
         VmExit::IoIn { port, data } => {
             devices.port_read(port, data);
             ExitAction::Continue
@@ -139,7 +155,6 @@ pub fn handle_exit(exit: VmExit<'_>, devices: &mut impl ExitDevices) -> ExitActi
         VmExit::Interrupted => ExitAction::Interrupted,
         VmExit::DirtyRingFull => ExitAction::HarvestDirtyRing,
         VmExit::Hlt => ExitAction::Stop(VcpuStop::Halted),
-        VmExit::Shutdown => ExitAction::Stop(VcpuStop::Shutdown),
         VmExit::InternalError { suberror } => {
             ExitAction::Stop(VcpuStop::InternalError { suberror })
         }
@@ -198,12 +213,13 @@ mod tests {
             },
             &mut linux,
         );
-        assert_eq!(action, ExitAction::Stop(VcpuStop::ResetRequested));
-        assert!(!VcpuStop::ResetRequested.is_failure());
+        let keyboard = VcpuStop::ResetRequested(ResetMethod::Keyboard);
+        assert_eq!(action, ExitAction::Stop(keyboard.clone()));
+        assert!(!keyboard.is_failure());
         // A triple fault after the request (another vCPU still running) is clean too.
         assert_eq!(
             handle_exit(VmExit::Shutdown, &mut linux),
-            ExitAction::Stop(VcpuStop::ResetRequested)
+            ExitAction::Stop(keyboard)
         );
         assert_eq!(unhandled.counts(), UnhandledCounts::default());
         // The built-in guest's bus has no i8042: the same write is just unhandled.
@@ -248,6 +264,123 @@ mod tests {
         let (mut builtin, _, unhandled, _) = bus();
         assert_eq!(out(&mut builtin, 0x5f0, 0x34), ExitAction::Continue);
         assert_eq!(unhandled.counts().port_writes, 1);
+    }
+
+    fn out(bus: &mut IoBus, port: u16, value: u8) -> ExitAction {
+        handle_exit(
+            VmExit::IoOut {
+                port,
+                data: &[value],
+            },
+            bus,
+        )
+    }
+
+    fn linux_bus() -> (IoBus, Arc<UnhandledAccesses>) {
+        use crate::devices::LegacyDevices;
+        let (plain, _, unhandled, _) = bus();
+        (
+            plain.with_legacy(Arc::new(Mutex::new(LegacyDevices::default()))),
+            unhandled,
+        )
+    }
+
+    /// Every reset line Linux uses, as its reboot methods drive them, ends the VM with
+    /// the method named; the built-in guest's bus has none of them.
+    #[test]
+    fn every_reset_line_ends_the_vm_naming_its_method() {
+        use crate::arch::x86_64::acpi::{ACPI_RESET_PORT, ACPI_RESET_VALUE};
+        use crate::devices::reset::{RESET_CONTROL_PORT, RESET_VECTOR_PORT, reset_vector_stub};
+        let reset = |method| ExitAction::Stop(VcpuStop::ResetRequested(method));
+
+        // reboot=a: acpi_reset() writes RESET_VALUE to the FADT's register.
+        let (mut linux, unhandled) = linux_bus();
+        assert_eq!(
+            out(&mut linux, ACPI_RESET_PORT, ACPI_RESET_VALUE),
+            reset(ResetMethod::AcpiResetRegister)
+        );
+        assert_eq!(unhandled.counts(), UnhandledCounts::default());
+
+        // reboot=p: read 0xcf9, write SYS_RST (arms), then SYS_RST|RST_CPU|FULL_RST.
+        let (mut linux, _) = linux_bus();
+        let mut cf9 = [0xffu8];
+        handle_exit(
+            VmExit::IoIn {
+                port: RESET_CONTROL_PORT,
+                data: &mut cf9,
+            },
+            &mut linux,
+        );
+        assert_eq!(cf9[0], 0);
+        assert_eq!(
+            out(&mut linux, RESET_CONTROL_PORT, 0x02),
+            ExitAction::Continue
+        );
+        assert_eq!(
+            out(&mut linux, RESET_CONTROL_PORT, 0x0e),
+            reset(ResetMethod::PciResetControl)
+        );
+
+        // reboot=b (and the default's fallback): the stub at F000:FFF0 writes its port.
+        let (mut linux, _) = linux_bus();
+        assert_eq!(
+            out(&mut linux, RESET_VECTOR_PORT, reset_vector_stub()[4]),
+            reset(ResetMethod::ResetVector)
+        );
+        // A triple fault after it is the same clean end, with the same method.
+        assert_eq!(
+            handle_exit(VmExit::Shutdown, &mut linux),
+            reset(ResetMethod::ResetVector)
+        );
+
+        // The built-in guest's bus: all three are unknown ports.
+        let (mut builtin, _, unhandled, _) = bus();
+        for (port, value) in [
+            (ACPI_RESET_PORT, ACPI_RESET_VALUE),
+            (RESET_CONTROL_PORT, 0x0e),
+            (RESET_VECTOR_PORT, 1),
+        ] {
+            assert_eq!(out(&mut builtin, port, value), ExitAction::Continue);
+        }
+        assert_eq!(unhandled.counts().port_writes, 3);
+    }
+
+    /// pvpanic: the capabilities read at probe, then PANICKED from the panic notifier
+    /// ends the VM as a crash; CRASH_LOADED alone does not.
+    #[test]
+    fn a_pvpanic_report_is_a_crash() {
+        use crate::devices::pvpanic::{PVPANIC_CRASH_LOADED, PVPANIC_PANICKED, PVPANIC_PORT};
+        let (mut linux, unhandled) = linux_bus();
+        let mut capabilities = [0u8];
+        handle_exit(
+            VmExit::IoIn {
+                port: PVPANIC_PORT,
+                data: &mut capabilities,
+            },
+            &mut linux,
+        );
+        assert_eq!(capabilities[0], PVPANIC_PANICKED | PVPANIC_CRASH_LOADED);
+        assert_eq!(
+            out(&mut linux, PVPANIC_PORT, PVPANIC_CRASH_LOADED),
+            ExitAction::Continue
+        );
+        assert_eq!(
+            out(&mut linux, PVPANIC_PORT, PVPANIC_PANICKED),
+            ExitAction::Stop(VcpuStop::Panicked)
+        );
+        assert!(VcpuStop::Panicked.is_failure());
+        assert!(VcpuStop::Panicked.to_string().contains("pvpanic"));
+        assert_eq!(unhandled.counts(), UnhandledCounts::default());
+        // A triple fault with no reset request before it stays a crash.
+        assert_eq!(
+            handle_exit(VmExit::Shutdown, &mut linux),
+            ExitAction::Stop(VcpuStop::Shutdown)
+        );
+        let (mut builtin, _, _, _) = bus();
+        assert_eq!(
+            out(&mut builtin, PVPANIC_PORT, PVPANIC_PANICKED),
+            ExitAction::Continue
+        );
     }
 
     #[test]

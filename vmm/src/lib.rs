@@ -49,7 +49,7 @@ pub mod vm;
 pub use builder::{
     BuildError, VmConfig, build_linux_vm, build_vm, build_vm_with, build_vm_with_dirty_ring,
 };
-pub use devices::Console;
+pub use devices::{Console, ResetMethod};
 pub use dirty::{DirtyLog, DirtyLogBackend, DirtyLogChoice, DirtySet, ScanReport};
 pub use events::VmEvent;
 pub use guest::{Descriptor, DescriptorError, GuestMode, RoundRecord};
@@ -58,4 +58,4 @@ pub use linux::{Decompress, Decompressed, LinuxBoot};
 pub use memory::MemorySize;
 pub use snapshot::{SnapshotDir, SnapshotError, SnapshotInfo};
 pub use vcpu::VcpuState;
-pub use vm::{ExitOutcome, Vm, VmError};
+pub use vm::{ExitOutcome, OnReset, Vm, VmError};

@@ -13,7 +13,7 @@ use walker::{ContextError, ControlRegisters, Gva, PagingContext};
 use crate::arch::x86_64::cpuid::PagingFeatures;
 use crate::arch::x86_64::regs::RegisterDump;
 use crate::devices::debug_port::{COMMAND_FINISH, COMMAND_NEXT_ROUND};
-use crate::devices::{DebugControl, UnhandledAccesses, UnhandledCounts};
+use crate::devices::{DebugControl, ResetMethod, UnhandledAccesses, UnhandledCounts};
 use crate::dirty::{
     DirtyError, DirtyLogBackend, DirtyRings, DirtySet, DirtyTracker, RingStats, ScanReport,
     scan_space,
@@ -92,10 +92,18 @@ pub enum ExitOutcome {
         status: u64,
     },
     /// The guest asked for a machine reset (a Linux guest's `reboot -f`, `poweroff -f`
-    /// without ACPI, or `panic=-1`): a clean end with status 0. Whether the guest got
-    /// where it should have is for its console output to say.
+    /// without ACPI, or `panic=-1` without pvpanic): a clean end, status 0 unless the
+    /// caller counts resets as failures ([`OnReset`]). Whether the guest got where it
+    /// should have is for its console output to say.
     Reset {
         /// The vCPU that asked.
+        vcpu: u8,
+        /// How it asked.
+        method: ResetMethod,
+    },
+    /// The guest reported a kernel panic through pvpanic: a crash.
+    Panicked {
+        /// The vCPU that reported it.
         vcpu: u8,
     },
     /// The guest powered off through ACPI (a Linux guest's `poweroff`): a clean end with
@@ -115,6 +123,25 @@ pub enum ExitOutcome {
     },
 }
 
+/// Exit status of `vmm` when the VM dies: the guest crashed (a triple fault with no reset
+/// request before it, a pvpanic report) or KVM stopped it (internal error, halt without
+/// DONE, ...).
+pub const EXIT_VM_FAILURE: u8 = 100;
+/// Exit status of `vmm` when the guest reset and [`OnReset::Fail`] was asked for (its
+/// help text says 102).
+pub const EXIT_GUEST_RESET: u8 = 102;
+
+/// What a guest reset means for `vmm`'s exit status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnReset {
+    /// A reset is a clean end: status 0 (as QEMU's `-no-reboot`).
+    #[default]
+    Success,
+    /// A reset is a failure: status 102 (for runs that expect the guest to power off,
+    /// where a reset means `panic=-1` or a reboot nobody asked for).
+    Fail,
+}
+
 impl ExitOutcome {
     /// Whether the guest reported success.
     pub fn is_success(&self) -> bool {
@@ -122,6 +149,45 @@ impl ExitOutcome {
             self,
             Self::Done { status: 0 } | Self::Reset { .. } | Self::PowerOff { .. }
         )
+    }
+
+    /// Whether the guest crashed: a triple fault with no reset request before it, or a
+    /// panic it reported through pvpanic.
+    pub fn is_guest_crash(&self) -> bool {
+        matches!(
+            self,
+            Self::Panicked { .. }
+                | Self::Failed {
+                    stop: VcpuStop::Shutdown,
+                    ..
+                }
+        )
+    }
+
+    /// `vmm`'s exit status for this end: 0 when the guest powered off, reset (unless
+    /// `on_reset` says otherwise) or reported DONE 0; its DONE status (1..=99) when it
+    /// reported a failure; [`EXIT_VM_FAILURE`] when it crashed or the VM died.
+    pub fn exit_status(&self, on_reset: OnReset) -> u8 {
+        match self {
+            Self::Done { status: 0 } | Self::PowerOff { .. } => 0,
+            Self::Reset { .. } => match on_reset {
+                OnReset::Success => 0,
+                OnReset::Fail => EXIT_GUEST_RESET,
+            },
+            Self::Done { status } => u8::try_from((*status).clamp(1, 99)).unwrap_or(99),
+            Self::Panicked { .. } | Self::Failed { .. } => EXIT_VM_FAILURE,
+        }
+    }
+
+    /// A one-line verdict for `vmm`'s messages: what kind of end this was.
+    pub fn verdict(&self) -> &'static str {
+        match self {
+            _ if self.is_guest_crash() => "the guest crashed",
+            Self::Failed { .. } => "the VM failed",
+            Self::Reset { .. } => "the guest reset",
+            Self::PowerOff { .. } => "the guest powered off",
+            Self::Done { .. } | Self::Panicked { .. } => "the guest finished",
+        }
     }
 }
 
@@ -132,9 +198,14 @@ impl fmt::Display for ExitOutcome {
                 write!(f, "the guest reported DONE with status 0 (success)")
             }
             Self::Done { status } => write!(f, "the guest reported failure status {status:#x}"),
-            Self::Reset { vcpu } => write!(
+            Self::Reset { vcpu, method } => write!(
                 f,
-                "vCPU {vcpu}: the guest asked for a reset (i8042 0xfe): the VM ended cleanly"
+                "vCPU {vcpu}: the guest asked for a reset ({method}): the VM ended cleanly"
+            ),
+            Self::Panicked { vcpu } => write!(
+                f,
+                "vCPU {vcpu}: the guest reported a kernel panic (pvpanic, port {:#x})",
+                crate::devices::pvpanic::PVPANIC_PORT
             ),
             Self::PowerOff { vcpu } => write!(
                 f,
@@ -547,6 +618,19 @@ impl Vm {
         }
     }
 
+    /// How the VM ended, if it did, after taking in every event already sent without
+    /// waiting (other events are dropped): for a caller that just paused the vCPUs and
+    /// must know whether one stopped for good before the pause (a guest that reset
+    /// while a walk waited for its moment).
+    pub fn ended(&self) -> Option<ExitOutcome> {
+        while let Ok(event) = self.events.try_recv() {
+            if let VmEvent::VcpuStopped { vcpu, stop, dump } = &event {
+                self.record_stop(*vcpu, stop, dump.clone());
+            }
+        }
+        self.outcome()
+    }
+
     /// How the VM ended, if it did.
     pub fn outcome(&self) -> Option<ExitOutcome> {
         self.outcome.lock().ok().and_then(|o| o.clone())
@@ -555,7 +639,11 @@ impl Vm {
     fn record_stop(&self, vcpu: u8, stop: &VcpuStop, dump: Option<Box<RegisterDump>>) {
         let outcome = match (stop, self.control.done_status()) {
             (VcpuStop::Halted, Some(status)) => ExitOutcome::Done { status },
-            (VcpuStop::ResetRequested, _) => ExitOutcome::Reset { vcpu },
+            (VcpuStop::ResetRequested(method), _) => ExitOutcome::Reset {
+                vcpu,
+                method: *method,
+            },
+            (VcpuStop::Panicked, _) => ExitOutcome::Panicked { vcpu },
             (VcpuStop::PowerOff, _) => ExitOutcome::PowerOff { vcpu },
             _ => ExitOutcome::Failed {
                 vcpu,
@@ -580,5 +668,63 @@ impl Drop for Vm {
                 let _ = thread.join();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_statuses_tell_each_end_apart() {
+        let reset = ExitOutcome::Reset {
+            vcpu: 0,
+            method: ResetMethod::ResetVector,
+        };
+        let triple = ExitOutcome::Failed {
+            vcpu: 1,
+            stop: VcpuStop::Shutdown,
+            dump: None,
+        };
+        let internal = ExitOutcome::Failed {
+            vcpu: 0,
+            stop: VcpuStop::InternalError { suberror: 1 },
+            dump: None,
+        };
+        let panicked = ExitOutcome::Panicked { vcpu: 0 };
+        let off = ExitOutcome::PowerOff { vcpu: 0 };
+        let cases = [
+            (&off, 0, 0, "the guest powered off"),
+            (&reset, 0, EXIT_GUEST_RESET, "the guest reset"),
+            (
+                &triple,
+                EXIT_VM_FAILURE,
+                EXIT_VM_FAILURE,
+                "the guest crashed",
+            ),
+            (
+                &panicked,
+                EXIT_VM_FAILURE,
+                EXIT_VM_FAILURE,
+                "the guest crashed",
+            ),
+            (&internal, EXIT_VM_FAILURE, EXIT_VM_FAILURE, "the VM failed"),
+            (
+                &ExitOutcome::Done { status: 0x1234 },
+                99,
+                99,
+                "the guest finished",
+            ),
+            (&ExitOutcome::Done { status: 7 }, 7, 7, "the guest finished"),
+        ];
+        for (outcome, success, fail, verdict) in cases {
+            assert_eq!(outcome.exit_status(OnReset::Success), success, "{outcome}");
+            assert_eq!(outcome.exit_status(OnReset::Fail), fail, "{outcome}");
+            assert_eq!(outcome.verdict(), verdict, "{outcome}");
+        }
+        assert!(reset.is_success() && !panicked.is_success() && !triple.is_success());
+        assert!(reset.to_string().contains("F000:FFF0"), "{reset}");
+        assert!(panicked.to_string().contains("pvpanic"), "{panicked}");
+        assert!(triple.to_string().contains("no reset request"), "{triple}");
     }
 }

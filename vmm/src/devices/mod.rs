@@ -4,6 +4,8 @@ pub mod acpi_sleep;
 pub mod console;
 pub mod debug_port;
 pub mod i8042;
+pub mod pvpanic;
+pub mod reset;
 pub mod rtc;
 pub mod serial;
 
@@ -14,12 +16,14 @@ pub use acpi_sleep::AcpiSleep;
 pub use console::Console;
 pub use debug_port::{DebugControl, DebugPort, PortAccess};
 pub use i8042::I8042;
+pub use pvpanic::PvPanic;
+pub use reset::{ResetControl, ResetMethod};
 pub use rtc::Rtc;
 pub use serial::{SerialDevice, SerialInterrupt};
 
 /// The PC legacy devices a Linux guest needs beyond the UART: the CMOS RTC, the i8042
-/// (for its reset line) and the ACPI sleep registers (for power-off). The built-in
-/// guest's VM has none of them.
+/// (for its reset line), the ACPI sleep registers (for power-off), the other reset
+/// lines ([`ResetControl`]) and pvpanic. The built-in guest's VM has none of them.
 #[derive(Debug, Default)]
 pub struct LegacyDevices {
     /// CMOS RTC, ports 0x70/0x71.
@@ -28,6 +32,21 @@ pub struct LegacyDevices {
     pub i8042: I8042,
     /// ACPI sleep control/status, ports 0x5f0/0x5f1.
     pub acpi_sleep: AcpiSleep,
+    /// PCI reset control 0xcf9, ACPI reset register 0x5f2, reset-vector port 0x5f3.
+    pub reset: ResetControl,
+    /// pvpanic, port 0x505.
+    pub pvpanic: PvPanic,
+}
+
+impl LegacyDevices {
+    /// The reset the guest asked for, if it did (the i8042's first).
+    pub fn reset_request(&self) -> Option<ResetMethod> {
+        if self.i8042.reset_requested() {
+            Some(ResetMethod::Keyboard)
+        } else {
+            self.reset.requested()
+        }
+    }
 }
 
 /// Counters of accesses no device claimed (shared by all vCPUs).
@@ -164,7 +183,12 @@ impl IoBus {
     /// A one-byte access to a legacy device: `Some(value read)` when one claims `port`.
     fn legacy_access(&self, port: u16, write: Option<u8>) -> Option<u8> {
         let legacy = self.legacy.as_ref()?;
-        if !(Rtc::claims(port) || I8042::claims(port) || AcpiSleep::claims(port)) {
+        if !(Rtc::claims(port)
+            || I8042::claims(port)
+            || AcpiSleep::claims(port)
+            || ResetControl::claims(port)
+            || PvPanic::claims(port))
+        {
             return None;
         }
         let mut devices = legacy.lock().ok()?;
@@ -175,14 +199,20 @@ impl IoBus {
                     d.rtc.write(port, value);
                 } else if I8042::claims(port) {
                     d.i8042.write(port, value);
-                } else {
+                } else if AcpiSleep::claims(port) {
                     d.acpi_sleep.write(port, value);
+                } else if ResetControl::claims(port) {
+                    d.reset.write(port, value);
+                } else {
+                    d.pvpanic.write(port, value);
                 }
                 0
             }
             None if Rtc::claims(port) => d.rtc.read(port),
             None if I8042::claims(port) => d.i8042.read(port),
-            None => d.acpi_sleep.read(port),
+            None if AcpiSleep::claims(port) => d.acpi_sleep.read(port),
+            None if ResetControl::claims(port) => d.reset.read(port),
+            None => d.pvpanic.read(port),
         })
     }
 }
@@ -198,9 +228,14 @@ pub trait ExitDevices {
     fn mmio_read(&mut self, address: u64, data: &mut [u8]);
     /// A write to non-RAM guest-physical memory.
     fn mmio_write(&mut self, address: u64, data: &[u8]);
-    /// Whether the guest asked for a machine reset (i8042 command 0xFE). Devices
-    /// without a reset line never do.
-    fn reset_requested(&self) -> bool {
+    /// The machine reset the guest asked for, if it did (i8042 command 0xFE, the ACPI
+    /// reset register, 0xCF9, the reset-vector stub). Devices without a reset line
+    /// never do.
+    fn reset_request(&self) -> Option<ResetMethod> {
+        None
+    }
+    /// Whether the guest reported a panic (pvpanic). Devices without pvpanic never do.
+    fn panic_reported(&self) -> bool {
         false
     }
     /// Whether the guest asked to be powered off (ACPI soft-off). Devices without the
@@ -274,10 +309,16 @@ impl ExitDevices for IoBus {
         self.unhandled.mmio_writes.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn reset_requested(&self) -> bool {
+    fn reset_request(&self) -> Option<ResetMethod> {
         self.legacy
             .as_ref()
-            .and_then(|legacy| legacy.lock().ok().map(|d| d.i8042.reset_requested()))
+            .and_then(|legacy| legacy.lock().ok().and_then(|d| d.reset_request()))
+    }
+
+    fn panic_reported(&self) -> bool {
+        self.legacy
+            .as_ref()
+            .and_then(|legacy| legacy.lock().ok().map(|d| d.pvpanic.panicked()))
             .unwrap_or(false)
     }
 

@@ -9,9 +9,14 @@
 //!   also scans for it; the zero page's `acpi_rsdp_addr` points at it too), revision 2,
 //!   pointing to the XSDT;
 //! - **XSDT** listing the FADT and the MADT;
-//! - **FADT** (revision 6.5) with `HW_REDUCED_ACPI`, the DSDT's address, and the
+//! - **FADT** (revision 6.5) with `HW_REDUCED_ACPI`, the DSDT's address, the
 //!   sleep control / status registers at I/O ports [`SLEEP_CONTROL_PORT`] /
-//!   [`SLEEP_STATUS_PORT`], so `poweroff` works ([`crate::devices::AcpiSleep`]);
+//!   [`SLEEP_STATUS_PORT`], so `poweroff` works ([`crate::devices::AcpiSleep`]), and the
+//!   reset register (`RESET_REG_SUP`: [`ACPI_RESET_VALUE`] written to [`ACPI_RESET_PORT`],
+//!   [`crate::devices::ResetControl`]), which Linux uses with `reboot=a`. (Its default
+//!   reboot does not: on a hardware-reduced platform `reboot_init` picks the EFI method,
+//!   which without EFI falls back to the BIOS one, a jump to the reset vector; see
+//!   [`crate::devices::reset`].)
 //! - **DSDT** with `\_S5_`, the sleep-type value of the soft-off state (without it Linux
 //!   would not offer ACPI power-off), and COM1 (`PNP0501`: ports 0x3f8..0x3ff, IRQ 4
 //!   edge-triggered active-high). A hardware-reduced platform has no legacy PIC, so
@@ -19,7 +24,9 @@
 //!   interrupt would not be configured, and everything user space writes to the
 //!   console would stay in the guest's tty buffer (kernel messages, written by
 //!   polling, would still appear); and the CMOS RTC (`PNP0B00`: ports 0x70..0x71, IRQ 8),
-//!   which `rtc_cmos` otherwise fails to probe for the same reason;
+//!   which `rtc_cmos` otherwise fails to probe for the same reason; and pvpanic
+//!   (`QEMU0001`: port 0x505, [`crate::devices::PvPanic`]), which Linux's `pvpanic-mmio`
+//!   driver binds to;
 //! - **MADT**: the local APIC address, one enabled local APIC per vCPU (APIC ID = vCPU
 //!   index, as the CPUID given to each vCPU says), and KVM's in-kernel I/O APIC (ID 0,
 //!   GSI base 0). No interrupt source overrides: KVM's default routing sends ISA IRQ *n*
@@ -42,13 +49,18 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 /// Where the RSDP goes: the start of the BIOS read-only area Linux scans
 /// (`[0xe0000, 0x100000)`, 16-byte aligned).
 pub const RSDP_START: GuestAddress = GuestAddress(0xe_0000);
-/// End (exclusive) of the area the tables may use.
-pub const ACPI_END: GuestAddress = GuestAddress(0x10_0000);
+/// End (exclusive) of the area the tables may use: the reset-vector stub follows.
+pub const ACPI_END: GuestAddress = super::layout::RESET_VECTOR;
 /// The FADT's sleep control register (an 8-bit I/O port). Not 0x600 as on QEMU's q35:
 /// the debug port ([`crate::devices::debug_port`]) is there.
 pub const SLEEP_CONTROL_PORT: u16 = 0x5f0;
 /// The FADT's sleep status register (an 8-bit I/O port).
 pub const SLEEP_STATUS_PORT: u16 = 0x5f1;
+/// The FADT's reset register (an 8-bit I/O port of its own, so that a reset through it
+/// is told apart from one through 0xCF9).
+pub const ACPI_RESET_PORT: u16 = 0x5f2;
+/// What the guest writes to [`ACPI_RESET_PORT`] to reset (the FADT's `RESET_VALUE`).
+pub const ACPI_RESET_VALUE: u8 = 1;
 /// The sleep-type value `\_S5_` gives for soft-off; the guest writes it to the sleep
 /// control register (bits 2..=4) with SLP_EN (bit 5).
 pub const S5_SLEEP_TYPE: u8 = 5;
@@ -60,6 +72,8 @@ const COM1_GSI: u32 = 4;
 const RTC_PORT: u16 = 0x70;
 const RTC_PORTS: u8 = 2;
 const RTC_GSI: u32 = 8;
+/// pvpanic's port ([`crate::devices::pvpanic::PVPANIC_PORT`]; arch cannot import devices).
+const PVPANIC_PORT: u16 = 0x505;
 /// KVM's in-kernel local APIC.
 pub const LOCAL_APIC_ADDRESS: u32 = 0xfee0_0000;
 /// KVM's in-kernel I/O APIC.
@@ -180,7 +194,8 @@ fn bytes_of(table: &dyn Aml) -> Vec<u8> {
     bytes
 }
 
-/// The DSDT: `Name (_S5_, Package () { 5 })`, `Device (\_SB.COM1)` and `Device (\_SB.RTC)`.
+/// The DSDT: `Name (_S5_, Package () { 5 })`, `Device (\_SB.COM1)`, `Device (\_SB.RTC)`
+/// and `Device (\_SB.PEVT)` (pvpanic).
 fn dsdt() -> Sdt {
     let header_len = 36;
     let mut dsdt = Sdt::new(*b"DSDT", header_len, 2, OEM_ID, *b"GWDSDT  ", OEM_REVISION);
@@ -190,7 +205,22 @@ fn dsdt() -> Sdt {
     dsdt.append_slice(&com1);
     let rtc = isa_device("_SB_.RTC_", "PNP0B00", RTC_PORT, RTC_PORTS, RTC_GSI);
     dsdt.append_slice(&rtc);
+    dsdt.append_slice(&pvpanic_device());
     dsdt
+}
+
+/// `Device (\_SB.PEVT)`: `_HID "QEMU0001"` (an ACPI ID, not an EISA one) and one port,
+/// as QEMU describes its ISA pvpanic.
+fn pvpanic_device() -> Vec<u8> {
+    let io = IO::new(PVPANIC_PORT, PVPANIC_PORT, 1, 1);
+    let resources = ResourceTemplate::new(vec![&io]);
+    let hid = "QEMU0001".to_string();
+    let hid_name = Name::new(Path::new("_HID"), &hid);
+    let crs_name = Name::new(Path::new("_CRS"), &resources);
+    bytes_of(&Device::new(
+        Path::new("_SB_.PEVT"),
+        vec![&hid_name, &crs_name],
+    ))
 }
 
 /// A PNP device with one I/O range and one edge-triggered, active-high interrupt.
@@ -225,12 +255,15 @@ fn fadt(dsdt_at: u64) -> acpi_tables::fadt::FADT {
         .dsdt_64(dsdt_at)
         .flag(Flags::HwReducedAcpi)
         .flag(Flags::PwrButton)
-        .flag(Flags::SlpButton);
+        .flag(Flags::SlpButton)
+        .flag(Flags::ResetRegSup);
     fadt.iapc_boot_arch =
         (IAPC_8042 | IAPC_VGA_NOT_PRESENT | IAPC_MSI_NOT_SUPPORTED | IAPC_PCIE_ASPM_CONTROLS)
             .into();
     fadt.sleep_control_reg = io_register(SLEEP_CONTROL_PORT);
     fadt.sleep_status_reg = io_register(SLEEP_STATUS_PORT);
+    fadt.reset_reg = io_register(ACPI_RESET_PORT);
+    fadt.reset_value = ACPI_RESET_VALUE;
     fadt.hypervisor_vendor_identity = u64::from_le_bytes(HYPERVISOR_VENDOR).into();
     fadt.finalize()
 }
@@ -332,6 +365,16 @@ mod tests {
         assert_eq!(&fadt[244..248], &[1, 8, 0, 1]);
         assert_eq!(u64_at(fadt, 248), u64::from(SLEEP_CONTROL_PORT));
         assert_eq!(u64_at(fadt, 260), u64::from(SLEEP_STATUS_PORT));
+        // RESET_REG_SUP, and the reset register: SystemIO, 8 bits, byte access, our
+        // port, then RESET_VALUE.
+        assert_ne!(u32_at(fadt, 112) & (1 << 10), 0, "RESET_REG_SUP");
+        assert_eq!(&fadt[116..120], &[1, 8, 0, 1]);
+        assert_eq!(u64_at(fadt, 120), u64::from(ACPI_RESET_PORT));
+        assert_eq!(fadt[128], ACPI_RESET_VALUE);
+        // pvpanic: its ACPI ID as a string, port 0x505, one byte.
+        assert!(find(b"PEVT"));
+        assert!(find(b"\x0dQEMU0001\x00"));
+        assert!(find(&[0x47, 0x01, 0x05, 0x05, 0x05, 0x05, 0x01, 0x01]));
 
         let madt = by_address(entries[1]);
         assert_eq!(u32_at(madt, 36), LOCAL_APIC_ADDRESS);

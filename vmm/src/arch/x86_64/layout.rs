@@ -15,6 +15,8 @@
 //! 0x0000_f000  LINUX_BOOT_PML5_START Linux entered in 5-level paging: PML5[0] -> PML4
 //! 0x0002_0000  CMDLINE_START     Linux: kernel command line, at most CMDLINE_MAX_SIZE bytes
 //! 0x0009_fc00  EBDA_START        Linux e820: RAM below it, [EBDA, 1 MiB) reserved
+//! 0x000e_0000  (acpi::RSDP_START) Linux: ACPI tables, up to the reset vector
+//! 0x000f_fff0  RESET_VECTOR      Linux: a 16-byte stub at F000:FFF0 that asks for a reset
 //! 0x0010_0000  GUEST_IMAGE_START built-in guest (flat binary), BSP entry
 //!              LINUX_KERNEL_START Linux: the bzImage's protected-mode kernel, 64-bit entry +0x200
 //! 0x0010_0010  GUEST_AP_ENTRY    where non-boot vCPUs start (a spin loop)
@@ -98,6 +100,12 @@ pub const CMDLINE_MAX_SIZE: u64 = 2048;
 /// Linux: start of the Extended BIOS Data Area. The e820 map gives [0, EBDA) as RAM and
 /// reserves [EBDA, 1 MiB) (legacy VGA/ROM area, never RAM on a PC).
 pub const EBDA_START: GuestAddress = GuestAddress(0x9_fc00);
+/// Linux: the real-mode reset vector F000:FFF0, the last 16 bytes below 1 MiB (inside
+/// the reserved legacy area): `vmm` puts a stub there that asks for a reset
+/// ([`crate::devices::reset::reset_vector_stub`]), for guests that reboot through it.
+/// (The power-on alias at 0xffff_fff0 is in the MMIO hole and not backed: a vCPU is
+/// never reset to it here, since a reset ends the VM.)
+pub const RESET_VECTOR: GuestAddress = GuestAddress(0xf_fff0);
 /// Linux: the first byte above the legacy area; e820 RAM resumes here.
 pub const HIMEM_START: GuestAddress = GuestAddress(0x10_0000);
 /// Linux: where the bzImage's protected-mode part is loaded (the header's default
@@ -160,6 +168,9 @@ mod tests {
             assert!(*end <= LINUX_IDENTITY_MAP_SIZE, "{name}");
         }
         assert!(LINUX_KERNEL_START >= HIMEM_START);
+        // The reset vector's stub is the last 16 bytes of the reserved legacy area.
+        assert_eq!(RESET_VECTOR.0 + 16, HIMEM_START.0);
+        const { assert!(RESET_VECTOR.0 >= EBDA_START.0) };
         const { assert!(MMIO_HOLE_END.0 <= LINUX_IDENTITY_MAP_SIZE) };
         assert!(KVM_TSS_ADDRESS >= MMIO_HOLE_START && KVM_TSS_ADDRESS < MMIO_HOLE_END);
     }
