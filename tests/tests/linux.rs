@@ -587,6 +587,8 @@ enum Expect {
     TripleFault,
     /// A pvpanic report.
     Panic,
+    /// A reset whose console says a kernel panic came first.
+    PanicReset(vmm::ResetMethod),
 }
 
 impl Expect {
@@ -594,6 +596,9 @@ impl Expect {
         match (self, outcome) {
             (Self::Reset(want), vmm::ExitOutcome::Reset { method, .. }) => *method == want,
             (Self::Panic, vmm::ExitOutcome::Panicked { .. }) => true,
+            (Self::PanicReset(want), vmm::ExitOutcome::PanicReset { method, .. }) => {
+                *method == want
+            }
             (
                 Self::TripleFault,
                 vmm::ExitOutcome::Failed {
@@ -609,7 +614,7 @@ impl Expect {
     fn status_and_verdict(self) -> (u8, &'static str) {
         match self {
             Self::Reset(_) => (0, "the guest reset"),
-            Self::TripleFault | Self::Panic => (100, "the guest crashed"),
+            Self::TripleFault | Self::Panic | Self::PanicReset(_) => (100, "the guest crashed"),
         }
     }
 }
@@ -714,8 +719,9 @@ fn linux_reboot_methods_two_vcpus() {
 }
 
 /// Panics with `panic=-1`: one before user space (no init: before /init can load the
-/// pvpanic driver, which Debian builds as a module, so it ends as the kernel's reset) and
-/// one from user space (`echo c > /proc/sysrq-trigger`, pvpanic loaded: a crash).
+/// pvpanic driver, which Debian builds as a module, so the kernel resets; its console's
+/// "Kernel panic - not syncing" makes that reset a crash) and one from user space
+/// (`echo c > /proc/sysrq-trigger`, pvpanic loaded: a crash it reports).
 #[test]
 fn linux_panics_end_the_vm() {
     use vmm::ResetMethod::ResetVector;
@@ -725,7 +731,7 @@ fn linux_panics_end_the_vm() {
         &[
             (
                 "rdinit=/nonexistent",
-                Expect::Reset(ResetVector),
+                Expect::PanicReset(ResetVector),
                 Some(PANIC_LINE),
             ),
             (

@@ -478,6 +478,7 @@ fn start(
         dirty: dirty.map(Mutex::new),
         dirty_rings: dirty_rings.clone(),
         linux: None,
+        console: config.console.clone(),
     };
     for (index, vcpu) in (0u8..).zip(vcpus) {
         let (requests_tx, requests) = channel();

@@ -810,7 +810,8 @@ fn wait_heartbeats(vm: &Vm, count: u32, timeout: Duration) -> anyhow::Result<Opt
 fn run_linux(args: &BootArgs) -> anyhow::Result<ExitCode> {
     let timeout = Duration::from_secs(args.timeout);
     let started = Instant::now();
-    let vm = boot(args, Console::Stdout)?;
+    // The console's tail says whether a reset followed a kernel panic.
+    let vm = boot(args, Console::stdout_tail())?;
     // How long the VMM's own part of a boot took: loading, tables, KVM set-up, up to
     // the vCPUs running. The rest of a boot's time is the guest's.
     eprintln!(

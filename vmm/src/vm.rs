@@ -106,6 +106,15 @@ pub enum ExitOutcome {
         /// The vCPU that reported it.
         vcpu: u8,
     },
+    /// The guest's kernel panicked (its console printed [`KERNEL_PANIC`]) and then asked
+    /// for a reset, as `panic=N` makes it do: a crash, though the reset line is the same
+    /// as a clean reboot's (a panic before a pvpanic driver is loaded looks like this).
+    PanicReset {
+        /// The vCPU that asked for the reset.
+        vcpu: u8,
+        /// How it asked.
+        method: ResetMethod,
+    },
     /// The guest powered off through ACPI (a Linux guest's `poweroff`): a clean end with
     /// status 0, judged like [`ExitOutcome::Reset`].
     PowerOff {
@@ -122,6 +131,10 @@ pub enum ExitOutcome {
         dump: Option<Box<RegisterDump>>,
     },
 }
+
+/// What Linux prints when it panics (`panic()`'s first words): a console that says it
+/// before a reset is a crash's.
+pub const KERNEL_PANIC: &[u8] = b"Kernel panic - not syncing";
 
 /// Exit status of `vmm` when the VM dies: the guest crashed (a triple fault with no reset
 /// request before it, a pvpanic report) or KVM stopped it (internal error, halt without
@@ -151,12 +164,13 @@ impl ExitOutcome {
         )
     }
 
-    /// Whether the guest crashed: a triple fault with no reset request before it, or a
-    /// panic it reported through pvpanic.
+    /// Whether the guest crashed: a triple fault with no reset request before it, a
+    /// panic it reported through pvpanic, or a reset its console says followed a panic.
     pub fn is_guest_crash(&self) -> bool {
         matches!(
             self,
             Self::Panicked { .. }
+                | Self::PanicReset { .. }
                 | Self::Failed {
                     stop: VcpuStop::Shutdown,
                     ..
@@ -175,7 +189,9 @@ impl ExitOutcome {
                 OnReset::Fail => EXIT_GUEST_RESET,
             },
             Self::Done { status } => u8::try_from((*status).clamp(1, 99)).unwrap_or(99),
-            Self::Panicked { .. } | Self::Failed { .. } => EXIT_VM_FAILURE,
+            Self::Panicked { .. } | Self::PanicReset { .. } | Self::Failed { .. } => {
+                EXIT_VM_FAILURE
+            }
         }
     }
 
@@ -186,7 +202,9 @@ impl ExitOutcome {
             Self::Failed { .. } => "the VM failed",
             Self::Reset { .. } => "the guest reset",
             Self::PowerOff { .. } => "the guest powered off",
-            Self::Done { .. } | Self::Panicked { .. } => "the guest finished",
+            Self::Done { .. } | Self::Panicked { .. } | Self::PanicReset { .. } => {
+                "the guest finished"
+            }
         }
     }
 }
@@ -206,6 +224,10 @@ impl fmt::Display for ExitOutcome {
                 f,
                 "vCPU {vcpu}: the guest reported a kernel panic (pvpanic, port {:#x})",
                 crate::devices::pvpanic::PVPANIC_PORT
+            ),
+            Self::PanicReset { vcpu, method } => write!(
+                f,
+                "vCPU {vcpu}: the guest's kernel panicked (its console says \"Kernel panic - not syncing\") and then asked for a reset ({method})"
             ),
             Self::PowerOff { vcpu } => write!(
                 f,
@@ -281,6 +303,8 @@ pub struct Vm {
     pub(crate) dirty: Option<std::sync::Mutex<DirtyTracker>>,
     pub(crate) dirty_rings: Option<Arc<DirtyRings>>,
     pub(crate) linux: Option<crate::linux::LoadedLinux>,
+    /// The guest's console (its tail, where the console keeps one).
+    pub(crate) console: crate::devices::Console,
 }
 
 impl Vm {
@@ -639,6 +663,12 @@ impl Vm {
     fn record_stop(&self, vcpu: u8, stop: &VcpuStop, dump: Option<Box<RegisterDump>>) {
         let outcome = match (stop, self.control.done_status()) {
             (VcpuStop::Halted, Some(status)) => ExitOutcome::Done { status },
+            (VcpuStop::ResetRequested(method), _) if self.console.contains(KERNEL_PANIC) => {
+                ExitOutcome::PanicReset {
+                    vcpu,
+                    method: *method,
+                }
+            }
             (VcpuStop::ResetRequested(method), _) => ExitOutcome::Reset {
                 vcpu,
                 method: *method,
@@ -692,6 +722,17 @@ mod tests {
             dump: None,
         };
         let panicked = ExitOutcome::Panicked { vcpu: 0 };
+        let panic_reset = ExitOutcome::PanicReset {
+            vcpu: 0,
+            method: ResetMethod::ResetVector,
+        };
+        assert_eq!(panic_reset.exit_status(OnReset::Success), EXIT_VM_FAILURE);
+        assert_eq!(panic_reset.verdict(), "the guest crashed");
+        assert!(
+            panic_reset
+                .to_string()
+                .contains("Kernel panic - not syncing")
+        );
         let off = ExitOutcome::PowerOff { vcpu: 0 };
         let cases = [
             (&off, 0, 0, "the guest powered off"),

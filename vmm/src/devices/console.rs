@@ -15,6 +15,9 @@ pub enum Console {
     /// such as a walk), also keeping the last [`TAIL_BYTES`] in a buffer so the VMM can
     /// wait for a marker the guest prints.
     Stderr(Arc<Mutex<Vec<u8>>>),
+    /// Written to stdout, its last [`TAIL_BYTES`] kept (a Linux guest's console, whose
+    /// last words say whether its kernel panicked before a reset).
+    StdoutTail(Arc<Mutex<Vec<u8>>>),
 }
 
 /// How much recent output [`Console::Stderr`] keeps for marker searches.
@@ -44,13 +47,20 @@ impl Console {
                 let mut err = io::stderr().lock();
                 let _ = err.write_all(bytes);
                 let _ = err.flush();
-                if let Ok(mut tail) = tail.lock() {
-                    tail.extend_from_slice(bytes);
-                    let excess = tail.len().saturating_sub(TAIL_BYTES);
-                    tail.drain(..excess);
-                }
+                keep_tail(tail, bytes);
+            }
+            Self::StdoutTail(tail) => {
+                let mut out = io::stdout().lock();
+                let _ = out.write_all(bytes);
+                let _ = out.flush();
+                keep_tail(tail, bytes);
             }
         }
+    }
+
+    /// A console on standard output that keeps a tail of the output.
+    pub fn stdout_tail() -> Self {
+        Self::StdoutTail(Arc::default())
     }
 
     /// A console on standard error that keeps a tail of the output.
@@ -64,7 +74,9 @@ impl Console {
             |buf: &Vec<u8>| marker.is_empty() || buf.windows(marker.len()).any(|w| w == marker);
         match self {
             Self::Stdout => false,
-            Self::Captured(buffer) | Self::Stderr(buffer) => buffer.lock().is_ok_and(|b| find(&b)),
+            Self::Captured(buffer) | Self::Stderr(buffer) | Self::StdoutTail(buffer) => {
+                buffer.lock().is_ok_and(|b| find(&b))
+            }
         }
     }
 
@@ -73,10 +85,19 @@ impl Console {
     pub fn captured(&self) -> Vec<u8> {
         match self {
             Self::Stdout => Vec::new(),
-            Self::Captured(buffer) | Self::Stderr(buffer) => {
+            Self::Captured(buffer) | Self::Stderr(buffer) | Self::StdoutTail(buffer) => {
                 buffer.lock().map(|b| b.clone()).unwrap_or_default()
             }
         }
+    }
+}
+
+/// Appends `bytes` to `tail`, keeping its last [`TAIL_BYTES`].
+fn keep_tail(tail: &Mutex<Vec<u8>>, bytes: &[u8]) {
+    if let Ok(mut tail) = tail.lock() {
+        tail.extend_from_slice(bytes);
+        let excess = tail.len().saturating_sub(TAIL_BYTES);
+        tail.drain(..excess);
     }
 }
 
