@@ -218,7 +218,7 @@ impl Kdump {
     }
 
     /// Decompresses into `memory` every page a walk from `root` (in `levels`-level
-    /// paging) will read ([`super::load_tables`]).
+    /// paging) will read (see the module docs).
     pub fn load_tables(
         &self,
         memory: &GuestMemoryMmap,

@@ -389,7 +389,7 @@ impl Dump {
 
     /// Makes the memory ready for a walk from `root` in `levels`-level paging: reads (and
     /// for a kdump-compressed dump decompresses) the table pages the walk will read that
-    /// are not mapped ([`load_tables`]). Returns what was read, `None` when everything is
+    /// are not mapped (see the module docs). Returns what was read, `None` when everything is
     /// mapped.
     pub fn prepare_walk(
         &self,
@@ -616,7 +616,7 @@ fn check_segments(
     Ok(())
 }
 
-/// What [`load_tables`] did.
+/// What reading the table pages for a walk did ([`Dump::prepare_walk`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LoadStats {
     /// Table pages read (and decompressed) into memory.
