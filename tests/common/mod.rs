@@ -44,10 +44,10 @@ pub fn hash_ram(vm: &Vm) -> u64 {
 pub fn boot(mode: GuestMode, vcpus: u8) -> (Vm, Console) {
     let console = Console::capture();
     let config = VmConfig {
-        mode,
         vcpus,
         console: console.clone(),
         memory: test_memory(),
+        ..VmConfig::builtin(mode)
     };
     match build_vm(&config) {
         Ok(vm) => (vm, console),

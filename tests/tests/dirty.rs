@@ -40,8 +40,7 @@ use vmm::exit::VcpuStop;
 use vmm::kvm::dirty_ring::DIRTY_RING_MIN_BYTES;
 use vmm::kvm::{DirtyLogCapabilities, Hypervisor};
 use vmm::{
-    Console, ExitOutcome, GuestMode, RoundRecord, Vm, VmConfig, VmError, build_vm_with,
-    build_vm_with_dirty_ring,
+    Console, DirtyConfig, ExitOutcome, GuestMode, RoundRecord, Vm, VmConfig, VmError, build_vm,
 };
 use walker::{DirtyPages, Granularity, Gva, Mapping, PageSize};
 
@@ -94,15 +93,12 @@ fn page(a: u64) -> u64 {
 fn boot(choice: DirtyLogChoice, ring_bytes: Option<u32>) -> (Vm, Console) {
     let console = Console::capture();
     let config = VmConfig {
-        mode: GuestMode::Dirty,
-        vcpus: 1,
         console: console.clone(),
         memory: test_memory(),
+        dirty: Some(DirtyConfig { choice, ring_bytes }),
+        ..VmConfig::builtin(GuestMode::Dirty)
     };
-    let built = match ring_bytes {
-        Some(bytes) => build_vm_with_dirty_ring(&config, bytes),
-        None => build_vm_with(&config, Some(choice)),
-    };
+    let built = build_vm(&config);
     match built {
         Ok(vm) => (vm, console),
         Err(e) => panic!("cannot boot the dirty-writer guest ({choice:?}): {e}"),
@@ -491,12 +487,12 @@ fn bulk_request() -> vmm::guest::BulkRequest {
 fn run_bulk_rounds(choice: DirtyLogChoice) -> (DirtyLogBackend, Vec<Round>) {
     let console = Console::capture();
     let config = VmConfig {
-        mode: GuestMode::DirtyBulk,
-        vcpus: 1,
         console: console.clone(),
         memory: vmm::MemorySize::from_bytes(BULK_RAM).unwrap_or_else(|e| panic!("{e}")),
+        dirty: Some(DirtyConfig::new(choice)),
+        ..VmConfig::builtin(GuestMode::DirtyBulk)
     };
-    let vm = build_vm_with(&config, Some(choice))
+    let vm = build_vm(&config)
         .unwrap_or_else(|e| panic!("cannot boot the bulk guest ({choice:?}): {e}"));
     if let Err(e) = vm.wait_ready(TIMEOUT) {
         panic!(

@@ -149,12 +149,6 @@ fn boot_to_park_with(
 ) -> Option<Parked> {
     let (kernel, initrd) = images(test, kernel)?;
     let console = Console::capture();
-    let config = VmConfig {
-        vcpus,
-        console: console.clone(),
-        memory: MemorySize::from_bytes(256 << 20).unwrap(),
-        ..VmConfig::default()
-    };
     let boot = LinuxBoot {
         kernel,
         initrd: Some(initrd),
@@ -169,7 +163,14 @@ fn boot_to_park_with(
         force: false,
         decompress: how.decompress,
     };
-    let vm = vmm::build_linux_vm(&config, &boot).unwrap_or_else(|e| panic!("{test}: {e}"));
+    let config = VmConfig {
+        vcpus,
+        console: console.clone(),
+        memory: MemorySize::from_bytes(256 << 20).unwrap(),
+        boot: vmm::BootSource::Linux(boot),
+        dirty: None,
+    };
+    let vm = vmm::build_vm(&config).unwrap_or_else(|e| panic!("{test}: {e}"));
     let deadline = Instant::now() + LINUX_TIMEOUT;
     let mut size = None;
     let (vcpu, buffer) = loop {
@@ -529,12 +530,6 @@ struct Ended {
 fn boot_until_end(test: &str, vcpus: u8, cmdline: &str) -> Option<Ended> {
     let (kernel, initrd) = images(test, "bzImage")?;
     let console = Console::capture();
-    let config = VmConfig {
-        vcpus,
-        console: console.clone(),
-        memory: MemorySize::from_bytes(128 << 20).unwrap(),
-        ..VmConfig::default()
-    };
     let boot = LinuxBoot {
         kernel,
         initrd: Some(initrd),
@@ -542,7 +537,14 @@ fn boot_until_end(test: &str, vcpus: u8, cmdline: &str) -> Option<Ended> {
         force: false,
         decompress: Decompress::Vmm,
     };
-    let vm = vmm::build_linux_vm(&config, &boot).unwrap_or_else(|e| panic!("{test}: {e}"));
+    let config = VmConfig {
+        vcpus,
+        console: console.clone(),
+        memory: MemorySize::from_bytes(128 << 20).unwrap(),
+        boot: vmm::BootSource::Linux(boot),
+        dirty: None,
+    };
+    let vm = vmm::build_vm(&config).unwrap_or_else(|e| panic!("{test}: {e}"));
     let started = Instant::now();
     let deadline = started + LINUX_TIMEOUT;
     let mut requested = None;

@@ -30,13 +30,12 @@ fn temp_dir(name: &str) -> PathBuf {
 fn boot(mode: GuestMode) -> (Vm, Console, Descriptor) {
     let console = Console::capture();
     let config = VmConfig {
-        mode,
-        vcpus: 1,
         console: console.clone(),
         memory: test_memory(),
+        dirty: Some(vmm::DirtyConfig::new(DirtyLogChoice::Auto)),
+        ..VmConfig::builtin(mode)
     };
-    let vm = vmm::build_vm_with(&config, Some(DirtyLogChoice::Auto))
-        .unwrap_or_else(|e| panic!("cannot boot ({mode:?}): {e}"));
+    let vm = vmm::build_vm(&config).unwrap_or_else(|e| panic!("cannot boot ({mode:?}): {e}"));
     let descriptor = guestwalk_tests::ready(&vm, &console);
     (vm, console, descriptor)
 }

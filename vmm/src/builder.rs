@@ -34,17 +34,51 @@ use crate::vm::{VcpuHandle, Vm};
 /// The most vCPUs a VM may have.
 pub const MAX_VCPUS: u8 = 64;
 
-/// What to boot.
+/// What a VM boots from.
+#[derive(Debug, Clone)]
+pub enum BootSource {
+    /// The built-in test guest, in this mode (entered in 64-bit mode on boot tables).
+    Builtin(GuestMode),
+    /// A Linux kernel: a bzImage (64-bit boot protocol) or an ELF vmlinux (PVH entry),
+    /// with its initrd and command line ([`crate::linux`]).
+    Linux(LinuxBoot),
+}
+
+/// KVM dirty logging for a VM ([`crate::dirty`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DirtyConfig {
+    /// Which backend (or `Auto`: chosen by capability).
+    pub choice: DirtyLogChoice,
+    /// With the ring backend: bytes of each vCPU's ring (a power of two from
+    /// [`kvm::dirty_ring::DIRTY_RING_MIN_BYTES`] to the host's maximum); default
+    /// [`DEFAULT_DIRTY_RING_BYTES`] or the host's maximum when smaller.
+    pub ring_bytes: Option<u32>,
+}
+
+impl DirtyConfig {
+    /// Dirty logging with backend `choice` and default ring sizes.
+    pub const fn new(choice: DirtyLogChoice) -> Self {
+        Self {
+            choice,
+            ring_bytes: None,
+        }
+    }
+}
+
+/// What to boot, and how.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
     /// Guest RAM.
     pub memory: MemorySize,
-    /// Number of vCPUs (1..=[`MAX_VCPUS`]); vCPU 0 runs the guest, the others spin.
+    /// Number of vCPUs (1..=[`MAX_VCPUS`]). The built-in guest runs on vCPU 0 (the others
+    /// spin); Linux uses them all.
     pub vcpus: u8,
-    /// What the built-in guest does.
-    pub mode: GuestMode,
+    /// What to boot.
+    pub boot: BootSource,
     /// Where guest console output goes.
     pub console: Console,
+    /// KVM dirty logging (`None`: off, and normal runs pay nothing for it).
+    pub dirty: Option<DirtyConfig>,
 }
 
 impl Default for VmConfig {
@@ -52,8 +86,19 @@ impl Default for VmConfig {
         Self {
             memory: MemorySize::default(),
             vcpus: 1,
-            mode: GuestMode::Normal,
+            boot: BootSource::Builtin(GuestMode::Normal),
             console: Console::Stdout,
+            dirty: None,
+        }
+    }
+}
+
+impl VmConfig {
+    /// The built-in guest in `mode`, with the other fields' defaults.
+    pub fn builtin(mode: GuestMode) -> Self {
+        Self {
+            boot: BootSource::Builtin(mode),
+            ..Self::default()
         }
     }
 }
@@ -126,60 +171,76 @@ pub enum BuildError {
     },
 }
 
-/// Checks the configuration before anything is allocated.
+/// Checks the configuration before anything is allocated (for a Linux guest, its files
+/// and the host too: a stock kernel cannot run on PVM unless `force`).
 pub fn validate_config(config: &VmConfig) -> Result<(), BuildError> {
     if config.vcpus == 0 || config.vcpus > MAX_VCPUS {
         return Err(BuildError::VcpuCount(config.vcpus));
     }
-    if config.memory.bytes() < layout::BUILTIN_GUEST_MIN_MEMORY {
-        return Err(BuildError::MemoryTooSmall {
-            memory: config.memory,
-        });
-    }
-    if BUILTIN_IMAGE.len() as u64 > layout::GUEST_IMAGE_MAX_SIZE {
-        return Err(BuildError::ImageTooLarge(BUILTIN_IMAGE.len()));
+    match &config.boot {
+        BootSource::Builtin(_) => {
+            if config.memory.bytes() < layout::BUILTIN_GUEST_MIN_MEMORY {
+                return Err(BuildError::MemoryTooSmall {
+                    memory: config.memory,
+                });
+            }
+            if BUILTIN_IMAGE.len() as u64 > layout::GUEST_IMAGE_MAX_SIZE {
+                return Err(BuildError::ImageTooLarge(BUILTIN_IMAGE.len()));
+            }
+        }
+        BootSource::Linux(linux) => {
+            crate::linux::check_files(linux)?;
+            if kvm::host_is_pvm() && !linux.force {
+                return Err(BuildError::LinuxOnPvm);
+            }
+        }
     }
     Ok(())
 }
 
-/// Boots the built-in guest and returns the running VM, without dirty logging.
-pub fn build_vm(config: &VmConfig) -> Result<Vm, BuildError> {
-    build_vm_with(config, None)
-}
-
-/// Boots the built-in guest; with `dirty_log`, every memory slot is registered with
-/// `KVM_MEM_LOG_DIRTY_PAGES` and the VM gets a [`DirtyTracker`] ([`Vm::fetch_dirty`]).
-/// Without it (the default of [`build_vm`]) normal runs pay nothing for dirty logging.
+/// Boots `config` and returns the running VM: one linear sequence for every boot source
+/// (Firecracker's `build_microvm_for_boot`): check, guest memory, what the boot source
+/// puts in it, the KVM VM, dirty logging, memory slots, the in-kernel irqchip (Linux),
+/// vCPUs, devices, start.
 ///
-/// (A separate argument rather than a [`VmConfig`] field, so that code building
-/// `VmConfig` literals, such as the shared test helpers, keeps compiling.)
-pub fn build_vm_with(
-    config: &VmConfig,
-    dirty_log: Option<DirtyLogChoice>,
-) -> Result<Vm, BuildError> {
-    build(config, dirty_log, None)
-}
-
-/// Boots the built-in guest with the dirty-ring backend ([`DirtyLogChoice::Ring`]) and
-/// rings of `ring_bytes` bytes per vCPU (a power of two from
-/// [`kvm::dirty_ring::DIRTY_RING_MIN_BYTES`] to the host's maximum). [`build_vm_with`]
-/// uses [`DEFAULT_DIRTY_RING_BYTES`] (or the host's maximum when smaller).
-pub fn build_vm_with_dirty_ring(config: &VmConfig, ring_bytes: u32) -> Result<Vm, BuildError> {
-    build(config, Some(DirtyLogChoice::Ring), Some(ring_bytes))
-}
-
-fn build(
-    config: &VmConfig,
-    dirty_log: Option<DirtyLogChoice>,
-    ring_bytes: Option<u32>,
-) -> Result<Vm, BuildError> {
+/// A Linux guest gets the kernel, initrd, command line and zero page (or PVH start info)
+/// from [`crate::linux::load`]; ACPI tables ([`crate::arch::x86_64::acpi`]: the MADT is how
+/// it finds the other vCPUs); identity page tables for the first 4 GiB; the in-kernel
+/// irqchip and PIT; COM1 on IRQ 4 through an irqfd; the CMOS RTC, the i8042 and the other
+/// reset lines (0xCF9, the ACPI reset register, a stub at the reset vector: each reset
+/// ends the VM, [`crate::vm::ExitOutcome::Reset`]), the ACPI sleep registers (power-off,
+/// [`crate::vm::ExitOutcome::PowerOff`]) and pvpanic
+/// ([`crate::vm::ExitOutcome::Panicked`]). Every vCPU gets the same boot registers, but
+/// only vCPU 0 runs from them: with the in-kernel LAPIC, KVM holds the others until the
+/// guest wakes them with INIT/SIPI.
+///
+/// With `config.dirty`, every memory slot is registered with `KVM_MEM_LOG_DIRTY_PAGES`
+/// and the VM gets a [`DirtyTracker`] ([`Vm::fetch_dirty`]), for either boot source.
+pub fn build_vm(config: &VmConfig) -> Result<Vm, BuildError> {
     validate_config(config)?;
-    let hypervisor = Hypervisor::open()?;
     let pvm = kvm::host_is_pvm();
+    let hypervisor = Hypervisor::open()?;
     let memory = create_guest_memory(config.memory)?;
+    // What the boot source put in guest memory.
+    let prepared = match &config.boot {
+        BootSource::Builtin(mode) => Prepared::Builtin(*mode),
+        BootSource::Linux(linux) => {
+            let rsdp = AcpiTables::build(usize::from(config.vcpus))?.write(&memory)?;
+            write(
+                &memory,
+                layout::RESET_VECTOR,
+                &reset_vector_stub(),
+                "the reset-vector stub",
+            )?;
+            let loaded = crate::linux::load(&memory, config.memory, linux, Some(rsdp))?;
+            write_identity_tables(&memory, layout::LINUX_BOOT_PD_COUNT)?;
+            Prepared::Linux(loaded)
+        }
+    };
+    let linux = matches!(prepared, Prepared::Linux(_));
     let kvm_vm = Arc::new(hypervisor.create_vm()?);
     let caps = kvm_vm.dirty_log_capabilities();
-    let dirty_backend = dirty_log.map(|choice| choice.resolve(caps)).transpose()?;
+    let dirty_backend = config.dirty.map(|d| d.choice.resolve(caps)).transpose()?;
     let mut ring_size = None;
     match dirty_backend {
         // Before the slots exist, so their log is manual from the start.
@@ -187,7 +248,10 @@ fn build(
         // Before any vCPU exists: KVM allocates each vCPU's ring when creating it.
         Some(DirtyLogBackend::Ring) => {
             let max = caps.dirty_ring().map_or(0, |(_, max)| max);
-            let bytes = ring_bytes.unwrap_or(DEFAULT_DIRTY_RING_BYTES.min(max));
+            let bytes = config
+                .dirty
+                .and_then(|d| d.ring_bytes)
+                .unwrap_or(DEFAULT_DIRTY_RING_BYTES.min(max));
             kvm_vm.enable_dirty_ring(bytes)?;
             ring_size = Some(bytes);
         }
@@ -196,22 +260,57 @@ fn build(
     // With rings the slots still need KVM_MEM_LOG_DIRTY_PAGES (it turns write tracking on).
     let slots = kvm_vm.register_memory(&memory, dirty_backend.is_some())?;
     kvm_vm.set_tss_address(layout::KVM_TSS_ADDRESS.0)?;
+    if linux {
+        // Before any vCPU: each vCPU gets its in-kernel LAPIC when created.
+        kvm_vm.create_irqchip_and_pit()?;
+    }
     let supported_cpuid = hypervisor.supported_cpuid()?;
-    // What the vCPUs' CPUID offers decides the paging mode the guest starts in: 5-level
-    // whenever LA57 is offered, so the guest (which cannot switch it in long mode) runs
-    // its whole test suite on 5-level tables there.
-    let paging = paging_features(&guest_cpuid(&supported_cpuid, 0, pvm));
-    write_boot_tables(&memory, paging.la57)?;
-    write(
-        &memory,
-        layout::GUEST_IMAGE_START,
-        BUILTIN_IMAGE,
-        "the built-in guest",
-    )?;
+    let tsc_deadline = hypervisor.has_tsc_deadline_timer();
+    let cpuid = |index: u8| {
+        if linux {
+            linux_cpuid(&supported_cpuid, index, pvm, tsc_deadline)
+        } else {
+            guest_cpuid(&supported_cpuid, index, pvm)
+        }
+    };
+    let paging = paging_features(&cpuid(0));
     kick::install_handler()?;
-    let vcpus = (0..config.vcpus)
-        .map(|index| create_vcpu(&kvm_vm, index, &supported_cpuid, pvm, paging.la57, config))
-        .collect::<Result<Vec<_>, _>>()?;
+    let vcpus = match &prepared {
+        Prepared::Linux(loaded) => linux_vcpus(
+            &kvm_vm,
+            &memory,
+            config,
+            loaded,
+            paging,
+            &supported_cpuid,
+            &cpuid,
+        )?,
+        Prepared::Builtin(mode) => {
+            // What the vCPUs' CPUID offers decides the paging mode the guest starts in:
+            // 5-level whenever LA57 is offered, so the guest (which cannot switch it in
+            // long mode) runs its whole test suite on 5-level tables there.
+            write_boot_tables(&memory, paging.la57)?;
+            write(
+                &memory,
+                layout::GUEST_IMAGE_START,
+                BUILTIN_IMAGE,
+                "the built-in guest",
+            )?;
+            (0..config.vcpus)
+                .map(|index| {
+                    create_vcpu(
+                        &kvm_vm,
+                        index,
+                        &cpuid(index),
+                        &supported_cpuid,
+                        paging.la57,
+                        *mode,
+                        config,
+                    )
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        }
+    };
     let rings = ring_size
         .map(|bytes| map_dirty_rings(&kvm_vm, &slots, &vcpus, bytes))
         .transpose()?;
@@ -228,53 +327,43 @@ fn build(
             Some(DirtyTracker::new(log, memory.clone()))
         }
     };
-    let serial = SerialDevice::new(config.console.clone());
-    start(
-        kvm_vm, memory, vcpus, paging, dirty, rings, config, serial, None,
-    )
+    let (serial, legacy) = if linux {
+        let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
+        kvm_vm.register_irqfd(&irq, COM1_IRQ)?;
+        (
+            SerialDevice::with_interrupt(config.console.clone(), SerialInterrupt::Irqfd(irq)),
+            Some(Arc::new(Mutex::new(LegacyDevices::default()))),
+        )
+    } else {
+        (SerialDevice::new(config.console.clone()), None)
+    };
+    let mut vm = start(
+        kvm_vm, memory, vcpus, paging, dirty, rings, config, serial, legacy,
+    )?;
+    if let Prepared::Linux(loaded) = prepared {
+        vm.linux = Some(loaded);
+    }
+    Ok(vm)
 }
 
-/// Boots a Linux bzImage (64-bit boot protocol) on `config.vcpus` vCPUs: the kernel,
-/// initrd, command line and zero page from [`crate::linux::load`]; ACPI tables
-/// ([`crate::arch::x86_64::acpi`]: the MADT is how the guest finds the other vCPUs);
-/// identity page tables for the first 4 GiB; the in-kernel irqchip and PIT; COM1 on
-/// IRQ 4 through an irqfd; the CMOS RTC, the i8042 and the other reset lines (0xCF9, the
-/// ACPI reset register, a stub at the reset vector: each reset ends the VM cleanly,
-/// [`crate::vm::ExitOutcome::Reset`]), the ACPI sleep registers (power-off,
-/// [`crate::vm::ExitOutcome::PowerOff`]) and pvpanic ([`crate::vm::ExitOutcome::Panicked`]).
-/// Refused on a PVM host unless `linux.force`.
-///
-/// Every vCPU gets the same boot registers, but only vCPU 0 runs from them: with the
-/// in-kernel LAPIC, KVM holds the others until the guest wakes them with INIT/SIPI,
-/// which resets their state.
-pub fn build_linux_vm(config: &VmConfig, linux: &LinuxBoot) -> Result<Vm, BuildError> {
-    if config.vcpus == 0 || config.vcpus > MAX_VCPUS {
-        return Err(BuildError::VcpuCount(config.vcpus));
-    }
-    crate::linux::check_files(linux)?;
-    let pvm = kvm::host_is_pvm();
-    if pvm && !linux.force {
-        return Err(BuildError::LinuxOnPvm);
-    }
-    let hypervisor = Hypervisor::open()?;
-    let memory = create_guest_memory(config.memory)?;
-    let rsdp = AcpiTables::build(usize::from(config.vcpus))?.write(&memory)?;
-    write(
-        &memory,
-        layout::RESET_VECTOR,
-        &reset_vector_stub(),
-        "the reset-vector stub",
-    )?;
-    let loaded = crate::linux::load(&memory, config.memory, linux, Some(rsdp))?;
-    write_identity_tables(&memory, layout::LINUX_BOOT_PD_COUNT)?;
-    let kvm_vm = Arc::new(hypervisor.create_vm()?);
-    kvm_vm.register_memory(&memory, false)?;
-    kvm_vm.set_tss_address(layout::KVM_TSS_ADDRESS.0)?;
-    // Before any vCPU: each vCPU gets its in-kernel LAPIC when created.
-    kvm_vm.create_irqchip_and_pit()?;
-    let supported_cpuid = hypervisor.supported_cpuid()?;
-    let tsc_deadline = hypervisor.has_tsc_deadline_timer();
-    let paging = paging_features(&linux_cpuid(&supported_cpuid, 0, pvm, tsc_deadline));
+/// A boot source once its part of guest memory is written.
+enum Prepared {
+    Builtin(GuestMode),
+    Linux(crate::linux::LoadedLinux),
+}
+
+/// The vCPUs of a Linux guest: the CPUID, MSRs, FPU and the entry state its boot protocol
+/// wants (64-bit, in 5-level paging when the kernel proper is entered on a CPU with
+/// LA57; or PVH's 32-bit entry), on the identity tables written before.
+fn linux_vcpus(
+    kvm_vm: &KvmVm,
+    memory: &GuestRam,
+    config: &VmConfig,
+    loaded: &crate::linux::LoadedLinux,
+    paging: PagingFeatures,
+    supported_cpuid: &[CpuidEntry],
+    cpuid: &dyn Fn(u8) -> Vec<CpuidEntry>,
+) -> Result<Vec<KvmVcpu>, BuildError> {
     // A kernel proper entered directly cannot switch to 5-level paging itself (long mode
     // cannot toggle LA57): it gets it at entry, as its decompressor would have set it.
     let five_level = matches!(
@@ -284,18 +373,17 @@ pub fn build_linux_vm(config: &VmConfig, linux: &LinuxBoot) -> Result<Vm, BuildE
     if five_level {
         let pml5e = layout::BOOT_PML4_START.0 | 0x3; // present | writable
         write(
-            &memory,
+            memory,
             layout::LINUX_BOOT_PML5_START,
             &pml5e.to_le_bytes(),
             "the boot PML5",
         )?;
     }
-    kick::install_handler()?;
-    let nx = has_nx(&supported_cpuid);
-    let vcpus = (0..config.vcpus)
+    let nx = has_nx(supported_cpuid);
+    (0..config.vcpus)
         .map(|index| {
             let vcpu = kvm_vm.create_vcpu(index)?;
-            vcpu.set_cpuid(&linux_cpuid(&supported_cpuid, index, pvm, tsc_deadline))?;
+            vcpu.set_cpuid(&cpuid(index))?;
             vcpu.set_msrs(&regs::boot_msrs())?;
             vcpu.set_default_fpu()?;
             let current = vcpu.special_registers()?;
@@ -321,24 +409,7 @@ pub fn build_linux_vm(config: &VmConfig, linux: &LinuxBoot) -> Result<Vm, BuildE
             vcpu.update_lapic_lints(regs::boot_lint_value)?;
             Ok(vcpu)
         })
-        .collect::<Result<Vec<_>, BuildError>>()?;
-    let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
-    kvm_vm.register_irqfd(&irq, COM1_IRQ)?;
-    let serial = SerialDevice::with_interrupt(config.console.clone(), SerialInterrupt::Irqfd(irq));
-    let legacy = Arc::new(Mutex::new(LegacyDevices::default()));
-    let mut vm = start(
-        kvm_vm,
-        memory,
-        vcpus,
-        paging,
-        None,
-        None,
-        config,
-        serial,
-        Some(legacy),
-    )?;
-    vm.linux = Some(loaded);
-    Ok(vm)
+        .collect()
 }
 
 /// Maps every vCPU's dirty ring, shared by the VMM thread and the vCPU threads.
@@ -415,19 +486,21 @@ fn write(
         .map_err(|source| BuildError::WriteMemory { what, source })
 }
 
-/// Creates vCPU `index` in 64-bit mode: CPUID, FPU, special and general registers;
-/// with `la57` (the CPUID it gets offers LA57), in 5-level paging on the boot PML5.
+/// Creates vCPU `index` of the built-in guest in 64-bit mode: CPUID, FPU, special and
+/// general registers; with `la57` (the CPUID it gets offers LA57), in 5-level paging on
+/// the boot PML5.
 fn create_vcpu(
     kvm_vm: &KvmVm,
     index: u8,
+    cpuid: &[CpuidEntry],
     supported_cpuid: &[CpuidEntry],
-    pvm: bool,
     la57: bool,
+    mode: GuestMode,
     config: &VmConfig,
 ) -> Result<KvmVcpu, BuildError> {
     let vcpu = kvm_vm.create_vcpu(index)?;
     // Before the special registers: KVM accepts CR4.LA57 only when the CPUID has it.
-    vcpu.set_cpuid(&guest_cpuid(supported_cpuid, index, pvm))?;
+    vcpu.set_cpuid(cpuid)?;
     vcpu.set_default_fpu()?;
     let mut sregs = regs::long_mode_sregs(&vcpu.special_registers()?, has_nx(supported_cpuid));
     if la57 {
@@ -441,7 +514,7 @@ fn create_vcpu(
     };
     vcpu.set_registers(&regs::entry_registers(
         entry.0,
-        config.mode.register_value(),
+        mode.register_value(),
         config.memory.bytes(),
     ))?;
     Ok(vcpu)
@@ -630,9 +703,10 @@ mod tests {
         for vcpus in [0, MAX_VCPUS + 1] {
             let config = VmConfig {
                 vcpus,
+                boot: BootSource::Linux(linux.clone()),
                 ..VmConfig::default()
             };
-            let Err(e) = build_linux_vm(&config, &linux) else {
+            let Err(e) = build_vm(&config) else {
                 panic!("{vcpus} vCPUs must be refused");
             };
             assert!(e.to_string().contains("--vcpus"), "{e}");
@@ -640,9 +714,10 @@ mod tests {
         // Several vCPUs are fine (the MADT lists them); the missing kernel is the error.
         let config = VmConfig {
             vcpus: 2,
+            boot: BootSource::Linux(linux.clone()),
             ..VmConfig::default()
         };
-        let Err(e) = build_linux_vm(&config, &linux) else {
+        let Err(e) = build_vm(&config) else {
             panic!("a missing kernel must be refused");
         };
         assert!(e.to_string().contains("/nonexistent/bzImage"), "{e}");

@@ -23,9 +23,9 @@ use vmm::introspect::{
     translation_line,
 };
 use vmm::{
-    Console, Decompress, Decompressed, Descriptor, DirtyLogChoice, ExitOutcome, GuestMode,
-    LinuxBoot, MemorySize, OnReset, RoundRecord, Vm, VmConfig, VmError, VmEvent, build_linux_vm,
-    build_vm_with, memfile, snapshot,
+    BootSource, Console, Decompress, Decompressed, Descriptor, DirtyConfig, DirtyLogChoice,
+    ExitOutcome, GuestMode, LinuxBoot, MemorySize, OnReset, RoundRecord, Vm, VmConfig, VmError,
+    VmEvent, build_vm, memfile, snapshot,
 };
 use walker::{ControlRegisters, Granularity, Gva, PagingContext, WalkOptions};
 
@@ -494,8 +494,9 @@ fn check_ring_size(bytes: u32) -> anyhow::Result<()> {
     )
 }
 
-/// Boots the built-in guest in `mode` with dirty logging `choice`; with `ring_bytes`
-/// (checked against the host) the ring backend with rings of that size.
+/// Boots the guest of `args` (the built-in guest in `mode`, or `--kernel`) with dirty
+/// logging `choice`; with `ring_bytes` (checked against the host) the ring backend with
+/// rings of that size.
 fn boot_dirty(
     args: &BootArgs,
     mode: GuestMode,
@@ -503,27 +504,55 @@ fn boot_dirty(
     choice: DirtyLogChoice,
     ring_bytes: Option<u32>,
 ) -> anyhow::Result<Vm> {
-    if let Some(kernel) = &args.kernel {
-        bail!(
-            "--kernel {}: dirty logging and snapshots of a Linux guest are not supported yet",
-            kernel.display()
-        );
+    if let Some(bytes) = ring_bytes {
+        if choice != DirtyLogChoice::Ring {
+            bail!(
+                "--dirty-ring-size needs --dirty-log ring (the dirty log asked for is {choice:?})"
+            );
+        }
+        check_ring_size(bytes)?;
     }
-    let config = VmConfig {
+    let dirty = DirtyConfig { choice, ring_bytes };
+    start_vm(&vm_config(args, mode, console, Some(dirty)))
+}
+
+/// The VM the boot options describe: `--kernel`'s Linux guest, or the built-in guest in
+/// `mode`.
+fn vm_config(
+    args: &BootArgs,
+    mode: GuestMode,
+    console: Console,
+    dirty: Option<DirtyConfig>,
+) -> VmConfig {
+    let boot = match &args.kernel {
+        Some(kernel) => BootSource::Linux(LinuxBoot {
+            kernel: kernel.clone(),
+            initrd: args.initrd.clone(),
+            cmdline: args.cmdline.clone(),
+            force: args.force,
+            decompress: if args.guest_decompressor {
+                Decompress::Guest
+            } else {
+                Decompress::Vmm
+            },
+        }),
+        None => BootSource::Builtin(mode),
+    };
+    VmConfig {
         memory: args.memory,
         vcpus: args.vcpus,
-        mode,
+        boot,
         console,
-    };
-    let Some(bytes) = ring_bytes else {
-        return build_vm_with(&config, Some(choice)).context("cannot start the VM");
-    };
-    if choice != DirtyLogChoice::Ring {
-        bail!("--dirty-ring-size needs --dirty-log ring (the dirty log asked for is {choice:?})");
+        dirty,
     }
-    check_ring_size(bytes)?;
-    vmm::build_vm_with_dirty_ring(&config, bytes)
-        .with_context(|| format!("cannot start the VM with --dirty-ring-size {bytes}"))
+}
+
+fn start_vm(config: &VmConfig) -> anyhow::Result<Vm> {
+    let what = match config.boot {
+        BootSource::Linux(_) => "cannot start the Linux VM",
+        BootSource::Builtin(_) => "cannot start the VM",
+    };
+    build_vm(config).context(what)
 }
 
 fn parse_percent(text: &str) -> Result<f64, String> {
@@ -593,33 +622,12 @@ fn boot_with(
     console: Console,
     dirty_log: Option<DirtyLogChoice>,
 ) -> anyhow::Result<Vm> {
-    let config = VmConfig {
-        memory: args.memory,
-        vcpus: args.vcpus,
-        mode: args.mode,
+    start_vm(&vm_config(
+        args,
+        args.mode,
         console,
-    };
-    if let Some(kernel) = &args.kernel {
-        if dirty_log.is_some() {
-            bail!(
-                "--kernel {}: dirty logging and snapshots of a Linux guest are not supported yet",
-                kernel.display()
-            );
-        }
-        let linux = LinuxBoot {
-            kernel: kernel.clone(),
-            initrd: args.initrd.clone(),
-            cmdline: args.cmdline.clone(),
-            force: args.force,
-            decompress: if args.guest_decompressor {
-                Decompress::Guest
-            } else {
-                Decompress::Vmm
-            },
-        };
-        return build_linux_vm(&config, &linux).context("cannot start the Linux VM");
-    }
-    build_vm_with(&config, dirty_log).context("cannot start the VM")
+        dirty_log.map(DirtyConfig::new),
+    ))
 }
 
 fn run_guest(args: &RunArgs) -> anyhow::Result<ExitCode> {

@@ -80,7 +80,7 @@ pub enum DirtyError {
         vcpu: usize,
     },
     /// The VM was built without dirty logging.
-    #[error("the VM was built without dirty logging (see build_vm_with)")]
+    #[error("the VM was built without dirty logging (VmConfig::dirty is None)")]
     NotEnabled,
     /// The tracker's lock was poisoned by a panic elsewhere.
     #[error("the dirty tracker is unusable after a panic in another thread")]
@@ -124,7 +124,7 @@ impl fmt::Display for DirtyLogBackend {
     }
 }
 
-/// What [`crate::build_vm_with`] is asked for.
+/// Which dirty log a VM is built with ([`crate::DirtyConfig`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum DirtyLogChoice {
     /// Manual-clear when KVM offers it, else bitmap (never rings: see the module docs).

@@ -1,9 +1,10 @@
 //! A small KVM VMM (rust-vmm crates, Firecracker-style) that boots test guests and
 //! lets the VMM thread stop them and look at their page tables.
 //!
-//! - [`builder::build_vm`] boots the built-in guest ([`guest`]) in 64-bit mode and
-//!   returns a running [`vm::Vm`]; [`builder::build_linux_vm`] boots a Linux bzImage
-//!   ([`linux`]) with the in-kernel irqchip, an RTC and an i8042 reset line.
+//! - [`builder::build_vm`] boots a [`builder::VmConfig`] and returns a running [`vm::Vm`]:
+//!   one recipe for every [`builder::BootSource`], the built-in guest ([`guest`], entered
+//!   in 64-bit mode) or a Linux kernel ([`linux`]: bzImage or PVH vmlinux, with the
+//!   in-kernel irqchip, ACPI, an RTC and the reset lines), with or without dirty logging.
 //! - [`vm::Vm`] pauses and resumes the vCPUs, reads their registers, translates
 //!   addresses with `KVM_TRANSLATE`, gives access to guest memory, and reports guest
 //!   events ([`events::VmEvent`]) from the debug port ([`devices::debug_port`]).
@@ -46,9 +47,7 @@ pub mod test_support;
 pub mod vcpu;
 pub mod vm;
 
-pub use builder::{
-    BuildError, VmConfig, build_linux_vm, build_vm, build_vm_with, build_vm_with_dirty_ring,
-};
+pub use builder::{BootSource, BuildError, DirtyConfig, VmConfig, build_vm};
 pub use devices::{Console, ResetMethod};
 pub use dirty::{DirtyLog, DirtyLogBackend, DirtyLogChoice, DirtySet, ScanReport};
 pub use events::VmEvent;

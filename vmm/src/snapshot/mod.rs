@@ -75,7 +75,7 @@
 //! [`SnapshotDir`] writes generations; [`crate::vm::Vm::snapshot`] pauses every vCPU,
 //! fetches the dirty set (which resets it: the next diff holds what was dirtied after this
 //! pause), reads the registers, writes the files and resumes. The first generation is
-//! full; diffs need dirty logging (`build_vm_with(.., Some(DirtyLogChoice::Auto))`).
+//! full; diffs need dirty logging (`VmConfig::dirty`).
 //! Nothing else may fetch the VM's dirty set between two generations (a dirty scan would
 //! take pages away from the next diff). When a write fails, the dirty set it fetched is
 //! kept and merged into the next generation's, so no page is lost.
@@ -268,7 +268,7 @@ pub enum SnapshotError {
     NotEmpty(PathBuf),
     /// A diff was asked for without dirty logging.
     #[error(
-        "a diff snapshot needs dirty logging: build the VM with build_vm_with(.., Some(DirtyLogChoice::Auto))"
+        "a diff snapshot needs dirty logging: build the VM with dirty logging (VmConfig::dirty)"
     )]
     NoDirtyLog,
     /// A diff was asked for before a full snapshot.
