@@ -80,4 +80,7 @@ pub use mappings::{
 pub use ops::{Action, Callbacks, EntrySource, Fault, FaultKind, Visit, Visitor, WalkError};
 pub use shadow::{HugeLeaf, ShadowTable};
 pub use translate::{TranslateError, Translation, translate};
-pub use walk::{DEFAULT_ENTRY_BUDGET, WalkOptions, WalkStats, walk, walk_with};
+pub use walk::{
+    DEFAULT_ENTRY_BUDGET, MAX_SCALED_ENTRY_BUDGET, MIN_ENTRY_BUDGET, WalkOptions, WalkStats,
+    scaled_entry_budget, walk, walk_with,
+};

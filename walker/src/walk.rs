@@ -38,9 +38,29 @@
 //! point all 512 entries of every level at the same table and make a full walk read 512^4
 //! entries. Legitimate guests alias tables too (KASAN maps its whole shadow with one shared
 //! page table), so aliasing cannot simply be refused. Instead every walk has a budget of
-//! entries it may read ([`DEFAULT_ENTRY_BUDGET`], about 33 million: 128 GiB mapped with
-//! 4 KiB pages, some tens of milliseconds of work), and stops with
-//! [`WalkError::BudgetExhausted`] when it is spent.
+//! entries it may read, and stops with [`WalkError::BudgetExhausted`] when it is spent.
+//!
+//! By default ([`DEFAULT_ENTRY_BUDGET`]) the budget scales with the guest memory the walk
+//! reads from ([`scaled_entry_budget`]): one entry per KiB of guest memory, that is four
+//! entries for every 4 KiB page the guest has, never fewer than [`MIN_ENTRY_BUDGET`] (2^25)
+//! and never more than [`MAX_SCALED_ENTRY_BUDGET`] (2^31). The arithmetic:
+//!
+//! - Mapping `G` bytes with 4 KiB pages takes `G / 4096` PTEs plus `G / 2^21` PMDs and
+//!   fewer above, about `1.002 * G / 4096` entries. A budget of `G / 1024` is four times that:
+//!   a guest can map all its memory with 4 KiB pages in four address spaces' worth of
+//!   entries (or alias its tables up to four-fold, as KASAN-style shadows do) and a full
+//!   walk still finishes. A 1 TiB guest gets 2^30 entries for its 2^28 PTEs.
+//! - The floor keeps small guests at the fixed budget of earlier versions: 2^25 entries,
+//!   128 GiB of 4 KiB mappings, some tens of milliseconds of work.
+//! - The ceiling bounds the worst case for any size of guest: a 512^4 aliasing attack reads
+//!   entries at the speed of a 4 KiB walk, well under a nanosecond each (the bench's
+//!   `hostile` group measures it), so 2^31 entries stop it within about a second. Guests of
+//!   up to 2 TiB keep the four-fold margin; above 8 TiB a full 4 KiB walk needs an explicit
+//!   budget.
+//!
+//! The guest memory's size is the sum of its regions' lengths, computed once per range walk.
+//! A walk of a single address reads at most one entry per level, so it is given the floor
+//! without counting.
 //!
 //! Upper levels charge the budget one entry at a time, as they read. A page table is
 //! charged once for all the entries the range covers in it, or for what is left of the
@@ -64,15 +84,53 @@ use crate::level::Level;
 use crate::ops::{Action, Callbacks, EntrySource, Fault, FaultKind, Visit, Visitor, WalkError};
 use crate::shadow::{HugeLeaf, ShadowTable};
 
-/// Entries a walk may read by default (2^25).
-pub const DEFAULT_ENTRY_BUDGET: u64 = 1 << 25;
+/// The default entry budget. Not a number of entries: a walk given this budget (the
+/// largest `u64`, so "as much as you like" means the same) gets [`scaled_entry_budget`] of
+/// the guest memory it reads from (see the [module docs](self)).
+pub const DEFAULT_ENTRY_BUDGET: u64 = u64::MAX;
+
+/// The least budget [`scaled_entry_budget`] gives (2^25 entries: 128 GiB mapped with 4 KiB
+/// pages).
+pub const MIN_ENTRY_BUDGET: u64 = 1 << 25;
+
+/// The most budget [`scaled_entry_budget`] gives (2^31 entries: the worst case of an
+/// aliasing attack in about a second, whatever the size of the guest).
+pub const MAX_SCALED_ENTRY_BUDGET: u64 = 1 << 31;
+
+/// The default budget of a walk over `memory_bytes` of guest memory: one entry per KiB
+/// (four per 4 KiB page), between [`MIN_ENTRY_BUDGET`] and [`MAX_SCALED_ENTRY_BUDGET`]
+/// (see the [module docs](self) for the arithmetic).
+pub const fn scaled_entry_budget(memory_bytes: u64) -> u64 {
+    let scaled = memory_bytes / 1024;
+    if scaled < MIN_ENTRY_BUDGET {
+        MIN_ENTRY_BUDGET
+    } else if scaled > MAX_SCALED_ENTRY_BUDGET {
+        MAX_SCALED_ENTRY_BUDGET
+    } else {
+        scaled
+    }
+}
+
+/// The budget a walk over `mem` starts with (`single`: a walk of one address).
+fn resolve_budget<M: GuestMemoryBackend>(mem: &M, options: WalkOptions, single: bool) -> u64 {
+    match options.entry_budget {
+        // One entry per level at most: any budget of 5 or more walks the same.
+        DEFAULT_ENTRY_BUDGET if single => MIN_ENTRY_BUDGET,
+        DEFAULT_ENTRY_BUDGET => {
+            let bytes = mem.iter().fold(0u64, |sum, r| sum.saturating_add(r.len()));
+            scaled_entry_budget(bytes)
+        }
+        explicit => explicit,
+    }
+}
 
 const TABLE_BYTES: usize = 4096;
 
 /// Settings of one walk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WalkOptions {
-    /// How many entries (guest or shadow) the walk may read before it gives up.
+    /// How many entries (guest or shadow) the walk may read before it gives up;
+    /// [`DEFAULT_ENTRY_BUDGET`] scales it with the guest memory ([`scaled_entry_budget`]).
     pub entry_budget: u64,
 }
 
@@ -422,19 +480,20 @@ where
 {
     let width = ctx.mode().va_bits();
     let callbacks = visitor.callbacks();
+    let Some((start, end)) = fold_range(*range.start(), *range.end(), width) else {
+        return Ok(WalkStats::default());
+    };
+    let limit = resolve_budget(mem, options, end - start == 1);
     let mut w = Walk {
         mem,
         ctx,
         visitor,
         callbacks,
         width,
-        budget: options.entry_budget,
-        limit: options.entry_budget,
+        budget: limit,
+        limit,
         stats: WalkStats::default(),
         region: None,
-    };
-    let Some((start, end)) = fold_range(*range.start(), *range.end(), width) else {
-        return Ok(w.stats);
     };
     let root = ctx.root();
     let result = match w.guest_table(TablePointer(root)) {
