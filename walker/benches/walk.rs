@@ -40,7 +40,8 @@ use std::time::{Duration, Instant};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, VolatileMemory};
 use walker::{
-    Action, Callbacks, Gva, Level, PagingContext, Visit, Visitor, WalkError, translate, walk,
+    Action, Callbacks, EntryFn, Gva, Level, PagingContext, Visit, Visitor, WalkError, translate,
+    walk,
 };
 
 use support::{Builder, TABLE_FLAGS};
@@ -177,19 +178,22 @@ impl LevelCounter {
     }
 }
 
+impl LevelCounter {
+    fn pmd_entry(&mut self, v: &Visit<'_>) -> Result<Action, std::convert::Infallible> {
+        self.visit(v)
+    }
+    fn pte_entry(&mut self, v: &Visit<'_>) -> Result<Action, std::convert::Infallible> {
+        self.visit(v)
+    }
+}
+
 impl Visitor for LevelCounter {
     type Error = std::convert::Infallible;
+    const PMD_ENTRY: Option<EntryFn<Self>> = Some(Self::pmd_entry);
+    const PTE_ENTRY: Option<EntryFn<Self>> = Some(Self::pte_entry);
 
-    fn callbacks(&self) -> Callbacks {
+    fn enabled(&self) -> Callbacks {
         self.callbacks
-    }
-
-    fn pmd_entry(&mut self, v: &Visit<'_>) -> Result<Action, Self::Error> {
-        self.visit(v)
-    }
-
-    fn pte_entry(&mut self, v: &Visit<'_>) -> Result<Action, Self::Error> {
-        self.visit(v)
     }
 }
 

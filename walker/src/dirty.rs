@@ -15,7 +15,7 @@ use vm_memory::{GuestAddress, GuestMemoryBackend};
 
 use crate::addr::Gva;
 use crate::context::PagingContext;
-use crate::ops::{Action, Callbacks, Visit, Visitor, WalkError};
+use crate::ops::{Action, EntryFn, Visit, Visitor, WalkError};
 use crate::walk::{WalkOptions, WalkStats, walk_with};
 
 const PAGE: u64 = 4096;
@@ -237,23 +237,13 @@ impl<D: DirtyPages + ?Sized> Scanner<'_, D> {
     }
 }
 
-impl<D: DirtyPages + ?Sized> Visitor for Scanner<'_, D> {
-    type Error = Infallible;
-
-    fn callbacks(&self) -> Callbacks {
-        Callbacks::PUD | Callbacks::PMD | Callbacks::PTE
-    }
-
-    fn pud_entry(&mut self, visit: &Visit<'_>) -> Result<Action, Infallible> {
-        Ok(self.huge_or_table(visit))
-    }
-
-    fn pmd_entry(&mut self, visit: &Visit<'_>) -> Result<Action, Infallible> {
+impl<D: DirtyPages + ?Sized> Scanner<'_, D> {
+    fn upper(&mut self, visit: &Visit<'_>) -> Result<Action, Infallible> {
         // A shadow 2 MiB entry (from a split 1 GiB leaf) is judged again on its own range.
         Ok(self.huge_or_table(visit))
     }
 
-    fn pte_entry(&mut self, visit: &Visit<'_>) -> Result<Action, Infallible> {
+    fn pte(&mut self, visit: &Visit<'_>) -> Result<Action, Infallible> {
         let pa = visit.entry.address(visit.level);
         if self.dirty.is_dirty(pa) {
             self.scan.pages.push(DirtyPage {
@@ -264,6 +254,14 @@ impl<D: DirtyPages + ?Sized> Visitor for Scanner<'_, D> {
         }
         Ok(Action::Skip)
     }
+}
+
+impl<D: DirtyPages + ?Sized> Visitor for Scanner<'_, D> {
+    type Error = Infallible;
+
+    const PUD_ENTRY: Option<EntryFn<Self>> = Some(Self::upper);
+    const PMD_ENTRY: Option<EntryFn<Self>> = Some(Self::upper);
+    const PTE_ENTRY: Option<EntryFn<Self>> = Some(Self::pte);
 }
 
 /// Scans the address space of `ctx` over `range` for virtual pages whose physical page is

@@ -4,7 +4,8 @@
 //! [`vm-memory`](vm_memory) guest memory, live or a memory file, and calls back per entry,
 //! in the manner of Linux `mm/pagewalk.c` (`walk_page_range()` and `struct mm_walk_ops`):
 //!
-//! - a [`Visitor`] has optional callbacks per level ([`Callbacks`] says which exist), a
+//! - a [`Visitor`] has optional callbacks per level (constants holding an optional function,
+//!   like the members of `mm_walk_ops`: [`Callbacks`] is read from them), a
 //!   [`hole`](Visitor::hole) callback for non-present entries with their depth, and a
 //!   [`fault`](Visitor::fault) callback for entries the MMU would refuse;
 //! - a callback answers [`Action::Descend`] (the default: go into the next level) or
@@ -25,7 +26,7 @@
 //! ```
 //! use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 //! use walker::{
-//!     Action, Callbacks, ControlRegisters, Gva, PagingContext, Visit, Visitor, translate, walk,
+//!     Action, ControlRegisters, EntryFn, Gva, PagingContext, Visit, Visitor, translate, walk,
 //! };
 //!
 //! // A guest with one 2 MiB page at VA 0x4000_0000 -> PA 0x20_0000.
@@ -41,14 +42,16 @@
 //!
 //! // Count PTEs: the 2 MiB leaf has none, so the walk splits it in a shadow table.
 //! struct CountPtes(u64);
-//! impl Visitor for CountPtes {
-//!     type Error = std::convert::Infallible;
-//!     fn callbacks(&self) -> Callbacks { Callbacks::PTE }
-//!     fn pte_entry(&mut self, v: &Visit<'_>) -> Result<Action, Self::Error> {
+//! impl CountPtes {
+//!     fn pte(&mut self, v: &Visit<'_>) -> Result<Action, std::convert::Infallible> {
 //!         assert!(v.is_shadow());
 //!         self.0 += 1;
 //!         Ok(Action::Descend)
 //!     }
+//! }
+//! impl Visitor for CountPtes {
+//!     type Error = std::convert::Infallible;
+//!     const PTE_ENTRY: Option<EntryFn<Self>> = Some(Self::pte); // like mm_walk_ops
 //! }
 //! let mut count = CountPtes(0);
 //! let stats = walk(&mem, &ctx, Gva(0)..=Gva(u64::MAX), &mut count).unwrap();
@@ -77,7 +80,9 @@ pub use mappings::{
     BadEntry, Granularity, Leaf, MappedRange, Mapping, RangeMerger, for_each_mapping, mappings,
     merge_ranges, tlb_flags,
 };
-pub use ops::{Action, Callbacks, EntrySource, Fault, FaultKind, Visit, Visitor, WalkError};
+pub use ops::{
+    Action, Callbacks, EntryFn, EntrySource, Fault, FaultKind, Visit, Visitor, WalkError,
+};
 pub use shadow::{HugeLeaf, ShadowTable};
 pub use translate::{TranslateError, Translation, translate};
 pub use walk::{

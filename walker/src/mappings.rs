@@ -9,7 +9,7 @@ use crate::addr::Gva;
 use crate::context::PagingContext;
 use crate::entry::{Access, Entry, EntryFlags, MemoryType};
 use crate::level::{Level, PageSize};
-use crate::ops::{Action, Callbacks, EntrySource, Fault, FaultKind, Visit, Visitor, WalkError};
+use crate::ops::{Action, EntryFn, EntrySource, Fault, FaultKind, Visit, Visitor, WalkError};
 use crate::walk::{WalkOptions, WalkStats, walk_with};
 
 /// One leaf: a mapped page.
@@ -136,21 +136,9 @@ where
 {
     type Error = E;
 
-    fn callbacks(&self) -> Callbacks {
-        Callbacks::PUD | Callbacks::PMD | Callbacks::PTE
-    }
-
-    fn pud_entry(&mut self, visit: &Visit<'_>) -> Result<Action, E> {
-        self.entry(visit)
-    }
-
-    fn pmd_entry(&mut self, visit: &Visit<'_>) -> Result<Action, E> {
-        self.entry(visit)
-    }
-
-    fn pte_entry(&mut self, visit: &Visit<'_>) -> Result<Action, E> {
-        self.entry(visit)
-    }
+    const PUD_ENTRY: Option<EntryFn<Self>> = Some(Self::entry);
+    const PMD_ENTRY: Option<EntryFn<Self>> = Some(Self::entry);
+    const PTE_ENTRY: Option<EntryFn<Self>> = Some(Self::entry);
 
     fn fault(&mut self, fault: &Fault<'_>) -> Result<(), E> {
         (self.sink)(Mapping::Bad(BadEntry {

@@ -26,9 +26,9 @@ pub enum Action {
 }
 
 bitflags! {
-    /// Which per-level callbacks a [`Visitor`] implements, like the non-NULL members of
-    /// `struct mm_walk_ops`. A walk descends below a level only when some lower level is
-    /// in this set, so nothing is read, and nothing is split, for nothing.
+    /// A set of per-level callbacks: which ones a [`Visitor`] provides, like the non-NULL
+    /// members of `struct mm_walk_ops`. A walk descends below a level only when some lower
+    /// level is in this set, so nothing is read, and nothing is split, for nothing.
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
     pub struct Callbacks: u8 {
         /// [`Visitor::pte_entry`].
@@ -182,45 +182,85 @@ pub struct Fault<'c> {
     pub kind: FaultKind,
 }
 
-/// The callbacks of a walk.
+/// A per-level callback: a plain function of the visitor and the entry, like a member of
+/// `struct mm_walk_ops`.
+pub type EntryFn<V> = fn(&mut V, &Visit<'_>) -> Result<Action, <V as Visitor>::Error>;
+
+/// The callbacks of a walk, the `struct mm_walk_ops` of this crate.
 ///
-/// Each per-level method is called for every present, well-formed entry of its level inside
-/// the walked range, but only if [`callbacks`](Visitor::callbacks) lists it. Its answer
-/// decides what happens next (see [`Action`]).
+/// A per-level callback is an associated constant holding an optional function, like the
+/// function pointers of `mm_walk_ops` that are `NULL` when a level has none. Providing a
+/// function is the only way to give a level a callback, and "this level has a callback"
+/// ([`Callbacks::provided`]) is read from these constants, so the set of callbacks the
+/// walk uses cannot disagree with the functions the visitor provides. Each provided one is
+/// called for every present, well-formed entry of its level inside the walked range; its
+/// answer decides what happens next (see [`Action`]). The constants are known when the walk
+/// is compiled, so the call is direct and can be inlined.
+///
+/// ```
+/// use walker::{Action, EntryFn, Visit, Visitor};
+///
+/// struct CountPtes(u64);
+/// impl CountPtes {
+///     fn pte(&mut self, _visit: &Visit<'_>) -> Result<Action, std::convert::Infallible> {
+///         self.0 += 1;
+///         Ok(Action::Descend)
+///     }
+/// }
+/// impl Visitor for CountPtes {
+///     type Error = std::convert::Infallible;
+///     const PTE_ENTRY: Option<EntryFn<Self>> = Some(Self::pte);
+/// }
+/// assert_eq!(walker::Callbacks::provided::<CountPtes>(), walker::Callbacks::PTE);
+/// ```
+///
+/// The trap of earlier versions, a `pte_entry` method that silently never ran because
+/// `callbacks()` did not list it, cannot be written any more: there is no such method to
+/// override.
+///
+/// ```compile_fail
+/// use walker::{Action, Visit, Visitor};
+///
+/// struct CountPtes(u64);
+/// impl Visitor for CountPtes {
+///     type Error = std::convert::Infallible;
+///     fn pte_entry(&mut self, _visit: &Visit<'_>) -> Result<Action, Self::Error> {
+///         self.0 += 1;
+///         Ok(Action::Descend)
+///     }
+/// }
+/// ```
+///
+/// Migrating from the `callbacks()` + `pte_entry()` methods of earlier versions: move each
+/// per-level method into an inherent method (or keep its body in a closure) and name it in
+/// the matching constant; drop `callbacks()`. A visitor that must choose its levels at run
+/// time (tests do) provides every function it may need and narrows them with
+/// [`enabled`](Visitor::enabled).
 pub trait Visitor {
     /// The error a callback may abort the walk with.
     type Error;
 
-    /// The per-level callbacks this visitor implements.
-    fn callbacks(&self) -> Callbacks;
+    /// The PML5 entry callback (5-level paging only).
+    const PML5_ENTRY: Option<EntryFn<Self>> = None;
+    /// The PML4 entry callback.
+    const PML4_ENTRY: Option<EntryFn<Self>> = None;
+    /// The PUD callback: a table pointer or a 1 GiB leaf.
+    const PUD_ENTRY: Option<EntryFn<Self>> = None;
+    /// The PMD callback: a table pointer or a 2 MiB leaf (possibly a shadow entry from a
+    /// 1 GiB split).
+    const PMD_ENTRY: Option<EntryFn<Self>> = None;
+    /// The PTE callback: a 4 KiB leaf (possibly a shadow entry from a 2 MiB split).
+    const PTE_ENTRY: Option<EntryFn<Self>> = None;
 
-    /// A PML5 entry (5-level paging only).
-    fn pml5_entry(&mut self, _visit: &Visit<'_>) -> Result<Action, Self::Error> {
-        Ok(Action::Descend)
-    }
-
-    /// A PML4 entry.
-    fn pml4_entry(&mut self, _visit: &Visit<'_>) -> Result<Action, Self::Error> {
-        Ok(Action::Descend)
-    }
-
-    /// A PUD: a table pointer or a 1 GiB leaf.
-    fn pud_entry(&mut self, _visit: &Visit<'_>) -> Result<Action, Self::Error> {
-        Ok(Action::Descend)
-    }
-
-    /// A PMD: a table pointer or a 2 MiB leaf (possibly a shadow entry from a 1 GiB split).
-    fn pmd_entry(&mut self, _visit: &Visit<'_>) -> Result<Action, Self::Error> {
-        Ok(Action::Descend)
-    }
-
-    /// A PTE: a 4 KiB leaf (possibly a shadow entry from a 2 MiB split).
-    fn pte_entry(&mut self, _visit: &Visit<'_>) -> Result<Action, Self::Error> {
-        Ok(Action::Descend)
+    /// Which of the provided callbacks this walk uses: all of them unless narrowed here.
+    /// A level outside this set is treated as having no callback. It can only take
+    /// callbacks away, never add one the visitor does not provide.
+    fn enabled(&self) -> Callbacks {
+        Callbacks::all()
     }
 
     /// A non-present entry at `depth` covering `[start, last]` of the walked range
-    /// (`pte_hole` of `mm/pagewalk.c`). Called whatever [`callbacks`](Visitor::callbacks) says.
+    /// (`pte_hole` of `mm/pagewalk.c`). Always called.
     fn hole(&mut self, _start: Gva, _last: Gva, _depth: Level) -> Result<(), Self::Error> {
         Ok(())
     }
@@ -229,6 +269,35 @@ pub trait Visitor {
     /// unless this returns an error.
     fn fault(&mut self, _fault: &Fault<'_>) -> Result<(), Self::Error> {
         Ok(())
+    }
+}
+
+impl Callbacks {
+    /// The per-level callbacks visitor type `V` provides (its non-`None` constants).
+    pub const fn provided<V: Visitor + ?Sized>() -> Callbacks {
+        let mut bits = 0;
+        if V::PTE_ENTRY.is_some() {
+            bits |= Callbacks::PTE.bits();
+        }
+        if V::PMD_ENTRY.is_some() {
+            bits |= Callbacks::PMD.bits();
+        }
+        if V::PUD_ENTRY.is_some() {
+            bits |= Callbacks::PUD.bits();
+        }
+        if V::PML4_ENTRY.is_some() {
+            bits |= Callbacks::PML4.bits();
+        }
+        if V::PML5_ENTRY.is_some() {
+            bits |= Callbacks::PML5.bits();
+        }
+        Callbacks::from_bits_truncate(bits)
+    }
+
+    /// The callbacks a walk with `visitor` uses: those it provides and enables.
+    #[inline(always)]
+    pub fn of_visitor<V: Visitor + ?Sized>(visitor: &V) -> Callbacks {
+        Callbacks::provided::<V>() & visitor.enabled()
     }
 }
 

@@ -18,7 +18,7 @@ use crate::addr::Gva;
 use crate::context::PagingContext;
 use crate::entry::{Access, Entry, MemoryType};
 use crate::level::{Level, PageSize};
-use crate::ops::{Action, Callbacks, Fault, FaultKind, Visit, Visitor, WalkError};
+use crate::ops::{Action, EntryFn, Fault, FaultKind, Visit, Visitor, WalkError};
 use crate::walk::walk;
 
 /// A successful translation.
@@ -106,28 +106,24 @@ impl Translator {
     }
 }
 
+impl Translator {
+    #[inline(always)]
+    fn upper(&mut self, visit: &Visit<'_>) -> Result<Action, Infallible> {
+        Ok(self.entry(visit))
+    }
+
+    #[inline(always)]
+    fn pte(&mut self, visit: &Visit<'_>) -> Result<Action, Infallible> {
+        Ok(self.leaf(visit))
+    }
+}
+
 impl Visitor for Translator {
     type Error = Infallible;
 
-    #[inline(always)]
-    fn callbacks(&self) -> Callbacks {
-        Callbacks::PUD | Callbacks::PMD | Callbacks::PTE
-    }
-
-    #[inline(always)]
-    fn pud_entry(&mut self, visit: &Visit<'_>) -> Result<Action, Infallible> {
-        Ok(self.entry(visit))
-    }
-
-    #[inline(always)]
-    fn pmd_entry(&mut self, visit: &Visit<'_>) -> Result<Action, Infallible> {
-        Ok(self.entry(visit))
-    }
-
-    #[inline(always)]
-    fn pte_entry(&mut self, visit: &Visit<'_>) -> Result<Action, Infallible> {
-        Ok(self.leaf(visit))
-    }
+    const PUD_ENTRY: Option<EntryFn<Self>> = Some(Self::upper);
+    const PMD_ENTRY: Option<EntryFn<Self>> = Some(Self::upper);
+    const PTE_ENTRY: Option<EntryFn<Self>> = Some(Self::pte);
 
     #[inline(always)]
     fn hole(&mut self, _start: Gva, _last: Gva, depth: Level) -> Result<(), Infallible> {

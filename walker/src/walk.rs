@@ -479,7 +479,7 @@ where
     V: Visitor,
 {
     let width = ctx.mode().va_bits();
-    let callbacks = visitor.callbacks();
+    let callbacks = Callbacks::of_visitor(visitor);
     let Some((start, end)) = fold_range(*range.start(), *range.end(), width) else {
         return Ok(WalkStats::default());
     };
@@ -580,12 +580,16 @@ impl<'m, 'c, M: GuestMemoryBackend, V: Visitor> Walk<'m, 'c, '_, M, V> {
     #[inline(always)]
     fn call<L: StaticLevel>(&mut self, visit: &Visit<'_>) -> Result<Action, WalkError<V::Error>> {
         let v = &mut *self.visitor;
-        let result = match L::LEVEL {
-            Level::Pte => v.pte_entry(visit),
-            Level::Pmd => v.pmd_entry(visit),
-            Level::Pud => v.pud_entry(visit),
-            Level::Pml4 => v.pml4_entry(visit),
-            Level::Pml5 => v.pml5_entry(visit),
+        let callback = match L::LEVEL {
+            Level::Pte => V::PTE_ENTRY,
+            Level::Pmd => V::PMD_ENTRY,
+            Level::Pud => V::PUD_ENTRY,
+            Level::Pml4 => V::PML4_ENTRY,
+            Level::Pml5 => V::PML5_ENTRY,
+        };
+        let result = match callback {
+            Some(callback) => callback(v, visit),
+            None => Ok(Action::Descend),
         };
         result.map_err(|error| WalkError::Callback {
             error,

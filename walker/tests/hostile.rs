@@ -9,18 +9,14 @@ use std::convert::Infallible;
 use support::*;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use walker::{
-    Action, Callbacks, ControlRegisters, Granularity, Gva, Level, PagingContext, Visit, Visitor,
-    WalkError, walk,
+    Action, Callbacks, ControlRegisters, EntryFn, Granularity, Gva, Level, PagingContext, Visit,
+    Visitor, WalkError, walk,
 };
 
 const ALL: std::ops::RangeInclusive<Gva> = Gva(0)..=Gva(u64::MAX);
 
 struct Count(Callbacks, u64, u64);
-impl Visitor for Count {
-    type Error = Infallible;
-    fn callbacks(&self) -> Callbacks {
-        self.0
-    }
+impl Count {
     fn pud_entry(&mut self, _: &Visit<'_>) -> Result<Action, Infallible> {
         self.1 += 1;
         Ok(Action::Descend)
@@ -32,6 +28,16 @@ impl Visitor for Count {
     fn pte_entry(&mut self, _: &Visit<'_>) -> Result<Action, Infallible> {
         self.1 += 1;
         Ok(Action::Descend)
+    }
+}
+
+impl Visitor for Count {
+    type Error = Infallible;
+    const PUD_ENTRY: Option<EntryFn<Self>> = Some(Self::pud_entry);
+    const PMD_ENTRY: Option<EntryFn<Self>> = Some(Self::pmd_entry);
+    const PTE_ENTRY: Option<EntryFn<Self>> = Some(Self::pte_entry);
+    fn enabled(&self) -> Callbacks {
+        self.0
     }
     fn fault(&mut self, _: &walker::Fault<'_>) -> Result<(), Infallible> {
         self.2 += 1;

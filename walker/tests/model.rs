@@ -280,26 +280,49 @@ impl Recorder {
     }
 }
 
+impl Recorder {
+    fn pml5_entry(
+        &mut self,
+        v: &walker::Visit<'_>,
+    ) -> Result<walker::Action, std::convert::Infallible> {
+        self.entry(v)
+    }
+    fn pml4_entry(
+        &mut self,
+        v: &walker::Visit<'_>,
+    ) -> Result<walker::Action, std::convert::Infallible> {
+        self.entry(v)
+    }
+    fn pud_entry(
+        &mut self,
+        v: &walker::Visit<'_>,
+    ) -> Result<walker::Action, std::convert::Infallible> {
+        self.entry(v)
+    }
+    fn pmd_entry(
+        &mut self,
+        v: &walker::Visit<'_>,
+    ) -> Result<walker::Action, std::convert::Infallible> {
+        self.entry(v)
+    }
+    fn pte_entry(
+        &mut self,
+        v: &walker::Visit<'_>,
+    ) -> Result<walker::Action, std::convert::Infallible> {
+        self.entry(v)
+    }
+}
+
 impl walker::Visitor for Recorder {
     type Error = std::convert::Infallible;
+    const PML5_ENTRY: Option<walker::EntryFn<Self>> = Some(Self::pml5_entry);
+    const PML4_ENTRY: Option<walker::EntryFn<Self>> = Some(Self::pml4_entry);
+    const PUD_ENTRY: Option<walker::EntryFn<Self>> = Some(Self::pud_entry);
+    const PMD_ENTRY: Option<walker::EntryFn<Self>> = Some(Self::pmd_entry);
+    const PTE_ENTRY: Option<walker::EntryFn<Self>> = Some(Self::pte_entry);
 
-    fn callbacks(&self) -> walker::Callbacks {
+    fn enabled(&self) -> walker::Callbacks {
         self.callbacks
-    }
-    fn pml5_entry(&mut self, v: &walker::Visit<'_>) -> Result<walker::Action, Self::Error> {
-        self.entry(v)
-    }
-    fn pml4_entry(&mut self, v: &walker::Visit<'_>) -> Result<walker::Action, Self::Error> {
-        self.entry(v)
-    }
-    fn pud_entry(&mut self, v: &walker::Visit<'_>) -> Result<walker::Action, Self::Error> {
-        self.entry(v)
-    }
-    fn pmd_entry(&mut self, v: &walker::Visit<'_>) -> Result<walker::Action, Self::Error> {
-        self.entry(v)
-    }
-    fn pte_entry(&mut self, v: &walker::Visit<'_>) -> Result<walker::Action, Self::Error> {
-        self.entry(v)
     }
     fn hole(&mut self, start: Gva, last: Gva, depth: walker::Level) -> Result<(), Self::Error> {
         let last = self.last(last);

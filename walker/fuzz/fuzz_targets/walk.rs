@@ -41,7 +41,7 @@ use walker::context::{
 };
 use walker::{
     Action, Callbacks, ControlRegisters, Fault, FaultKind, Granularity, Gva, Level, Mapping,
-    PageSize, PagingContext, TranslateError, Visit, Visitor, WalkError, WalkOptions,
+    PageSize, PagingContext, TranslateError, Visit, Visitor, WalkError, WalkOptions, EntryFn,
     for_each_mapping, translate, walk_with,
 };
 
@@ -286,12 +286,7 @@ impl Fuzzer<'_> {
     }
 }
 
-impl Visitor for Fuzzer<'_> {
-    type Error = ();
-
-    fn callbacks(&self) -> Callbacks {
-        self.callbacks
-    }
+impl Fuzzer<'_> {
     fn pml5_entry(&mut self, v: &Visit<'_>) -> Result<Action, ()> {
         self.answer(v)
     }
@@ -306,6 +301,19 @@ impl Visitor for Fuzzer<'_> {
     }
     fn pte_entry(&mut self, v: &Visit<'_>) -> Result<Action, ()> {
         self.answer(v)
+    }
+}
+
+impl Visitor for Fuzzer<'_> {
+    type Error = ();
+    const PML5_ENTRY: Option<EntryFn<Self>> = Some(Self::pml5_entry);
+    const PML4_ENTRY: Option<EntryFn<Self>> = Some(Self::pml4_entry);
+    const PUD_ENTRY: Option<EntryFn<Self>> = Some(Self::pud_entry);
+    const PMD_ENTRY: Option<EntryFn<Self>> = Some(Self::pmd_entry);
+    const PTE_ENTRY: Option<EntryFn<Self>> = Some(Self::pte_entry);
+
+    fn enabled(&self) -> Callbacks {
+        self.callbacks
     }
 
     fn hole(&mut self, start: Gva, last: Gva, depth: Level) -> Result<(), ()> {
