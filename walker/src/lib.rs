@@ -77,11 +77,12 @@ pub use dirty::{DirtyBitmap, DirtyPage, DirtyPages, DirtyScan, scan_dirty};
 pub use entry::{Access, Decoded, Entry, EntryFlags, EntryKind, MemoryType};
 pub use level::{Level, PageSize};
 pub use mappings::{
-    BadEntry, Granularity, Leaf, MappedRange, Mapping, RangeMerger, for_each_mapping, mappings,
-    merge_ranges, tlb_flags,
+    BadEntry, Granularity, Leaf, MappedRange, Mapping, RangeMerger, for_each_leaf,
+    for_each_mapping, mapped_ranges, mappings, merge_ranges, tlb_flags,
 };
 pub use ops::{
-    Action, Callbacks, EntryFn, EntrySource, Fault, FaultKind, Visit, Visitor, WalkError,
+    Action, Callbacks, EntryFn, EntrySource, Fault, FaultKind, PteRun, PteRunFn, Visit, Visitor,
+    WalkError,
 };
 pub use shadow::{HugeLeaf, ShadowTable};
 pub use translate::{TranslateError, Translation, translate};

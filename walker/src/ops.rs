@@ -161,6 +161,92 @@ impl Visit<'_> {
     }
 }
 
+/// Consecutive well-formed present PTEs of one table (guest or shadow), in address order,
+/// as the walk read them: what [`Visitor::PTE_RUN`] is called with. Nothing is decoded until
+/// asked for, so a visitor pays only for what it uses.
+#[derive(Debug, Clone, Copy)]
+pub struct PteRun<'a> {
+    /// The raw entries.
+    pub(crate) entries: &'a [u64],
+    /// First address of the page of `entries[0]`.
+    pub(crate) first_page: u64,
+    /// The walked range's first and last addresses (only the first and last pages of a run
+    /// can be clipped).
+    pub(crate) first_va: u64,
+    pub(crate) last_va: u64,
+    /// Rights accumulated above the PTEs.
+    pub(crate) parent: Access,
+    /// Where `entries[0]` was read from.
+    pub(crate) source: EntrySource,
+    pub(crate) ctx: &'a PagingContext,
+}
+
+impl<'a> PteRun<'a> {
+    /// Number of leaves.
+    #[inline(always)]
+    pub const fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Always false: a run holds at least one leaf. Present for API symmetry.
+    pub const fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The raw entries.
+    #[inline(always)]
+    pub const fn entries(&self) -> &'a [u64] {
+        self.entries
+    }
+
+    /// First address of the page of leaf `i` (whole, not clipped to the walked range).
+    #[inline(always)]
+    pub const fn page(&self, i: usize) -> Gva {
+        Gva(self
+            .first_page
+            .wrapping_add((i as u64) * Level::Pte.entry_span()))
+    }
+
+    /// Rights accumulated above the PTEs (leaf `i`'s own are `parent().through(...)`).
+    #[inline(always)]
+    pub const fn parent(&self) -> Access {
+        self.parent
+    }
+
+    /// The paging context of the walk.
+    pub const fn context(&self) -> &'a PagingContext {
+        self.ctx
+    }
+
+    /// Where leaf `i` was read from.
+    #[inline(always)]
+    pub const fn source(&self, i: usize) -> EntrySource {
+        match self.source {
+            EntrySource::Guest(at) => EntrySource::Guest(GuestAddress(at.0 + (i as u64) * 8)),
+            other => other,
+        }
+    }
+
+    /// Leaf `i` as a per-entry callback would have seen it.
+    ///
+    /// # Panics
+    /// If `i` is not below [`len`](Self::len).
+    #[inline(always)]
+    pub fn visit(&self, i: usize) -> Visit<'a> {
+        let entry = Entry(self.entries[i]);
+        let page = self.page(i).0;
+        Visit {
+            level: Level::Pte,
+            start: Gva(page.max(self.first_va)),
+            last: Gva((page | (Level::Pte.entry_span() - 1)).min(self.last_va)),
+            entry,
+            effective: self.parent.through(entry, self.ctx.nxe()),
+            source: self.source(i),
+            ctx: self.ctx,
+        }
+    }
+}
+
 /// Why a present entry cannot be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 pub enum FaultKind {
@@ -185,6 +271,10 @@ pub struct Fault<'c> {
 /// A per-level callback: a plain function of the visitor and the entry, like a member of
 /// `struct mm_walk_ops`.
 pub type EntryFn<V> = fn(&mut V, &Visit<'_>) -> Result<Action, <V as Visitor>::Error>;
+
+/// A PTE callback that takes a whole run of leaves at once (see [`Visitor::PTE_RUN`]). An
+/// error comes back with the index in the run of the leaf it is about.
+pub type PteRunFn<V> = fn(&mut V, &PteRun<'_>) -> Result<(), (usize, <V as Visitor>::Error)>;
 
 /// The callbacks of a walk, the `struct mm_walk_ops` of this crate.
 ///
@@ -251,6 +341,13 @@ pub trait Visitor {
     const PMD_ENTRY: Option<EntryFn<Self>> = None;
     /// The PTE callback: a 4 KiB leaf (possibly a shadow entry from a 2 MiB split).
     const PTE_ENTRY: Option<EntryFn<Self>> = None;
+    /// The PTE callback for runs of leaves: called with consecutive well-formed present
+    /// PTEs of one table (up to 64, as the walk reads them), in address order, where
+    /// [`PTE_ENTRY`](Visitor::PTE_ENTRY) would be called once per leaf. Since nothing lies
+    /// below a PTE, the two are the same walk; a run lets the visitor's loop over its leaves
+    /// keep its state in registers, whatever that state is. A visitor provides at most one
+    /// of the two: providing both does not compile (the walk's constant check fails).
+    const PTE_RUN: Option<PteRunFn<Self>> = None;
 
     /// Which of the provided callbacks this walk uses: all of them unless narrowed here.
     /// A level outside this set is treated as having no callback. It can only take
@@ -276,7 +373,11 @@ impl Callbacks {
     /// The per-level callbacks visitor type `V` provides (its non-`None` constants).
     pub const fn provided<V: Visitor + ?Sized>() -> Callbacks {
         let mut bits = 0;
-        if V::PTE_ENTRY.is_some() {
+        assert!(
+            V::PTE_ENTRY.is_none() || V::PTE_RUN.is_none(),
+            "a visitor provides PTE_ENTRY or PTE_RUN, not both"
+        );
+        if V::PTE_ENTRY.is_some() || V::PTE_RUN.is_some() {
             bits |= Callbacks::PTE.bits();
         }
         if V::PMD_ENTRY.is_some() {
@@ -294,10 +395,11 @@ impl Callbacks {
         Callbacks::from_bits_truncate(bits)
     }
 
-    /// The callbacks a walk with `visitor` uses: those it provides and enables.
+    /// The callbacks a walk with `visitor` uses: those it provides and enables. Checks
+    /// when the walk is compiled that the visitor's constants make sense.
     #[inline(always)]
     pub fn of_visitor<V: Visitor + ?Sized>(visitor: &V) -> Callbacks {
-        Callbacks::provided::<V>() & visitor.enabled()
+        const { Callbacks::provided::<V>() }.intersection(visitor.enabled())
     }
 }
 

@@ -81,7 +81,9 @@ use crate::addr::{Gva, fold_range, unfold};
 use crate::context::{PagingContext, PagingMode};
 use crate::entry::{Access, Entry, EntryFlags};
 use crate::level::Level;
-use crate::ops::{Action, Callbacks, EntrySource, Fault, FaultKind, Visit, Visitor, WalkError};
+use crate::ops::{
+    Action, Callbacks, EntrySource, Fault, FaultKind, PteRun, Visit, Visitor, WalkError,
+};
 use crate::shadow::{HugeLeaf, ShadowTable};
 
 /// The default entry budget. Not a number of entries: a walk given this budget (the
@@ -704,7 +706,20 @@ impl<'m, 'c, M: GuestMemoryBackend, V: Visitor> Walk<'m, 'c, '_, M, V> {
             let visit = self.visit::<L>(addr, next, entry, effective, source);
             return self.report_fault(&visit, FaultKind::ReservedBits(reserved));
         }
-        let action = if has_callback {
+        let action = if has_callback && L::LEVEL == Level::Pte && V::PTE_RUN.is_some() {
+            let raw = [raw];
+            let run = PteRun {
+                entries: &raw,
+                first_page: unfold(addr & !(PAGE - 1), self.width).0,
+                first_va: unfold(addr, self.width).0,
+                last_va: unfold(next - 1, self.width).0,
+                parent,
+                source,
+                ctx: self.ctx,
+            };
+            self.call_run(&run)?;
+            Action::Skip
+        } else if has_callback {
             let visit = self.visit::<L>(addr, next, entry, effective, source);
             self.call::<L>(&visit)?
         } else {
@@ -786,8 +801,12 @@ impl<'m, 'c, M: GuestMemoryBackend, V: Visitor> Walk<'m, 'c, '_, M, V> {
             if has_callback && summary.is_some_and(|summary| all_leaves(summary, reserved)) {
                 // The common case, checked for the whole batch at once: every entry is a
                 // well-formed present leaf, and the loop is nothing but callbacks.
-                for (k, &raw) in batch[..read].iter().enumerate() {
-                    self.visit_pte(&table, &span, index + k, Entry(raw), parent)?;
+                if V::PTE_RUN.is_some() {
+                    self.visit_run(&table, &span, index, &batch[..read], parent)?;
+                } else {
+                    for (k, &raw) in batch[..read].iter().enumerate() {
+                        self.visit_pte(&table, &span, index + k, Entry(raw), parent)?;
+                    }
                 }
                 k = read;
             }
@@ -853,7 +872,16 @@ impl<'m, 'c, M: GuestMemoryBackend, V: Visitor> Walk<'m, 'c, '_, M, V> {
         let has_callback = self.callbacks.contains(Callbacks::PTE);
         let check = self.ctx.reserved_mask(Level::Pte, false) | PRESENT;
         loop {
-            if has_callback {
+            if has_callback && V::PTE_RUN.is_some() {
+                let run = batch[k..]
+                    .iter()
+                    .take_while(|&&raw| raw & check == PRESENT)
+                    .count();
+                if run > 0 {
+                    self.visit_run(table, span, index + k, &batch[k..k + run], parent)?;
+                    k += run;
+                }
+            } else if has_callback {
                 // Written so that the callback runs on every pass through the loop, exits
                 // included: only then may the compiler keep the visitor's state in registers.
                 if let Some(&first) = batch.get(k).filter(|&&raw| raw & check == PRESENT) {
@@ -887,6 +915,45 @@ impl<'m, 'c, M: GuestMemoryBackend, V: Visitor> Walk<'m, 'c, '_, M, V> {
                 // The end of the batch, or an entry with reserved bits.
                 _ => return Ok(k),
             }
+        }
+    }
+
+    /// Calls the run callback ([`Visitor::PTE_RUN`]) for the well-formed present leaves
+    /// `entries`, PTEs `index..` of `table`.
+    #[inline(always)]
+    fn visit_run<T: Entries>(
+        &mut self,
+        table: &T,
+        span: &PteSpan,
+        index: usize,
+        entries: &[u64],
+        parent: Access,
+    ) -> Result<(), WalkError<V::Error>> {
+        let run = PteRun {
+            entries,
+            first_page: span.table_va | ((index as u64) * PAGE),
+            first_va: span.first_va,
+            last_va: span.last_va,
+            parent,
+            source: table.source(index),
+            ctx: self.ctx,
+        };
+        self.call_run(&run)
+    }
+
+    /// Calls [`Visitor::PTE_RUN`] with `run`.
+    #[inline(always)]
+    fn call_run(&mut self, run: &PteRun<'_>) -> Result<(), WalkError<V::Error>> {
+        match V::PTE_RUN {
+            Some(callback) => callback(self.visitor, run).map_err(|(i, error)| {
+                let i = i.min(run.len().saturating_sub(1));
+                WalkError::Callback {
+                    error,
+                    va: Gva(run.page(i).0.max(run.first_va)),
+                    level: Level::Pte,
+                }
+            }),
+            None => Ok(()),
         }
     }
 
