@@ -85,7 +85,7 @@ pub use ops::{
     WalkError,
 };
 pub use shadow::{HugeLeaf, ShadowTable};
-pub use translate::{TranslateError, Translation, translate};
+pub use translate::{TranslateError, Translation, translate, translate_each, translate_many};
 pub use walk::{
     DEFAULT_ENTRY_BUDGET, MAX_SCALED_ENTRY_BUDGET, MIN_ENTRY_BUDGET, WalkOptions, WalkStats,
     scaled_entry_budget, walk, walk_with,
