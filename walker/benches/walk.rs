@@ -695,6 +695,28 @@ fn hostile_alias_budget(c: &mut Criterion) {
         t.tables.len()
     );
     assert_eq!(level, Level::Pte);
+    // The same attack on a guest of 1 TiB (reserved, not touched) and of 8 TiB, whose
+    // default budgets are scaled: both get the ceiling of 2^30 entries.
+    for tib in [1usize, 8] {
+        let big = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), tib << 40)]).unwrap();
+        for &gpa in &t.tables {
+            let mut page = [0u8; 4096];
+            t.mem.read_slice(&mut page, GuestAddress(gpa)).unwrap();
+            big.write_slice(&page, GuestAddress(gpa)).unwrap();
+        }
+        let start = Instant::now();
+        let mut v = LevelCounter::new(Callbacks::PTE);
+        let r = walk(&big, &t.ctx, Gva(0)..=Gva(u64::MAX), &mut v);
+        let elapsed = start.elapsed();
+        let Err(WalkError::BudgetExhausted { limit, .. }) = r else {
+            panic!("expected the budget to run out, got {r:?}");
+        };
+        eprintln!(
+            "hostile_alias_budget, {tib} TiB guest: stopped after {limit} entries ({} PTEs) in {:.3} s",
+            v.count,
+            elapsed.as_secs_f64()
+        );
+    }
     let mut g = c.benchmark_group("hostile");
     g.sample_size(10);
     g.bench_function("hostile_alias_budget", |bench| {

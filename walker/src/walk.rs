@@ -43,7 +43,7 @@
 //! By default ([`DEFAULT_ENTRY_BUDGET`]) the budget scales with the guest memory the walk
 //! reads from ([`scaled_entry_budget`]): one entry per KiB of guest memory, that is four
 //! entries for every 4 KiB page the guest has, never fewer than [`MIN_ENTRY_BUDGET`] (2^25)
-//! and never more than [`MAX_SCALED_ENTRY_BUDGET`] (2^31). The arithmetic:
+//! and never more than [`MAX_SCALED_ENTRY_BUDGET`] (2^30). The arithmetic:
 //!
 //! - Mapping `G` bytes with 4 KiB pages takes `G / 4096` PTEs plus `G / 2^21` PMDs and
 //!   fewer above, about `1.002 * G / 4096` entries. A budget of `G / 1024` is four times that:
@@ -53,10 +53,11 @@
 //! - The floor keeps small guests at the fixed budget of earlier versions: 2^25 entries,
 //!   128 GiB of 4 KiB mappings, some tens of milliseconds of work.
 //! - The ceiling bounds the worst case for any size of guest: a 512^4 aliasing attack reads
-//!   entries at the speed of a 4 KiB walk, well under a nanosecond each (the bench's
-//!   `hostile` group measures it), so 2^31 entries stop it within about a second. Guests of
-//!   up to 2 TiB keep the four-fold margin; above 8 TiB a full 4 KiB walk needs an explicit
-//!   budget.
+//!   entries at the speed of a 4 KiB walk, about half a nanosecond each, so 2^30 entries
+//!   stop it in about half a second (the bench's `hostile` group measured 0.55 s for 2^30
+//!   and 2.1 s for 2^31 on a 2-core EPYC guest). Guests of up to 1 TiB keep the four-fold
+//!   margin; one of 4 TiB or more, whose full 4 KiB walk needs more than 2^30 entries, needs
+//!   an explicit budget for it.
 //!
 //! The guest memory's size is the sum of its regions' lengths, computed once per range walk.
 //! A walk of a single address reads at most one entry per level, so it is given the floor
@@ -95,9 +96,9 @@ pub const DEFAULT_ENTRY_BUDGET: u64 = u64::MAX;
 /// pages).
 pub const MIN_ENTRY_BUDGET: u64 = 1 << 25;
 
-/// The most budget [`scaled_entry_budget`] gives (2^31 entries: the worst case of an
-/// aliasing attack in about a second, whatever the size of the guest).
-pub const MAX_SCALED_ENTRY_BUDGET: u64 = 1 << 31;
+/// The most budget [`scaled_entry_budget`] gives (2^30 entries: the worst case of an
+/// aliasing attack in about half a second, whatever the size of the guest).
+pub const MAX_SCALED_ENTRY_BUDGET: u64 = 1 << 30;
 
 /// The default budget of a walk over `memory_bytes` of guest memory: one entry per KiB
 /// (four per 4 KiB page), between [`MIN_ENTRY_BUDGET`] and [`MAX_SCALED_ENTRY_BUDGET`]
