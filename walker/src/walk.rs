@@ -33,6 +33,18 @@
 //! loops, the PTE batch and the out-of-line call per level, so that the whole descent is
 //! one function.
 //!
+//! A visitor that takes PTEs a run at a time ([`Visitor::PTE_RUN`]) is called once per
+//! stretch of well-formed present leaves of a batch instead of once per leaf: nothing lies
+//! below a PTE, so it is the same walk, and the visitor's own loop over the run is free of
+//! the walk around it (the leaf walk of [`for_each_leaf`](crate::for_each_leaf) relies on
+//! this to keep a closure's state in registers).
+//!
+//! # Many single addresses
+//! [`translate_each`](crate::translate_each) walks a batch of single addresses through the
+//! same single-address path, each starting in the deepest guest table an earlier walk of the
+//! batch entered that covers it, and loads the PTE of an address some places ahead first, so
+//! that cache misses overlap (`walk_points`).
+//!
 //! # Bounded work
 //! Page tables have a fixed depth, so every walk ends; the danger is fan-out. A guest can
 //! point all 512 entries of every level at the same table and make a full walk read 512^4
@@ -55,7 +67,7 @@
 //! - The ceiling bounds the worst case for any size of guest: a 512^4 aliasing attack reads
 //!   entries at the speed of a 4 KiB walk, about half a nanosecond each, so 2^30 entries
 //!   stop it in about half a second (the bench's `hostile` group measured 0.55 s for 2^30
-//!   and 2.1 s for 2^31 on a 2-core EPYC guest). Guests of up to 1 TiB keep the four-fold
+//!   and 2.1 s for 2^31 on a shared 2-core Xeon). Guests of up to 1 TiB keep the four-fold
 //!   margin; one of 4 TiB or more, whose full 4 KiB walk needs more than 2^30 entries, needs
 //!   an explicit budget for it.
 //!
