@@ -347,6 +347,25 @@ pub trait Visitor {
     /// below a PTE, the two are the same walk; a run lets the visitor's loop over its leaves
     /// keep its state in registers, whatever that state is. A visitor provides at most one
     /// of the two: providing both does not compile (the walk's constant check fails).
+    ///
+    /// ```compile_fail
+    /// use walker::{Action, EntryFn, Gva, PteRun, PteRunFn, Visit, Visitor, walk};
+    /// # use vm_memory::{GuestAddress, GuestMemoryMmap};
+    ///
+    /// struct Both;
+    /// impl Both {
+    ///     fn one(&mut self, _: &Visit<'_>) -> Result<Action, ()> { Ok(Action::Descend) }
+    ///     fn run(&mut self, _: &PteRun<'_>) -> Result<(), (usize, ())> { Ok(()) }
+    /// }
+    /// impl Visitor for Both {
+    ///     type Error = ();
+    ///     const PTE_ENTRY: Option<EntryFn<Self>> = Some(Self::one);
+    ///     const PTE_RUN: Option<PteRunFn<Self>> = Some(Self::run);
+    /// }
+    /// # let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+    /// # let ctx = walker::PagingContext::new(walker::ControlRegisters::long_mode(0x1000)).unwrap();
+    /// let _ = walk(&mem, &ctx, Gva(0)..=Gva(u64::MAX), &mut Both);
+    /// ```
     const PTE_RUN: Option<PteRunFn<Self>> = None;
 
     /// Which of the provided callbacks this walk uses: all of them unless narrowed here.
