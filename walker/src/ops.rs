@@ -31,15 +31,15 @@ bitflags! {
     /// level is in this set, so nothing is read, and nothing is split, for nothing.
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
     pub struct Callbacks: u8 {
-        /// [`Visitor::pte_entry`].
+        /// [`Visitor::PTE_ENTRY`] or [`Visitor::PTE_RUN`].
         const PTE = 1 << 0;
-        /// [`Visitor::pmd_entry`].
+        /// [`Visitor::PMD_ENTRY`].
         const PMD = 1 << 1;
-        /// [`Visitor::pud_entry`].
+        /// [`Visitor::PUD_ENTRY`].
         const PUD = 1 << 2;
-        /// [`Visitor::pml4_entry`].
+        /// [`Visitor::PML4_ENTRY`].
         const PML4 = 1 << 3;
-        /// [`Visitor::pml5_entry`].
+        /// [`Visitor::PML5_ENTRY`].
         const PML5 = 1 << 4;
     }
 }
