@@ -1,12 +1,12 @@
 //! Dirty scans by guest-virtual address, built on the walk.
 //!
 //! KVM reports dirtied pages by guest-physical address. To say which *virtual* pages of an
-//! address space changed, walk it with a visitor that, at each huge leaf, asks whether the
-//! physical range it maps holds any dirty page: if not, the leaf answers
-//! [`Action::Skip`] and is never split; if so, it answers
-//! [`Action::Descend`], the walk splits it in a shadow table and
-//! the PTE callback reports exactly the dirty 4 KiB pages. This is the walker's rule paying
-//! for itself: a clean 1 GiB mapping costs one entry read, not 262,144.
+//! address space changed, run the leaf walk of [`for_each_leaf`](crate::for_each_leaf)
+//! asking, at each huge leaf, whether the physical range it maps holds any dirty page: if
+//! not, the leaf answers [`Action::Skip`](crate::Action::Skip) and is never split; if so, it
+//! answers [`Action::Descend`](crate::Action::Descend), the walk splits it in a shadow table
+//! and the 4 KiB leaves that come out are checked one by one. This is the walker's rule
+//! paying for itself: a clean 1 GiB mapping costs one entry read, not 262,144.
 
 use std::convert::Infallible;
 use std::ops::RangeInclusive;
@@ -15,7 +15,9 @@ use vm_memory::{GuestAddress, GuestMemoryBackend};
 
 use crate::addr::Gva;
 use crate::context::PagingContext;
-use crate::ops::{Action, Callbacks, Visit, Visitor, WalkError};
+use crate::level::PageSize;
+use crate::mappings::{BadEntry, Leaf, LeafSink, LeafWalker};
+use crate::ops::{Visit, WalkError};
 use crate::walk::{WalkOptions, WalkStats, walk_with};
 
 const PAGE: u64 = 4096;
@@ -216,58 +218,49 @@ impl DirtyScan {
     }
 }
 
+/// The leaf sink of a dirty scan: splits a huge leaf only when the memory it maps holds a
+/// dirty page, and keeps the dirty 4 KiB leaves.
 struct Scanner<'d, D: ?Sized> {
     dirty: &'d D,
     scan: DirtyScan,
 }
 
-impl<D: DirtyPages + ?Sized> Scanner<'_, D> {
-    fn huge_or_table(&mut self, visit: &Visit<'_>) -> Action {
-        if !visit.is_leaf() {
-            return Action::Descend;
-        }
+impl<D: DirtyPages + ?Sized> LeafSink for Scanner<'_, D> {
+    type Error = Infallible;
+
+    fn split(&mut self, visit: &Visit<'_>) -> bool {
+        // A shadow 2 MiB leaf (from a split 1 GiB leaf) is judged again on its own range.
         let start = visit.entry.address(visit.level);
         if self.dirty.any_dirty(start, visit.level.entry_span()) {
             self.scan.huge_split += 1;
-            Action::Descend
+            true
         } else {
             self.scan.huge_skipped += 1;
-            Action::Skip
+            false
         }
     }
-}
 
-impl<D: DirtyPages + ?Sized> Visitor for Scanner<'_, D> {
-    type Error = Infallible;
-
-    fn callbacks(&self) -> Callbacks {
-        Callbacks::PUD | Callbacks::PMD | Callbacks::PTE
-    }
-
-    fn pud_entry(&mut self, visit: &Visit<'_>) -> Result<Action, Infallible> {
-        Ok(self.huge_or_table(visit))
-    }
-
-    fn pmd_entry(&mut self, visit: &Visit<'_>) -> Result<Action, Infallible> {
-        // A shadow 2 MiB entry (from a split 1 GiB leaf) is judged again on its own range.
-        Ok(self.huge_or_table(visit))
-    }
-
-    fn pte_entry(&mut self, visit: &Visit<'_>) -> Result<Action, Infallible> {
-        let pa = visit.entry.address(visit.level);
-        if self.dirty.is_dirty(pa) {
+    #[inline(always)]
+    fn leaf(&mut self, leaf: Leaf) -> Result<(), Infallible> {
+        // Huge leaves reported whole map only clean memory.
+        if leaf.size == PageSize::Size4K && self.dirty.is_dirty(leaf.pa) {
             self.scan.pages.push(DirtyPage {
-                va: visit.entry_start(),
-                pa,
-                shadow: visit.is_shadow(),
+                va: leaf.va,
+                pa: leaf.pa,
+                shadow: leaf.is_shadow(),
             });
         }
-        Ok(Action::Skip)
+        Ok(())
+    }
+
+    fn bad(&mut self, _bad: BadEntry) -> Result<(), Infallible> {
+        Ok(())
     }
 }
 
 /// Scans the address space of `ctx` over `range` for virtual pages whose physical page is
-/// in `dirty`, splitting only the huge leaves that map dirty memory.
+/// in `dirty`, splitting only the huge leaves that map dirty memory. Built on the leaf walk
+/// of [`for_each_leaf`](crate::for_each_leaf), with this one difference in what is split.
 pub fn scan_dirty<M, D>(
     mem: &M,
     ctx: &PagingContext,
@@ -279,13 +272,13 @@ where
     M: GuestMemoryBackend,
     D: DirtyPages + ?Sized,
 {
-    let mut s = Scanner {
+    let mut s = LeafWalker(Scanner {
         dirty,
         scan: DirtyScan::default(),
-    };
+    });
     let stats = walk_with(mem, ctx, range, &mut s, options)?;
-    s.scan.stats = stats;
-    Ok(s.scan)
+    s.0.scan.stats = stats;
+    Ok(s.0.scan)
 }
 
 #[cfg(test)]

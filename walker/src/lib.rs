@@ -4,7 +4,8 @@
 //! [`vm-memory`](vm_memory) guest memory, live or a memory file, and calls back per entry,
 //! in the manner of Linux `mm/pagewalk.c` (`walk_page_range()` and `struct mm_walk_ops`):
 //!
-//! - a [`Visitor`] has optional callbacks per level ([`Callbacks`] says which exist), a
+//! - a [`Visitor`] has optional callbacks per level (constants holding an optional function,
+//!   like the members of `mm_walk_ops`: [`Callbacks`] is read from them), a
 //!   [`hole`](Visitor::hole) callback for non-present entries with their depth, and a
 //!   [`fault`](Visitor::fault) callback for entries the MMU would refuse;
 //! - a callback answers [`Action::Descend`] (the default: go into the next level) or
@@ -19,13 +20,23 @@
 //! outside memory are reported, never followed, and a budget bounds the work of every walk
 //! (see [`walk`](mod@walk) for the reasoning). This crate has no `unsafe` code.
 //!
-//! [`translate()`] and [`mappings`](mod@mappings) are built on the same walk.
+//! Built on the same walk:
+//! - the leaf walk: [`for_each_leaf`] (a [`Leaf`] record per leaf, as mapped or split to
+//!   4 KiB), [`for_each_mapping`] and [`mappings()`] (the same with malformed entries),
+//!   [`mapped_ranges`] (QEMU's `info mem`) and [`scan_dirty`]. It is the fast path: it
+//!   takes PTEs a run at a time ([`Visitor::PTE_RUN`]) and runs at the speed of a
+//!   hand-written visitor, including with a closure that captures its state by reference
+//!   (one reference: a closure that captures several variables by `&mut` gives the compiler
+//!   pointers it cannot tell apart, and their updates go through memory on every leaf);
+//! - [`translate()`] for one address, [`translate_each`] and [`translate_many`] for many
+//!   (sharing the tables the walks enter, and reading ahead).
 //!
 //! ## Example
 //! ```
 //! use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 //! use walker::{
-//!     Action, Callbacks, ControlRegisters, Gva, PagingContext, Visit, Visitor, translate, walk,
+//!     Action, ControlRegisters, EntryFn, Granularity, Gva, PagingContext, Visit, Visitor,
+//!     WalkOptions, for_each_leaf, translate, walk,
 //! };
 //!
 //! // A guest with one 2 MiB page at VA 0x4000_0000 -> PA 0x20_0000.
@@ -39,16 +50,37 @@
 //! let t = translate(&mem, &ctx, Gva(0x4000_1234)).unwrap();
 //! assert_eq!(t.gpa, GuestAddress(0x20_1234));
 //!
-//! // Count PTEs: the 2 MiB leaf has none, so the walk splits it in a shadow table.
+//! // Every leaf, the fast way: as mapped, then split to 4 KiB in shadow tables.
+//! let mut leaves = Vec::new();
+//! for_each_leaf(&mem, &ctx, Gva(0)..=Gva(u64::MAX), Granularity::AsMapped,
+//!     WalkOptions::default(), |leaf| {
+//!         leaves.push((leaf.va, leaf.pa, leaf.size.bytes(), leaf.effective.writable));
+//!         Ok::<(), std::convert::Infallible>(())
+//!     })
+//! .unwrap();
+//! assert_eq!(leaves, [(Gva(0x4000_0000), GuestAddress(0x20_0000), 2 << 20, true)]);
+//! let mut shadow_pages = 0u64;
+//! let stats = for_each_leaf(&mem, &ctx, Gva(0)..=Gva(u64::MAX), Granularity::Split4K,
+//!     WalkOptions::default(), |leaf| {
+//!         shadow_pages += u64::from(leaf.is_shadow());
+//!         Ok::<(), std::convert::Infallible>(())
+//!     })
+//! .unwrap();
+//! assert_eq!((shadow_pages, stats.split_2m), (512, 1));
+//!
+//! // The same count with a visitor, `mm_walk_ops` style: a PTE callback, and so the walk
+//! // splits the 2 MiB leaf, which has no PTEs, in a shadow table.
 //! struct CountPtes(u64);
-//! impl Visitor for CountPtes {
-//!     type Error = std::convert::Infallible;
-//!     fn callbacks(&self) -> Callbacks { Callbacks::PTE }
-//!     fn pte_entry(&mut self, v: &Visit<'_>) -> Result<Action, Self::Error> {
+//! impl CountPtes {
+//!     fn pte(&mut self, v: &Visit<'_>) -> Result<Action, std::convert::Infallible> {
 //!         assert!(v.is_shadow());
 //!         self.0 += 1;
 //!         Ok(Action::Descend)
 //!     }
+//! }
+//! impl Visitor for CountPtes {
+//!     type Error = std::convert::Infallible;
+//!     const PTE_ENTRY: Option<EntryFn<Self>> = Some(Self::pte); // like mm_walk_ops
 //! }
 //! let mut count = CountPtes(0);
 //! let stats = walk(&mem, &ctx, Gva(0)..=Gva(u64::MAX), &mut count).unwrap();
@@ -74,10 +106,16 @@ pub use dirty::{DirtyBitmap, DirtyPage, DirtyPages, DirtyScan, scan_dirty};
 pub use entry::{Access, Decoded, Entry, EntryFlags, EntryKind, MemoryType};
 pub use level::{Level, PageSize};
 pub use mappings::{
-    BadEntry, Granularity, Leaf, MappedRange, Mapping, RangeMerger, for_each_mapping, mappings,
-    merge_ranges, tlb_flags,
+    BadEntry, Granularity, Leaf, MappedRange, Mapping, RangeMerger, for_each_leaf,
+    for_each_mapping, mapped_ranges, mappings, merge_ranges, tlb_flags,
 };
-pub use ops::{Action, Callbacks, EntrySource, Fault, FaultKind, Visit, Visitor, WalkError};
+pub use ops::{
+    Action, Callbacks, EntryFn, EntrySource, Fault, FaultKind, PteRun, PteRunFn, Visit, Visitor,
+    WalkError,
+};
 pub use shadow::{HugeLeaf, ShadowTable};
-pub use translate::{TranslateError, Translation, translate};
-pub use walk::{DEFAULT_ENTRY_BUDGET, WalkOptions, WalkStats, walk, walk_with};
+pub use translate::{TranslateError, Translation, translate, translate_each, translate_many};
+pub use walk::{
+    DEFAULT_ENTRY_BUDGET, MAX_SCALED_ENTRY_BUDGET, MIN_ENTRY_BUDGET, WalkOptions, WalkStats,
+    scaled_entry_budget, walk, walk_with,
+};

@@ -9,7 +9,9 @@ use crate::addr::Gva;
 use crate::context::PagingContext;
 use crate::entry::{Access, Entry, EntryFlags, MemoryType};
 use crate::level::{Level, PageSize};
-use crate::ops::{Action, Callbacks, EntrySource, Fault, FaultKind, Visit, Visitor, WalkError};
+use crate::ops::{
+    Action, EntryFn, EntrySource, Fault, FaultKind, PteRun, PteRunFn, Visit, Visitor, WalkError,
+};
 use crate::walk::{WalkOptions, WalkStats, walk_with};
 
 /// One leaf: a mapped page.
@@ -54,6 +56,32 @@ impl Leaf {
     /// Last virtual address of the page.
     pub const fn last(&self) -> Gva {
         Gva(self.va.0.wrapping_add(self.size.bytes() - 1))
+    }
+
+    /// A 4 KiB leaf from its PTE, computed the way [`Visit::decode`] does it.
+    #[inline(always)]
+    fn from_pte(
+        entry: Entry,
+        va: Gva,
+        parent: Access,
+        source: EntrySource,
+        nxe: bool,
+        pke: bool,
+    ) -> Leaf {
+        let f = entry.0;
+        Leaf {
+            va,
+            pa: entry.address(Level::Pte),
+            size: PageSize::Size4K,
+            effective: parent.through(entry, nxe),
+            accessed: f & EntryFlags::ACCESSED.bits() != 0,
+            dirty: f & EntryFlags::DIRTY.bits() != 0,
+            global: f & EntryFlags::GLOBAL.bits() != 0,
+            memory_type: entry.memory_type(Level::Pte),
+            pkey: if pke { entry.pkey_bits() } else { 0 },
+            entry,
+            source,
+        }
     }
 
     fn from_visit(visit: &Visit<'_>, size: PageSize) -> Leaf {
@@ -107,62 +135,209 @@ pub enum Granularity {
     Split4K,
 }
 
-struct Collector<F> {
-    granularity: Granularity,
-    sink: F,
+/// Where the leaves of a leaf walk go, and which huge leaves it splits.
+pub(crate) trait LeafSink {
+    /// The error that aborts the walk.
+    type Error;
+    /// Whether the huge leaf `visit` (a 2 MiB or 1 GiB leaf, or a shadow 2 MiB leaf of a
+    /// split 1 GiB one) is split into smaller shadow leaves rather than reported whole.
+    fn split(&mut self, visit: &Visit<'_>) -> bool;
+    /// A leaf, in address order.
+    fn leaf(&mut self, leaf: Leaf) -> Result<(), Self::Error>;
+    /// A malformed entry, in address order.
+    fn bad(&mut self, bad: BadEntry) -> Result<(), Self::Error>;
 }
 
-impl<F, E> Collector<F>
-where
-    F: FnMut(Mapping) -> Result<(), E>,
-{
-    fn entry(&mut self, visit: &Visit<'_>) -> Result<Action, E> {
+/// The visitor of every leaf walk: leaves come out as [`Leaf`] records, huge leaves are
+/// split only when the sink asks, and PTEs are taken a run at a time
+/// ([`Visitor::PTE_RUN`]) so that the sink's loop over them runs without the walk around it.
+pub(crate) struct LeafWalker<S>(pub(crate) S);
+
+impl<S: LeafSink> LeafWalker<S> {
+    #[inline(always)]
+    fn upper(&mut self, visit: &Visit<'_>) -> Result<Action, S::Error> {
         match visit.level.leaf_size() {
             Some(size) if visit.is_leaf() => {
-                if size != PageSize::Size4K && self.granularity == Granularity::Split4K {
+                if self.0.split(visit) {
                     return Ok(Action::Descend);
                 }
-                (self.sink)(Mapping::Leaf(Leaf::from_visit(visit, size)))?;
+                self.0.leaf(Leaf::from_visit(visit, size))?;
                 Ok(Action::Skip)
             }
             _ => Ok(Action::Descend),
         }
     }
+
+    #[inline(always)]
+    fn run(&mut self, run: &PteRun<'_>) -> Result<(), (usize, S::Error)> {
+        let nxe = run.ctx.nxe();
+        let pke = run.ctx.pke();
+        sink_run(
+            &mut self.0,
+            run.entries,
+            run.first_page,
+            run.parent,
+            run.source,
+            nxe,
+            pke,
+        )
+    }
 }
 
-impl<F, E> Visitor for Collector<F>
+/// Hands the leaves of one PTE run to `sink`. Kept out of line, with the entries and the
+/// sink as arguments of their own: the compiler then knows that the sink's stores cannot
+/// change the entries (nor the sink's own fields), and keeps a sink's state in registers
+/// across the loop even when it is reached through references (a closure that captures its
+/// totals by `&mut`). The call costs one per run of up to 64 leaves.
+#[inline(never)]
+fn sink_run<S: LeafSink>(
+    sink: &mut S,
+    entries: &[u64],
+    first_page: u64,
+    parent: Access,
+    source: EntrySource,
+    nxe: bool,
+    pke: bool,
+) -> Result<(), (usize, S::Error)> {
+    for (i, &raw) in entries.iter().enumerate() {
+        let va = Gva(first_page.wrapping_add((i as u64) * PageSize::Size4K.bytes()));
+        let source = match source {
+            EntrySource::Guest(at) => EntrySource::Guest(GuestAddress(at.0 + (i as u64) * 8)),
+            other => other,
+        };
+        sink.leaf(Leaf::from_pte(Entry(raw), va, parent, source, nxe, pke))
+            .map_err(|error| (i, error))?;
+    }
+    Ok(())
+}
+
+impl<S: LeafSink> Visitor for LeafWalker<S> {
+    type Error = S::Error;
+
+    const PUD_ENTRY: Option<EntryFn<Self>> = Some(Self::upper);
+    const PMD_ENTRY: Option<EntryFn<Self>> = Some(Self::upper);
+    const PTE_RUN: Option<PteRunFn<Self>> = Some(Self::run);
+
+    fn fault(&mut self, fault: &Fault<'_>) -> Result<(), S::Error> {
+        self.0.bad(BadEntry {
+            va: fault.visit.entry_start(),
+            level: fault.visit.level,
+            entry: fault.visit.entry,
+            kind: fault.kind,
+        })
+    }
+}
+
+/// A leaf walk's sink made of a closure: every leaf and bad entry as a [`Mapping`].
+struct MappingSink<F> {
+    granularity: Granularity,
+    f: F,
+}
+
+impl<F, E> LeafSink for MappingSink<F>
 where
     F: FnMut(Mapping) -> Result<(), E>,
 {
     type Error = E;
 
-    fn callbacks(&self) -> Callbacks {
-        Callbacks::PUD | Callbacks::PMD | Callbacks::PTE
+    #[inline(always)]
+    fn split(&mut self, _visit: &Visit<'_>) -> bool {
+        self.granularity == Granularity::Split4K
     }
 
-    fn pud_entry(&mut self, visit: &Visit<'_>) -> Result<Action, E> {
-        self.entry(visit)
+    #[inline(always)]
+    fn leaf(&mut self, leaf: Leaf) -> Result<(), E> {
+        (self.f)(Mapping::Leaf(leaf))
     }
 
-    fn pmd_entry(&mut self, visit: &Visit<'_>) -> Result<Action, E> {
-        self.entry(visit)
-    }
-
-    fn pte_entry(&mut self, visit: &Visit<'_>) -> Result<Action, E> {
-        self.entry(visit)
-    }
-
-    fn fault(&mut self, fault: &Fault<'_>) -> Result<(), E> {
-        (self.sink)(Mapping::Bad(BadEntry {
-            va: fault.visit.entry_start(),
-            level: fault.visit.level,
-            entry: fault.visit.entry,
-            kind: fault.kind,
-        }))
+    #[inline(always)]
+    fn bad(&mut self, bad: BadEntry) -> Result<(), E> {
+        (self.f)(Mapping::Bad(bad))
     }
 }
 
-/// Calls `sink` for every leaf (and every malformed entry) in `range`, in address order.
+/// A leaf walk's sink made of a closure that takes leaves only.
+struct LeafOnlySink<F> {
+    granularity: Granularity,
+    f: F,
+}
+
+impl<F, E> LeafSink for LeafOnlySink<F>
+where
+    F: FnMut(Leaf) -> Result<(), E>,
+{
+    type Error = E;
+
+    #[inline(always)]
+    fn split(&mut self, _visit: &Visit<'_>) -> bool {
+        self.granularity == Granularity::Split4K
+    }
+
+    #[inline(always)]
+    fn leaf(&mut self, leaf: Leaf) -> Result<(), E> {
+        (self.f)(leaf)
+    }
+
+    #[inline(always)]
+    fn bad(&mut self, _bad: BadEntry) -> Result<(), E> {
+        Ok(())
+    }
+}
+
+/// Calls `f` for every leaf in `range`, in address order: the leaf API, and the fast path
+/// for anything that wants the mappings of an address space.
+///
+/// Each leaf comes as a [`Leaf`] record (VA, PA, size, effective rights, memory type, A/D/G,
+/// protection key, raw entry, shadow or not), reported whole even where the range clips
+/// it. With [`Granularity::AsMapped`] huge leaves come as they are; with
+/// [`Granularity::Split4K`] they are split, in host-side shadow tables, into 4 KiB leaves.
+/// Malformed entries are skipped and counted in [`WalkStats::faults`]
+/// ([`for_each_mapping`] reports them too). An error from `f` stops the walk and comes back
+/// with the address and level of the leaf.
+///
+/// It runs at the speed of a hand-written [`Visitor`] that owns its state, including when
+/// `f` captures its state by reference: 4 KiB leaves are handed over a run at a time (see
+/// [`Visitor::PTE_RUN`]), and whatever fields of the record `f` does not read are never
+/// computed.
+///
+/// ```
+/// use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+/// use walker::{ControlRegisters, Granularity, Gva, PagingContext, WalkOptions, for_each_leaf};
+///
+/// let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap();
+/// mem.write_obj(0x2003u64, GuestAddress(0x1000)).unwrap(); // PML4[0] -> PUD
+/// mem.write_obj(0x3003u64, GuestAddress(0x2008)).unwrap(); // PUD[1] -> PMD
+/// mem.write_obj(0x20_0083u64, GuestAddress(0x3000)).unwrap(); // PMD[0]: 2 MiB at 2 MiB
+/// let ctx = PagingContext::new(ControlRegisters::long_mode(0x1000)).unwrap();
+///
+/// let (mut pages, mut bytes) = (0u64, 0u64);
+/// for_each_leaf(&mem, &ctx, Gva(0)..=Gva(u64::MAX), Granularity::Split4K,
+///     WalkOptions::default(), |leaf| {
+///         pages += 1;
+///         bytes += leaf.size.bytes();
+///         Ok::<(), std::convert::Infallible>(())
+///     })
+/// .unwrap();
+/// assert_eq!((pages, bytes), (512, 2 << 20));
+/// ```
+pub fn for_each_leaf<M, F, E>(
+    mem: &M,
+    ctx: &PagingContext,
+    range: RangeInclusive<Gva>,
+    granularity: Granularity,
+    options: WalkOptions,
+    f: F,
+) -> Result<WalkStats, WalkError<E>>
+where
+    M: GuestMemoryBackend,
+    F: FnMut(Leaf) -> Result<(), E>,
+{
+    let mut w = LeafWalker(LeafOnlySink { granularity, f });
+    walk_with(mem, ctx, range, &mut w, options)
+}
+
+/// Calls `sink` for every leaf (and every malformed entry) in `range`, in address order:
+/// [`for_each_leaf`], with the malformed entries too, as fast.
 pub fn for_each_mapping<M, F, E>(
     mem: &M,
     ctx: &PagingContext,
@@ -175,8 +350,11 @@ where
     M: GuestMemoryBackend,
     F: FnMut(Mapping) -> Result<(), E>,
 {
-    let mut c = Collector { granularity, sink };
-    walk_with(mem, ctx, range, &mut c, options)
+    let mut w = LeafWalker(MappingSink {
+        granularity,
+        f: sink,
+    });
+    walk_with(mem, ctx, range, &mut w, options)
 }
 
 /// All leaves and malformed entries in `range`, collected.
@@ -191,6 +369,24 @@ pub fn mappings<M: GuestMemoryBackend>(
         out.push(m);
         Ok(())
     })?;
+    Ok(out)
+}
+
+/// The leaves of `range` merged into runs ([`merge_ranges`], QEMU's `info mem`) in one
+/// pass of [`for_each_leaf`], without collecting the leaves.
+pub fn mapped_ranges<M: GuestMemoryBackend>(
+    mem: &M,
+    ctx: &PagingContext,
+    range: RangeInclusive<Gva>,
+    options: WalkOptions,
+) -> Result<Vec<MappedRange>, WalkError<std::convert::Infallible>> {
+    let mut merger = RangeMerger::new();
+    let mut out = Vec::new();
+    for_each_leaf(mem, ctx, range, Granularity::AsMapped, options, |leaf| {
+        out.extend(merger.push(&leaf));
+        Ok(())
+    })?;
+    out.extend(merger.finish());
     Ok(out)
 }
 

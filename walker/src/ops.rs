@@ -26,20 +26,20 @@ pub enum Action {
 }
 
 bitflags! {
-    /// Which per-level callbacks a [`Visitor`] implements, like the non-NULL members of
-    /// `struct mm_walk_ops`. A walk descends below a level only when some lower level is
-    /// in this set, so nothing is read, and nothing is split, for nothing.
+    /// A set of per-level callbacks: which ones a [`Visitor`] provides, like the non-NULL
+    /// members of `struct mm_walk_ops`. A walk descends below a level only when some lower
+    /// level is in this set, so nothing is read, and nothing is split, for nothing.
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
     pub struct Callbacks: u8 {
-        /// [`Visitor::pte_entry`].
+        /// [`Visitor::PTE_ENTRY`] or [`Visitor::PTE_RUN`].
         const PTE = 1 << 0;
-        /// [`Visitor::pmd_entry`].
+        /// [`Visitor::PMD_ENTRY`].
         const PMD = 1 << 1;
-        /// [`Visitor::pud_entry`].
+        /// [`Visitor::PUD_ENTRY`].
         const PUD = 1 << 2;
-        /// [`Visitor::pml4_entry`].
+        /// [`Visitor::PML4_ENTRY`].
         const PML4 = 1 << 3;
-        /// [`Visitor::pml5_entry`].
+        /// [`Visitor::PML5_ENTRY`].
         const PML5 = 1 << 4;
     }
 }
@@ -161,6 +161,92 @@ impl Visit<'_> {
     }
 }
 
+/// Consecutive well-formed present PTEs of one table (guest or shadow), in address order,
+/// as the walk read them: what [`Visitor::PTE_RUN`] is called with. Nothing is decoded until
+/// asked for, so a visitor pays only for what it uses.
+#[derive(Debug, Clone, Copy)]
+pub struct PteRun<'a> {
+    /// The raw entries.
+    pub(crate) entries: &'a [u64],
+    /// First address of the page of `entries[0]`.
+    pub(crate) first_page: u64,
+    /// The walked range's first and last addresses (only the first and last pages of a run
+    /// can be clipped).
+    pub(crate) first_va: u64,
+    pub(crate) last_va: u64,
+    /// Rights accumulated above the PTEs.
+    pub(crate) parent: Access,
+    /// Where `entries[0]` was read from.
+    pub(crate) source: EntrySource,
+    pub(crate) ctx: &'a PagingContext,
+}
+
+impl<'a> PteRun<'a> {
+    /// Number of leaves.
+    #[inline(always)]
+    pub const fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Always false: a run holds at least one leaf. Present for API symmetry.
+    pub const fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The raw entries.
+    #[inline(always)]
+    pub const fn entries(&self) -> &'a [u64] {
+        self.entries
+    }
+
+    /// First address of the page of leaf `i` (whole, not clipped to the walked range).
+    #[inline(always)]
+    pub const fn page(&self, i: usize) -> Gva {
+        Gva(self
+            .first_page
+            .wrapping_add((i as u64) * Level::Pte.entry_span()))
+    }
+
+    /// Rights accumulated above the PTEs (leaf `i`'s own are `parent().through(...)`).
+    #[inline(always)]
+    pub const fn parent(&self) -> Access {
+        self.parent
+    }
+
+    /// The paging context of the walk.
+    pub const fn context(&self) -> &'a PagingContext {
+        self.ctx
+    }
+
+    /// Where leaf `i` was read from.
+    #[inline(always)]
+    pub const fn source(&self, i: usize) -> EntrySource {
+        match self.source {
+            EntrySource::Guest(at) => EntrySource::Guest(GuestAddress(at.0 + (i as u64) * 8)),
+            other => other,
+        }
+    }
+
+    /// Leaf `i` as a per-entry callback would have seen it.
+    ///
+    /// # Panics
+    /// If `i` is not below [`len`](Self::len).
+    #[inline(always)]
+    pub fn visit(&self, i: usize) -> Visit<'a> {
+        let entry = Entry(self.entries[i]);
+        let page = self.page(i).0;
+        Visit {
+            level: Level::Pte,
+            start: Gva(page.max(self.first_va)),
+            last: Gva((page | (Level::Pte.entry_span() - 1)).min(self.last_va)),
+            entry,
+            effective: self.parent.through(entry, self.ctx.nxe()),
+            source: self.source(i),
+            ctx: self.ctx,
+        }
+    }
+}
+
 /// Why a present entry cannot be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 pub enum FaultKind {
@@ -182,45 +268,115 @@ pub struct Fault<'c> {
     pub kind: FaultKind,
 }
 
-/// The callbacks of a walk.
+/// A per-level callback: a plain function of the visitor and the entry, like a member of
+/// `struct mm_walk_ops`.
+pub type EntryFn<V> = fn(&mut V, &Visit<'_>) -> Result<Action, <V as Visitor>::Error>;
+
+/// A PTE callback that takes a whole run of leaves at once (see [`Visitor::PTE_RUN`]). An
+/// error comes back with the index in the run of the leaf it is about.
+pub type PteRunFn<V> = fn(&mut V, &PteRun<'_>) -> Result<(), (usize, <V as Visitor>::Error)>;
+
+/// The callbacks of a walk, the `struct mm_walk_ops` of this crate.
 ///
-/// Each per-level method is called for every present, well-formed entry of its level inside
-/// the walked range, but only if [`callbacks`](Visitor::callbacks) lists it. Its answer
-/// decides what happens next (see [`Action`]).
+/// A per-level callback is an associated constant holding an optional function, like the
+/// function pointers of `mm_walk_ops` that are `NULL` when a level has none. Providing a
+/// function is the only way to give a level a callback, and "this level has a callback"
+/// ([`Callbacks::provided`]) is read from these constants, so the set of callbacks the
+/// walk uses cannot disagree with the functions the visitor provides. Each provided one is
+/// called for every present, well-formed entry of its level inside the walked range; its
+/// answer decides what happens next (see [`Action`]). The constants are known when the walk
+/// is compiled, so the call is direct and can be inlined.
+///
+/// ```
+/// use walker::{Action, EntryFn, Visit, Visitor};
+///
+/// struct CountPtes(u64);
+/// impl CountPtes {
+///     fn pte(&mut self, _visit: &Visit<'_>) -> Result<Action, std::convert::Infallible> {
+///         self.0 += 1;
+///         Ok(Action::Descend)
+///     }
+/// }
+/// impl Visitor for CountPtes {
+///     type Error = std::convert::Infallible;
+///     const PTE_ENTRY: Option<EntryFn<Self>> = Some(Self::pte);
+/// }
+/// assert_eq!(walker::Callbacks::provided::<CountPtes>(), walker::Callbacks::PTE);
+/// ```
+///
+/// The trap of earlier versions, a `pte_entry` method that silently never ran because
+/// `callbacks()` did not list it, cannot be written any more: there is no such method to
+/// override.
+///
+/// ```compile_fail
+/// use walker::{Action, Visit, Visitor};
+///
+/// struct CountPtes(u64);
+/// impl Visitor for CountPtes {
+///     type Error = std::convert::Infallible;
+///     fn pte_entry(&mut self, _visit: &Visit<'_>) -> Result<Action, Self::Error> {
+///         self.0 += 1;
+///         Ok(Action::Descend)
+///     }
+/// }
+/// ```
+///
+/// Migrating from the `callbacks()` + `pte_entry()` methods of earlier versions: move each
+/// per-level method into an inherent method (or keep its body in a closure) and name it in
+/// the matching constant; drop `callbacks()`. A visitor that must choose its levels at run
+/// time (tests do) provides every function it may need and narrows them with
+/// [`enabled`](Visitor::enabled).
 pub trait Visitor {
     /// The error a callback may abort the walk with.
     type Error;
 
-    /// The per-level callbacks this visitor implements.
-    fn callbacks(&self) -> Callbacks;
+    /// The PML5 entry callback (5-level paging only).
+    const PML5_ENTRY: Option<EntryFn<Self>> = None;
+    /// The PML4 entry callback.
+    const PML4_ENTRY: Option<EntryFn<Self>> = None;
+    /// The PUD callback: a table pointer or a 1 GiB leaf.
+    const PUD_ENTRY: Option<EntryFn<Self>> = None;
+    /// The PMD callback: a table pointer or a 2 MiB leaf (possibly a shadow entry from a
+    /// 1 GiB split).
+    const PMD_ENTRY: Option<EntryFn<Self>> = None;
+    /// The PTE callback: a 4 KiB leaf (possibly a shadow entry from a 2 MiB split).
+    const PTE_ENTRY: Option<EntryFn<Self>> = None;
+    /// The PTE callback for runs of leaves: called with consecutive well-formed present
+    /// PTEs of one table (up to 64, as the walk reads them), in address order, where
+    /// [`PTE_ENTRY`](Visitor::PTE_ENTRY) would be called once per leaf. Since nothing lies
+    /// below a PTE, the two are the same walk; a run lets the visitor's loop over its leaves
+    /// keep its state in registers, whatever that state is. A visitor provides at most one
+    /// of the two: providing both does not compile (the walk's constant check fails).
+    ///
+    /// ```compile_fail
+    /// use walker::{Action, EntryFn, Gva, PteRun, PteRunFn, Visit, Visitor, walk};
+    /// # use vm_memory::{GuestAddress, GuestMemoryMmap};
+    ///
+    /// struct Both;
+    /// impl Both {
+    ///     fn one(&mut self, _: &Visit<'_>) -> Result<Action, ()> { Ok(Action::Descend) }
+    ///     fn run(&mut self, _: &PteRun<'_>) -> Result<(), (usize, ())> { Ok(()) }
+    /// }
+    /// impl Visitor for Both {
+    ///     type Error = ();
+    ///     const PTE_ENTRY: Option<EntryFn<Self>> = Some(Self::one);
+    ///     const PTE_RUN: Option<PteRunFn<Self>> = Some(Self::run);
+    /// }
+    /// # let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+    /// # let ctx = walker::PagingContext::new(walker::ControlRegisters::long_mode(0x1000)).unwrap();
+    /// let _ = walk(&mem, &ctx, Gva(0)..=Gva(u64::MAX), &mut Both);
+    /// ```
+    const PTE_RUN: Option<PteRunFn<Self>> = None;
 
-    /// A PML5 entry (5-level paging only).
-    fn pml5_entry(&mut self, _visit: &Visit<'_>) -> Result<Action, Self::Error> {
-        Ok(Action::Descend)
-    }
-
-    /// A PML4 entry.
-    fn pml4_entry(&mut self, _visit: &Visit<'_>) -> Result<Action, Self::Error> {
-        Ok(Action::Descend)
-    }
-
-    /// A PUD: a table pointer or a 1 GiB leaf.
-    fn pud_entry(&mut self, _visit: &Visit<'_>) -> Result<Action, Self::Error> {
-        Ok(Action::Descend)
-    }
-
-    /// A PMD: a table pointer or a 2 MiB leaf (possibly a shadow entry from a 1 GiB split).
-    fn pmd_entry(&mut self, _visit: &Visit<'_>) -> Result<Action, Self::Error> {
-        Ok(Action::Descend)
-    }
-
-    /// A PTE: a 4 KiB leaf (possibly a shadow entry from a 2 MiB split).
-    fn pte_entry(&mut self, _visit: &Visit<'_>) -> Result<Action, Self::Error> {
-        Ok(Action::Descend)
+    /// Which of the provided callbacks this walk uses: all of them unless narrowed here.
+    /// A level outside this set is treated as having no callback. It can only take
+    /// callbacks away, never add one the visitor does not provide.
+    fn enabled(&self) -> Callbacks {
+        Callbacks::all()
     }
 
     /// A non-present entry at `depth` covering `[start, last]` of the walked range
-    /// (`pte_hole` of `mm/pagewalk.c`). Called whatever [`callbacks`](Visitor::callbacks) says.
+    /// (`pte_hole` of `mm/pagewalk.c`). Always called.
     fn hole(&mut self, _start: Gva, _last: Gva, _depth: Level) -> Result<(), Self::Error> {
         Ok(())
     }
@@ -229,6 +385,40 @@ pub trait Visitor {
     /// unless this returns an error.
     fn fault(&mut self, _fault: &Fault<'_>) -> Result<(), Self::Error> {
         Ok(())
+    }
+}
+
+impl Callbacks {
+    /// The per-level callbacks visitor type `V` provides (its non-`None` constants).
+    pub const fn provided<V: Visitor + ?Sized>() -> Callbacks {
+        let mut bits = 0;
+        assert!(
+            V::PTE_ENTRY.is_none() || V::PTE_RUN.is_none(),
+            "a visitor provides PTE_ENTRY or PTE_RUN, not both"
+        );
+        if V::PTE_ENTRY.is_some() || V::PTE_RUN.is_some() {
+            bits |= Callbacks::PTE.bits();
+        }
+        if V::PMD_ENTRY.is_some() {
+            bits |= Callbacks::PMD.bits();
+        }
+        if V::PUD_ENTRY.is_some() {
+            bits |= Callbacks::PUD.bits();
+        }
+        if V::PML4_ENTRY.is_some() {
+            bits |= Callbacks::PML4.bits();
+        }
+        if V::PML5_ENTRY.is_some() {
+            bits |= Callbacks::PML5.bits();
+        }
+        Callbacks::from_bits_truncate(bits)
+    }
+
+    /// The callbacks a walk with `visitor` uses: those it provides and enables. Checks
+    /// when the walk is compiled that the visitor's constants make sense.
+    #[inline(always)]
+    pub fn of_visitor<V: Visitor + ?Sized>(visitor: &V) -> Callbacks {
+        const { Callbacks::provided::<V>() }.intersection(visitor.enabled())
     }
 }
 

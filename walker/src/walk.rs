@@ -33,14 +33,47 @@
 //! loops, the PTE batch and the out-of-line call per level, so that the whole descent is
 //! one function.
 //!
+//! A visitor that takes PTEs a run at a time ([`Visitor::PTE_RUN`]) is called once per
+//! stretch of well-formed present leaves of a batch instead of once per leaf: nothing lies
+//! below a PTE, so it is the same walk, and the visitor's own loop over the run is free of
+//! the walk around it (the leaf walk of [`for_each_leaf`](crate::for_each_leaf) relies on
+//! this to keep a closure's state in registers).
+//!
+//! # Many single addresses
+//! [`translate_each`](crate::translate_each) walks a batch of single addresses through the
+//! same single-address path, each starting in the deepest guest table an earlier walk of the
+//! batch entered that covers it, and loads the PTE of an address some places ahead first, so
+//! that cache misses overlap (`walk_points`).
+//!
 //! # Bounded work
 //! Page tables have a fixed depth, so every walk ends; the danger is fan-out. A guest can
 //! point all 512 entries of every level at the same table and make a full walk read 512^4
 //! entries. Legitimate guests alias tables too (KASAN maps its whole shadow with one shared
 //! page table), so aliasing cannot simply be refused. Instead every walk has a budget of
-//! entries it may read ([`DEFAULT_ENTRY_BUDGET`], about 33 million: 128 GiB mapped with
-//! 4 KiB pages, some tens of milliseconds of work), and stops with
-//! [`WalkError::BudgetExhausted`] when it is spent.
+//! entries it may read, and stops with [`WalkError::BudgetExhausted`] when it is spent.
+//!
+//! By default ([`DEFAULT_ENTRY_BUDGET`]) the budget scales with the guest memory the walk
+//! reads from ([`scaled_entry_budget`]): one entry per KiB of guest memory, that is four
+//! entries for every 4 KiB page the guest has, never fewer than [`MIN_ENTRY_BUDGET`] (2^25)
+//! and never more than [`MAX_SCALED_ENTRY_BUDGET`] (2^30). The arithmetic:
+//!
+//! - Mapping `G` bytes with 4 KiB pages takes `G / 4096` PTEs plus `G / 2^21` PMDs and
+//!   fewer above, about `1.002 * G / 4096` entries. A budget of `G / 1024` is four times that:
+//!   a guest can map all its memory with 4 KiB pages in four address spaces' worth of
+//!   entries (or alias its tables up to four-fold, as KASAN-style shadows do) and a full
+//!   walk still finishes. A 1 TiB guest gets 2^30 entries for its 2^28 PTEs.
+//! - The floor keeps small guests at the fixed budget of earlier versions: 2^25 entries,
+//!   128 GiB of 4 KiB mappings, some tens of milliseconds of work.
+//! - The ceiling bounds the worst case for any size of guest: a 512^4 aliasing attack reads
+//!   entries at the speed of a 4 KiB walk, about half a nanosecond each, so 2^30 entries
+//!   stop it in about half a second (the bench's `hostile` group measured 0.55 s for 2^30
+//!   and 2.1 s for 2^31 on a shared 2-core Xeon). Guests of up to 1 TiB keep the four-fold
+//!   margin; one of 4 TiB or more, whose full 4 KiB walk needs more than 2^30 entries, needs
+//!   an explicit budget for it.
+//!
+//! The guest memory's size is the sum of its regions' lengths, computed once per range walk.
+//! A walk of a single address reads at most one entry per level, so it is given the floor
+//! without counting.
 //!
 //! Upper levels charge the budget one entry at a time, as they read. A page table is
 //! charged once for all the entries the range covers in it, or for what is left of the
@@ -57,22 +90,62 @@ use vm_memory::{
     VolatileMemory, VolatileSlice,
 };
 
-use crate::addr::{Gva, fold_range, unfold};
+use crate::addr::{Gva, fold, fold_range, unfold};
 use crate::context::{PagingContext, PagingMode};
 use crate::entry::{Access, Entry, EntryFlags};
 use crate::level::Level;
-use crate::ops::{Action, Callbacks, EntrySource, Fault, FaultKind, Visit, Visitor, WalkError};
+use crate::ops::{
+    Action, Callbacks, EntrySource, Fault, FaultKind, PteRun, Visit, Visitor, WalkError,
+};
 use crate::shadow::{HugeLeaf, ShadowTable};
 
-/// Entries a walk may read by default (2^25).
-pub const DEFAULT_ENTRY_BUDGET: u64 = 1 << 25;
+/// The default entry budget. Not a number of entries: a walk given this budget (the
+/// largest `u64`, so "as much as you like" means the same) gets [`scaled_entry_budget`] of
+/// the guest memory it reads from (see the [module docs](self)).
+pub const DEFAULT_ENTRY_BUDGET: u64 = u64::MAX;
+
+/// The least budget [`scaled_entry_budget`] gives (2^25 entries: 128 GiB mapped with 4 KiB
+/// pages).
+pub const MIN_ENTRY_BUDGET: u64 = 1 << 25;
+
+/// The most budget [`scaled_entry_budget`] gives (2^30 entries: the worst case of an
+/// aliasing attack in about half a second, whatever the size of the guest).
+pub const MAX_SCALED_ENTRY_BUDGET: u64 = 1 << 30;
+
+/// The default budget of a walk over `memory_bytes` of guest memory: one entry per KiB
+/// (four per 4 KiB page), between [`MIN_ENTRY_BUDGET`] and [`MAX_SCALED_ENTRY_BUDGET`]
+/// (see the [module docs](self) for the arithmetic).
+pub const fn scaled_entry_budget(memory_bytes: u64) -> u64 {
+    let scaled = memory_bytes / 1024;
+    if scaled < MIN_ENTRY_BUDGET {
+        MIN_ENTRY_BUDGET
+    } else if scaled > MAX_SCALED_ENTRY_BUDGET {
+        MAX_SCALED_ENTRY_BUDGET
+    } else {
+        scaled
+    }
+}
+
+/// The budget a walk over `mem` starts with (`single`: a walk of one address).
+fn resolve_budget<M: GuestMemoryBackend>(mem: &M, options: WalkOptions, single: bool) -> u64 {
+    match options.entry_budget {
+        // One entry per level at most: any budget of 5 or more walks the same.
+        DEFAULT_ENTRY_BUDGET if single => MIN_ENTRY_BUDGET,
+        DEFAULT_ENTRY_BUDGET => {
+            let bytes = mem.iter().fold(0u64, |sum, r| sum.saturating_add(r.len()));
+            scaled_entry_budget(bytes)
+        }
+        explicit => explicit,
+    }
+}
 
 const TABLE_BYTES: usize = 4096;
 
 /// Settings of one walk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WalkOptions {
-    /// How many entries (guest or shadow) the walk may read before it gives up.
+    /// How many entries (guest or shadow) the walk may read before it gives up;
+    /// [`DEFAULT_ENTRY_BUDGET`] scales it with the guest memory ([`scaled_entry_budget`]).
     pub entry_budget: u64,
 }
 
@@ -389,6 +462,153 @@ struct Walk<'m, 'c, 'v, M: GuestMemoryBackend, V: Visitor> {
     /// The region the last table was found in: tables are usually close together, and
     /// this saves a region lookup per table.
     region: Option<&'m M::R>,
+    /// For walks of many single addresses ([`walk_points`]): the guest tables entered so
+    /// far, to start the next address's walk below the levels it shares with them.
+    paths: Option<&'v mut PathCache<'m, MS<'m, M>>>,
+}
+
+/// Slots per level of a [`PathCache`]: direct-mapped by the table's span. Enough for the
+/// page directories of 16 GiB and the PDPTs of 8 TiB; a page table (2 MiB) seldom repeats
+/// in a random batch, and a hit there saves one more level.
+const PATH_WAYS: usize = 16;
+
+/// A guest table entered by an earlier walk of [`walk_points`].
+struct CachedTable<'m, S> {
+    /// The folded addresses the table covers, shifted right by its span.
+    prefix: u64,
+    base: GuestAddress,
+    slice: VolatileSlice<'m, S>,
+    /// Rights accumulated above the table.
+    parent: Access,
+}
+
+/// The guest tables below the root that the walks of [`walk_points`] entered, per level
+/// (PML4 tables under a PML5 down to page tables).
+pub(crate) struct PathCache<'m, S> {
+    slots: [[Option<CachedTable<'m, S>>; PATH_WAYS]; 4],
+}
+
+impl<'m, S: Clone> PathCache<'m, S> {
+    fn new() -> Self {
+        PathCache {
+            slots: std::array::from_fn(|_| std::array::from_fn(|_| None)),
+        }
+    }
+
+    /// The prefix of folded `addr` in a table of `level`, and its slot.
+    #[inline(always)]
+    fn key(level: Level, addr: u64) -> (u64, usize, usize) {
+        let shift = level.entry_span().trailing_zeros() + 9;
+        let prefix = addr >> shift;
+        (prefix, level as usize - 1, (prefix as usize) % PATH_WAYS)
+    }
+
+    #[inline(always)]
+    fn get(&self, level: Level, addr: u64) -> Option<(Table<'m, S>, Access)> {
+        let (prefix, l, slot) = Self::key(level, addr);
+        match &self.slots[l][slot] {
+            Some(c) if c.prefix == prefix => Some((
+                Table::Guest {
+                    base: c.base,
+                    slice: c.slice.clone(),
+                },
+                c.parent,
+            )),
+            _ => None,
+        }
+    }
+
+    #[inline(always)]
+    fn put(&mut self, level: Level, addr: u64, table: &Table<'m, S>, parent: Access) {
+        if let Table::Guest { base, slice } = table {
+            let (prefix, l, slot) = Self::key(level, addr);
+            self.slots[l][slot] = Some(CachedTable {
+                prefix,
+                base: *base,
+                slice: slice.clone(),
+                parent,
+            });
+        }
+    }
+}
+
+/// What happened to one address of [`walk_points`].
+pub(crate) enum PointWalked<E> {
+    /// The address is not canonical: not walked.
+    NonCanonical,
+    /// The walk's result.
+    Walked(Result<(), WalkError<E>>),
+}
+
+/// How many addresses ahead [`walk_points`] touches the page-table entry of.
+const TOUCH_AHEAD: usize = 12;
+
+/// Walks the single addresses `gvas` one after another: each as [`walk`] walks it alone
+/// (same entries, checks, callbacks, holes and faults), except that the guest tables an
+/// earlier address's walk entered are not read again: a walk starts in the deepest one that
+/// covers its address, with the rights accumulated above it (so the entries above are as
+/// they were when first read). Ahead of each walk, the PTE of the address
+/// [`TOUCH_AHEAD`] places later is loaded and dropped, so its cache line is on its way when
+/// its turn comes. `before` runs before each canonical address's walk, `after` after each
+/// address. Entry budgets and statistics are per address and not reported.
+pub(crate) fn walk_points<M, V>(
+    mem: &M,
+    ctx: &PagingContext,
+    gvas: &[Gva],
+    visitor: &mut V,
+    mut before: impl FnMut(&mut V, Gva),
+    mut after: impl FnMut(&mut V, usize, PointWalked<V::Error>),
+) where
+    M: GuestMemoryBackend,
+    V: Visitor,
+{
+    let width = ctx.mode().va_bits();
+    let callbacks = Callbacks::of_visitor(visitor);
+    let mut paths = PathCache::new();
+    let mut w = Walk {
+        mem,
+        ctx,
+        visitor,
+        callbacks,
+        width,
+        budget: MIN_ENTRY_BUDGET,
+        limit: MIN_ENTRY_BUDGET,
+        stats: WalkStats::default(),
+        region: None,
+        paths: None,
+    };
+    let root = w.guest_table(TablePointer(ctx.root()));
+    w.paths = Some(&mut paths);
+    for (i, &gva) in gvas.iter().enumerate() {
+        if let Some(&ahead) = gvas.get(i + TOUCH_AHEAD)
+            && ahead.is_canonical(width)
+        {
+            w.touch(fold(ahead.0, width));
+        }
+        if !gva.is_canonical(width) {
+            after(w.visitor, i, PointWalked::NonCanonical);
+            continue;
+        }
+        before(w.visitor, gva);
+        let addr = fold(gva.0, width);
+        w.budget = w.limit;
+        let result = match &root {
+            Some(root) => w.walk_shared_point(root, addr),
+            None => {
+                let visit = Visit {
+                    level: ctx.mode().root_level(),
+                    start: gva,
+                    last: gva,
+                    entry: Entry(ctx.registers().cr3),
+                    effective: Access::ROOT,
+                    source: EntrySource::Cr3,
+                    ctx,
+                };
+                w.report_fault(&visit, FaultKind::OutsideMemory(ctx.root()))
+            }
+        };
+        after(w.visitor, i, PointWalked::Walked(result));
+    }
 }
 
 /// Walks the page tables of `ctx` over the canonical addresses in `range`, calling
@@ -421,20 +641,22 @@ where
     V: Visitor,
 {
     let width = ctx.mode().va_bits();
-    let callbacks = visitor.callbacks();
+    let callbacks = Callbacks::of_visitor(visitor);
+    let Some((start, end)) = fold_range(*range.start(), *range.end(), width) else {
+        return Ok(WalkStats::default());
+    };
+    let limit = resolve_budget(mem, options, end - start == 1);
     let mut w = Walk {
         mem,
         ctx,
         visitor,
         callbacks,
         width,
-        budget: options.entry_budget,
-        limit: options.entry_budget,
+        budget: limit,
+        limit,
         stats: WalkStats::default(),
         region: None,
-    };
-    let Some((start, end)) = fold_range(*range.start(), *range.end(), width) else {
-        return Ok(w.stats);
+        paths: None,
     };
     let root = ctx.root();
     let result = match w.guest_table(TablePointer(root)) {
@@ -521,12 +743,16 @@ impl<'m, 'c, M: GuestMemoryBackend, V: Visitor> Walk<'m, 'c, '_, M, V> {
     #[inline(always)]
     fn call<L: StaticLevel>(&mut self, visit: &Visit<'_>) -> Result<Action, WalkError<V::Error>> {
         let v = &mut *self.visitor;
-        let result = match L::LEVEL {
-            Level::Pte => v.pte_entry(visit),
-            Level::Pmd => v.pmd_entry(visit),
-            Level::Pud => v.pud_entry(visit),
-            Level::Pml4 => v.pml4_entry(visit),
-            Level::Pml5 => v.pml5_entry(visit),
+        let callback = match L::LEVEL {
+            Level::Pte => V::PTE_ENTRY,
+            Level::Pmd => V::PMD_ENTRY,
+            Level::Pud => V::PUD_ENTRY,
+            Level::Pml4 => V::PML4_ENTRY,
+            Level::Pml5 => V::PML5_ENTRY,
+        };
+        let result = match callback {
+            Some(callback) => callback(v, visit),
+            None => Ok(Action::Descend),
         };
         result.map_err(|error| WalkError::Callback {
             error,
@@ -641,7 +867,20 @@ impl<'m, 'c, M: GuestMemoryBackend, V: Visitor> Walk<'m, 'c, '_, M, V> {
             let visit = self.visit::<L>(addr, next, entry, effective, source);
             return self.report_fault(&visit, FaultKind::ReservedBits(reserved));
         }
-        let action = if has_callback {
+        let action = if has_callback && L::LEVEL == Level::Pte && V::PTE_RUN.is_some() {
+            let raw = [raw];
+            let run = PteRun {
+                entries: &raw,
+                first_page: unfold(addr & !(PAGE - 1), self.width).0,
+                first_va: unfold(addr, self.width).0,
+                last_va: unfold(next - 1, self.width).0,
+                parent,
+                source,
+                ctx: self.ctx,
+            };
+            self.call_run(&run)?;
+            Action::Skip
+        } else if has_callback {
             let visit = self.visit::<L>(addr, next, entry, effective, source);
             self.call::<L>(&visit)?
         } else {
@@ -723,8 +962,12 @@ impl<'m, 'c, M: GuestMemoryBackend, V: Visitor> Walk<'m, 'c, '_, M, V> {
             if has_callback && summary.is_some_and(|summary| all_leaves(summary, reserved)) {
                 // The common case, checked for the whole batch at once: every entry is a
                 // well-formed present leaf, and the loop is nothing but callbacks.
-                for (k, &raw) in batch[..read].iter().enumerate() {
-                    self.visit_pte(&table, &span, index + k, Entry(raw), parent)?;
+                if V::PTE_RUN.is_some() {
+                    self.visit_run(&table, &span, index, &batch[..read], parent)?;
+                } else {
+                    for (k, &raw) in batch[..read].iter().enumerate() {
+                        self.visit_pte(&table, &span, index + k, Entry(raw), parent)?;
+                    }
                 }
                 k = read;
             }
@@ -790,7 +1033,16 @@ impl<'m, 'c, M: GuestMemoryBackend, V: Visitor> Walk<'m, 'c, '_, M, V> {
         let has_callback = self.callbacks.contains(Callbacks::PTE);
         let check = self.ctx.reserved_mask(Level::Pte, false) | PRESENT;
         loop {
-            if has_callback {
+            if has_callback && V::PTE_RUN.is_some() {
+                let run = batch[k..]
+                    .iter()
+                    .take_while(|&&raw| raw & check == PRESENT)
+                    .count();
+                if run > 0 {
+                    self.visit_run(table, span, index + k, &batch[k..k + run], parent)?;
+                    k += run;
+                }
+            } else if has_callback {
                 // Written so that the callback runs on every pass through the loop, exits
                 // included: only then may the compiler keep the visitor's state in registers.
                 if let Some(&first) = batch.get(k).filter(|&&raw| raw & check == PRESENT) {
@@ -824,6 +1076,45 @@ impl<'m, 'c, M: GuestMemoryBackend, V: Visitor> Walk<'m, 'c, '_, M, V> {
                 // The end of the batch, or an entry with reserved bits.
                 _ => return Ok(k),
             }
+        }
+    }
+
+    /// Calls the run callback ([`Visitor::PTE_RUN`]) for the well-formed present leaves
+    /// `entries`, PTEs `index..` of `table`.
+    #[inline(always)]
+    fn visit_run<T: Entries>(
+        &mut self,
+        table: &T,
+        span: &PteSpan,
+        index: usize,
+        entries: &[u64],
+        parent: Access,
+    ) -> Result<(), WalkError<V::Error>> {
+        let run = PteRun {
+            entries,
+            first_page: span.table_va | ((index as u64) * PAGE),
+            first_va: span.first_va,
+            last_va: span.last_va,
+            parent,
+            source: table.source(index),
+            ctx: self.ctx,
+        };
+        self.call_run(&run)
+    }
+
+    /// Calls [`Visitor::PTE_RUN`] with `run`.
+    #[inline(always)]
+    fn call_run(&mut self, run: &PteRun<'_>) -> Result<(), WalkError<V::Error>> {
+        match V::PTE_RUN {
+            Some(callback) => callback(self.visitor, run).map_err(|(i, error)| {
+                let i = i.min(run.len().saturating_sub(1));
+                WalkError::Callback {
+                    error,
+                    va: Gva(run.page(i).0.max(run.first_va)),
+                    level: Level::Pte,
+                }
+            }),
+            None => Ok(()),
         }
     }
 
@@ -881,7 +1172,12 @@ impl<'m, 'c, M: GuestMemoryBackend, V: Visitor> Walk<'m, 'c, '_, M, V> {
                     self.guest_table(ptr)
                 };
                 match table {
-                    Some(table) if POINT => self.walk_point::<L::Below>(&table, addr, effective),
+                    Some(table) if POINT => {
+                        if let Some(paths) = self.paths.as_deref_mut() {
+                            paths.put(<L::Below as StaticLevel>::LEVEL, addr, &table, effective);
+                        }
+                        self.walk_point::<L::Below>(&table, addr, effective)
+                    }
                     Some(table) => self.walk_table::<L::Below>(&table, addr, next, effective),
                     None => {
                         let visit = self.visit::<L>(addr, next, entry, effective, source);
@@ -889,6 +1185,71 @@ impl<'m, 'c, M: GuestMemoryBackend, V: Visitor> Walk<'m, 'c, '_, M, V> {
                     }
                 }
             }
+        }
+    }
+
+    /// The walk of folded `addr` for [`walk_points`]: from the deepest cached table that
+    /// covers it, or from `root`.
+    #[inline(always)]
+    fn walk_shared_point(
+        &mut self,
+        root: &Table<'m, MS<'m, M>>,
+        addr: u64,
+    ) -> Result<(), WalkError<V::Error>> {
+        let five = self.ctx.mode() == PagingMode::FiveLevel;
+        if let Some(paths) = self.paths.as_deref() {
+            if let Some((table, parent)) = paths.get(Level::Pte, addr) {
+                return self.walk_point::<PteLevel>(&table, addr, parent);
+            }
+            if let Some((table, parent)) = paths.get(Level::Pmd, addr) {
+                return self.walk_point::<PmdLevel>(&table, addr, parent);
+            }
+            if let Some((table, parent)) = paths.get(Level::Pud, addr) {
+                return self.walk_point::<PudLevel>(&table, addr, parent);
+            }
+            if five && let Some((table, parent)) = paths.get(Level::Pml4, addr) {
+                return self.walk_point::<Pml4Level>(&table, addr, parent);
+            }
+        }
+        if five {
+            self.walk_point::<Pml5Level>(root, addr, Access::ROOT)
+        } else {
+            self.walk_point::<Pml4Level>(root, addr, Access::ROOT)
+        }
+    }
+
+    /// Loads (and drops) the PTE of folded `addr` if the page directory above it is cached
+    /// and points to a page table: the prefetch of [`walk_points`]. Reads, with one atomic
+    /// load each, only entries that the walk of `addr` will read; charges nothing, reports
+    /// nothing, and gives up at anything unusual.
+    #[inline(always)]
+    fn touch(&mut self, addr: u64) {
+        let Some(paths) = self.paths.as_deref() else {
+            return;
+        };
+        let Some((Table::Guest { slice, .. }, _)) = paths.get(Level::Pmd, addr) else {
+            return;
+        };
+        let Ok(pmd) = slice.get_atomic_ref::<AtomicU64>(Level::Pmd.index(addr) * 8) else {
+            return;
+        };
+        let pmd = Entry(pmd.load(Ordering::Relaxed));
+        if !pmd.is_present() || pmd.is_leaf(Level::Pmd) {
+            return;
+        }
+        let table = pmd.address(Level::Pmd);
+        let region = match self.region {
+            Some(r) if r.start_addr() <= table && table <= r.last_addr() => r,
+            _ => return,
+        };
+        let at = table.0 + (Level::Pte.index(addr) as u64) * 8;
+        let Some(offset) = at.checked_sub(region.start_addr().0) else {
+            return;
+        };
+        if let Ok(pte) = region.get_slice(MemoryRegionAddress(offset), 8)
+            && let Ok(pte) = pte.get_atomic_ref::<AtomicU64>(0)
+        {
+            std::hint::black_box(pte.load(Ordering::Relaxed));
         }
     }
 

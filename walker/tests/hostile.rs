@@ -9,18 +9,14 @@ use std::convert::Infallible;
 use support::*;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use walker::{
-    Action, Callbacks, ControlRegisters, Granularity, Gva, Level, PagingContext, Visit, Visitor,
-    WalkError, walk,
+    Action, Callbacks, ControlRegisters, EntryFn, Granularity, Gva, Level, PagingContext, Visit,
+    Visitor, WalkError, walk,
 };
 
 const ALL: std::ops::RangeInclusive<Gva> = Gva(0)..=Gva(u64::MAX);
 
 struct Count(Callbacks, u64, u64);
-impl Visitor for Count {
-    type Error = Infallible;
-    fn callbacks(&self) -> Callbacks {
-        self.0
-    }
+impl Count {
     fn pud_entry(&mut self, _: &Visit<'_>) -> Result<Action, Infallible> {
         self.1 += 1;
         Ok(Action::Descend)
@@ -32,6 +28,16 @@ impl Visitor for Count {
     fn pte_entry(&mut self, _: &Visit<'_>) -> Result<Action, Infallible> {
         self.1 += 1;
         Ok(Action::Descend)
+    }
+}
+
+impl Visitor for Count {
+    type Error = Infallible;
+    const PUD_ENTRY: Option<EntryFn<Self>> = Some(Self::pud_entry);
+    const PMD_ENTRY: Option<EntryFn<Self>> = Some(Self::pmd_entry);
+    const PTE_ENTRY: Option<EntryFn<Self>> = Some(Self::pte_entry);
+    fn enabled(&self) -> Callbacks {
+        self.0
     }
     fn fault(&mut self, _: &walker::Fault<'_>) -> Result<(), Infallible> {
         self.2 += 1;
@@ -64,9 +70,9 @@ fn full_aliasing_is_bounded_by_the_budget() {
         let mut c = Count(Callbacks::PTE, 0, 0);
         let err = walk(&b.mem, &b.ctx(), ALL, &mut c).unwrap_err();
         assert!(
-            matches!(err, WalkError::BudgetExhausted { limit, .. } if limit == walker::DEFAULT_ENTRY_BUDGET)
+            matches!(err, WalkError::BudgetExhausted { limit, .. } if limit == walker::MIN_ENTRY_BUDGET)
         );
-        assert!(c.1 < walker::DEFAULT_ENTRY_BUDGET);
+        assert!(c.1 < walker::MIN_ENTRY_BUDGET);
         // Levels with no callback below them are not entered: a PUD-only walk of the same
         // tables reads 512 + 512 × 512 entries and finishes.
         let mut c = Count(Callbacks::PUD, 0, 0);
@@ -197,4 +203,66 @@ fn random_memory_never_panics_or_changes() {
         mem.read_slice(&mut after, GuestAddress(0)).unwrap();
         assert!(after == fixed, "seed {seed}: guest memory changed");
     }
+}
+
+/// A 1 TiB guest (its memory reserved, not touched) whose tables map all of it with 4 KiB
+/// pages through shared tables: `pml4_entries` PML4 entries → one PUD table → one PMD table
+/// → one page table of 512 leaves. Returns the memory and the paging context.
+fn terabyte_guest(pml4_entries: u64) -> (GuestMemoryMmap, PagingContext) {
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 40)]).unwrap();
+    let (pml4, pud, pmd, pt) = (0x1000u64, 0x2000u64, 0x3000u64, 0x4000u64);
+    for i in 0..512u64 {
+        if i < pml4_entries {
+            mem.write_obj(pud | TABLE_FLAGS, GuestAddress(pml4 + i * 8))
+                .unwrap();
+        }
+        mem.write_obj(pmd | TABLE_FLAGS, GuestAddress(pud + i * 8))
+            .unwrap();
+        mem.write_obj(pt | TABLE_FLAGS, GuestAddress(pmd + i * 8))
+            .unwrap();
+        mem.write_obj((i << 12) | P | W, GuestAddress(pt + i * 8))
+            .unwrap();
+    }
+    let ctx = PagingContext::new(ControlRegisters::long_mode(pml4)).unwrap();
+    (mem, ctx)
+}
+
+/// The default budget scales with guest memory: a 1 TiB guest's full 4 KiB walk (2^28
+/// leaves, far above the fixed 2^25 of old) finishes, and a 512^4 aliasing attack on the
+/// same guest still stops, at the scaled budget.
+#[test]
+fn the_default_budget_scales_with_guest_memory() {
+    assert_eq!(walker::scaled_entry_budget(0), walker::MIN_ENTRY_BUDGET);
+    assert_eq!(
+        walker::scaled_entry_budget(32 << 30),
+        walker::MIN_ENTRY_BUDGET
+    );
+    assert_eq!(walker::scaled_entry_budget(1 << 40), 1 << 30);
+    assert_eq!(
+        walker::scaled_entry_budget(u64::MAX),
+        walker::MAX_SCALED_ENTRY_BUDGET
+    );
+
+    let (mem, ctx) = terabyte_guest(2);
+    let mut c = Count(Callbacks::PTE, 0, 0);
+    let stats = walk(&mem, &ctx, ALL, &mut c).unwrap();
+    assert_eq!(c.1, 1 << 28, "every 4 KiB page of 1 TiB");
+    assert_eq!(
+        stats.entries_read,
+        512 + 2 * 512 + 2 * 512 * 512 + (1 << 28)
+    );
+
+    // The same walk with the old fixed budget stops.
+    let fixed = walker::WalkOptions {
+        entry_budget: walker::MIN_ENTRY_BUDGET,
+    };
+    let err = walker::walk_with(&mem, &ctx, ALL, &mut Count(Callbacks::PTE, 0, 0), fixed);
+    assert!(matches!(err, Err(WalkError::BudgetExhausted { .. })));
+
+    let (mem, ctx) = terabyte_guest(512);
+    let err = walk(&mem, &ctx, ALL, &mut Count(Callbacks::PTE, 0, 0)).unwrap_err();
+    assert!(
+        matches!(err, WalkError::BudgetExhausted { limit, .. } if limit == 1 << 30),
+        "{err}"
+    );
 }

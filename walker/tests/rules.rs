@@ -9,8 +9,8 @@ use std::convert::Infallible;
 use support::*;
 use vm_memory::GuestAddress;
 use walker::{
-    Action, Callbacks, EntrySource, Fault, FaultKind, Gva, Level, PageSize, Visit, Visitor,
-    WalkError, WalkOptions, walk, walk_with,
+    Action, Callbacks, EntryFn, EntrySource, Fault, FaultKind, Gva, Level, PageSize, Visit,
+    Visitor, WalkError, WalkOptions, walk, walk_with,
 };
 
 const ALL: std::ops::RangeInclusive<Gva> = Gva(0)..=Gva(u64::MAX);
@@ -57,11 +57,7 @@ impl Recorder {
     }
 }
 
-impl Visitor for Recorder {
-    type Error = String;
-    fn callbacks(&self) -> Callbacks {
-        self.callbacks.unwrap_or(Callbacks::all())
-    }
+impl Recorder {
     fn pml5_entry(&mut self, v: &Visit<'_>) -> Result<Action, String> {
         self.record(v)
     }
@@ -76,6 +72,18 @@ impl Visitor for Recorder {
     }
     fn pte_entry(&mut self, v: &Visit<'_>) -> Result<Action, String> {
         self.record(v)
+    }
+}
+
+impl Visitor for Recorder {
+    type Error = String;
+    const PML5_ENTRY: Option<EntryFn<Self>> = Some(Self::pml5_entry);
+    const PML4_ENTRY: Option<EntryFn<Self>> = Some(Self::pml4_entry);
+    const PUD_ENTRY: Option<EntryFn<Self>> = Some(Self::pud_entry);
+    const PMD_ENTRY: Option<EntryFn<Self>> = Some(Self::pmd_entry);
+    const PTE_ENTRY: Option<EntryFn<Self>> = Some(Self::pte_entry);
+    fn enabled(&self) -> Callbacks {
+        self.callbacks.unwrap_or(Callbacks::all())
     }
     fn hole(&mut self, start: Gva, last: Gva, depth: Level) -> Result<(), String> {
         self.holes.push((start.0, last.0, depth));
@@ -599,14 +607,18 @@ fn budget_runs_out_at_the_exact_entry() {
 fn shadow_source_has_no_guest_address() {
     let b = two_mappings();
     struct Sources(Vec<EntrySource>);
-    impl Visitor for Sources {
-        type Error = Infallible;
-        fn callbacks(&self) -> Callbacks {
-            Callbacks::PTE
-        }
+    impl Sources {
         fn pte_entry(&mut self, v: &Visit<'_>) -> Result<Action, Infallible> {
             self.0.push(v.source);
             Ok(Action::Descend)
+        }
+    }
+
+    impl Visitor for Sources {
+        type Error = Infallible;
+        const PTE_ENTRY: Option<EntryFn<Self>> = Some(Self::pte_entry);
+        fn enabled(&self) -> Callbacks {
+            Callbacks::PTE
         }
     }
     let mut s = Sources(Vec::new());
@@ -630,11 +642,7 @@ fn decoded_view_and_protection_keys() {
     );
     b.map(0x4000_0000, 0x60_0000, 2, PAT_HUGE | PCD | (3 << 59));
     struct Decode(Vec<walker::Decoded>);
-    impl Visitor for Decode {
-        type Error = Infallible;
-        fn callbacks(&self) -> Callbacks {
-            Callbacks::PMD | Callbacks::PTE
-        }
+    impl Decode {
         fn pmd_entry(&mut self, v: &Visit<'_>) -> Result<Action, Infallible> {
             self.0.push(v.decode());
             Ok(if v.is_leaf() {
@@ -646,6 +654,15 @@ fn decoded_view_and_protection_keys() {
         fn pte_entry(&mut self, v: &Visit<'_>) -> Result<Action, Infallible> {
             self.0.push(v.decode());
             Ok(Action::Skip)
+        }
+    }
+
+    impl Visitor for Decode {
+        type Error = Infallible;
+        const PMD_ENTRY: Option<EntryFn<Self>> = Some(Self::pmd_entry);
+        const PTE_ENTRY: Option<EntryFn<Self>> = Some(Self::pte_entry);
+        fn enabled(&self) -> Callbacks {
+            Callbacks::PMD | Callbacks::PTE
         }
     }
     for pke in [false, true] {

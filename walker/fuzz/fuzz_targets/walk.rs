@@ -36,13 +36,11 @@
 
 use libfuzzer_sys::fuzz_target;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
-use walker::context::{
-    CR0_PG, CR0_WP, CR4_LA57, CR4_PAE, CR4_PKE, EFER_LMA, EFER_LME, EFER_NXE,
-};
+use walker::context::{CR0_PG, CR0_WP, CR4_LA57, CR4_PAE, CR4_PKE, EFER_LMA, EFER_LME, EFER_NXE};
 use walker::{
-    Action, Callbacks, ControlRegisters, Fault, FaultKind, Granularity, Gva, Level, Mapping,
-    PageSize, PagingContext, TranslateError, Visit, Visitor, WalkError, WalkOptions,
-    for_each_mapping, translate, walk_with,
+    Action, Callbacks, ControlRegisters, EntryFn, Fault, FaultKind, Granularity, Gva, Level,
+    Mapping, PageSize, PagingContext, TranslateError, Visit, Visitor, WalkError, WalkOptions,
+    for_each_leaf, for_each_mapping, translate, translate_many, walk_with,
 };
 
 const BUDGET: u64 = 1 << 16;
@@ -144,9 +142,7 @@ fn context(input: &Input<'_>) -> Option<PagingContext> {
     let regs = ControlRegisters {
         cr0: CR0_PG | CR0_WP | 1,
         cr3,
-        cr4: CR4_PAE
-            | if f & 1 != 0 { CR4_LA57 } else { 0 }
-            | if f & 8 != 0 { CR4_PKE } else { 0 },
+        cr4: CR4_PAE | if f & 1 != 0 { CR4_LA57 } else { 0 } | if f & 8 != 0 { CR4_PKE } else { 0 },
         efer: EFER_LME | EFER_LMA | if f & 2 != 0 { EFER_NXE } else { 0 },
     };
     Some(
@@ -173,21 +169,22 @@ enum Expect {
     Fault(Level, FaultKind),
 }
 
-fn check_expectation(
-    mem: &GuestMemoryMmap,
-    ctx: &PagingContext,
-    va: Gva,
-    expect: Expect,
-) {
+fn check_expectation(mem: &GuestMemoryMmap, ctx: &PagingContext, va: Gva, expect: Expect) {
     let t = translate(mem, ctx, va);
     match (expect, t) {
         (Expect::NotPresent(l), Err(TranslateError::NotPresent { level, .. })) => {
             assert_eq!(l, level, "hole at {va}")
         }
-        (Expect::Fault(l, FaultKind::ReservedBits(b)), Err(TranslateError::ReservedBits { level, bits, .. })) => {
+        (
+            Expect::Fault(l, FaultKind::ReservedBits(b)),
+            Err(TranslateError::ReservedBits { level, bits, .. }),
+        ) => {
             assert_eq!((l, b), (level, bits), "reserved-bit fault at {va}")
         }
-        (Expect::Fault(l, FaultKind::OutsideMemory(a)), Err(TranslateError::OutsideMemory { level, table, .. })) => {
+        (
+            Expect::Fault(l, FaultKind::OutsideMemory(a)),
+            Err(TranslateError::OutsideMemory { level, table, .. }),
+        ) => {
             assert_eq!((l, a), (level, table), "outside-memory fault at {va}")
         }
         (e, t) => panic!("walk saw {e:?} at {va}, translate says {t:?}"),
@@ -202,7 +199,8 @@ fn check_leaf(
     gpa: u64,
     effective: walker::Access,
 ) {
-    let t = translate(mem, ctx, va).unwrap_or_else(|e| panic!("leaf at {va} does not translate: {e}"));
+    let t =
+        translate(mem, ctx, va).unwrap_or_else(|e| panic!("leaf at {va} does not translate: {e}"));
     assert_eq!(t.gpa.0, gpa, "translate({va})");
     assert_eq!(t.effective, effective, "rights of {va}");
 }
@@ -231,15 +229,26 @@ impl Fuzzer<'_> {
     fn check_visit(&mut self, v: &Visit<'_>, whole_range: bool) {
         let w = width(self.ctx);
         assert!(v.start.is_canonical(w) && v.last.is_canonical(w), "{v:?}");
-        assert!(self.first <= v.start && v.start <= v.last && v.last <= self.last, "{v:?}");
+        assert!(
+            self.first <= v.start && v.start <= v.last && v.last <= self.last,
+            "{v:?}"
+        );
         if !whole_range {
-            assert_eq!(v.start.align_down(span(v.level)), v.last.align_down(span(v.level)), "{v:?}");
+            assert_eq!(
+                v.start.align_down(span(v.level)),
+                v.last.align_down(span(v.level)),
+                "{v:?}"
+            );
         }
         if let Some(p) = self.prev_start {
             assert!(p <= v.start, "visit at {} after {p}", v.start);
         }
         if let Some(d) = self.done_until {
-            assert!(d < v.start, "visit at {} inside a finished range ending {d}", v.start);
+            assert!(
+                d < v.start,
+                "visit at {} inside a finished range ending {d}",
+                v.start
+            );
         }
         self.prev_start = Some(v.start);
     }
@@ -256,13 +265,21 @@ impl Fuzzer<'_> {
             let parent_span = span(v.level) << 9;
             let frame = v.entry.address(v.level).0;
             let va = v.entry_start().0;
-            assert_eq!(frame & (parent_span - 1), va & (parent_span - 1), "shadow {v:?}");
+            assert_eq!(
+                frame & (parent_span - 1),
+                va & (parent_span - 1),
+                "shadow {v:?}"
+            );
             if v.level == Level::Pte {
                 let flags = v.entry.raw() & !ADDR_BITS;
                 if let Some((pva, pframe, pflags)) = self.prev_shadow
                     && pva >> 21 == va >> 21
                 {
-                    assert_eq!(frame.wrapping_sub(pframe), va.wrapping_sub(pva), "shadow frames");
+                    assert_eq!(
+                        frame.wrapping_sub(pframe),
+                        va.wrapping_sub(pva),
+                        "shadow frames"
+                    );
                     assert_eq!(flags, pflags, "shadow flags");
                 }
                 self.prev_shadow = Some((va, frame, flags));
@@ -286,12 +303,7 @@ impl Fuzzer<'_> {
     }
 }
 
-impl Visitor for Fuzzer<'_> {
-    type Error = ();
-
-    fn callbacks(&self) -> Callbacks {
-        self.callbacks
-    }
+impl Fuzzer<'_> {
     fn pml5_entry(&mut self, v: &Visit<'_>) -> Result<Action, ()> {
         self.answer(v)
     }
@@ -307,14 +319,33 @@ impl Visitor for Fuzzer<'_> {
     fn pte_entry(&mut self, v: &Visit<'_>) -> Result<Action, ()> {
         self.answer(v)
     }
+}
+
+impl Visitor for Fuzzer<'_> {
+    type Error = ();
+    const PML5_ENTRY: Option<EntryFn<Self>> = Some(Self::pml5_entry);
+    const PML4_ENTRY: Option<EntryFn<Self>> = Some(Self::pml4_entry);
+    const PUD_ENTRY: Option<EntryFn<Self>> = Some(Self::pud_entry);
+    const PMD_ENTRY: Option<EntryFn<Self>> = Some(Self::pmd_entry);
+    const PTE_ENTRY: Option<EntryFn<Self>> = Some(Self::pte_entry);
+
+    fn enabled(&self) -> Callbacks {
+        self.callbacks
+    }
 
     fn hole(&mut self, start: Gva, last: Gva, depth: Level) -> Result<(), ()> {
         let w = width(self.ctx);
         assert!(start.is_canonical(w) && last.is_canonical(w));
-        assert!(self.first <= start && start <= last && last <= self.last, "hole {start}..={last}");
+        assert!(
+            self.first <= start && start <= last && last <= self.last,
+            "hole {start}..={last}"
+        );
         assert_eq!(start.align_down(span(depth)), last.align_down(span(depth)));
         if let Some(d) = self.done_until {
-            assert!(d < start, "hole at {start} inside a finished range ending {d}");
+            assert!(
+                d < start,
+                "hole at {start} inside a finished range ending {d}"
+            );
         }
         self.prev_start = Some(start);
         self.finish(last);
@@ -366,7 +397,9 @@ fn check_mappings(
         ctx,
         first..=last,
         granularity,
-        WalkOptions { entry_budget: BUDGET },
+        WalkOptions {
+            entry_budget: BUDGET,
+        },
         |m| {
             out.push(m);
             Ok::<(), ()>(())
@@ -380,7 +413,10 @@ fn check_mappings(
             Mapping::Bad(b) => (b.va, Gva(b.va.0.wrapping_add(span(b.level) - 1))),
         };
         if let Some(p) = prev_last {
-            assert!(p < va, "{granularity:?}: {m:?} overlaps the previous mapping ending {p}");
+            assert!(
+                p < va,
+                "{granularity:?}: {m:?} overlaps the previous mapping ending {p}"
+            );
         }
         prev_last = Some(lst);
         // Reported whole, but intersecting the range.
@@ -430,6 +466,39 @@ fn check_mappings(
     }
 }
 
+/// `for_each_leaf` gives the leaves of `for_each_mapping`, with the same statistics and
+/// the same error, at both granularities.
+fn check_leaves(mem: &GuestMemoryMmap, ctx: &PagingContext, first: Gva, last: Gva) {
+    for granularity in [Granularity::AsMapped, Granularity::Split4K] {
+        let options = WalkOptions {
+            entry_budget: BUDGET,
+        };
+        let mut mapped = Vec::new();
+        let want = for_each_mapping(mem, ctx, first..=last, granularity, options, |m| {
+            if let Mapping::Leaf(l) = m {
+                mapped.push(l);
+            }
+            Ok::<(), ()>(())
+        });
+        let mut leaves = Vec::new();
+        let got = for_each_leaf(mem, ctx, first..=last, granularity, options, |l| {
+            leaves.push(l);
+            Ok::<(), ()>(())
+        });
+        assert_eq!(format!("{got:?}"), format!("{want:?}"), "{granularity:?}");
+        assert_eq!(leaves, mapped, "{granularity:?}");
+    }
+}
+
+/// `translate_many` answers what `translate` answers, address by address.
+fn check_translate_many(mem: &GuestMemoryMmap, ctx: &PagingContext, gvas: &[Gva]) {
+    let many = translate_many(mem, ctx, gvas);
+    assert_eq!(many.len(), gvas.len());
+    for (gva, got) in gvas.iter().zip(&many) {
+        assert_eq!(*got, translate(mem, ctx, *gva), "translate_many at {gva}");
+    }
+}
+
 /// Bytes of `[first, last]` mapped by leaves, and the bad entries, of a finished mapping walk.
 fn coverage(maps: &[Mapping], first: Gva, last: Gva) -> (u64, Vec<(Gva, Level)>) {
     let mut bytes = 0u64;
@@ -456,10 +525,17 @@ fn check_translate(mem: &GuestMemoryMmap, ctx: &PagingContext, va: Gva) {
         return;
     }
     let mut maps = Vec::new();
-    let r = for_each_mapping(mem, ctx, va..=va, Granularity::AsMapped, WalkOptions::default(), |m| {
-        maps.push(m);
-        Ok::<(), ()>(())
-    });
+    let r = for_each_mapping(
+        mem,
+        ctx,
+        va..=va,
+        Granularity::AsMapped,
+        WalkOptions::default(),
+        |m| {
+            maps.push(m);
+            Ok::<(), ()>(())
+        },
+    );
     let stats = r.unwrap();
     // One entry per level at most.
     assert!(stats.entries_read <= 5, "{stats:?}");
@@ -470,7 +546,10 @@ fn check_translate(mem: &GuestMemoryMmap, ctx: &PagingContext, va: Gva) {
                 panic!("translate({va}) = {t:?} but the walk found {maps:?}");
             };
             assert_eq!(l.pa.0 + (va.0 - l.va.0), t.gpa.0);
-            assert_eq!((l.size, l.effective, l.entry), (t.size, t.effective, t.entry));
+            assert_eq!(
+                (l.size, l.effective, l.entry),
+                (t.size, t.effective, t.entry)
+            );
         }
         Err(TranslateError::NotPresent { .. }) => assert!(maps.is_empty(), "{va}: {maps:?}"),
         Err(TranslateError::ReservedBits { level, bits, .. }) => {
@@ -501,7 +580,10 @@ fn run(bytes: &[u8]) {
         // Lengths of every magnitude: the top 6 bits shift the rest.
         let raw = input.len_minus_one;
         let len_minus_one = (raw & ((1 << 58) - 1)) >> (raw >> 58);
-        (Gva(input.start), Gva(input.start.saturating_add(len_minus_one)))
+        (
+            Gva(input.start),
+            Gva(input.start.saturating_add(len_minus_one)),
+        )
     };
     let mut rng = Rng(input.seed);
 
@@ -521,7 +603,15 @@ fn run(bytes: &[u8]) {
         prev_shadow: None,
         checks: 0,
     };
-    let result = walk_with(&mem, &ctx, first..=last, &mut f, WalkOptions { entry_budget: BUDGET });
+    let result = walk_with(
+        &mem,
+        &ctx,
+        first..=last,
+        &mut f,
+        WalkOptions {
+            entry_budget: BUDGET,
+        },
+    );
     match result {
         Ok(stats) => {
             assert_eq!(f.error_at, None);
@@ -538,10 +628,15 @@ fn run(bytes: &[u8]) {
         }
     }
 
+    check_leaves(&mem, &ctx, first, last);
     let as_mapped = check_mappings(&mem, &ctx, first, last, Granularity::AsMapped, &mut rng);
     let split = check_mappings(&mem, &ctx, first, last, Granularity::Split4K, &mut rng);
     if let (Some(a), Some(s)) = (as_mapped, split) {
-        assert_eq!(coverage(&a, first, last), coverage(&s, first, last), "both granularities cover the same bytes");
+        assert_eq!(
+            coverage(&a, first, last),
+            coverage(&s, first, last),
+            "both granularities cover the same bytes"
+        );
     }
 
     for _ in 0..4 {
@@ -555,6 +650,24 @@ fn run(bytes: &[u8]) {
     }
     check_translate(&mem, &ctx, first);
     check_translate(&mem, &ctx, last);
+
+    // A batch: the range's ends and neighbours, random addresses, repeats.
+    let mut batch = vec![
+        first,
+        last,
+        Gva(first.0.wrapping_add(0x1000)),
+        Gva(last.0.wrapping_sub(0x20_0000)),
+    ];
+    for _ in 0..24 {
+        let r = rng.next();
+        batch.push(match r % 4 {
+            0 => Gva(r),
+            1 => Gva(first.0.wrapping_add(r >> 24)),
+            2 => batch[(r >> 8) as usize % batch.len()],
+            _ => Gva(first.0 & !0x1f_ffff | (r & 0x1f_ffff)),
+        });
+    }
+    check_translate_many(&mem, &ctx, &batch);
 
     let mut after = vec![0u8; image.len()];
     mem.read_slice(&mut after, GuestAddress(0)).unwrap();
