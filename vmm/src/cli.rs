@@ -299,9 +299,12 @@ pub struct WalkOutputArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
-    /// The most page-table entries one walk may read before it stops.
-    #[arg(long, default_value_t = walker::DEFAULT_ENTRY_BUDGET, value_parser = clap::value_parser!(u64).range(1..))]
-    pub budget: u64,
+    /// The most page-table entries one walk may read before it stops. Default: scaled
+    /// with the guest memory the walk reads (its size / 1024 entries, at least 2^25 and
+    /// at most 2^30: a full walk of a 1 TiB guest's 4 KiB mappings fits four times, a
+    /// 512-way aliasing attack stops in about a second).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub budget: Option<u64>,
 }
 
 /// Arguments of `vmm walk`.
@@ -1101,7 +1104,7 @@ fn walk_one<M: GuestMemoryBackend>(
         granularity,
         output.format,
         WalkOptions {
-            entry_budget: output.budget,
+            entry_budget: output.budget.unwrap_or(walker::DEFAULT_ENTRY_BUDGET),
         },
         &mut out,
     );
