@@ -17,8 +17,12 @@ pub fn test_memory() -> vmm::MemorySize {
 
 /// A hash of all guest RAM, to prove a walk wrote nothing (FNV-style over 64-bit words).
 pub fn hash_ram(vm: &Vm) -> u64 {
-    use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
-    let mem = vm.guest_memory();
+    hash_memory(vm.guest_memory())
+}
+
+/// [`hash_ram`] of any guest memory (a live VM's, a snapshot's, a dump's).
+pub fn hash_memory<M: vm_memory::GuestMemoryBackend>(mem: &M) -> u64 {
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryRegion};
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut buf = vec![0u8; 1 << 20];
     for region in mem.iter() {

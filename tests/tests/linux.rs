@@ -123,17 +123,20 @@ impl Parked {
     }
 }
 
-/// How a test boots its kernel: who decompresses a bzImage, and whether KASLR stays on.
+/// How a test boots its kernel: who decompresses a bzImage, whether KASLR stays on, and
+/// whether the VM has dirty logging.
 #[derive(Clone, Copy)]
 struct Boot {
     decompress: Decompress,
     kaslr: bool,
+    dirty: bool,
 }
 
 /// The usual boot: vmm decompresses, `nokaslr` puts the kernel where the checks look.
 const USUAL: Boot = Boot {
     decompress: Decompress::Vmm,
     kaslr: false,
+    dirty: false,
 };
 
 fn boot_to_park(test: &str, kernel: &str, vcpus: u8, cmdline: &str) -> Option<Parked> {
@@ -168,7 +171,9 @@ fn boot_to_park_with(
         console: console.clone(),
         memory: MemorySize::from_bytes(256 << 20).unwrap(),
         boot: vmm::BootSource::Linux(boot),
-        dirty: None,
+        dirty: how
+            .dirty
+            .then_some(vmm::DirtyConfig::new(vmm::DirtyLogChoice::Auto)),
     };
     let vm = vmm::build_vm(&config).unwrap_or_else(|e| panic!("{test}: {e}"));
     let deadline = Instant::now() + LINUX_TIMEOUT;
@@ -398,7 +403,7 @@ fn linux_thp_process_guest_decompressor() {
         "",
         Boot {
             decompress: Decompress::Guest,
-            kaslr: false,
+            ..USUAL
         },
     );
 }
@@ -410,8 +415,8 @@ fn linux_thp_process_guest_decompressor() {
 fn linux_thp_process_kaslr() {
     let test = "linux_thp_process_kaslr";
     let how = Boot {
-        decompress: Decompress::Vmm,
         kaslr: true,
+        ..USUAL
     };
     let Some(p) = boot_to_park_with(test, "bzImage", 1, "", how) else {
         return;
@@ -743,4 +748,115 @@ fn linux_panics_end_the_vm() {
             ),
         ],
     );
+}
+
+/// Every vCPU's address space (those in 4- or 5-level paging), as `vmm inspect --format
+/// tlb` prints it.
+fn tlb_of<M: vm_memory::GuestMemoryBackend>(
+    mem: &M,
+    contexts: &[PagingContext],
+) -> Vec<Vec<String>> {
+    contexts
+        .iter()
+        .map(|ctx| {
+            let mut out = Vec::new();
+            vmm::introspect::print_walk(
+                mem,
+                ctx,
+                &vmm::introspect::VaRange::default(),
+                Granularity::AsMapped,
+                vmm::introspect::Format::Tlb,
+                walker::WalkOptions::default(),
+                &mut out,
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+            String::from_utf8_lossy(&out)
+                .lines()
+                .map(str::to_owned)
+                .collect()
+        })
+        .collect()
+}
+
+/// A snapshot chain of a running Linux guest: generation 0 (full) at the THP process's
+/// park, two diffs while the guest runs on, each with every vCPU paused. Each
+/// generation loaded offline has exactly the RAM of its pause (hash) and the same
+/// address spaces as the live walk then, for every vCPU; the guest then finishes and
+/// powers off.
+fn linux_snapshot_chain(test: &str, vcpus: u8) {
+    let how = Boot {
+        dirty: true,
+        ..USUAL
+    };
+    let Some(mut p) = boot_to_park_with(test, "bzImage", vcpus, "guestwalk.linger=3", how) else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("guestwalk-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut snaps = vmm::snapshot::SnapshotDir::create(&dir).unwrap_or_else(|e| panic!("{e}"));
+    let mut at_pause = Vec::new();
+    for g in 0..3u64 {
+        if g > 0 {
+            p.vm.resume().unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+            p.states = p.vm.pause().unwrap();
+        }
+        let info =
+            p.vm.snapshot_paused(&mut snaps, &p.states)
+                .unwrap_or_else(|e| panic!("{test}: generation {g}: {e}"));
+        assert_eq!(info.generation, g);
+        let contexts: Vec<(usize, PagingContext)> = p
+            .states
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| p.vm.paging_context(s, None).ok().map(|c| (i, c)))
+            .collect();
+        assert!(!contexts.is_empty(), "{test}: no vCPU in long mode");
+        let ctxs: Vec<PagingContext> = contexts.iter().map(|(_, c)| *c).collect();
+        at_pause.push((
+            hash_ram(&p.vm),
+            contexts.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+            tlb_of(p.vm.guest_memory(), &ctxs),
+        ));
+        eprintln!(
+            "{test}: generation {g}: {:?}, {} pages, {:.1?}",
+            info.kind, info.pages, info.elapsed
+        );
+    }
+    for (g, (hash, vcpus, live)) in at_pause.iter().enumerate() {
+        let snap = vmm::snapshot::load(&dir, Some(g as u64)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            guestwalk_tests::hash_memory(snap.memory()),
+            *hash,
+            "{test}: generation {g}'s memory is not the RAM of its pause"
+        );
+        let ctxs: Vec<PagingContext> = vcpus
+            .iter()
+            .map(|v| {
+                snap.paging_context(*v, None)
+                    .unwrap_or_else(|e| panic!("{e}"))
+            })
+            .collect();
+        let offline = tlb_of(snap.memory(), &ctxs);
+        assert_eq!(
+            &offline, live,
+            "{test}: generation {g}: offline walk vs live walk"
+        );
+        assert!(
+            live.iter().all(|l| l.len() > 100),
+            "{test}: real address spaces"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    finish(p, test, &[]);
+}
+
+#[test]
+fn linux_snapshot_chain_one_vcpu() {
+    linux_snapshot_chain("linux_snapshot_chain_one_vcpu", 1);
+}
+
+#[test]
+fn linux_snapshot_chain_two_vcpus() {
+    linux_snapshot_chain("linux_snapshot_chain_two_vcpus", 2);
 }

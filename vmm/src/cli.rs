@@ -673,11 +673,15 @@ fn run_guest(args: &RunArgs) -> anyhow::Result<ExitCode> {
     finish(&vm, timeout)
 }
 
-/// `vmm run --dirty-scan-every`: READY, a first fetch that drops what boot dirtied, then
-/// `--rounds` scans, each DURATION after the previous one (after one guest round in
-/// `--mode dirty`), then FINISH.
+/// `vmm run --dirty-scan-every`: READY (the built-in guest; a Linux guest is scanned from
+/// its start), a first fetch that drops what boot dirtied, then `--rounds` scans, each
+/// DURATION after the previous one (after one guest round in `--mode dirty`), then FINISH
+/// (the built-in guest) or the guest's own end (Linux: it runs on until it powers off,
+/// resets or `--timeout`).
 fn run_dirty_scans(args: &RunArgs, every: Duration) -> anyhow::Result<ExitCode> {
     let timeout = Duration::from_secs(args.boot.timeout);
+    let linux = args.boot.kernel.is_some();
+    let started = Instant::now();
     let vm = boot_dirty(
         &args.boot,
         args.boot.mode,
@@ -685,7 +689,7 @@ fn run_dirty_scans(args: &RunArgs, every: Duration) -> anyhow::Result<ExitCode> 
         args.dirty_log,
         args.dirty_ring_size,
     )?;
-    if let Err(e) = vm.wait_ready(timeout) {
+    if !linux && let Err(e) = vm.wait_ready(timeout) {
         return match e {
             VmError::StoppedBeforeReady(outcome) => Ok(report(&outcome)),
             e => Err(e).context("waiting for the guest to report READY"),
@@ -693,19 +697,23 @@ fn run_dirty_scans(args: &RunArgs, every: Duration) -> anyhow::Result<ExitCode> 
     }
     let backend = vm.dirty_log_backend();
     eprintln!(
-        "vmm: guest READY; dirty log: {}",
+        "vmm: guest {}; dirty log: {}",
+        if linux { "started" } else { "READY" },
         backend.map(|b| b.to_string()).unwrap_or_default()
     );
     vm.pause().context("pausing the vCPUs")?;
     vm.fetch_dirty().context("fetching the dirty log")?;
     vm.resume().context("resuming the vCPUs")?;
-    let dirty_mode = matches!(args.boot.mode, GuestMode::Dirty | GuestMode::DirtyBulk);
+    let dirty_mode = !linux && matches!(args.boot.mode, GuestMode::Dirty | GuestMode::DirtyBulk);
     let mut next = Instant::now() + every;
     for _ in 0..args.rounds {
         if dirty_mode && let Some(code) = guest_round(&vm, timeout)? {
             return Ok(code);
         }
-        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        if let Some(outcome) = wait_or_end(&vm, next) {
+            eprintln!("vmm: the guest ended before the next dirty scan");
+            return Ok(report_with(&outcome, args.boot.on_reset));
+        }
         next += every;
         let states = vm.pause().context("pausing the vCPUs")?;
         let started = Instant::now();
@@ -724,7 +732,42 @@ fn run_dirty_scans(args: &RunArgs, every: Duration) -> anyhow::Result<ExitCode> 
         );
         vm.resume().context("resuming the vCPUs")?;
     }
-    finish(&vm, timeout)
+    end_of_run(&vm, args, started)
+}
+
+/// Waits until `until`, or returns how the VM ended if it ends first. Events meanwhile
+/// are dropped (the built-in guest's heartbeats), and a vCPU that parks is let go (a
+/// Linux process signalling a VMM that is not waiting for it).
+fn wait_or_end(vm: &Vm, until: Instant) -> Option<ExitOutcome> {
+    loop {
+        if let Some(outcome) = vm.outcome() {
+            return Some(outcome);
+        }
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        match vm.wait_event_unparking(until, left) {
+            Ok(_) | Err(VmError::Timeout(_)) => {}
+            Err(_) => return vm.outcome(),
+        }
+    }
+}
+
+/// The end of a `vmm run` with scans or snapshots: FINISH for the built-in guest; a Linux
+/// guest runs on until it ends by itself (or `--timeout` passes, counted from `started`).
+fn end_of_run(vm: &Vm, args: &RunArgs, started: Instant) -> anyhow::Result<ExitCode> {
+    let timeout = Duration::from_secs(args.boot.timeout);
+    if args.boot.kernel.is_none() {
+        return finish(vm, timeout);
+    }
+    let left = timeout
+        .saturating_sub(started.elapsed())
+        .max(Duration::from_secs(1));
+    let outcome = vm
+        .wait(left)
+        .with_context(|| format!("waiting for the Linux guest to end (--timeout {timeout:?})"))?;
+    Ok(report_with(&outcome, args.boot.on_reset))
 }
 
 /// One round of the dirty-writer guest: NEXT_ROUND, then its ROUND_DONE. Returns the exit
@@ -742,36 +785,46 @@ fn guest_round(vm: &Vm, timeout: Duration) -> anyhow::Result<Option<ExitCode>> {
     Ok(None)
 }
 
-/// `vmm run --snapshot-dir DIR --snapshot-every DURATION`: READY, then `--snapshots`
-/// generations (full, then diffs), each DURATION after the previous one (after one guest
-/// round in `--mode dirty`), then FINISH.
+/// `vmm run --snapshot-dir DIR --snapshot-every DURATION`: READY (the built-in guest; a
+/// Linux guest from its start), then `--snapshots` generations (full, then diffs), each
+/// DURATION after the previous one (after one guest round in `--mode dirty`), each with
+/// every vCPU paused, the dirty log fetched and cleared, memory and state written, then
+/// resumed; then FINISH (built-in) or the guest's own end (Linux).
 fn run_snapshots(
     args: &RunArgs,
     dir: &std::path::Path,
     every: Duration,
 ) -> anyhow::Result<ExitCode> {
     let timeout = Duration::from_secs(args.boot.timeout);
+    let linux = args.boot.kernel.is_some();
+    let started = Instant::now();
     let mut snaps = snapshot::SnapshotDir::create(dir)?;
     let vm = boot_with(&args.boot, Console::stderr(), Some(DirtyLogChoice::Auto))?;
-    let descriptor = match vm.wait_ready(timeout) {
-        Ok(d) => d,
-        Err(VmError::StoppedBeforeReady(outcome)) => return Ok(report(&outcome)),
-        Err(e) => return Err(e).context("waiting for the guest to report READY"),
-    };
-    if let Ok(d) = Descriptor::read(vm.guest_memory(), descriptor) {
-        snaps.set_guest_cr3s(d.cr3.iter().take(d.space_count as usize).copied().collect());
+    if !linux {
+        let descriptor = match vm.wait_ready(timeout) {
+            Ok(d) => d,
+            Err(VmError::StoppedBeforeReady(outcome)) => return Ok(report(&outcome)),
+            Err(e) => return Err(e).context("waiting for the guest to report READY"),
+        };
+        if let Ok(d) = Descriptor::read(vm.guest_memory(), descriptor) {
+            snaps.set_guest_cr3s(d.cr3.iter().take(d.space_count as usize).copied().collect());
+        }
     }
     eprintln!(
-        "vmm: guest READY; snapshots into {} every {every:.2?}",
+        "vmm: guest {}; snapshots into {} every {every:.2?}",
+        if linux { "started" } else { "READY" },
         dir.display()
     );
-    let dirty_mode = matches!(args.boot.mode, GuestMode::Dirty | GuestMode::DirtyBulk);
+    let dirty_mode = !linux && matches!(args.boot.mode, GuestMode::Dirty | GuestMode::DirtyBulk);
     let mut next = Instant::now() + every;
     for _ in 0..args.snapshots {
         if dirty_mode && let Some(code) = guest_round(&vm, timeout)? {
             return Ok(code);
         }
-        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        if let Some(outcome) = wait_or_end(&vm, next) {
+            eprintln!("vmm: the guest ended before the next snapshot");
+            return Ok(report_with(&outcome, args.boot.on_reset));
+        }
         next += every;
         let info = vm.snapshot(&mut snaps).context("taking a snapshot")?;
         println!(
@@ -784,7 +837,7 @@ fn run_snapshots(
             info.elapsed
         );
     }
-    finish(&vm, timeout)
+    end_of_run(&vm, args, started)
 }
 
 /// Sends FINISH and reports how the guest ended.

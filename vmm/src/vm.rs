@@ -491,12 +491,18 @@ impl Vm {
             if !seen.insert(cr3 & !0xfff) {
                 continue;
             }
-            let ctx = self
-                .paging_context(state, Some(cr3))
-                .map_err(|e| DirtyError::Context {
-                    cr3,
-                    reason: e.to_string(),
-                })?;
+            let ctx = match self.paging_context(state, Some(cr3)) {
+                Ok(ctx) => ctx,
+                // A vCPU with paging off (an AP a Linux guest has not started yet) has no
+                // address space to scan.
+                Err(ContextError::PagingDisabled { .. }) if cr3 == state.cr3 => continue,
+                Err(e) => {
+                    return Err(DirtyError::Context {
+                        cr3,
+                        reason: e.to_string(),
+                    });
+                }
+            };
             spaces.push(scan_space(&self.memory, &ctx, set)?);
         }
         Ok(ScanReport {
