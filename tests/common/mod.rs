@@ -158,3 +158,25 @@ pub fn check_paging_mode(vm: &Vm, descriptor: &Descriptor, state: &vmm::VcpuStat
     }
     la57
 }
+
+/// An address space as `vmm inspect --format tlb` prints it (QEMU's `info tlb` lines).
+pub fn tlb_lines<M: vm_memory::GuestMemoryBackend>(
+    mem: &M,
+    ctx: &walker::PagingContext,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    vmm::introspect::print_walk(
+        mem,
+        ctx,
+        &vmm::introspect::VaRange::default(),
+        walker::Granularity::AsMapped,
+        vmm::introspect::Format::Tlb,
+        walker::WalkOptions::default(),
+        &mut out,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    String::from_utf8_lossy(&out)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}

@@ -12,8 +12,7 @@
 use std::path::{Path, PathBuf};
 
 use vmm::dump::Dump;
-use vmm::introspect::{Format, VaRange, print_walk};
-use walker::{ControlRegisters, Granularity, PagingContext, PagingMode, WalkOptions};
+use walker::{ControlRegisters, PagingContext, PagingMode};
 
 fn dumps_dir(test: &str) -> Option<PathBuf> {
     match std::env::var_os("GUESTWALK_QEMU_DUMPS") {
@@ -41,21 +40,7 @@ fn read_lines(path: &Path) -> Vec<String> {
 
 fn tlb<M: vm_memory::GuestMemoryBackend>(mem: &M, regs: ControlRegisters) -> Vec<String> {
     let ctx = PagingContext::new(regs).unwrap_or_else(|e| panic!("{e}"));
-    let mut out = Vec::new();
-    print_walk(
-        mem,
-        &ctx,
-        &VaRange::default(),
-        Granularity::AsMapped,
-        Format::Tlb,
-        WalkOptions::default(),
-        &mut out,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    String::from_utf8_lossy(&out)
-        .lines()
-        .map(str::to_owned)
-        .collect()
+    guestwalk_tests::tlb_lines(mem, &ctx)
 }
 
 fn assert_same(what: &str, qemu: &[String], ours: &[String]) {

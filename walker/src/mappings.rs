@@ -455,18 +455,21 @@ pub fn merge_ranges<'a>(leaves: impl IntoIterator<Item = &'a Leaf>) -> Vec<Mappe
     out
 }
 
-/// The `info tlb` flag string of a leaf: `X G P D A C T U W`, each letter or `-`
-/// (X = NX, G = global, P = PAT, D = dirty, A = accessed, C = PCD, T = PWT, U = user,
-/// W = writable; U and W are the leaf's own bits, as QEMU prints them).
+/// The nine flag letters of QEMU's `info tlb` for a leaf (`XGPDACTUW`), exactly as QEMU
+/// prints them (target/i386/monitor.c): each is the leaf entry's own bit, not the
+/// effective right across levels. X is the entry's NX bit, G global, P its bit 7 (PS: set
+/// on every 2 MiB and 1 GiB leaf; QEMU clears it for a 4 KiB PTE, where bit 7 is PAT), D
+/// dirty, A accessed, C PCD, T PWT, U user, W writable; each letter or `-`.
 pub fn tlb_flags(leaf: &Leaf) -> String {
     let f = leaf.entry.flags();
+    let huge = leaf.level() != Level::Pte;
     let bit = |on: bool, c: char| if on { c } else { '-' };
     [
-        bit(leaf.effective.nx, 'X'),
-        bit(leaf.global, 'G'),
-        bit(leaf.memory_type.pat(), 'P'),
-        bit(leaf.dirty, 'D'),
-        bit(leaf.accessed, 'A'),
+        bit(f.contains(EntryFlags::NO_EXECUTE), 'X'),
+        bit(f.contains(EntryFlags::GLOBAL), 'G'),
+        bit(huge && f.contains(EntryFlags::HUGE_OR_PAT), 'P'),
+        bit(f.contains(EntryFlags::DIRTY), 'D'),
+        bit(f.contains(EntryFlags::ACCESSED), 'A'),
         bit(f.contains(EntryFlags::PCD), 'C'),
         bit(f.contains(EntryFlags::PWT), 'T'),
         bit(f.contains(EntryFlags::USER), 'U'),

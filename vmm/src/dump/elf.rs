@@ -21,7 +21,7 @@ use std::path::Path;
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
-use super::{DumpCpu, DumpError, DumpFormat, Parsed, Segment};
+use super::{DumpCpu, DumpError, DumpFormat, Parsed, Segment, le32 as u32_at, le64 as u64_at};
 use crate::files::{FileError, Output};
 use crate::snapshot::VcpuRecord;
 
@@ -49,16 +49,6 @@ const QEMU_CR_AT: usize = 392;
 
 fn u16_at(b: &[u8], i: usize) -> u16 {
     u16::from_le_bytes([b[i], b[i + 1]])
-}
-
-fn u32_at(b: &[u8], i: usize) -> u32 {
-    u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
-}
-
-fn u64_at(b: &[u8], i: usize) -> u64 {
-    let mut w = [0u8; 8];
-    w.copy_from_slice(&b[i..i + 8]);
-    u64::from_le_bytes(w)
 }
 
 /// Parses an ELF core's headers and notes (see the module docs).

@@ -37,7 +37,7 @@ use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap};
 
 use super::elf::NoteSet;
-use super::{DumpError, Segment};
+use super::{DumpError, Segment, le32, le64};
 
 /// The first 8 bytes of a kdump-compressed file.
 pub const SIGNATURE: &[u8; 8] = b"KDUMP   ";
@@ -95,16 +95,6 @@ fn be64(b: &[u8]) -> u64 {
     let mut w = [0u8; 8];
     w.copy_from_slice(&b[..8]);
     u64::from_be_bytes(w)
-}
-
-fn le32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn le64(b: &[u8], at: usize) -> u64 {
-    let mut w = [0u8; 8];
-    w.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(w)
 }
 
 impl Kdump {

@@ -113,6 +113,18 @@ pub enum DumpError {
     },
 }
 
+/// The little-endian `u32` at `at` of `b` (the caller has checked the length).
+pub(crate) fn le32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+/// The little-endian `u64` at `at` of `b` (the caller has checked the length).
+pub(crate) fn le64(b: &[u8], at: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(w)
+}
+
 /// One piece of guest-physical memory in the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Segment {

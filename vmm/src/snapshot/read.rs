@@ -567,16 +567,14 @@ pub fn merge(
     out: &Path,
     replace: Replace,
 ) -> Result<SnapshotState> {
-    let snapshot = load(dir, generation)?;
-    let files = snapshot.files();
-    let inputs: Vec<(&'static str, &Path)> = files
-        .iter()
-        .map(|f| ("snapshot file", f.as_path()))
-        .collect();
-    let output = Output::create(out, "merged memory file", replace, &inputs)?;
-    crate::memfile::dump_to(snapshot.memory(), output)?;
-    snapshot.check_intact()?;
-    Ok(snapshot.state)
+    merge_as(
+        dir,
+        generation,
+        out,
+        replace,
+        "merged memory file",
+        |snapshot, output| Ok(crate::memfile::dump_to(snapshot.memory(), output)?),
+    )
 }
 
 /// Like [`merge`], but writes a QEMU-style ELF core ([`crate::dump::elf::write_core`]):
@@ -588,14 +586,40 @@ pub fn merge_elf(
     out: &Path,
     replace: Replace,
 ) -> Result<SnapshotState> {
+    merge_as(
+        dir,
+        generation,
+        out,
+        replace,
+        "ELF core",
+        |snapshot, output| {
+            Ok(crate::dump::elf::write_core(
+                snapshot.memory(),
+                &snapshot.state.vcpus,
+                output,
+            )?)
+        },
+    )
+}
+
+/// Loads `generation` and writes it to `out` (a `what`) with `write`, never over one of
+/// the snapshot's own files.
+fn merge_as(
+    dir: &Path,
+    generation: Option<u64>,
+    out: &Path,
+    replace: Replace,
+    what: &'static str,
+    write: impl FnOnce(&Snapshot, Output) -> Result<()>,
+) -> Result<SnapshotState> {
     let snapshot = load(dir, generation)?;
     let files = snapshot.files();
     let inputs: Vec<(&'static str, &Path)> = files
         .iter()
         .map(|f| ("snapshot file", f.as_path()))
         .collect();
-    let output = Output::create(out, "ELF core", replace, &inputs)?;
-    crate::dump::elf::write_core(snapshot.memory(), &snapshot.state.vcpus, output)?;
+    let output = Output::create(out, what, replace, &inputs)?;
+    write(&snapshot, output)?;
     snapshot.check_intact()?;
     Ok(snapshot.state)
 }
