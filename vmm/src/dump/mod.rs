@@ -933,6 +933,62 @@ pub(crate) mod tests {
         );
     }
 
+    /// A Firecracker memory file of a guest with RAM above its 3.25 GiB gap (sparse: only
+    /// the tables and the pages they map are written), whose tables live in the high
+    /// part: walked with `--layout firecracker`, its leaves are the raw file's.
+    #[test]
+    fn a_firecracker_file_above_the_gap_walks_like_the_raw_file() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let gap = Layout::Firecracker.regions(u64::MAX)[0].1;
+        let high = |gpa: u64| gpa - HIGH + gap; // file offset of a GPA above 4 GiB
+        let fc = dir.path().join("firecracker.mem");
+        let raw = dir.path().join("raw.mem");
+        let (fc_file, raw_file) = (
+            std::fs::File::create(&fc).unwrap(),
+            std::fs::File::create(&raw).unwrap(),
+        );
+        fc_file.set_len(gap + 4 * MIB).unwrap();
+        raw_file.set_len(HIGH + 4 * MIB).unwrap();
+        // PML4 at 0x1000 (low RAM); PDPT, PD and PT above 4 GiB.
+        let entries = [
+            (0x1000, (HIGH + 0x1000) | 3),
+            (HIGH + 0x1000, (HIGH + 0x2000) | 3),
+            (HIGH + 0x2000, (HIGH + 0x3000) | 3),
+            (HIGH + 0x2008, (HIGH + 0x20_0000) | 0xe3),
+            (HIGH + 0x3000, (HIGH + 0x5000) | 0x63),
+            (HIGH + 0x3ff8, 0x7000 | 0x8000_0000_0000_0005),
+        ];
+        for (gpa, entry) in entries {
+            let at = if gpa >= HIGH { high(gpa) } else { gpa };
+            fc_file.write_all_at(&u64::to_le_bytes(entry), at).unwrap();
+            raw_file
+                .write_all_at(&u64::to_le_bytes(entry), gpa)
+                .unwrap();
+        }
+        drop((fc_file, raw_file));
+        let placed = Dump::open(&fc, Some(Layout::Firecracker)).unwrap();
+        assert_eq!(
+            placed
+                .segments
+                .iter()
+                .map(|g| (g.gpa, g.len))
+                .collect::<Vec<_>>(),
+            [(0, gap), (HIGH, 4 * MIB)]
+        );
+        assert!(
+            placed.prepare_walk(0x1000, 4).unwrap().is_none(),
+            "all mapped"
+        );
+        let raw_mem = crate::memfile::open(&raw).unwrap();
+        let expected = leaves(raw_mem.memory(), 0x1000);
+        assert_eq!(expected.len(), 3 + 2 + 512);
+        assert_eq!(leaves(placed.memory(), 0x1000), expected);
+        // Cloud Hypervisor's gap (3 GiB) puts the same file's high part elsewhere.
+        let wrong = Dump::open(&fc, Some(Layout::CloudHypervisor)).unwrap();
+        assert_ne!(leaves(wrong.memory(), 0x1000), expected);
+    }
+
     #[test]
     fn vendor_layouts_put_ram_above_the_gap_at_4_gib() {
         assert_eq!(Layout::Firecracker.regions(MIB), [(0, MIB)]);
