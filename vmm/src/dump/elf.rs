@@ -22,8 +22,8 @@ use std::path::Path;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use super::{DumpCpu, DumpError, DumpFormat, Parsed, Segment, le32 as u32_at, le64 as u64_at};
+use crate::arch::x86_64::regs::{Registers, SpecialRegisters};
 use crate::files::{FileError, Output};
-use crate::snapshot::VcpuRecord;
 
 /// `EM_X86_64`.
 pub const EM_X86_64: u16 = 62;
@@ -304,12 +304,14 @@ fn note(out: &mut Vec<u8>, name: &[u8], kind: u32, desc: &[u8]) {
     out.resize(out.len().next_multiple_of(4), 0);
 }
 
+/// A vCPU's registers as a core records them: its index, general and special registers.
+pub type CoreVcpu = (u8, Registers, SpecialRegisters);
+
 /// The `NT_PRSTATUS` and `QEMU` notes of one vCPU.
-fn vcpu_notes(out: &mut Vec<u8>, v: &VcpuRecord) {
-    let (r, s) = (&v.regs, &v.sregs);
+fn vcpu_notes(out: &mut Vec<u8>, (index, r, s): &CoreVcpu) {
     let mut prstatus = vec![0u8; PRSTATUS_LEN];
     // pr_pid: the vCPU's index + 1, as QEMU numbers them.
-    prstatus[32..36].copy_from_slice(&(u32::from(v.index) + 1).to_le_bytes());
+    prstatus[32..36].copy_from_slice(&(u32::from(*index) + 1).to_le_bytes());
     let pr_reg = [
         r.r15,
         r.r14,
@@ -385,7 +387,7 @@ fn vcpu_notes(out: &mut Vec<u8>, v: &VcpuRecord) {
 /// module docs).
 pub fn write_core<M: GuestMemoryBackend>(
     memory: &M,
-    vcpus: &[VcpuRecord],
+    vcpus: &[CoreVcpu],
     mut out: Output,
 ) -> Result<(), FileError> {
     let regions: Vec<(u64, u64)> = memory.iter().map(|r| (r.start_addr().0, r.len())).collect();

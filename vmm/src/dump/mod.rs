@@ -772,7 +772,6 @@ pub(crate) mod tests {
     use crate::arch::x86_64::regs::{Registers, SpecialRegisters};
     use crate::files::{Output, Replace};
     use crate::introspect::{Format, VaRange, print_walk};
-    use crate::snapshot::VcpuRecord;
 
     const MIB: u64 = 1 << 20;
     /// Where the test guest's second region starts: above a hole, as above 3 GiB.
@@ -797,22 +796,22 @@ pub(crate) mod tests {
         mem
     }
 
-    fn vcpu() -> VcpuRecord {
-        VcpuRecord {
-            index: 0,
-            regs: Registers {
+    fn vcpu() -> elf::CoreVcpu {
+        (
+            0,
+            Registers {
                 rip: 0xffff_ffff_8100_0000,
                 rsp: 0x7000,
                 ..Registers::default()
             },
-            sregs: SpecialRegisters {
+            SpecialRegisters {
                 cr0: 0x8005_0033,
                 cr3: 0x1000,
                 cr4: 0x20,
                 efer: 0xd01,
                 ..SpecialRegisters::default()
             },
-        }
+        )
     }
 
     /// Every leaf as mapped and split, in `vmm inspect --format tlb`'s lines.

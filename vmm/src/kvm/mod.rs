@@ -252,14 +252,21 @@ impl Hypervisor {
     pub fn create_vm(&self) -> Result<KvmVm> {
         Ok(KvmVm {
             fd: self.kvm.create_vm().map_err(ioctl_error("KVM_CREATE_VM"))?,
+            registered: Default::default(),
         })
     }
 }
 
-/// A KVM VM file descriptor.
+/// A KVM VM file descriptor, and the guest memory registered with it.
 #[derive(Debug)]
 pub struct KvmVm {
+    // Declared first, so dropped first: the VM fd (and with it every memory slot) goes
+    // before the memory the slots point into.
     fd: VmFd,
+    /// Clones of every memory registered with [`KvmVm::register_memory`] (they share the
+    /// mappings): whoever holds this VM holds its RAM, so no slot can outlive its memory,
+    /// however the owners of the VM are dropped.
+    registered: std::sync::Mutex<Vec<GuestRam>>,
 }
 
 impl KvmVm {
@@ -332,11 +339,14 @@ impl KvmVm {
     }
 
     /// Registers every region of `memory` as a KVM memory slot (slot = region index),
-    /// with `KVM_MEM_LOG_DIRTY_PAGES` when `log_dirty`. Returns the slots.
-    ///
-    /// The caller must keep `memory` (or a clone of it, which shares the mappings)
-    /// alive for as long as this VM exists; [`crate::vm::Vm`] does.
+    /// with `KVM_MEM_LOG_DIRTY_PAGES` when `log_dirty`. Returns the slots. The VM keeps a
+    /// clone of `memory` (sharing its mappings) for as long as it exists.
     pub fn register_memory(&self, memory: &GuestRam, log_dirty: bool) -> Result<Vec<MemorySlot>> {
+        // Kept before any slot points into it.
+        self.registered
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(memory.clone());
         let mut slots = Vec::new();
         for (index, region) in memory.iter().enumerate() {
             let host = region
@@ -355,9 +365,9 @@ impl KvmVm {
                 userspace_addr: host as u64,
             };
             // SAFETY: `host .. host + len` is a live mapping owned by `memory` (an mmap
-            // made by vm-memory for exactly this region), and the VM handle keeps a
-            // clone of `memory` alive for as long as the VM fd exists, so the kernel
-            // never sees a dangling host range.
+            // made by vm-memory for exactly this region), and `self.registered` holds a
+            // clone of `memory` (sharing that mapping) until after `self.fd` is closed
+            // (field order), so the kernel never sees a dangling host range.
             unsafe { self.fd.set_user_memory_region(region_desc) }
                 .map_err(ioctl_error("KVM_SET_USER_MEMORY_REGION"))?;
             slots.push(MemorySlot {

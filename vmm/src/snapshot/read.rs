@@ -593,9 +593,15 @@ pub fn merge_elf(
         replace,
         "ELF core",
         |snapshot, output| {
+            let vcpus: Vec<crate::dump::elf::CoreVcpu> = snapshot
+                .state
+                .vcpus
+                .iter()
+                .map(|v| (v.index, v.regs, v.sregs))
+                .collect();
             Ok(crate::dump::elf::write_core(
                 snapshot.memory(),
-                &snapshot.state.vcpus,
+                &vcpus,
                 output,
             )?)
         },
