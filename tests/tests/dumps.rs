@@ -113,9 +113,7 @@ fn qemu_made_dumps_walk_exactly_as_qemu_info_tlb() {
                 continue;
             }
             let dump = Dump::open(&path, None).unwrap_or_else(|e| panic!("{e}"));
-            let regs = dump
-                .control_registers(0, None)
-                .unwrap_or_else(|e| panic!("{e}"));
+            let regs = dump.control_registers(0).unwrap_or_else(|e| panic!("{e}"));
             let ctx = PagingContext::new(regs).unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(
                 ctx.mode(),
@@ -123,8 +121,7 @@ fn qemu_made_dumps_walk_exactly_as_qemu_info_tlb() {
                 "{name}: the paging mode from the dump's CR4"
             );
             assert_eq!(regs.cr3, register(&dir, "CR3"), "{name}: CR3 from the dump");
-            dump.prepare_walk(ctx.root().0, levels)
-                .unwrap_or_else(|e| panic!("{e}"));
+            dump.prepare_walk(&ctx).unwrap_or_else(|e| panic!("{e}"));
             assert_same(
                 &format!("{levels}-level {name}"),
                 &qemu,

@@ -757,17 +757,10 @@ fn wait_or_end(vm: &Vm, until: Instant) -> Option<ExitOutcome> {
 /// The end of a `vmm run` with scans or snapshots: FINISH for the built-in guest; a Linux
 /// guest runs on until it ends by itself (or `--timeout` passes, counted from `started`).
 fn end_of_run(vm: &Vm, args: &RunArgs, started: Instant) -> anyhow::Result<ExitCode> {
-    let timeout = Duration::from_secs(args.boot.timeout);
     if args.boot.kernel.is_none() {
-        return finish(vm, timeout);
+        return finish(vm, Duration::from_secs(args.boot.timeout));
     }
-    let left = timeout
-        .saturating_sub(started.elapsed())
-        .max(Duration::from_secs(1));
-    let outcome = vm
-        .wait(left)
-        .with_context(|| format!("waiting for the Linux guest to end (--timeout {timeout:?})"))?;
-    Ok(report_with(&outcome, args.boot.on_reset))
+    wait_linux_end(vm, &args.boot, started, started)
 }
 
 /// One round of the dirty-writer guest: NEXT_ROUND, then its ROUND_DONE. Returns the exit
@@ -872,7 +865,6 @@ fn wait_heartbeats(vm: &Vm, count: u32, timeout: Duration) -> anyhow::Result<Opt
 /// `vmm run --kernel`: boots Linux, console on stdout, and waits (at most --timeout)
 /// until the VM ends; a guest reset is a clean end (status 0).
 fn run_linux(args: &BootArgs) -> anyhow::Result<ExitCode> {
-    let timeout = Duration::from_secs(args.timeout);
     let started = Instant::now();
     // The console's tail says whether a reset followed a kernel panic.
     let vm = boot(args, Console::stdout_tail())?;
@@ -902,7 +894,24 @@ fn run_linux(args: &BootArgs) -> anyhow::Result<ExitCode> {
         }
         _ => {}
     }
-    let outcome = vm.wait(timeout).map_err(|e| {
+    // --timeout counts from here: the set-up above is the VMM's, not the guest's.
+    wait_linux_end(&vm, args, started, Instant::now())
+}
+
+/// Waits until a Linux guest ends by itself, `--timeout` after `timeout_from` at the
+/// latest, and reports how it ended (and how long it ran since `started`): every vCPU's
+/// registers when it hung, the other vCPUs' too when one of several died.
+fn wait_linux_end(
+    vm: &Vm,
+    args: &BootArgs,
+    started: Instant,
+    timeout_from: Instant,
+) -> anyhow::Result<ExitCode> {
+    let timeout = Duration::from_secs(args.timeout);
+    let left = timeout
+        .saturating_sub(timeout_from.elapsed())
+        .max(Duration::from_secs(1));
+    let outcome = vm.wait(left).map_err(|e| {
         // A hung guest: where every vCPU is, before the error ends the VMM.
         eprint!("vmm: {e}; every vCPU now:\n{}", vm.vcpu_report(None));
         e
@@ -1475,16 +1484,8 @@ fn inspect_file(args: &InspectArgs) -> anyhow::Result<ExitCode> {
         bail!("vmm inspect needs --memory FILE --cr3 HEX, or --snapshot DIR");
     };
     let file = memfile::open(path)?;
-    let defaults = ControlRegisters::long_mode(cr3);
-    let regs = ControlRegisters {
-        cr0: args.cr0.unwrap_or(defaults.cr0),
-        cr3,
-        cr4: args.cr4.unwrap_or(defaults.cr4),
-        efer: args.efer.unwrap_or(defaults.efer),
-    };
-    let ctx = PagingContext::new(regs)
-        .and_then(|c| c.with_phys_addr_bits(args.maxphyaddr.unwrap_or(52)))
-        .map(|c| c.with_gbpages(!args.no_gbpages))
+    let regs = given_registers(args, ControlRegisters::long_mode(cr3));
+    let ctx = inspect_context(args, regs)
         .context("the registers given do not describe 4- or 5-level paging")?;
     // A root table outside the file is a mistake in --cr3 (or the wrong file), not a
     // guest's bad entry: say so instead of walking nothing.
@@ -1500,11 +1501,38 @@ fn inspect_file(args: &InspectArgs) -> anyhow::Result<ExitCode> {
     let label = path.display().to_string();
     let complete = walk_one(file.memory(), &ctx, &label, &args.output)?;
     file.check_intact()?;
-    Ok(if complete {
+    Ok(walk_status(complete))
+}
+
+/// The registers an inspection walks with: `saved` (a dump's, or long mode with NX) with
+/// each register flag given in place of its value.
+fn given_registers(args: &InspectArgs, saved: ControlRegisters) -> ControlRegisters {
+    ControlRegisters {
+        cr0: args.cr0.unwrap_or(saved.cr0),
+        cr3: args.cr3.unwrap_or(saved.cr3),
+        cr4: args.cr4.unwrap_or(saved.cr4),
+        efer: args.efer.unwrap_or(saved.efer),
+    }
+}
+
+/// How an inspection reads `regs`' tables: `--maxphyaddr` (default 52) and
+/// `--no-gbpages`.
+fn inspect_context(
+    args: &InspectArgs,
+    regs: ControlRegisters,
+) -> Result<PagingContext, walker::ContextError> {
+    Ok(PagingContext::new(regs)?
+        .with_phys_addr_bits(args.maxphyaddr.unwrap_or(52))?
+        .with_gbpages(!args.no_gbpages))
+}
+
+/// An inspection's status: 0, or [`EXIT_WALK_INCOMPLETE`] when the budget stopped it.
+fn walk_status(complete: bool) -> ExitCode {
+    if complete {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_WALK_INCOMPLETE)
-    })
+    }
 }
 
 /// `vmm inspect --dump FILE`: opens the dump, prints what it holds or walks with the
@@ -1530,31 +1558,18 @@ fn inspect_dump(args: &InspectArgs, path: &std::path::Path) -> anyhow::Result<Ex
     let saved = match args.cr3 {
         // Registers typed by hand need nothing from the dump.
         Some(cr3) => dump
-            .control_registers(args.cpu, args.efer)
+            .control_registers(args.cpu)
             .unwrap_or(ControlRegisters::long_mode(cr3)),
-        None => dump.control_registers(args.cpu, args.efer)?,
+        None => dump.control_registers(args.cpu)?,
     };
-    let regs = ControlRegisters {
-        cr0: args.cr0.unwrap_or(saved.cr0),
-        cr3: args.cr3.unwrap_or(saved.cr3),
-        cr4: args.cr4.unwrap_or(saved.cr4),
-        efer: args.efer.unwrap_or(saved.efer),
-    };
-    let ctx = PagingContext::new(regs)
-        .and_then(|c| c.with_phys_addr_bits(args.maxphyaddr.unwrap_or(52)))
-        .map(|c| c.with_gbpages(!args.no_gbpages))
-        .with_context(|| {
-            format!(
-                "the registers of CPU {} do not describe 4- or 5-level paging",
-                args.cpu
-            )
-        })?;
-    let levels = match ctx.mode() {
-        walker::PagingMode::FiveLevel => 5,
-        walker::PagingMode::FourLevel => 4,
-    };
+    let ctx = inspect_context(args, given_registers(args, saved)).with_context(|| {
+        format!(
+            "the registers of CPU {} do not describe 4- or 5-level paging",
+            args.cpu
+        )
+    })?;
     let started = Instant::now();
-    if let Some(loaded) = dump.prepare_walk(ctx.root().0, levels)? {
+    if let Some(loaded) = dump.prepare_walk(&ctx)? {
         eprintln!(
             "vmm: decompressed {} table pages ({} not in the dump: zeros) in {:.2?}",
             loaded.pages,
@@ -1565,11 +1580,7 @@ fn inspect_dump(args: &InspectArgs, path: &std::path::Path) -> anyhow::Result<Ex
     let label = format!("cpu {} of {}", args.cpu, path.display());
     let complete = walk_one(dump.memory(), &ctx, &label, &args.output)?;
     dump.check_intact()?;
-    Ok(if complete {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(EXIT_WALK_INCOMPLETE)
-    })
+    Ok(walk_status(complete))
 }
 
 /// `vmm inspect --snapshot DIR`: loads the generation and walks with its saved registers.
@@ -1584,11 +1595,7 @@ fn inspect_snapshot(args: &InspectArgs, dir: &std::path::Path) -> anyhow::Result
     );
     let complete = walk_one(snap.memory(), &ctx, &label, &args.output)?;
     snap.check_intact()?;
-    Ok(if complete {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(EXIT_WALK_INCOMPLETE)
-    })
+    Ok(walk_status(complete))
 }
 
 fn snapshot_command(args: &SnapshotArgs) -> anyhow::Result<ExitCode> {

@@ -40,13 +40,12 @@ fuzz_target!(|data: &[u8]| {
     let cpus = dump.cpus.len().clamp(1, 4);
     for cpu in 0..cpus {
         let regs = dump
-            .control_registers(cpu, None)
+            .control_registers(cpu)
             .unwrap_or(ControlRegisters::long_mode(0x1000));
         let Ok(ctx) = PagingContext::new(regs) else {
             continue;
         };
-        let levels = if regs.cr4 & (1 << 12) != 0 { 5 } else { 4 };
-        if dump.prepare_walk(ctx.root().0, levels).is_err() {
+        if dump.prepare_walk(&ctx).is_err() {
             continue;
         }
         let _ = print_walk(

@@ -312,16 +312,15 @@ fn flat_extents(path: &Path, file: &File, file_len: u64) -> Result<(Vec<Extent>,
     Ok((extents, total))
 }
 
-/// Parses a kdump-compressed file (either variant): its headers, bitmaps and notes.
+/// Parses a kdump-compressed file (`flattened`: a flattened stream, as its first bytes
+/// say): its headers, bitmaps and notes.
 /// Returns the reader, the RAM segments, and the notes.
 pub(crate) fn open(
     path: &Path,
     file: File,
     file_len: u64,
+    flattened: bool,
 ) -> Result<(Kdump, Vec<Segment>, NoteSet), DumpError> {
-    let mut magic = [0u8; 12];
-    let _ = file.read_at(&mut magic, 0);
-    let flattened = &magic == FLAT_SIGNATURE;
     let (source, len) = if flattened {
         let (extents, total) = flat_extents(path, &file, file_len)?;
         (Source::Flattened(extents), total)
@@ -611,8 +610,9 @@ pub(crate) mod tests {
                 let dump = Dump::open(&path, None).unwrap();
                 assert_eq!(dump.format, crate::dump::DumpFormat::Kdump { flattened });
                 assert_eq!(dump.cpus.len(), 2, "{codec:?}");
-                let regs = dump.control_registers(0, None).unwrap();
-                let loaded = dump.prepare_walk(regs.cr3, 4).unwrap().unwrap();
+                let regs = dump.control_registers(0).unwrap();
+                let ctx = crate::dump::tests::long_mode(regs.cr3);
+                let loaded = dump.prepare_walk(&ctx).unwrap().unwrap();
                 // PML4, PDPT, PD and the PT in the high region: nothing else.
                 assert_eq!((loaded.pages, loaded.missing), (4, 0), "{codec:?}");
                 assert_eq!(
@@ -632,8 +632,9 @@ pub(crate) mod tests {
         std::fs::write(&path, bytes).unwrap();
         let e = Dump::open(&path, None)
             .and_then(|d| {
-                let regs = d.control_registers(0, None)?;
-                d.prepare_walk(regs.cr3, 4).map(|_| ())
+                let regs = d.control_registers(0)?;
+                d.prepare_walk(&crate::dump::tests::long_mode(regs.cr3))
+                    .map(|_| ())
             })
             .unwrap_err()
             .to_string();
@@ -721,7 +722,7 @@ pub(crate) mod tests {
             let path = dir.path().join("m.kdump");
             std::fs::write(&path, &b).unwrap();
             if let Ok(d) = Dump::open(&path, None) {
-                let _ = d.prepare_walk(0x1000, 4);
+                let _ = d.prepare_walk(&crate::dump::tests::long_mode(0x1000));
             }
         }
     }

@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
-use walker::ControlRegisters;
+use walker::{ControlRegisters, PagingContext};
 
 use crate::arch::x86_64::regs::{CR0_PG, CR4_LA57, CR4_PAE};
 use crate::files::{FileError, open_input};
@@ -274,12 +274,21 @@ pub struct Dump {
     // Dropped before the memory: the watches end before the mappings go.
     watches: Vec<FaultWatch>,
     memory: GuestMemoryMmap,
-    /// For a kdump-compressed dump: the pages, decompressed on demand.
-    kdump: Option<kdump::Kdump>,
+    /// Where the pages that are not mapped come from when a walk needs them.
+    on_demand: OnDemand,
+}
+
+/// The pages of a dump that are backed by anonymous memory and read when a walk needs
+/// them (see the module docs).
+#[derive(Debug)]
+enum OnDemand {
+    /// Every segment is mapped.
+    Nothing,
     /// Segments at file offsets that cannot be mapped (not page-aligned, as in QEMU's ELF
-    /// cores and LiME captures): backed by anonymous memory, their pages read on demand.
-    unaligned: Vec<Segment>,
-    file: File,
+    /// cores and LiME captures), read from `file`.
+    Unaligned { file: File, segments: Vec<Segment> },
+    /// A kdump-compressed dump's pages, decompressed.
+    Kdump(kdump::Kdump),
 }
 
 /// Bytes of a file's start quoted when it is not recognised.
@@ -301,11 +310,11 @@ impl Dump {
             .read_at(&mut magic, 0)
             .map_err(read_error)?
             .min(magic.len());
-        if layout.is_none()
-            && (magic[..n].starts_with(kdump::SIGNATURE)
-                || magic[..n].starts_with(kdump::FLAT_SIGNATURE))
-        {
-            return Self::open_kdump(path, file, file_len);
+        if layout.is_none() {
+            let flattened = magic[..n].starts_with(kdump::FLAT_SIGNATURE);
+            if flattened || magic[..n].starts_with(kdump::SIGNATURE) {
+                return Self::open_kdump(path, file, file_len, flattened);
+            }
         }
         let parsed = if let Some(layout) = layout {
             let mut segments = Vec::new();
@@ -359,18 +368,24 @@ impl Dump {
             machine: parsed.machine,
             watches,
             memory,
-            kdump: None,
-            unaligned,
-            file,
+            on_demand: if unaligned.is_empty() {
+                OnDemand::Nothing
+            } else {
+                OnDemand::Unaligned {
+                    file,
+                    segments: unaligned,
+                }
+            },
         })
     }
 
-    fn open_kdump(path: &Path, file: File, file_len: u64) -> Result<Self, DumpError> {
-        let dup = file.try_clone().map_err(|source| DumpError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let (k, mut segments, notes) = kdump::open(path, file, file_len)?;
+    fn open_kdump(
+        path: &Path,
+        file: File,
+        file_len: u64,
+        flattened: bool,
+    ) -> Result<Self, DumpError> {
+        let (k, mut segments, notes) = kdump::open(path, file, file_len, flattened)?;
         let format = DumpFormat::Kdump {
             flattened: k.is_flattened(),
         };
@@ -393,40 +408,29 @@ impl Dump {
             machine: None,
             watches: Vec::new(),
             memory,
-            kdump: Some(k),
-            unaligned: Vec::new(),
-            file: dup,
+            on_demand: OnDemand::Kdump(k),
         })
     }
 
-    /// Makes the memory ready for a walk from `root` in `levels`-level paging: reads (and
-    /// for a kdump-compressed dump decompresses) the table pages the walk will read that
-    /// are not mapped (see the module docs). Returns what was read, `None` when everything is
-    /// mapped.
-    pub fn prepare_walk(
-        &self,
-        root: u64,
-        levels: u8,
-    ) -> Result<Option<kdump::LoadStats>, DumpError> {
-        if let Some(k) = &self.kdump {
-            return k.load_tables(&self.memory, root, levels).map(Some);
-        }
-        if self.unaligned.is_empty() {
-            return Ok(None);
-        }
+    /// Makes the memory ready for a walk with `ctx` (its root and paging mode): reads
+    /// (and for a kdump-compressed dump decompresses) the table pages the walk will read
+    /// that are not mapped (see the module docs). Returns what was read, `None` when
+    /// everything is mapped.
+    pub fn prepare_walk(&self, ctx: &PagingContext) -> Result<Option<LoadStats>, DumpError> {
+        let (root, levels) = (ctx.root().0, ctx.mode().root_level() as u8);
+        let (file, segments) = match &self.on_demand {
+            OnDemand::Nothing => return Ok(None),
+            OnDemand::Kdump(k) => return k.load_tables(&self.memory, root, levels).map(Some),
+            OnDemand::Unaligned { file, segments } => (file, segments),
+        };
         load_tables(&self.memory, root, levels, |pfn| {
             let at = pfn * 4096;
-            let Some(g) = self
-                .unaligned
-                .iter()
-                .find(|g| at >= g.gpa && at - g.gpa < g.len)
-            else {
+            let Some(g) = segments.iter().find(|g| at >= g.gpa && at - g.gpa < g.len) else {
                 return Ok(Page::Mapped);
             };
             let mut page = vec![0u8; 4096];
             let n = (g.len - (at - g.gpa)).min(4096) as usize;
-            self.file
-                .read_exact_at(&mut page[..n], g.file_offset + (at - g.gpa))
+            file.read_exact_at(&mut page[..n], g.file_offset + (at - g.gpa))
                 .map_err(|source| DumpError::Read {
                     path: self.path.clone(),
                     source,
@@ -454,13 +458,9 @@ impl Dump {
 
     /// The control registers of CPU `cpu` as the dump records them. No note carries
     /// EFER: for an x86-64 dump whose CR0 has PG and CR4 has PAE the CPU was in long
-    /// mode, so EFER is taken as LME | LMA | NXE (NX on, as every 64-bit kernel sets it);
-    /// `efer` overrides that.
-    pub fn control_registers(
-        &self,
-        cpu: usize,
-        efer: Option<u64>,
-    ) -> Result<ControlRegisters, DumpError> {
+    /// mode, so EFER is taken as LME | LMA | NXE (NX on, as every 64-bit kernel sets it;
+    /// `vmm inspect --efer` overrides it).
+    pub fn control_registers(&self, cpu: usize) -> Result<ControlRegisters, DumpError> {
         let cr = self
             .cpus
             .get(cpu)
@@ -471,12 +471,11 @@ impl Dump {
                 count: self.cpus.iter().filter(|c| c.cr.is_some()).count(),
                 hint: "give the registers with --cr3 (and --cr4, --cr0, --efer)",
             })?;
-        let long_mode = ControlRegisters::long_mode(0);
         Ok(ControlRegisters {
             cr0: cr[0],
             cr3: cr[3],
             cr4: cr[4],
-            efer: efer.unwrap_or(long_mode.efer),
+            efer: ControlRegisters::long_mode(0).efer,
         })
     }
 
@@ -814,6 +813,11 @@ pub(crate) mod tests {
         )
     }
 
+    /// A 4-level context at `cr3`.
+    pub(crate) fn long_mode(cr3: u64) -> PagingContext {
+        PagingContext::new(walker::ControlRegisters::long_mode(cr3)).unwrap()
+    }
+
     /// Every leaf as mapped and split, in `vmm inspect --format tlb`'s lines.
     pub(crate) fn leaves<M: GuestMemoryBackend>(mem: &M, cr3: u64) -> Vec<String> {
         let ctx = PagingContext::new(walker::ControlRegisters::long_mode(cr3)).unwrap();
@@ -858,11 +862,11 @@ pub(crate) mod tests {
             [(0, 2 * MIB), (HIGH, 2 * MIB)]
         );
         assert_eq!(dump.cpus.len(), 2);
-        let regs = dump.control_registers(1, None).unwrap();
+        let regs = dump.control_registers(1).unwrap();
         assert_eq!((regs.cr0, regs.cr3, regs.cr4), (0x8005_0033, 0x1000, 0x20));
         assert_eq!(regs.efer, 0xd00, "long mode with NX assumed");
         assert_eq!(dump.cpus[0].rip, Some(0xffff_ffff_8100_0000));
-        assert!(dump.control_registers(2, None).is_err());
+        assert!(dump.control_registers(2).is_err());
         let expected = leaves(&guest(), 0x1000);
         assert_eq!(
             expected.len(),
@@ -908,7 +912,7 @@ pub(crate) mod tests {
         assert_eq!(lime_dump.format, DumpFormat::Lime);
         // Its data is at unaligned offsets: nothing is read until a walk asks.
         assert_ne!(leaves(lime_dump.memory(), 0x1000), expected);
-        let read = lime_dump.prepare_walk(0x1000, 4).unwrap().unwrap();
+        let read = lime_dump.prepare_walk(&long_mode(0x1000)).unwrap().unwrap();
         assert_eq!((read.pages, read.missing), (4, 0), "PML4, PDPT, PD, PT");
         assert_eq!(leaves(lime_dump.memory(), 0x1000), expected);
         // Regions concatenated, placed by --regions.
@@ -976,7 +980,7 @@ pub(crate) mod tests {
             [(0, gap), (HIGH, 4 * MIB)]
         );
         assert!(
-            placed.prepare_walk(0x1000, 4).unwrap().is_none(),
+            placed.prepare_walk(&long_mode(0x1000)).unwrap().is_none(),
             "all mapped"
         );
         let raw_mem = crate::memfile::open(&raw).unwrap();
