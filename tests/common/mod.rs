@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+pub use vmm::guest::{BuiltinProtocol, GuestSignal};
 use vmm::{Console, Descriptor, ExitOutcome, GuestMode, Vm, VmConfig, VmEvent, build_vm};
 
 pub use vmm::test_support::{kvm_available, kvm_required};
@@ -78,13 +79,16 @@ pub fn ready(vm: &Vm, console: &Console) -> Descriptor {
 pub fn next_heartbeat(vm: &Vm) -> u64 {
     loop {
         match vm.wait_event(TIMEOUT) {
-            Ok(VmEvent::Heartbeat { iteration }) => return iteration,
             Ok(VmEvent::VcpuStopped { vcpu, stop, dump }) => panic!(
                 "guest stopped while running: vCPU {vcpu}: {stop}\n{}",
                 dump.map(|d| d.to_string())
                     .unwrap_or_else(|| "(no register dump)".into())
             ),
-            Ok(_) => {}
+            Ok(event) => {
+                if let Some(GuestSignal::Heartbeat { iteration }) = GuestSignal::of(&event) {
+                    return iteration;
+                }
+            }
             Err(e) => panic!("no heartbeat: {e}"),
         }
     }

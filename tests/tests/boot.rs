@@ -3,6 +3,7 @@
 
 use std::sync::atomic::Ordering;
 
+use guestwalk_tests::BuiltinProtocol;
 use guestwalk_tests::{
     TIMEOUT, beyond_48_bits, boot, check_paging_mode, finish, kvm_available, next_heartbeat, ready,
     space_of,
@@ -395,7 +396,7 @@ fn triple_fault_mode_reports_the_shutdown() {
     }
     let (vm, console) = boot(GuestMode::TripleFault, 1);
     let outcome = match vm.wait_ready(TIMEOUT) {
-        Err(VmError::StoppedBeforeReady(outcome)) => *outcome,
+        Err(VmError::Stopped { outcome, .. }) => *outcome,
         other => panic!("expected the guest to die before READY, got {other:?}"),
     };
     assert!(!outcome.is_success());

@@ -33,6 +33,7 @@
 
 use std::collections::BTreeSet;
 
+use guestwalk_tests::BuiltinProtocol;
 use guestwalk_tests::{TIMEOUT, kvm_available, test_memory};
 use vm_memory::{Bytes, GuestAddress};
 use vmm::dirty::{DirtyLogBackend, DirtyLogChoice, DirtySet, RingStats, ScanReport};
@@ -447,7 +448,7 @@ fn smallest_ring_fills_up_and_loses_no_page() {
                 stats.map(|s| s.full_exits).unwrap_or_default()
             );
         }
-        Err(VmError::StoppedBeforeReady(outcome))
+        Err(VmError::Stopped { outcome, .. })
             if vmm::kvm::host_is_pvm()
                 && stats.full_exits > 0
                 && matches!(

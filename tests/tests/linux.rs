@@ -46,6 +46,7 @@ use walker::{
 };
 
 use guestwalk_tests::{hash_ram, kvm_available};
+use vmm::guest::protocol::SIGNAL_MARK;
 
 /// The THP process's buffer (guest-images/linux/thp.c).
 const BUFFER_SIZE: u64 = 64 << 20;
@@ -181,7 +182,10 @@ fn boot_to_park_with(
     let (vcpu, buffer) = loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match vm.wait_event(left) {
-            Ok(VmEvent::Mark { value }) => size = Some(value),
+            Ok(VmEvent::Signal {
+                code: SIGNAL_MARK,
+                argument,
+            }) => size = Some(argument),
             Ok(VmEvent::Parked { vcpu, argument }) => break (usize::from(vcpu), argument),
             Ok(VmEvent::VcpuStopped { .. }) | Err(_) => panic!(
                 "{test}: the THP process never parked ({:?})\nconsole:\n{}",
@@ -557,8 +561,9 @@ fn boot_until_end(test: &str, vcpus: u8, cmdline: &str) -> Option<Ended> {
     loop {
         let until = deadline.min(Instant::now() + poll);
         match vm.wait_event_until(until, poll) {
-            Ok(VmEvent::Mark {
-                value: REQUEST_MARK,
+            Ok(VmEvent::Signal {
+                code: SIGNAL_MARK,
+                argument: REQUEST_MARK,
             }) => requested = Some(Instant::now()),
             Ok(VmEvent::Parked { vcpu, .. }) => {
                 vm.resume_vcpu(vcpu).unwrap();

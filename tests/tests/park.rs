@@ -7,6 +7,7 @@
 
 use std::time::{Duration, Instant};
 
+use guestwalk_tests::BuiltinProtocol;
 use guestwalk_tests::{TIMEOUT, boot, kvm_available, ready};
 use vmm::{ExitOutcome, GuestMode, Vm, VmEvent};
 

@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
+use guestwalk_tests::BuiltinProtocol;
 use guestwalk_tests::{TIMEOUT, kvm_available, test_memory};
 use vm_memory::{Bytes, GuestAddress};
 use vmm::files::Replace;

@@ -21,10 +21,10 @@ use std::time::{Duration, Instant};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use walker::{Granularity, Gva, Mapping, PagingContext, WalkOptions, for_each_mapping};
 
-use crate::VcpuState;
 use crate::dirty::DirtySet;
-use crate::guest::{BULK_RECORD_GPA, BULK_REQUEST_GPA, BulkRequest, RoundRecord};
+use crate::guest::{BULK_RECORD_GPA, BULK_REQUEST_GPA, BuiltinProtocol, BulkRequest, RoundRecord};
 use crate::snapshot::{SnapshotDir, SnapshotInfo};
+use crate::vcpu::VcpuState;
 use crate::vm::Vm;
 
 /// Times `f` `runs` times and returns the median.
@@ -109,10 +109,10 @@ pub fn resident_memory<M: GuestMemoryBackend>(mem: &M) -> Option<(u64, u64)> {
 /// and through KVM_TRANSLATE on vCPU 0 (whose CR3 must be `cr3s[0]`). Returns a report.
 pub fn measure_paused(
     vm: &Vm,
-    state: &crate::VcpuState,
+    state: &crate::vcpu::VcpuState,
     cr3s: &[u64],
     runs: usize,
-) -> Result<String, crate::VmError> {
+) -> Result<String, crate::vm::VmError> {
     let mem = vm.guest_memory();
     let mut out = String::new();
     for (i, cr3) in cr3s.iter().enumerate() {

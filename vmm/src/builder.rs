@@ -17,7 +17,7 @@ use crate::devices::reset::reset_vector_stub;
 use crate::devices::serial::COM1_IRQ;
 use crate::devices::{
     Console, DebugControl, DebugPort, IoBus, LegacyDevices, SerialDevice, SerialInterrupt,
-    UnhandledAccesses,
+    UnhandledAccesses, signal_sink,
 };
 use crate::dirty::{
     BitmapDirtyLog, DEFAULT_DIRTY_RING_BYTES, DirtyError, DirtyLog, DirtyLogBackend,
@@ -536,6 +536,8 @@ fn start(
 ) -> Result<Vm, BuildError> {
     let (events_tx, events) = channel::<VmEvent>();
     let control = Arc::new(DebugControl::default());
+    // The debug ports' signals, as events.
+    let signals = signal_sink(events_tx.clone());
     let unhandled = Arc::new(UnhandledAccesses::default());
     let serial = Arc::new(Mutex::new(serial));
     let mut vm = Vm {
@@ -557,7 +559,7 @@ fn start(
         let (requests_tx, requests) = channel();
         let (responses_tx, responses) = channel();
         let mut bus = IoBus::new(
-            DebugPort::new(control.clone(), events_tx.clone(), config.console.clone()),
+            DebugPort::new(control.clone(), signals.clone(), config.console.clone()),
             serial.clone(),
             unhandled.clone(),
         );

@@ -18,6 +18,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use vm_memory::GuestMemoryBackend;
 use vmm::files::Replace;
+use vmm::guest::{BuiltinProtocol, GuestSignal};
 use vmm::introspect::{
     Format, OracleVerdict, PrintError, VaRange, oracle_verdict, parse_hex, print_walk,
     translation_line,
@@ -646,10 +647,9 @@ fn run_guest(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let timeout = Duration::from_secs(args.boot.timeout);
     let started = Instant::now();
     let vm = boot(&args.boot, Console::Stdout)?;
-    let descriptor = match vm.wait_ready(timeout) {
+    let descriptor = match ready_or_end(&vm, timeout)? {
         Ok(descriptor) => descriptor,
-        Err(VmError::StoppedBeforeReady(outcome)) => return Ok(report(&outcome)),
-        Err(e) => return Err(e).context("waiting for the guest to report READY"),
+        Err(code) => return Ok(code),
     };
     eprintln!(
         "vmm: guest READY after {:.1?}, descriptor at GPA {:#x}",
@@ -689,11 +689,8 @@ fn run_dirty_scans(args: &RunArgs, every: Duration) -> anyhow::Result<ExitCode> 
         args.dirty_log,
         args.dirty_ring_size,
     )?;
-    if !linux && let Err(e) = vm.wait_ready(timeout) {
-        return match e {
-            VmError::StoppedBeforeReady(outcome) => Ok(report(&outcome)),
-            e => Err(e).context("waiting for the guest to report READY"),
-        };
+    if !linux && let Err(code) = ready_or_end(&vm, timeout)? {
+        return Ok(code);
     }
     let backend = vm.dirty_log_backend();
     eprintln!(
@@ -768,7 +765,7 @@ fn end_of_run(vm: &Vm, args: &RunArgs, started: Instant) -> anyhow::Result<ExitC
 fn guest_round(vm: &Vm, timeout: Duration) -> anyhow::Result<Option<ExitCode>> {
     let record = match vm.run_round(timeout) {
         Ok(record) => record,
-        Err(VmError::StoppedDuringRound(outcome)) => return Ok(Some(report(&outcome))),
+        Err(VmError::Stopped { outcome, .. }) => return Ok(Some(report(&outcome))),
         Err(e) => return Err(e).context("waiting for ROUND_DONE"),
     };
     match RoundRecord::read_any(vm.guest_memory(), record) {
@@ -794,10 +791,9 @@ fn run_snapshots(
     let mut snaps = snapshot::SnapshotDir::create(dir)?;
     let vm = boot_with(&args.boot, Console::stderr(), Some(DirtyLogChoice::Auto))?;
     if !linux {
-        let descriptor = match vm.wait_ready(timeout) {
+        let descriptor = match ready_or_end(&vm, timeout)? {
             Ok(d) => d,
-            Err(VmError::StoppedBeforeReady(outcome)) => return Ok(report(&outcome)),
-            Err(e) => return Err(e).context("waiting for the guest to report READY"),
+            Err(code) => return Ok(code),
         };
         if let Ok(d) = Descriptor::read(vm.guest_memory(), descriptor) {
             snaps.set_guest_cr3s(d.cr3.iter().take(d.space_count as usize).copied().collect());
@@ -833,6 +829,19 @@ fn run_snapshots(
     end_of_run(&vm, args, started)
 }
 
+/// Waits for the built-in guest's READY: its descriptor's GPA, or the exit status to
+/// end with when the guest stopped first.
+fn ready_or_end(
+    vm: &Vm,
+    timeout: Duration,
+) -> anyhow::Result<Result<vm_memory::GuestAddress, ExitCode>> {
+    match vm.wait_ready(timeout) {
+        Ok(descriptor) => Ok(Ok(descriptor)),
+        Err(VmError::Stopped { outcome, .. }) => Ok(Err(report(&outcome))),
+        Err(e) => Err(e).context("waiting for the guest to report READY"),
+    }
+}
+
 /// Sends FINISH and reports how the guest ended.
 fn finish(vm: &Vm, timeout: Duration) -> anyhow::Result<ExitCode> {
     vm.finish();
@@ -851,12 +860,13 @@ fn wait_heartbeats(vm: &Vm, count: u32, timeout: Duration) -> anyhow::Result<Opt
             .wait_event_unparking(deadline, timeout)
             .context("waiting for a heartbeat")?
         {
-            VmEvent::Heartbeat { iteration } => {
-                seen += 1;
-                eprintln!("vmm: heartbeat: iteration {iteration}");
-            }
             VmEvent::VcpuStopped { .. } => return Ok(vm.outcome()),
-            _ => {}
+            event => {
+                if let Some(GuestSignal::Heartbeat { iteration }) = GuestSignal::of(&event) {
+                    seen += 1;
+                    eprintln!("vmm: heartbeat: iteration {iteration}");
+                }
+            }
         }
     }
     Ok(None)
@@ -1012,13 +1022,16 @@ fn boot_and_pause(
                     vcpu = usize::from(parked);
                     break;
                 }
-                Ok(VmEvent::Mark { value }) => mark = Some(value),
                 Ok(VmEvent::VcpuStopped { .. }) => {
                     if let Some(outcome) = vm.outcome() {
                         return Ok(Err(outcome));
                     }
                 }
-                Ok(_) => {}
+                Ok(event) => {
+                    if let Some(GuestSignal::Mark { value }) = GuestSignal::of(&event) {
+                        mark = Some(value);
+                    }
+                }
                 Err(VmError::Timeout(_)) => {
                     bail!("no vCPU parked (debug-port PARK) within {timeout:?}")
                 }
@@ -1059,7 +1072,7 @@ fn boot_and_pause(
     } else {
         let gpa = match vm.wait_ready(timeout) {
             Ok(gpa) => gpa,
-            Err(VmError::StoppedBeforeReady(outcome)) => return Ok(Err(*outcome)),
+            Err(VmError::Stopped { outcome, .. }) => return Ok(Err(*outcome)),
             Err(e) => return Err(e).context("waiting for the guest to report READY"),
         };
         match Descriptor::read(vm.guest_memory(), gpa) {

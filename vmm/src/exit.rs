@@ -180,7 +180,11 @@ mod tests {
         let console = Console::capture();
         let unhandled = Arc::new(UnhandledAccesses::default());
         let bus = IoBus::new(
-            DebugPort::new(Arc::new(DebugControl::default()), tx, console.clone()),
+            DebugPort::new(
+                Arc::new(DebugControl::default()),
+                crate::devices::signal_sink(tx),
+                console.clone(),
+            ),
             Arc::new(Mutex::new(SerialDevice::new(console.clone()))),
             unhandled.clone(),
         );
@@ -501,7 +505,13 @@ mod tests {
             &mut bus,
         );
         assert_eq!(console.captured(), b"ab");
-        assert_eq!(rx.try_recv().ok(), Some(VmEvent::Mark { value: 42 }));
+        assert_eq!(
+            rx.try_recv().ok(),
+            Some(VmEvent::Signal {
+                code: 4,
+                argument: 42
+            })
+        );
         assert_eq!(unhandled.counts(), UnhandledCounts::default());
     }
 

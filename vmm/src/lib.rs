@@ -1,22 +1,44 @@
-//! A small KVM VMM (rust-vmm crates, Firecracker-style) that boots test guests and
-//! lets the VMM thread stop them and look at their page tables.
+//! A small KVM VMM (rust-vmm crates, Firecracker-style) that boots guests and lets the
+//! VMM thread stop them and look at their page tables.
 //!
 //! - [`builder::build_vm`] boots a [`builder::VmConfig`] and returns a running [`vm::Vm`]:
 //!   one recipe for every [`builder::BootSource`], the built-in guest ([`guest`], entered
 //!   in 64-bit mode) or a Linux kernel ([`linux`]: bzImage or PVH vmlinux, with the
 //!   in-kernel irqchip, ACPI, an RTC and the reset lines), with or without dirty logging.
 //! - [`vm::Vm`] pauses and resumes the vCPUs, reads their registers, translates
-//!   addresses with `KVM_TRANSLATE`, gives access to guest memory, and reports guest
-//!   events ([`events::VmEvent`]) from the debug port ([`devices::debug_port`]).
-//! - [`guest::Descriptor`] parses what the guest says it mapped.
+//!   addresses with `KVM_TRANSLATE`, gives access to guest memory and the dirty log, and
+//!   reports what happens ([`events::VmEvent`]). It knows no guest's protocol: a guest's
+//!   signals on the debug port ([`devices::debug_port`]) reach it as codes and arguments,
+//!   and the built-in guest's module ([`guest::protocol`]) says what they mean.
+//! - [`guest::Descriptor`] parses what the built-in guest says it mapped.
 //! - [`snapshot`] writes full and diff snapshots of a running guest, and loads, merges
-//!   and walks them offline.
+//!   and walks them offline; [`dump`] reads other tools' memory dumps.
 //! - [`introspect`] prints a guest's address spaces with the walker (live or from a
 //!   memory file, [`memfile`]).
 //!
-//! Only [`kvm`] contains raw KVM types. `unsafe` is denied at the crate root and allowed
-//! only in [`kvm`], [`linux`] (relocating a decompressed kernel through host pointers)
-//! and [`sigbus`]; user paths are opened and outputs written only through [`files`].
+//! # Layers
+//!
+//! Lowest first; a module uses only modules before it (`vmm/tests/layering.rs` checks it
+//! on the source, so no import circle can form between them):
+//!
+//! 1. host utilities: [`sigbus`] (guarded access to mapped files), [`files`] (every user
+//!    path opened and every output written);
+//! 2. [`arch`]: x86-64 definitions (layout, registers, CPUID, ACPI tables, port I/O);
+//! 3. [`memory`]: guest RAM and its host mapping;
+//! 4. [`kvm`]: the KVM boundary, the only raw KVM types;
+//! 5. [`devices`] (the debug port's transport among them), then [`exit`] (what a vCPU
+//!    exit does), [`events`], [`dirty`] (dirty logging and scans), [`vcpu`] (the threads);
+//! 6. boot sources and files: [`linux`], [`memfile`];
+//! 7. [`vm`]: a running VM and its lifecycle;
+//! 8. the built-in guest ([`guest`]: image, descriptor, protocol), then [`builder`];
+//! 9. users of a VM or its memory: [`introspect`], [`dump`], [`snapshot`], [`bench`](mod@bench).
+//!
+//! The `vmm` binary (`main.rs`, `cli.rs`) uses this library through its public API only.
+//!
+//! `unsafe` is denied at the crate root and allowed only in [`kvm`], [`linux`] (relocating
+//! a decompressed kernel through host pointers), [`sigbus`] and [`memory::host`] (steering
+//! the RAM mapping), each block with its SAFETY argument; the layering test also fails if
+//! `unsafe` appears anywhere else.
 
 #![warn(missing_docs)]
 // `unsafe` is allowed only in the modules below that say so, each block with its SAFETY
@@ -51,7 +73,9 @@ pub use builder::{BootSource, BuildError, DirtyConfig, VmConfig, build_vm};
 pub use devices::{Console, ResetMethod};
 pub use dirty::{DirtyLog, DirtyLogBackend, DirtyLogChoice, DirtySet, ScanReport};
 pub use events::VmEvent;
-pub use guest::{Descriptor, DescriptorError, GuestMode, RoundRecord};
+pub use guest::{
+    BuiltinProtocol, Descriptor, DescriptorError, GuestMode, GuestSignal, RoundRecord,
+};
 pub use kvm::KvmTranslation;
 pub use linux::{Decompress, Decompressed, LinuxBoot};
 pub use memory::MemorySize;

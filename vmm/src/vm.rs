@@ -7,12 +7,10 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use vm_memory::GuestAddress;
 use walker::{ContextError, ControlRegisters, Gva, PagingContext};
 
 use crate::arch::x86_64::cpuid::PagingFeatures;
 use crate::arch::x86_64::regs::RegisterDump;
-use crate::devices::debug_port::{COMMAND_FINISH, COMMAND_NEXT_ROUND};
 use crate::devices::{DebugControl, ResetMethod, UnhandledAccesses, UnhandledCounts};
 use crate::dirty::{
     DirtyError, DirtyLogBackend, DirtyRings, DirtySet, DirtyTracker, RingStats, ScanReport,
@@ -72,12 +70,14 @@ pub enum VmError {
     /// Nothing happened in time.
     #[error("timed out after {0:?} waiting for the guest")]
     Timeout(Duration),
-    /// The guest stopped before it reported READY.
-    #[error("the guest stopped before reporting READY: {0}")]
-    StoppedBeforeReady(Box<ExitOutcome>),
-    /// The guest stopped during a round, before it reported ROUND_DONE.
-    #[error("the guest stopped during a round: {0}")]
-    StoppedDuringRound(Box<ExitOutcome>),
+    /// The guest stopped while [`Vm::wait_for`] waited for something else.
+    #[error("the guest stopped {waiting}: {outcome}")]
+    Stopped {
+        /// What the wait was for, as the message says it ("before reporting READY").
+        waiting: &'static str,
+        /// How the VM ended.
+        outcome: Box<ExitOutcome>,
+    },
     /// All vCPU threads are gone and no event will come.
     #[error("the VM's event channel closed")]
     EventsClosed,
@@ -513,31 +513,17 @@ impl Vm {
         })
     }
 
-    /// Tells the dirty-writer guest to do one more round (consumed by the guest's read).
-    pub fn next_round(&self) {
-        self.control.set_command(COMMAND_NEXT_ROUND);
+    /// Sets the command word the guest reads from its debug port: it stays until replaced
+    /// ([`crate::devices::DebugControl::set_command`]). What it means is the guest's
+    /// protocol ([`crate::guest::protocol`] for the built-in guest).
+    pub fn set_guest_command(&self, command: u32) {
+        self.control.set_command(command);
     }
 
-    /// One round of the dirty-writer guests ([`crate::guest::GuestMode::Dirty`],
-    /// [`crate::guest::GuestMode::DirtyBulk`]): NEXT_ROUND, then waits (a hard deadline of
-    /// `timeout`, letting parked vCPUs go) for the guest's ROUND_DONE and returns the GPA
-    /// of its round record; other events are dropped. If the guest stops first, the error
-    /// carries how it ended.
-    pub fn run_round(&self, timeout: Duration) -> Result<GuestAddress, VmError> {
-        self.next_round();
-        self.wait_for(
-            timeout,
-            |event| match event {
-                VmEvent::RoundDone { record } => Some(*record),
-                _ => None,
-            },
-            VmError::StoppedDuringRound,
-        )
-    }
-
-    /// Tells the guest to finish: the debug port's command becomes FINISH.
-    pub fn finish(&self) {
-        self.control.set_command(COMMAND_FINISH);
+    /// Posts a one-shot command word: the guest's next read takes it
+    /// ([`crate::devices::DebugControl::post_command`]).
+    pub fn post_guest_command(&self, command: u32) {
+        self.control.post_command(command);
     }
 
     /// The next event, waiting at most `timeout`.
@@ -583,28 +569,16 @@ impl Vm {
         }
     }
 
-    /// Waits for READY and returns the descriptor's GPA; other events before it are
-    /// dropped. If the guest stops first, the error carries how it ended.
-    pub fn wait_ready(&self, timeout: Duration) -> Result<GuestAddress, VmError> {
-        self.wait_for(
-            timeout,
-            |event| match event {
-                VmEvent::Ready { descriptor } => Some(*descriptor),
-                _ => None,
-            },
-            VmError::StoppedBeforeReady,
-        )
-    }
-
     /// Waits for the first event `wanted` picks (a hard deadline of `timeout`: a guest
     /// flooding events must not keep this waiting; parked vCPUs are let go) and returns
     /// what it picked; other events are dropped. If the guest stops first, the error is
-    /// `stopped` with how it ended.
-    fn wait_for<T>(
+    /// [`VmError::Stopped`] with how it ended, its message saying it stopped `waiting`
+    /// ("before reporting READY").
+    pub fn wait_for<T>(
         &self,
         timeout: Duration,
+        waiting: &'static str,
         wanted: impl Fn(&VmEvent) -> Option<T>,
-        stopped: fn(Box<ExitOutcome>) -> VmError,
     ) -> Result<T, VmError> {
         let deadline = Instant::now() + timeout;
         loop {
@@ -614,7 +588,10 @@ impl Vm {
             }
             if let VmEvent::VcpuStopped { .. } = event {
                 let outcome = self.outcome().ok_or(VmError::EventsClosed)?;
-                return Err(stopped(Box::new(outcome)));
+                return Err(VmError::Stopped {
+                    waiting,
+                    outcome: Box::new(outcome),
+                });
             }
         }
     }

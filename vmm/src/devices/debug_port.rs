@@ -1,114 +1,131 @@
-//! The debug port: how test guests talk to the VMM.
+//! The debug port: a guest's side channel to the VMM (QEMU's "debugcon" plus a signal
+//! register, in the spirit of its `isa-debug-exit`).
 //!
-//! # Protocol
+//! # Transport
 //!
 //! | port | access | meaning |
 //! |---|---|---|
-//! | `0xE9` | 8-bit `OUT` | one console byte (QEMU "debugcon" style), copied to the VMM's console |
+//! | `0xE9` | 8-bit `OUT` | one console byte, copied to the VMM's console |
 //! | `0x604` | 32-bit `OUT` | low 32 bits of the 64-bit argument latch |
 //! | `0x608` | 32-bit `OUT` | high 32 bits of the argument latch |
-//! | `0x600` | 32-bit `OUT` | event code, sent with the current argument latch (below) |
-//! | `0x600` | 32-bit `IN` | the VMM's command: 0 = keep going, 1 = FINISH, 2 = NEXT_ROUND |
+//! | `0x600` | 32-bit `OUT` | a signal code, sent with the current argument latch |
+//! | `0x600` | 32-bit `IN` | the VMM's command word ([`DebugControl`]) |
 //!
-//! Event codes: 1 READY (argument = GPA of the guest's descriptor, see
-//! [`crate::guest::descriptor`]), 2 DONE (argument = status, 0 = success),
-//! 3 HEARTBEAT (argument = iteration count), 4 MARK (argument = any value, for tests),
-//! 5 ROUND_DONE (argument = GPA of the round record of the dirty-writer guest, see
-//! [`crate::guest::RoundRecord`]), 6 PARK (argument = any value: the Linux test guest's
-//! THP process sends its buffer's address).
+//! This module defines the transport and the two signals the VMM itself acts on:
+//! [`SIGNAL_DONE`] (the guest's exit status, kept for [`crate::vm::Vm::wait`]'s verdict,
+//! then reported as [`DebugSignal::Done`]) and [`SIGNAL_PARK`] (the vCPU that sent it
+//! stops at its `OUT` until the VMM resumes it, so the VMM sees the sender's registers,
+//! CR3 included, exactly as they were at the signal; KVM completes the `OUT` when the
+//! vCPU runs again). Every other code reaches the VMM thread as a
+//! [`DebugSignal::Guest`] it does not interpret: what codes and commands mean is the
+//! business of the guest's own module ([`crate::guest::protocol`] for the built-in guest,
+//! whose READY, HEARTBEAT, MARK and ROUND_DONE are such codes).
 //!
-//! PARK stops the vCPU that sent it at the `OUT` (KVM completes the instruction when the
-//! vCPU runs again), until the VMM resumes it ([`crate::vm::Vm::resume_vcpu`]): the VMM sees
-//! the sender's registers, CR3 included, exactly as they were at the signal, however
-//! long it takes to pause the other vCPUs. It arrives as [`VmEvent::Parked`]; a VMM that
-//! does not want it ([`crate::vm::Vm::wait`], [`crate::vm::Vm::wait_ready`]) resumes the
-//! vCPU at once.
+//! The command word is what the guest reads: a *sticky* command stays until replaced; a
+//! *one-shot* command ([`DebugControl::post_command`]) is consumed by the read that
+//! returns it (the word goes back to 0), so one post starts exactly one piece of work
+//! however often the guest polls. The latch keeps its value after a signal; each vCPU has
+//! its own latch. Accesses of another width to `0x600..=0x60b`, and reads of
+//! `0x604`/`0x608`/`0xE9`, are treated like unknown ports (reads return all ones, writes
+//! are ignored).
 //!
-//! Commands: FINISH is sticky (every later read returns it). NEXT_ROUND (sent by
-//! [`crate::vm::Vm::next_round`], for the dirty-writer guest `--mode dirty`) is consumed
-//! by the read that returns it: the command goes back to 0, so one NEXT_ROUND starts
-//! exactly one round however often the guest polls.
-//! Other codes are reported as [`VmEvent::UnknownEvent`]. The latch keeps its value
-//! after an event; each vCPU has its own latch. Accesses of another width to
-//! `0x600..=0x60b`, and reads of `0x604`/`0x608`/`0xE9`, are treated like unknown
-//! ports (reads return all ones, writes are ignored). The built-in guest writes its
-//! console output to `0xE9`; the 16550 on `0x3f8` is there for other guests.
-//!
-//! Events go to the VMM thread over the VM's event channel; DONE's status is also
-//! kept in [`DebugControl`] so that [`crate::vm::Vm::wait`] knows the guest's verdict
-//! even when a caller consumed the event itself.
+//! The device knows nothing of the VM's event channel: signals go to a [`SignalSink`]
+//! the VM builder gives it, which is what keeps this layer below the VM's.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 
-use vm_memory::GuestAddress;
-
 use super::console::Console;
-use crate::events::VmEvent;
 
 /// The console port.
 pub const DEBUGCON_PORT: u16 = 0xe9;
-/// Event port (OUT: event code; IN: command).
+/// Signal port (OUT: signal code; IN: command word).
 pub const EVENT_PORT: u16 = 0x600;
 /// Low half of the argument latch.
 pub const ARG_LO_PORT: u16 = 0x604;
 /// High half of the argument latch.
 pub const ARG_HI_PORT: u16 = 0x608;
 
-/// Event code READY.
-pub const EVENT_READY: u32 = 1;
-/// Event code DONE.
-pub const EVENT_DONE: u32 = 2;
-/// Event code HEARTBEAT.
-pub const EVENT_HEARTBEAT: u32 = 3;
-/// Event code MARK.
-pub const EVENT_MARK: u32 = 4;
-/// Event code ROUND_DONE.
-pub const EVENT_ROUND_DONE: u32 = 5;
-/// Event code PARK.
-pub const EVENT_PARK: u32 = 6;
+/// Signal DONE: the guest is done; the argument is its status (0 = success). The first
+/// one counts.
+pub const SIGNAL_DONE: u32 = 2;
+/// Signal PARK: stop the sending vCPU at its `OUT` until the VMM resumes it.
+pub const SIGNAL_PARK: u32 = 6;
 
-/// Command: keep going.
-pub const COMMAND_CONTINUE: u32 = 0;
-/// Command: finish, report DONE and stop.
-pub const COMMAND_FINISH: u32 = 1;
-/// Command: do one more round (dirty-writer guest); consumed when read.
-pub const COMMAND_NEXT_ROUND: u32 = 2;
+/// Bit 32 of the command cell: the command in the low half is one-shot.
+const ONE_SHOT: u64 = 1 << 32;
+
+/// What a guest's signal means to the VMM thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DebugSignal {
+    /// [`SIGNAL_DONE`]: the guest's exit status.
+    Done {
+        /// The status (0 = success).
+        status: u64,
+    },
+    /// Any other code, for the guest's own module to interpret.
+    Guest {
+        /// The code.
+        code: u32,
+        /// The argument latch at the time.
+        argument: u64,
+    },
+}
+
+/// Where a debug port sends its signals (the builder wraps the VM's event channel).
+pub type SignalSink = Arc<dyn Fn(DebugSignal) + Send + Sync>;
+
+/// A sink that sends each signal, converted, on `channel` (nobody listening any more is
+/// not the guest's problem: the signal is dropped).
+pub fn signal_sink<T: From<DebugSignal> + Send + 'static>(channel: Sender<T>) -> SignalSink {
+    Arc::new(move |signal| {
+        let _ = channel.send(T::from(signal));
+    })
+}
 
 /// State shared between the VMM thread and every vCPU's debug port.
 #[derive(Debug, Default)]
 pub struct DebugControl {
-    command: AtomicU32,
+    /// The command word in the low 32 bits, [`ONE_SHOT`] above.
+    command: AtomicU64,
     done_status: Mutex<Option<u64>>,
 }
 
 impl DebugControl {
-    /// Sets the command the guest reads from `0x600`.
+    /// Sets a sticky command: every read returns it until it is replaced.
     pub fn set_command(&self, command: u32) {
-        self.command.store(command, Ordering::SeqCst);
+        self.command.store(u64::from(command), Ordering::SeqCst);
     }
 
-    /// The current command.
+    /// Posts a one-shot command: the next read returns it and the word goes back to 0
+    /// (unless another command replaced it first).
+    pub fn post_command(&self, command: u32) {
+        self.command
+            .store(u64::from(command) | ONE_SHOT, Ordering::SeqCst);
+    }
+
+    /// The current command word.
     pub fn command(&self) -> u32 {
-        self.command.load(Ordering::SeqCst)
+        low_half(self.command.load(Ordering::SeqCst))
     }
 
-    /// The command as the guest reads it: a NEXT_ROUND is consumed (the command goes
-    /// back to CONTINUE), unless FINISH replaced it first.
+    /// The command as the guest reads it: a one-shot command is consumed.
     pub fn take_command(&self) -> u32 {
-        match self.command.compare_exchange(
-            COMMAND_NEXT_ROUND,
-            COMMAND_CONTINUE,
-            Ordering::SeqCst,
-            Ordering::SeqCst,
-        ) {
-            Ok(next) => next,
-            Err(current) => current,
+        let mut current = self.command.load(Ordering::SeqCst);
+        while current & ONE_SHOT != 0 {
+            match self
+                .command
+                .compare_exchange(current, 0, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => break,
+                Err(now) => current = now,
+            }
         }
+        low_half(current)
     }
 
-    /// The status of the first DONE the guest reported, if any.
+    /// The status of the first DONE the guest signalled, if any.
     pub fn done_status(&self) -> Option<u64> {
         self.done_status.lock().ok().and_then(|s| *s)
     }
@@ -118,6 +135,10 @@ impl DebugControl {
             slot.get_or_insert(status);
         }
     }
+}
+
+fn low_half(word: u64) -> u32 {
+    (word & 0xffff_ffff) as u32
 }
 
 /// What a port access did; `Unclaimed` means the caller should treat the port as
@@ -131,24 +152,33 @@ pub enum PortAccess {
 }
 
 /// One vCPU's view of the debug port.
-#[derive(Debug)]
 pub struct DebugPort {
     argument: u64,
     /// A PARK not yet turned into a stop of the vCPU: its argument.
     park: Option<u64>,
     control: Arc<DebugControl>,
-    events: Sender<VmEvent>,
+    signals: SignalSink,
     console: Console,
+}
+
+impl std::fmt::Debug for DebugPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DebugPort")
+            .field("argument", &self.argument)
+            .field("park", &self.park)
+            .field("control", &self.control)
+            .finish_non_exhaustive()
+    }
 }
 
 impl DebugPort {
     /// A debug port with an empty latch.
-    pub fn new(control: Arc<DebugControl>, events: Sender<VmEvent>, console: Console) -> Self {
+    pub fn new(control: Arc<DebugControl>, signals: SignalSink, console: Console) -> Self {
         Self {
             argument: 0,
             park: None,
             control,
-            events,
+            signals,
             console,
         }
     }
@@ -165,7 +195,7 @@ impl DebugPort {
                 let high = u64::from(u32::from_le_bytes([a, b, c, d]));
                 self.argument = (self.argument & 0xffff_ffff) | (high << 32);
             }
-            (EVENT_PORT, &[a, b, c, d]) => self.event(u32::from_le_bytes([a, b, c, d])),
+            (EVENT_PORT, &[a, b, c, d]) => self.signal(u32::from_le_bytes([a, b, c, d])),
             _ => return PortAccess::Unclaimed,
         }
         PortAccess::Handled
@@ -187,32 +217,21 @@ impl DebugPort {
         self.park.take()
     }
 
-    fn event(&mut self, code: u32) {
+    fn signal(&mut self, code: u32) {
         let argument = self.argument;
-        if code == EVENT_PARK {
-            // The vCPU thread reports it (it knows its index) when it parks.
-            self.park = Some(argument);
-            return;
-        }
-        let event = match code {
-            EVENT_READY => VmEvent::Ready {
-                descriptor: GuestAddress(argument),
-            },
-            EVENT_DONE => {
-                self.control.record_done(argument);
-                VmEvent::Done { status: argument }
+        let signal = match code {
+            SIGNAL_PARK => {
+                // The vCPU thread reports it (it knows its index) when it parks.
+                self.park = Some(argument);
+                return;
             }
-            EVENT_HEARTBEAT => VmEvent::Heartbeat {
-                iteration: argument,
-            },
-            EVENT_MARK => VmEvent::Mark { value: argument },
-            EVENT_ROUND_DONE => VmEvent::RoundDone {
-                record: GuestAddress(argument),
-            },
-            _ => VmEvent::UnknownEvent { code, argument },
+            SIGNAL_DONE => {
+                self.control.record_done(argument);
+                DebugSignal::Done { status: argument }
+            }
+            _ => DebugSignal::Guest { code, argument },
         };
-        // Nobody listening (the VM handle is gone) is not the guest's problem.
-        let _ = self.events.send(event);
+        (self.signals)(signal);
     }
 }
 
@@ -222,12 +241,13 @@ mod tests {
 
     use super::*;
 
-    fn port() -> (DebugPort, Receiver<VmEvent>, Arc<DebugControl>, Console) {
+    fn port() -> (DebugPort, Receiver<DebugSignal>, Arc<DebugControl>, Console) {
         let (tx, rx) = channel();
+        let sink = signal_sink(tx);
         let control = Arc::new(DebugControl::default());
         let console = Console::capture();
         (
-            DebugPort::new(control.clone(), tx, console.clone()),
+            DebugPort::new(control.clone(), sink, console.clone()),
             rx,
             control,
             console,
@@ -239,52 +259,46 @@ mod tests {
     }
 
     #[test]
-    fn latch_then_event() {
+    fn latch_then_signal() {
         let (mut p, rx, control, _) = port();
         out32(&mut p, ARG_LO_PORT, 0x1234_5678);
         out32(&mut p, ARG_HI_PORT, 0x9);
-        assert_eq!(out32(&mut p, EVENT_PORT, EVENT_READY), PortAccess::Handled);
+        assert_eq!(out32(&mut p, EVENT_PORT, 1), PortAccess::Handled);
         assert_eq!(
             rx.try_recv().ok(),
-            Some(VmEvent::Ready {
-                descriptor: GuestAddress(0x9_1234_5678)
+            Some(DebugSignal::Guest {
+                code: 1,
+                argument: 0x9_1234_5678
             })
         );
         // The latch keeps its value; a new low half replaces only the low half.
         out32(&mut p, ARG_LO_PORT, 7);
-        out32(&mut p, EVENT_PORT, EVENT_DONE);
+        out32(&mut p, EVENT_PORT, SIGNAL_DONE);
         assert_eq!(
             rx.try_recv().ok(),
-            Some(VmEvent::Done {
+            Some(DebugSignal::Done {
                 status: 0x9_0000_0007
             })
         );
         assert_eq!(control.done_status(), Some(0x9_0000_0007));
         out32(&mut p, ARG_HI_PORT, 0);
         out32(&mut p, ARG_LO_PORT, 3);
-        out32(&mut p, EVENT_PORT, EVENT_HEARTBEAT);
-        out32(&mut p, EVENT_PORT, EVENT_MARK);
         out32(&mut p, EVENT_PORT, 99);
-        let rest: Vec<_> = rx.try_iter().collect();
         assert_eq!(
-            rest,
-            vec![
-                VmEvent::Heartbeat { iteration: 3 },
-                VmEvent::Mark { value: 3 },
-                VmEvent::UnknownEvent {
-                    code: 99,
-                    argument: 3
-                }
-            ]
+            rx.try_iter().collect::<Vec<_>>(),
+            vec![DebugSignal::Guest {
+                code: 99,
+                argument: 3
+            }]
         );
     }
 
     #[test]
-    fn park_is_taken_once_and_sends_no_event() {
+    fn park_is_taken_once_and_sends_no_signal() {
         let (mut p, rx, _, _) = port();
         assert_eq!(p.take_park(), None);
         out32(&mut p, ARG_LO_PORT, 0x20_0000);
-        out32(&mut p, EVENT_PORT, EVENT_PARK);
+        out32(&mut p, EVENT_PORT, SIGNAL_PARK);
         assert_eq!(p.take_park(), Some(0x20_0000));
         assert_eq!(p.take_park(), None);
         assert!(rx.try_recv().is_err());
@@ -293,48 +307,36 @@ mod tests {
     #[test]
     fn first_done_wins() {
         let (mut p, _rx, control, _) = port();
-        out32(&mut p, EVENT_PORT, EVENT_DONE);
+        out32(&mut p, EVENT_PORT, SIGNAL_DONE);
         out32(&mut p, ARG_LO_PORT, 5);
-        out32(&mut p, EVENT_PORT, EVENT_DONE);
+        out32(&mut p, EVENT_PORT, SIGNAL_DONE);
         assert_eq!(control.done_status(), Some(0));
     }
 
     #[test]
-    fn command_reads_and_console_bytes() {
+    fn sticky_and_one_shot_commands_and_console_bytes() {
         let (mut p, _rx, control, console) = port();
         let mut data = [0xffu8; 4];
-        assert_eq!(p.read(EVENT_PORT, &mut data), PortAccess::Handled);
-        assert_eq!(u32::from_le_bytes(data), COMMAND_CONTINUE);
-        control.set_command(COMMAND_FINISH);
-        p.read(EVENT_PORT, &mut data);
-        assert_eq!(u32::from_le_bytes(data), COMMAND_FINISH);
+        let mut read = |p: &mut DebugPort| {
+            assert_eq!(p.read(EVENT_PORT, &mut data), PortAccess::Handled);
+            u32::from_le_bytes(data)
+        };
+        assert_eq!(read(&mut p), 0);
+        control.post_command(2);
+        assert_eq!(control.command(), 2);
+        assert_eq!(read(&mut p), 2);
+        assert_eq!(read(&mut p), 0, "a one-shot command is consumed");
+        control.set_command(1);
+        assert_eq!(read(&mut p), 1);
+        assert_eq!(read(&mut p), 1, "a sticky command stays");
+        // A one-shot command replaced before it was read is gone.
+        control.post_command(2);
+        control.set_command(1);
+        assert_eq!(read(&mut p), 1);
+        assert_eq!(read(&mut p), 1);
         p.write(DEBUGCON_PORT, b"o");
         p.write(DEBUGCON_PORT, b"k");
         assert_eq!(console.captured(), b"ok");
-    }
-
-    #[test]
-    fn next_round_is_consumed_and_round_done_reported() {
-        let (mut p, rx, control, _) = port();
-        let mut data = [0u8; 4];
-        control.set_command(COMMAND_NEXT_ROUND);
-        p.read(EVENT_PORT, &mut data);
-        assert_eq!(u32::from_le_bytes(data), COMMAND_NEXT_ROUND);
-        p.read(EVENT_PORT, &mut data);
-        assert_eq!(u32::from_le_bytes(data), COMMAND_CONTINUE, "consumed");
-        control.set_command(COMMAND_FINISH);
-        p.read(EVENT_PORT, &mut data);
-        p.read(EVENT_PORT, &mut data);
-        assert_eq!(u32::from_le_bytes(data), COMMAND_FINISH, "sticky");
-        out32(&mut p, ARG_LO_PORT, 0x10_2000);
-        out32(&mut p, ARG_HI_PORT, 0);
-        out32(&mut p, EVENT_PORT, EVENT_ROUND_DONE);
-        assert_eq!(
-            rx.try_recv().ok(),
-            Some(VmEvent::RoundDone {
-                record: GuestAddress(0x10_2000)
-            })
-        );
     }
 
     #[test]

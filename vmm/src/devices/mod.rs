@@ -12,9 +12,10 @@ pub mod serial;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+pub use crate::arch::x86_64::pio::PortIo;
 pub use acpi_sleep::AcpiSleep;
 pub use console::Console;
-pub use debug_port::{DebugControl, DebugPort, PortAccess};
+pub use debug_port::{DebugControl, DebugPort, DebugSignal, PortAccess, SignalSink, signal_sink};
 pub use i8042::I8042;
 pub use pvpanic::PvPanic;
 pub use reset::{ResetControl, ResetMethod};
@@ -84,57 +85,6 @@ impl UnhandledAccesses {
             mmio_reads: self.mmio_reads.load(Ordering::Relaxed),
             mmio_writes: self.mmio_writes.load(Ordering::Relaxed),
         }
-    }
-}
-
-/// One port access of a vCPU (an `IN` or `OUT` exit), as a device saw it: kept so that
-/// a stopped or hung guest's register dump can say what it last did with a device.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct PortIo {
-    /// The port.
-    pub port: u16,
-    /// `OUT` (set) or `IN`.
-    pub write: bool,
-    /// Access width in bytes (1, 2 or 4).
-    pub size: u8,
-    /// The value written, or the value the device answered (little-endian bytes).
-    pub value: u32,
-    /// How many port accesses this vCPU made in all, this one included.
-    pub count: u64,
-}
-
-impl PortIo {
-    fn new(port: u16, write: bool, data: &[u8], count: u64) -> Self {
-        let mut bytes = [0u8; 4];
-        let n = data.len().min(bytes.len());
-        bytes[..n].copy_from_slice(&data[..n]);
-        Self {
-            port,
-            write,
-            size: u8::try_from(data.len()).unwrap_or(u8::MAX),
-            value: u32::from_le_bytes(bytes),
-            count,
-        }
-    }
-}
-
-impl std::fmt::Display for PortIo {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let width = usize::from(self.size.min(4)) * 2;
-        if self.write {
-            write!(f, "OUT {:#06x} <- ", self.port)?;
-        } else {
-            write!(f, "IN {:#06x} -> ", self.port)?;
-        }
-        write!(
-            f,
-            "{:#0w$x} ({} byte{}; port access {} of this vCPU)",
-            self.value,
-            self.size,
-            if self.size == 1 { "" } else { "s" },
-            self.count,
-            w = width + 2
-        )
     }
 }
 
@@ -346,10 +296,14 @@ mod tests {
     use super::*;
 
     fn bus() -> IoBus {
-        let (tx, _rx) = channel();
+        let (tx, _rx) = channel::<DebugSignal>();
         let console = Console::capture();
         IoBus::new(
-            DebugPort::new(Arc::new(DebugControl::default()), tx, console.clone()),
+            DebugPort::new(
+                Arc::new(DebugControl::default()),
+                signal_sink(tx),
+                console.clone(),
+            ),
             Arc::new(Mutex::new(SerialDevice::new(console))),
             Arc::new(UnhandledAccesses::default()),
         )

@@ -118,8 +118,10 @@
 //! [`BulkRequest::check`].
 
 pub mod descriptor;
+pub mod protocol;
 
 pub use descriptor::{Descriptor, DescriptorError, Features, Run, RunLevel};
+pub use protocol::{BuiltinProtocol, GuestSignal};
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 use walker::Gva;

@@ -6,7 +6,6 @@
 
 mod convert;
 pub mod dirty_ring;
-pub mod host_memory;
 pub mod kick;
 
 use std::path::Path;

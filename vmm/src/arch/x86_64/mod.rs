@@ -3,4 +3,5 @@
 pub mod acpi;
 pub mod cpuid;
 pub mod layout;
+pub mod pio;
 pub mod regs;

@@ -7,7 +7,7 @@
 use std::fmt;
 
 use super::layout;
-use crate::devices::PortIo;
+use super::pio::PortIo;
 
 /// CR0.PE: protected mode.
 pub const CR0_PE: u64 = 1 << 0;

@@ -11,7 +11,11 @@ use vm_memory::bitmap::NewBitmap;
 use vm_memory::mmap::{GuestRegionMmap, MmapRegionBuilder};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
-use crate::kvm::host_memory::{AlignedGap, advise_huge_pages};
+// mmap/madvise of the host mapping: `unsafe` is allowed there and nowhere else in here.
+#[allow(unsafe_code)]
+pub mod host;
+
+use host::{AlignedGap, advise_huge_pages};
 
 /// Guest RAM of a live VM. Each region carries vm-memory's [`AtomicBitmap`]: every write
 /// the VMM makes through vm-memory's `Bytes` API marks its 4 KiB page, which is how dirty
@@ -138,7 +142,7 @@ pub fn ram_ranges(size: MemorySize) -> Vec<(GuestAddress, u64)> {
 
 /// Maps `size` bytes of anonymous guest RAM, each region at a 2 MiB-aligned host address
 /// when the kernel lets us (so KVM can back guest 2 MiB frames with host huge pages) and
-/// with transparent huge pages asked for ([`crate::kvm::host_memory`]).
+/// with transparent huge pages asked for ([`host`]).
 pub fn create_guest_memory(size: MemorySize) -> Result<GuestRam, MemoryError> {
     let allocate = |reason: String| MemoryError::Allocate { size, reason };
     let mut regions = Vec::new();
