@@ -47,6 +47,7 @@ use walker::{
 
 use guestwalk_tests::{hash_ram, kvm_available};
 use vmm::guest::protocol::SIGNAL_MARK;
+use vmm::pause::PauseAt;
 
 /// The THP process's buffer (guest-images/linux/thp.c).
 const BUFFER_SIZE: u64 = 64 << 20;
@@ -176,41 +177,33 @@ fn boot_to_park_with(
             .dirty
             .then_some(vmm::DirtyConfig::new(vmm::DirtyLogChoice::Auto)),
     };
-    let vm = vmm::build_vm(&config).unwrap_or_else(|e| panic!("{test}: {e}"));
-    let deadline = Instant::now() + LINUX_TIMEOUT;
-    let mut size = None;
-    let (vcpu, buffer) = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match vm.wait_event(left) {
-            Ok(VmEvent::Signal {
-                code: SIGNAL_MARK,
-                argument,
-            }) => size = Some(argument),
-            Ok(VmEvent::Parked { vcpu, argument }) => break (usize::from(vcpu), argument),
-            Ok(VmEvent::VcpuStopped { .. }) | Err(_) => panic!(
-                "{test}: the THP process never parked ({:?})\nconsole:\n{}",
-                vm.outcome(),
-                String::from_utf8_lossy(&console.captured())
-            ),
-            Ok(_) => {}
-        }
+    let paused = match vmm::pause::boot_and_pause(&config, &PauseAt::Park, 0, LINUX_TIMEOUT) {
+        Ok(Ok(paused)) => paused,
+        Ok(Err(outcome)) => panic!(
+            "{test}: the guest ended before the THP process parked: {outcome}\nconsole:\n{}",
+            String::from_utf8_lossy(&console.captured())
+        ),
+        Err(e) => panic!(
+            "{test}: {e}\nconsole:\n{}",
+            String::from_utf8_lossy(&console.captured())
+        ),
     };
     assert_eq!(
-        size,
+        paused.last_mark,
         Some(BUFFER_SIZE),
         "the process announces its buffer size"
     );
-    let states = vm.pause().unwrap();
     assert_eq!(
-        states[vcpu].cr4 & CR4_SMAP,
+        paused.state().cr4 & CR4_SMAP,
         0,
         "{test}: SMAP is on, so KVM_TRANSLATE cannot translate user pages"
     );
+    let buffer = paused.park_argument.unwrap_or_default();
     Some(Parked {
-        vm,
+        vm: paused.vm,
         console,
-        vcpu,
-        states,
+        vcpu: paused.vcpu,
+        states: paused.states,
         buffer,
     })
 }

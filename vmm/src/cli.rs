@@ -23,6 +23,7 @@ use vmm::introspect::{
     Format, OracleVerdict, PrintError, VaRange, oracle_verdict, parse_hex, print_walk,
     translation_line,
 };
+use vmm::pause::{PauseAt, Paused};
 use vmm::{
     BootSource, Console, Decompress, Decompressed, Descriptor, DirtyConfig, DirtyLogChoice,
     ExitOutcome, GuestMode, LinuxBoot, MemorySize, OnReset, RoundRecord, Vm, VmConfig, VmError,
@@ -963,17 +964,8 @@ fn report_unwalked(outcome: &ExitOutcome, what: &str) -> ExitCode {
     }
 }
 
-/// A booted guest, paused at the moment asked for.
-struct Paused {
-    vm: Vm,
-    /// The vCPU to walk or translate with: --vcpu, or the one that parked.
-    vcpu: usize,
-    states: Vec<vmm::VcpuState>,
-    descriptor: Option<Descriptor>,
-}
-
-/// Boots, waits for READY (or the marker, or the delay), and pauses every vCPU.
-/// Returns the outcome instead if the guest ends first.
+/// Boots and pauses every vCPU at the moment the options ask for (READY by default;
+/// [`vmm::pause`]). Returns the outcome instead if the guest ends first.
 fn boot_and_pause(
     boot_args: &BootArgs,
     pause: &PauseArgs,
@@ -984,119 +976,45 @@ fn boot_and_pause(
             "--at-signal waits for a vCPU to park (debug-port PARK): the built-in guest parks only in --mode park; a Linux guest (--kernel) parks from a process"
         );
     }
-    if boot_args.kernel.is_some()
-        && pause.at_serial.is_none()
-        && pause.after.is_none()
-        && !pause.at_signal
-    {
+    let at = if pause.at_signal {
+        PauseAt::Park
+    } else if let Some(marker) = &pause.at_serial {
+        PauseAt::Serial(marker.clone())
+    } else if let Some(delay) = pause.after {
+        PauseAt::After(delay)
+    } else if boot_args.kernel.is_some() {
         bail!(
             "with --kernel, say when to pause: --at-signal, --at-serial MARKER or --after DURATION"
         );
-    }
+    } else {
+        PauseAt::Ready
+    };
     let console = Console::stderr();
     let started = Instant::now();
     let vm = boot(boot_args, console.clone())?;
-    if pause.vcpu >= vm.vcpu_count() {
-        bail!(
-            "--vcpu {} does not exist: the VM has {} vCPU(s)",
-            pause.vcpu,
-            vm.vcpu_count()
+    let paused = match vmm::pause::pause_at(vm, &console, &at, pause.vcpu, timeout, started)? {
+        Ok(paused) => paused,
+        Err(outcome) => return Ok(Err(outcome)),
+    };
+    if let Some(argument) = paused.park_argument {
+        eprintln!(
+            "vmm: vCPU {} parked with argument {argument:#x}{}",
+            paused.vcpu,
+            paused
+                .last_mark
+                .map(|m| format!(" (last MARK {m:#x})"))
+                .unwrap_or_default()
         );
     }
-    let mut descriptor = None;
-    let mut vcpu = pause.vcpu;
-    if pause.at_signal {
-        let deadline = Instant::now() + timeout;
-        let mut mark = None;
-        loop {
-            match vm.wait_event_until(deadline, timeout) {
-                Ok(VmEvent::Parked {
-                    vcpu: parked,
-                    argument,
-                }) => {
-                    eprintln!(
-                        "vmm: vCPU {parked} parked with argument {argument:#x}{}",
-                        mark.map(|m: u64| format!(" (last MARK {m:#x})"))
-                            .unwrap_or_default()
-                    );
-                    vcpu = usize::from(parked);
-                    break;
-                }
-                Ok(VmEvent::VcpuStopped { .. }) => {
-                    if let Some(outcome) = vm.outcome() {
-                        return Ok(Err(outcome));
-                    }
-                }
-                Ok(event) => {
-                    if let Some(GuestSignal::Mark { value }) = GuestSignal::of(&event) {
-                        mark = Some(value);
-                    }
-                }
-                Err(VmError::Timeout(_)) => {
-                    bail!("no vCPU parked (debug-port PARK) within {timeout:?}")
-                }
-                Err(e) => return Err(e).context("waiting for a vCPU to park"),
-            }
-        }
-    } else if let Some(marker) = &pause.at_serial {
-        while !console.contains(marker.as_bytes()) {
-            if let Some(outcome) = vm.outcome() {
-                return Ok(Err(outcome));
-            }
-            if started.elapsed() > timeout {
-                bail!("the guest did not print {marker:?} within {timeout:?}");
-            }
-            // Polls the console every 5 ms; meanwhile a vCPU that parks itself is let go
-            // (nobody here asked for it), and a stop is recorded.
-            let poll = Duration::from_millis(5);
-            match vm.wait_event_unparking(Instant::now() + poll, poll) {
-                Ok(_) | Err(VmError::Timeout(_)) => {}
-                Err(e) => return Err(e).context("waiting for the console marker"),
-            }
-        }
-    } else if let Some(delay) = pause.after {
-        // Events until the delay passes: a guest that ends meanwhile ends the wait.
-        let until = Instant::now() + delay;
-        loop {
-            match vm.wait_event_unparking(until, delay) {
-                Ok(VmEvent::VcpuStopped { .. }) => {
-                    if let Some(outcome) = vm.outcome() {
-                        return Ok(Err(outcome));
-                    }
-                }
-                Ok(_) => {}
-                Err(VmError::Timeout(_)) => break,
-                Err(e) => return Err(e).context("waiting for --after to pass"),
-            }
-        }
-    } else {
-        let gpa = match vm.wait_ready(timeout) {
-            Ok(gpa) => gpa,
-            Err(VmError::Stopped { outcome, .. }) => return Ok(Err(*outcome)),
-            Err(e) => return Err(e).context("waiting for the guest to report READY"),
-        };
-        match Descriptor::read(vm.guest_memory(), gpa) {
-            Ok(d) => descriptor = Some(d),
-            Err(e) => eprintln!("vmm: warning: the guest's descriptor is invalid: {e}"),
-        }
-    }
-    let states = vm.pause().context("pausing the vCPUs")?;
-    // A guest that reset or crashed between the wait and the pause: its vCPU state is a
-    // reset state, not the moment asked for.
-    if let Some(outcome) = vm.ended() {
-        return Ok(Err(outcome));
+    if let Some(Err(e)) = &paused.descriptor {
+        eprintln!("vmm: warning: the guest's descriptor is invalid: {e}");
     }
     eprintln!(
         "vmm: paused {} vCPU(s) {:.1?} after start",
-        states.len(),
-        started.elapsed()
+        paused.states.len(),
+        paused.elapsed
     );
-    Ok(Ok(Paused {
-        vm,
-        vcpu,
-        states,
-        descriptor,
-    }))
+    Ok(Ok(paused))
 }
 
 fn walk_guest(args: &WalkArgs) -> anyhow::Result<ExitCode> {
@@ -1115,7 +1033,7 @@ fn walk_guest(args: &WalkArgs) -> anyhow::Result<ExitCode> {
                 spaces.push((format!("vcpu {}", s.index), s.cr3));
             }
         }
-        if let Some(d) = &p.descriptor {
+        if let Some(d) = p.valid_descriptor() {
             for (i, cr3) in d.cr3.iter().take(d.space_count as usize).enumerate() {
                 if seen.insert(cr3 & !0xfff) {
                     spaces.push((format!("guest address space {i}"), *cr3));

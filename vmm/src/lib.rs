@@ -30,7 +30,8 @@
 //!    exit does), [`events`], [`dirty`] (dirty logging and scans), [`vcpu`] (the threads);
 //! 6. boot sources and files: [`linux`], [`memfile`];
 //! 7. [`vm`]: a running VM and its lifecycle;
-//! 8. the built-in guest ([`guest`]: image, descriptor, protocol), then [`builder`];
+//! 8. the built-in guest ([`guest`]: image, descriptor, protocol), then [`builder`] and
+//!    [`pause`] (boot and pause at a chosen moment);
 //! 9. users of a VM or its memory: [`introspect`], [`dump`], [`snapshot`], [`bench`](mod@bench).
 //!
 //! The `vmm` binary (`main.rs`, `cli.rs`) uses this library through its public API only.
@@ -62,6 +63,7 @@ pub mod kvm;
 pub mod linux;
 pub mod memfile;
 pub mod memory;
+pub mod pause;
 #[allow(unsafe_code)]
 pub mod sigbus;
 pub mod snapshot;

@@ -34,6 +34,7 @@ const LAYERS: &[(&str, &str)] = &[
     ("vm", "a running VM and its lifecycle API"),
     ("guest", "the built-in guest: image, descriptor, protocol"),
     ("builder", "one recipe from a VmConfig to a running Vm"),
+    ("pause", "boot and pause at a chosen moment"),
     ("introspect", "printing walks"),
     ("dump", "memory dumps in other tools' formats"),
     ("snapshot", "snapshots of a running VM, read back offline"),
