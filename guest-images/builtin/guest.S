@@ -16,14 +16,14 @@
  * READY(descriptor GPA) on the debug port and then loops: write through one mapping,
  * verify through an alias, switch between its two address spaces, heartbeat, poll
  * for FINISH. Console text goes to port 0xE9 (debugcon). The debug-port protocol and
- * the descriptor format are documented in vmm/src/devices/debug_port.rs and
- * vmm/src/guest/descriptor.rs.
+ * the descriptor format are documented in vmm/core/src/devices/debug_port.rs and
+ * vmm/core/src/guest/descriptor.rs.
  *
  * Only plain instructions: PVM (the paging-based nested KVM this is tested on) cannot
  * emulate cmpxchg16b, xsave/xrstor or a CPL0 int3.
  */
 
-    /* ---- debug port (see vmm/src/devices/debug_port.rs) ---- */
+    /* ---- debug port (see vmm/core/src/devices/debug_port.rs) ---- */
     .set DEBUGCON_PORT,     0xe9
     .set DEBUG_EVENT_PORT,  0x600
     .set DEBUG_ARG_LO_PORT, 0x604
@@ -66,7 +66,7 @@
     .set FEAT_LA57, 0x4
     .set FEAT_NX,   0x8
 
-    /* ---- guest-physical layout (mirrors vmm/src/arch/x86_64/layout.rs) ---- */
+    /* ---- guest-physical layout (mirrors vmm/core/src/arch/x86_64/layout.rs) ---- */
     .set IMAGE_START, 0x100000
     .set POOL_START,  0x200000      /* page-table pool, one 2 MiB page */
     .set POOL_END,    0x400000
@@ -87,7 +87,7 @@
     .set BIG2, 0xa00000
     .set MIN_RAM, 0x1000000         /* the guest uses RAM below 16 MiB */
 
-    /* ---- bulk dirty-writer mode (vmm/src/guest/mod.rs, "Bulk dirty-writer mode") ---- */
+    /* ---- bulk dirty-writer mode (vmm/core/src/guest/mod.rs, "Bulk dirty-writer mode") ---- */
     .set BULK_REQUEST, FRAME_BASE + 0x1e000 /* F30: the VMM's request, read each round */
     .set BULK_MAGIC, 0x31304b4c55425747     /* "GWBULK01" little-endian */
     .set BULK_RECORD, 0xc00000              /* round record, up to 16 MiB */
@@ -288,7 +288,7 @@ report_done:
     jmp halt_forever
 
 /*
- * Dirty-writer mode (see vmm/src/guest/mod.rs for the table of pages): wait for
+ * Dirty-writer mode (see vmm/core/src/guest/mod.rs for the table of pages): wait for
  * NEXT_ROUND, write this round's pages, write the round record, ROUND_DONE, repeat;
  * FINISH ends with DONE. Stays in address space A. r12 = round.
  */
@@ -1309,7 +1309,7 @@ space_magic:
     .quad SPACE_B_MAGIC
 pool_next:  .quad POOL_START
 
-    /* The descriptor (format: vmm/src/guest/descriptor.rs). 8-byte aligned. */
+    /* The descriptor (format: vmm/core/src/guest/descriptor.rs). 8-byte aligned. */
     .balign 8
 descriptor:
     .ascii "GWDESC01"               /* magic */

@@ -36,9 +36,54 @@ phase() {
 
 # Host tools. busybox is not installed: its static build is downloaded as a .deb like the
 # kernel, so a machine with Debian's (dynamic, conflicting) busybox package is left alone.
+#
+# QEMU must be 8.0 or newer. Before 8.0 TCG's page walker sets Accessed and Dirty bits with
+# a plain read-modify-write store, not a compare-and-exchange, so with two emulated CPUs
+# (MTTCG) it can write back a page-table entry another CPU has just changed: a nested
+# guest's own tables (Linux updating PTEs on one vCPU while the other walks them) or the
+# nested page table that the host's KVM write-protects for dirty logging. Random triple
+# faults of both our guests in this host, and its lock-ups, were that race. Debian 12 has
+# 7.2; its backports archive has 10.0, which this installs.
+qemu_major() {
+    qemu-system-x86_64 --version 2>/dev/null | sed -n 's/^QEMU emulator version \([0-9]*\)\..*/\1/p'
+}
+
+ensure_qemu() {
+    local major
+    major=$(qemu_major)
+    if [ -n "$major" ] && [ "$major" -ge 8 ]; then
+        return
+    fi
+    local codename=""
+    # shellcheck disable=SC1091 # the machine's own file
+    [ -r /etc/os-release ] && codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+    if [ "$codename" = bookworm ]; then
+        local list=/etc/apt/sources.list.d/guestwalk-bookworm-backports.list
+        if ! grep -rqs '^[^#]*bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+            log "adding Debian's bookworm-backports archive for QEMU >= 8 ($list)"
+            echo 'deb http://deb.debian.org/debian bookworm-backports main' >"$list"
+            apt_updated=0
+        fi
+        apt_update_once
+        log "installing qemu-system-x86 from bookworm-backports (found: ${major:-none})"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            -t bookworm-backports qemu-system-x86 >/dev/null
+    else
+        apt_update_once
+        log "installing qemu-system-x86 (found: ${major:-none})"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            qemu-system-x86 >/dev/null
+    fi
+    major=$(qemu_major)
+    if [ -z "$major" ] || [ "$major" -lt 8 ]; then
+        log "QEMU ${major:-missing} is older than 8.0: its TCG corrupts nested page tables (see above)"
+        exit 1
+    fi
+}
+
 ensure_packages() {
     local missing=()
-    command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
+    ensure_qemu
     command -v python3 >/dev/null || missing+=(python3)
     command -v strip >/dev/null || missing+=(binutils)
     command -v gzip >/dev/null || missing+=(gzip)
@@ -99,7 +144,10 @@ for line in open(sys.argv[1]):
     frag = pkg_id.rsplit("#", 1)[1]
     package = frag.split("@")[0] if "@" in frag else pkg_id.rsplit("#", 1)[0].rsplit("/", 1)[1]
     target, kind = msg["target"]["name"], msg["target"]["kind"][0]
-    if package not in ("vmm", "guestwalk-tests"):
+    if package not in ("vmm", "vmm-core", "guestwalk-tests"):
+        continue
+    # A check of the source tree (which the host does not have), not of KVM.
+    if target == "layering":
         continue
     if not msg["profile"]["test"]:
         if kind == "bin" and target == "vmm":
@@ -125,7 +173,7 @@ default_commands() {
         [ "$name" != guestwalk-tests.linux ] || show=' --show-output'
         printf 'test:%s\tGUESTWALK_REQUIRE_KVM=1 GUESTWALK_REQUIRE_LINUX=1 GUESTWALK_LINUX_DIR=/hwkvm/linux /hwkvm/tests/%s%s\n' "$name" "$name" "$show"
     done <"$out/executables.tsv"
-    # features bit0 = 1 GiB leaf, bit1 = PCID, bit2 = LA57 (vmm/src/guest/descriptor.rs).
+    # features bit0 = 1 GiB leaf, bit1 = PCID, bit2 = LA57 (vmm/core/src/guest/descriptor.rs).
     printf 'vmm-run\tvmm run --memory 64M\n'
     printf 'vmm-walk-json\tvmm walk --format json --all-address-spaces\n'
     printf 'vmm-walk-text\tvmm walk --all-address-spaces\n'

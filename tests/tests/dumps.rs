@@ -104,7 +104,7 @@ fn qemu_made_dumps_walk_exactly_as_qemu_info_tlb() {
             let path = dir.join(name);
             if !path.exists() {
                 // Debian's QEMU 7.2 is built without LZO and Snappy; the readers of those
-                // are tested on files written by the unit tests (vmm/src/dump/kdump.rs).
+                // are tested on files written by the unit tests (vmm/core/src/dump/kdump.rs).
                 assert!(
                     name != "core.elf" && name != "zlib.kdump",
                     "{} is missing",

@@ -7,7 +7,7 @@
 //! - `walker::translate` against `KVM_TRANSLATE` on the same addresses;
 //! - the VMM's resident memory beyond the guest RAM it has touched;
 //! - full and diff snapshot writes against a plain sequential write of the same bytes;
-//! - on the bulk dirty-writer guest ([`crate::GuestMode::DirtyBulk`]), which writes the
+//! - on the bulk dirty-writer guest ([`vmm::GuestMode::DirtyBulk`]), which writes the
 //!   pages the VMM asks for and lists them, per round: the dirty-set fetch, the GPA scan,
 //!   the GVA scan that skips clean huge leaves against one that splits every huge leaf,
 //!   and diff snapshot writes of exactly those pages. Every round is verified (the sets
@@ -21,11 +21,11 @@ use std::time::{Duration, Instant};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use walker::{Granularity, Gva, Mapping, PagingContext, WalkOptions, for_each_mapping};
 
-use crate::dirty::DirtySet;
-use crate::guest::{BULK_RECORD_GPA, BULK_REQUEST_GPA, BuiltinProtocol, BulkRequest, RoundRecord};
-use crate::snapshot::{SnapshotDir, SnapshotInfo};
-use crate::vcpu::VcpuState;
-use crate::vm::Vm;
+use vmm::dirty::DirtySet;
+use vmm::guest::{BULK_RECORD_GPA, BULK_REQUEST_GPA, BuiltinProtocol, BulkRequest, RoundRecord};
+use vmm::snapshot::{SnapshotDir, SnapshotInfo};
+use vmm::vcpu::VcpuState;
+use vmm::vm::Vm;
 
 /// Times `f` `runs` times and returns the median.
 pub fn median<F: FnMut()>(runs: usize, mut f: F) -> Duration {
@@ -109,10 +109,10 @@ pub fn resident_memory<M: GuestMemoryBackend>(mem: &M) -> Option<(u64, u64)> {
 /// and through KVM_TRANSLATE on vCPU 0 (whose CR3 must be `cr3s[0]`). Returns a report.
 pub fn measure_paused(
     vm: &Vm,
-    state: &crate::vcpu::VcpuState,
+    state: &vmm::vcpu::VcpuState,
     cr3s: &[u64],
     runs: usize,
-) -> Result<String, crate::vm::VmError> {
+) -> Result<String, vmm::vm::VmError> {
     let mem = vm.guest_memory();
     let mut out = String::new();
     for (i, cr3) in cr3s.iter().enumerate() {
@@ -398,7 +398,7 @@ pub fn measure_bulk_dirty(
             .paging_context(&states[0], None)
             .context("vCPU 0's paging context")?;
         let t = Instant::now();
-        let scan = crate::dirty::scan_space(vm.guest_memory(), &ctx, &set)?;
+        let scan = vmm::dirty::scan_space(vm.guest_memory(), &ctx, &set)?;
         gvas.push(t.elapsed());
         let t = Instant::now();
         let split = scan_split_everything(vm.guest_memory(), &ctx, &set);
@@ -478,7 +478,7 @@ pub fn measure_bulk_snapshots(
                 "diff generation {} (bulk round {})",
                 info.generation, record.round
             );
-            let listed: Vec<u64> = crate::snapshot::diff_pages(snaps.path(), info.generation)?
+            let listed: Vec<u64> = vmm::snapshot::diff_pages(snaps.path(), info.generation)?
                 .into_iter()
                 .map(|g| g.0)
                 .collect();

@@ -15,6 +15,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use clap::builder::TypedValueParser as _;
 use clap::{Parser, Subcommand};
 use vm_memory::GuestMemoryBackend;
 use vmm::files::Replace;
@@ -35,6 +36,42 @@ use walker::{ControlRegisters, Granularity, Gva, PagingContext, WalkOptions};
 pub const EXIT_WALK_INCOMPLETE: u8 = 3;
 /// Exit status when the VMM itself fails.
 pub const EXIT_VMM_ERROR: u8 = 101;
+
+/// The library's named choices (`GuestMode`, ...: `ALL`, `name`, `about`, `FromStr`), as
+/// clap value parsers: the library has no command-line types of its own.
+trait Choice: Copy + Send + Sync + 'static + std::str::FromStr<Err = vmm::UnknownChoice> {
+    fn all() -> &'static [Self];
+    fn name(self) -> &'static str;
+    fn about(self) -> &'static str;
+}
+
+macro_rules! choices {
+    ($($ty:ty),+) => {
+        $(impl Choice for $ty {
+            fn all() -> &'static [Self] {
+                <$ty>::ALL
+            }
+            fn name(self) -> &'static str {
+                <$ty>::name(self)
+            }
+            fn about(self) -> &'static str {
+                <$ty>::about(self)
+            }
+        })+
+    };
+}
+
+choices!(GuestMode, OnReset, DirtyLogChoice, Format);
+
+/// A parser that accepts the names of `T`'s choices (listed with their help).
+fn choice<T: Choice>() -> impl clap::builder::TypedValueParser<Value = T> {
+    clap::builder::PossibleValuesParser::new(
+        T::all()
+            .iter()
+            .map(|c| clap::builder::PossibleValue::new(c.name()).help(c.about())),
+    )
+    .try_map(|name: String| name.parse::<T>())
+}
 
 /// A small KVM VMM that boots test guests and walks their page tables.
 #[derive(Debug, Parser)]
@@ -110,7 +147,7 @@ pub struct BootArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=i64::from(vmm::builder::MAX_VCPUS)))]
     pub vcpus: u8,
     /// What the built-in guest does.
-    #[arg(long, value_enum, default_value_t = GuestMode::Normal)]
+    #[arg(long, value_parser = choice::<GuestMode>(), default_value = "normal")]
     pub mode: GuestMode,
     /// Boot this Linux kernel instead of the built-in guest: a bzImage (64-bit boot
     /// protocol) or an ELF vmlinux with a PVH entry note (32-bit PVH entry), ACPI tables
@@ -130,7 +167,7 @@ pub struct BootArgs {
     pub cmdline: String,
     /// With --kernel, for `vmm run`: what a guest reset (reboot, panic=-1) means for the
     /// exit status: success (0) or fail (102). The message names how the guest reset.
-    #[arg(long, value_enum, default_value_t = OnReset::Success, requires = "kernel")]
+    #[arg(long, value_parser = choice::<OnReset>(), default_value = "success", requires = "kernel")]
     pub on_reset: OnReset,
     /// With --kernel: boot even on a PVM host, where a stock kernel cannot run.
     #[arg(long, requires = "kernel")]
@@ -167,7 +204,7 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = ScanFormat::Text, requires = "dirty_scan_every")]
     pub scan_format: ScanFormat,
     /// Which KVM dirty log to use.
-    #[arg(long, value_enum, default_value_t = DirtyLogChoice::Auto, requires = "dirty_scan_every")]
+    #[arg(long, value_parser = choice::<DirtyLogChoice>(), default_value = "auto", requires = "dirty_scan_every")]
     pub dirty_log: DirtyLogChoice,
     /// With `--dirty-log ring`: bytes of each vCPU's dirty ring (a power of two, at least
     /// 4K, or more where KVM reserves more (16K with Intel PML: asked of KVM), at most
@@ -299,7 +336,7 @@ pub struct WalkOutputArgs {
     #[arg(long)]
     pub pte_level: bool,
     /// Output format.
-    #[arg(long, value_enum, default_value_t = Format::Text)]
+    #[arg(long, value_parser = choice::<Format>(), default_value = "text")]
     pub format: Format,
     /// The most page-table entries one walk may read before it stops. Default: scaled
     /// with the guest memory the walk reads (its size / 1024 entries, at least 2^25 and
@@ -343,7 +380,7 @@ pub struct TranslateArgs {
     #[command(flatten)]
     pub pause: PauseArgs,
     /// Output format (text or json).
-    #[arg(long, value_enum, default_value_t = Format::Text)]
+    #[arg(long, value_parser = choice::<Format>(), default_value = "text")]
     pub format: Format,
     /// Virtual addresses (hex).
     #[arg(required = true, value_name = "GVA", value_parser = parse_gva)]
@@ -1227,7 +1264,7 @@ fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     }
     print!(
         "{}",
-        vmm::bench::measure_paused(&vm, &states[0], &cr3s, runs)?
+        crate::bench::measure_paused(&vm, &states[0], &cr3s, runs)?
     );
     vm.resume().context("resuming")?;
     let code = finish(&vm, timeout)?;
@@ -1295,7 +1332,7 @@ fn bench_snapshots(args: &BenchArgs, runs: usize, timeout: Duration) -> anyhow::
     let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64().max(1e-9);
     for scratch in &scratches {
         let vm = boot_bulk(args, DirtyLogChoice::Auto, None, request, timeout)?;
-        let c = vmm::bench::measure_bulk_snapshots(&vm, scratch, runs, timeout)
+        let c = crate::bench::measure_bulk_snapshots(&vm, scratch, runs, timeout)
             .with_context(|| format!("snapshots into {}", scratch.display()))?;
         println!(
             "snapshot full of {} MiB into {}: {:.2?} ({:.2} GB/s); plain sequential write + fsync of the same bytes {:.2?}: full / plain = {:.2}",
@@ -1355,7 +1392,7 @@ fn bench_dirty(args: &BenchArgs, runs: usize, timeout: Duration) -> anyhow::Resu
                 continue;
             }
         };
-        let c = vmm::bench::measure_bulk_dirty(&vm, request, runs, timeout)
+        let c = crate::bench::measure_bulk_dirty(&vm, request, runs, timeout)
             .with_context(|| format!("dirty log {choice:?}"))?;
         let rings = vm
             .dirty_ring_stats()
@@ -1370,9 +1407,10 @@ fn bench_dirty(args: &BenchArgs, runs: usize, timeout: Duration) -> anyhow::Resu
             })
             .unwrap_or_default();
         println!(
-            "dirty log {choice:?}, median of {} rounds of {} dirty pages (verified): fetch {:.2?}{rings}; GPA scan {:.2?}; GVA scan {:.2?} (huge leaves skipped {}, split {}); GPA + GVA scan {:.2?}; GVA scan splitting every huge leaf {:.2?}: skip / split = {:.3}",
+            "dirty log {choice:?}, median of {} rounds of {} dirty pages ({} written by the guest, verified): fetch {:.2?}{rings}; GPA scan {:.2?}; GVA scan {:.2?} (huge leaves skipped {}, split {}); GPA + GVA scan {:.2?}; GVA scan splitting every huge leaf {:.2?}: skip / split = {:.3}",
             c.rounds,
             c.dirty,
+            c.written,
             c.fetch,
             c.gpa_scan,
             c.gva_scan,

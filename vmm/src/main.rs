@@ -1,5 +1,8 @@
-//! The `vmm` command line.
+//! The `vmm` command line (the library is `vmm-core`, imported as `vmm`).
 
+#![forbid(unsafe_code)]
+
+mod bench;
 mod cli;
 
 use std::process::ExitCode;

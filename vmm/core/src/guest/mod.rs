@@ -355,7 +355,7 @@ use crate::arch::x86_64::layout;
 pub const BUILTIN_IMAGE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/builtin-guest.bin"));
 
 /// What the built-in guest does (passed in RDI at entry).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum GuestMode {
     /// Build page tables, READY, loop until FINISH, DONE.
     #[default]
@@ -376,6 +376,15 @@ pub enum GuestMode {
     /// that must let parked vCPUs go.
     Park,
 }
+
+named_choices!(GuestMode {
+    Normal => "normal", "build page tables, READY, loop until FINISH, DONE";
+    Hostile => "hostile", "as normal, plus adversarial page-table structures";
+    TripleFault => "triple-fault", "print a line, then triple-fault on purpose";
+    Dirty => "dirty", "as normal, then write a known set of pages per NEXT_ROUND";
+    DirtyBulk => "dirty-bulk", "as dirty over all RAM from 16 MiB, as many pages as asked (benchmarks)";
+    Park => "park", "as normal, plus a debug-port PARK after every heartbeat";
+});
 
 impl GuestMode {
     /// The value the guest reads from RDI.

@@ -145,7 +145,7 @@ pub const EXIT_VM_FAILURE: u8 = 100;
 pub const EXIT_GUEST_RESET: u8 = 102;
 
 /// What a guest reset means for `vmm`'s exit status.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum OnReset {
     /// A reset is a clean end: status 0 (as QEMU's `-no-reboot`).
     #[default]
@@ -154,6 +154,11 @@ pub enum OnReset {
     /// where a reset means `panic=-1` or a reboot nobody asked for).
     Fail,
 }
+
+named_choices!(OnReset {
+    Success => "success", "a guest reset is a clean end: status 0";
+    Fail => "fail", "a guest reset is a failure: status 102";
+});
 
 impl ExitOutcome {
     /// Whether the guest reported success.

@@ -104,7 +104,7 @@ pub enum DirtyError {
 }
 
 /// Which KVM mechanism gives the guest's dirty pages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DirtyLogBackend {
     /// `KVM_GET_DIRTY_LOG`: fetch and reset in one call.
     Bitmap,
@@ -125,7 +125,7 @@ impl fmt::Display for DirtyLogBackend {
 }
 
 /// Which dirty log a VM is built with ([`crate::DirtyConfig`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DirtyLogChoice {
     /// Manual-clear when KVM offers it, else bitmap (never rings: see the module docs).
     #[default]
@@ -137,6 +137,13 @@ pub enum DirtyLogChoice {
     /// Always [`DirtyLogBackend::Ring`] (fails when unavailable).
     Ring,
 }
+
+named_choices!(DirtyLogChoice {
+    Auto => "auto", "manual-clear when KVM offers it, else bitmap";
+    Bitmap => "bitmap", "KVM_GET_DIRTY_LOG";
+    ManualClear => "manual-clear", "KVM_GET_DIRTY_LOG + KVM_CLEAR_DIRTY_LOG (fails when unavailable)";
+    Ring => "ring", "per-vCPU dirty rings (fails when unavailable)";
+});
 
 impl DirtyLogChoice {
     /// The backend for a host with `caps`.

@@ -23,7 +23,7 @@ use walker::{
 };
 
 /// Output format of a walk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Format {
     /// Merged ranges (QEMU `info mem`).
     #[default]
@@ -33,6 +33,12 @@ pub enum Format {
     /// One JSON object per line.
     Json,
 }
+
+named_choices!(Format {
+    Text => "text", "merged ranges (QEMU info mem)";
+    Tlb => "tlb", "one line per leaf (QEMU info tlb)";
+    Json => "json", "one JSON object per line";
+});
 
 /// Why an address range argument is invalid.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]

@@ -18,7 +18,7 @@
 //!
 //! # Layers
 //!
-//! Lowest first; a module uses only modules before it (`vmm/tests/layering.rs` checks it
+//! Lowest first; a module uses only modules before it (`vmm/core/tests/layering.rs` checks it
 //! on the source, so no import circle can form between them):
 //!
 //! 1. host utilities: [`sigbus`] (guarded access to mapped files), [`files`] (every user
@@ -32,9 +32,11 @@
 //! 7. [`vm`]: a running VM and its lifecycle;
 //! 8. the built-in guest ([`guest`]: image, descriptor, protocol), then [`builder`] and
 //!    [`pause`] (boot and pause at a chosen moment);
-//! 9. users of a VM or its memory: [`introspect`], [`dump`], [`snapshot`], [`bench`](mod@bench).
+//! 9. users of a VM or its memory: [`introspect`], [`dump`], [`snapshot`].
 //!
-//! The `vmm` binary (`main.rs`, `cli.rs`) uses this library through its public API only.
+//! This crate (package `vmm-core`, imported as `vmm`) has no command-line types; the `vmm`
+//! binary (package `vmm`, `vmm/core/src/`: the command line and `vmm bench`) uses it through
+//! its public API only, so nothing here can reach up into it.
 //!
 //! `unsafe` is denied at the crate root and allowed only in [`kvm`], [`linux`] (relocating
 //! a decompressed kernel through host pointers), [`sigbus`] and [`memory::host`] (steering
@@ -46,8 +48,60 @@
 // argument: the KVM boundary, the host-side kernel relocation, the SIGBUS guard.
 #![deny(unsafe_code)]
 
+/// Names for a field-less enum that users choose on a command line or in a request:
+/// `ALL`, `name()`, `about()` (one line of help), `Display` as the name and `FromStr`
+/// from it ([`UnknownChoice`] names the choices). The library stays free of any
+/// command-line crate; the `vmm` binary builds its parsers from these.
+macro_rules! named_choices {
+    ($ty:ident { $($variant:ident => $name:literal, $about:literal;)+ }) => {
+        impl $ty {
+            /// Every choice, in the order the help lists them.
+            pub const ALL: &'static [$ty] = &[$($ty::$variant),+];
+
+            /// The name users type.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $name,)+
+                }
+            }
+
+            /// One line of help.
+            pub fn about(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $about,)+
+                }
+            }
+        }
+
+        impl std::str::FromStr for $ty {
+            type Err = $crate::UnknownChoice;
+
+            fn from_str(text: &str) -> Result<Self, Self::Err> {
+                Self::ALL
+                    .iter()
+                    .copied()
+                    .find(|choice| choice.name() == text)
+                    .ok_or_else(|| $crate::UnknownChoice {
+                        given: text.to_string(),
+                        choices: Self::ALL.iter().map(|c| c.name()).collect(),
+                    })
+            }
+        }
+    };
+}
+
+/// A name that is none of an enum's choices ([`std::str::FromStr`] of the enums users
+/// choose from).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{given:?} is not one of: {}", choices.join(", "))]
+pub struct UnknownChoice {
+    /// What was given.
+    pub given: String,
+    /// The names it could have been.
+    pub choices: Vec<&'static str>,
+}
+
 pub mod arch;
-pub mod bench;
 pub mod builder;
 pub mod devices;
 pub mod dirty;

@@ -16,7 +16,7 @@ fn build_guest() -> Result<(), String> {
     let manifest_dir =
         PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").map_err(|e| e.to_string())?);
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").map_err(|e| e.to_string())?);
-    let source_dir = manifest_dir.join("../guest-images/builtin");
+    let source_dir = manifest_dir.join("../../guest-images/builtin");
     println!("cargo:rerun-if-changed={}", source_dir.display());
 
     let mut sources: Vec<PathBuf> = std::fs::read_dir(&source_dir)
