@@ -5,13 +5,18 @@
  * (MADV_HUGEPAGE), writes every 4 KiB page (its first 8 bytes hold the page's own
  * virtual address XOR PATTERN, so the VMM can check a translation by reading the frame),
  * reads back how much of it is AnonHugePages in /proc/self/smaps, then signals the VMM
- * through its debug port (vmm/src/devices/debug_port.rs):
+ * through its debug port (vmm/core/src/devices/debug_port.rs):
  *
  *   MARK (event 4) with the buffer size, then PARK (event 6) with the buffer address.
  *
  * PARK stops this vCPU at its OUT, with this process's CR3 loaded, until the
  * VMM resumes it; a VMM that is not interested resumes it at once. Then it exits 0 when
  * the whole buffer was backed by huge pages, 1 otherwise.
+ *
+ * `thp SECONDS rewrite` then, once resumed, writes every 4 KiB page of its buffer again
+ * (the same values) and signals MARK (REWRITE_MARK) and PARK (the buffer address) a
+ * second time: a VMM that fetched the dirty log at the first PARK finds exactly the
+ * buffer's huge pages dirty at the second (tests/tests/linux.rs, dirty scans).
  *
  * `thp SECONDS` first spins for SECONDS after PARK, reading its buffer: a VMM without the
  * debug port (QEMU, in the `info tlb` comparison of guest-images/hwkvm/tlb-bench.sh) can
@@ -42,6 +47,7 @@
 #define ARG_HI_PORT 0x608
 #define EVENT_MARK 4
 #define EVENT_PARK 6
+#define REWRITE_MARK 0x7265777269746521ULL /* "rewrite!" */
 
 static void send_event(uint32_t code, uint64_t argument)
 {
@@ -84,6 +90,7 @@ int main(int argc, char **argv)
 		return 0;
 	}
 	long linger = argc > 1 ? strtol(argv[1], NULL, 10) : 0;
+	int rewrite = argc > 2 && strcmp(argv[2], "rewrite") == 0;
 	size_t span = BUFFER_SIZE + HUGE_PAGE;
 	char *raw = mmap(NULL, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (raw == MAP_FAILED) {
@@ -111,6 +118,16 @@ int main(int argc, char **argv)
 	send_event(EVENT_MARK, BUFFER_SIZE);
 	send_event(EVENT_PARK, start);
 	printf("GUESTWALK-THP resumed\n");
+	if (rewrite) {
+		for (uintptr_t offset = 0; offset < BUFFER_SIZE; offset += PAGE) {
+			uint64_t value = (uint64_t)(start + offset) ^ PATTERN;
+			memcpy(buffer + offset, &value, sizeof(value));
+		}
+		printf("GUESTWALK-THP rewrote %#lx bytes\n", BUFFER_SIZE);
+		fflush(stdout);
+		send_event(EVENT_MARK, REWRITE_MARK);
+		send_event(EVENT_PARK, start);
+	}
 	if (linger > 0) {
 		printf("GUESTWALK-THP lingering %ld s\n", linger);
 		fflush(stdout);

@@ -759,6 +759,172 @@ fn tlb_of<M: vm_memory::GuestMemoryBackend>(
         .collect()
 }
 
+/// The second MARK of `thp ... rewrite` ("rewrite!"), before its second PARK.
+const REWRITE_MARK: u64 = 0x7265_7772_6974_6521;
+
+/// A dirty scan of a running Linux guest (issue 12): the THP process parks, the VMM
+/// fetches the dirty log (dropping everything before), the process writes its whole
+/// buffer again and parks again, and the scan of its CR3 then
+/// - reports every 4 KiB page of the buffer dirty, each from a split 2 MiB leaf, at the
+///   frame the walker's own translation gives;
+/// - splits exactly the huge leaves that map some dirty memory and skips exactly the
+///   clean ones, as counted by an independent leaf walk of the same tables checked
+///   against the same dirty set; the clean ones include the kernel text's huge leaves
+///   (a `nokaslr` kernel maps its text with 2 MiB pages, and nobody writes it);
+/// - and writes no guest memory.
+fn linux_dirty_scan(test: &str, vcpus: u8) {
+    let how = Boot {
+        dirty: true,
+        ..USUAL
+    };
+    let Some(first) = boot_to_park_with(test, "bzImage", vcpus, "guestwalk.rewrite", how) else {
+        return;
+    };
+    let Parked {
+        vm,
+        console,
+        buffer,
+        ..
+    } = first;
+    // Everything dirtied up to the first park: dropped.
+    vm.fetch_dirty().unwrap();
+    vm.resume().unwrap();
+    let second = match vmm::pause::pause_at(
+        vm,
+        &console,
+        &PauseAt::Park,
+        0,
+        LINUX_TIMEOUT,
+        Instant::now(),
+    ) {
+        Ok(Ok(paused)) => paused,
+        Ok(Err(outcome)) => panic!(
+            "{test}: the guest ended before its second park: {outcome}\nconsole:\n{}",
+            String::from_utf8_lossy(&console.captured())
+        ),
+        Err(e) => panic!(
+            "{test}: {e}\nconsole:\n{}",
+            String::from_utf8_lossy(&console.captured())
+        ),
+    };
+    assert_eq!(
+        second.last_mark,
+        Some(REWRITE_MARK),
+        "{test}: the rewrite's MARK"
+    );
+    assert_eq!(
+        second.park_argument,
+        Some(buffer),
+        "{test}: the same buffer"
+    );
+    let vm = &second.vm;
+    let state = *second.state();
+    let before = hash_ram(vm);
+    let (set, report) = vm.dirty_scan(std::slice::from_ref(&state), &[]).unwrap();
+    let space = report
+        .spaces
+        .iter()
+        .find(|s| s.cr3 == state.cr3)
+        .unwrap_or_else(|| panic!("{test}: no scan of the parked vCPU's CR3"));
+    let scan = &space.scan;
+
+    // Every page of the buffer, from split 2 MiB leaves, at the walker's frames.
+    let in_buffer: Vec<_> = scan
+        .pages
+        .iter()
+        .filter(|p| (buffer..buffer + BUFFER_SIZE).contains(&p.va.0))
+        .collect();
+    assert_eq!(
+        in_buffer.len() as u64,
+        BUFFER_SIZE >> 12,
+        "{test}: dirty pages of the rewritten buffer"
+    );
+    let ctx = vm.paging_context(&state, None).unwrap();
+    for page in &in_buffer {
+        assert!(
+            page.shadow,
+            "{test}: {:#x} comes from a split huge leaf",
+            page.va.0
+        );
+        let t = translate(vm.guest_memory(), &ctx, page.va).unwrap();
+        assert_eq!(t.gpa, page.pa, "{test}: {:#x}", page.va.0);
+    }
+
+    // Split exactly the dirty huge leaves, skip exactly the clean ones.
+    let mut dirty_huge = 0u64;
+    let mut clean_huge = 0u64;
+    let mut clean_text = 0u64;
+    walker::for_each_leaf(
+        vm.guest_memory(),
+        &ctx,
+        Gva(0)..=Gva(u64::MAX),
+        Granularity::AsMapped,
+        walker::WalkOptions::default(),
+        |leaf: Leaf| -> Result<(), std::convert::Infallible> {
+            if leaf.size != PageSize::Size4K {
+                let len = leaf.size.bytes();
+                if walker::DirtyPages::any_dirty(set.bitmaps.as_slice(), leaf.pa, len) {
+                    dirty_huge += 1;
+                } else {
+                    clean_huge += 1;
+                    if (KERNEL_TEXT..KERNEL_TEXT + (16 << 20)).contains(&leaf.va.0) {
+                        clean_text += 1;
+                    }
+                }
+            }
+            Ok(())
+        },
+    )
+    .unwrap();
+    eprintln!(
+        "{test}: {} dirty pages in all, {} in the buffer; huge leaves split {} (dirty by the \
+         leaf walk: {dirty_huge}), skipped {} (clean: {clean_huge}, {clean_text} of them kernel text)",
+        set.pages(),
+        in_buffer.len(),
+        scan.huge_split,
+        scan.huge_skipped,
+    );
+    assert!(
+        dirty_huge >= BUFFER_SIZE >> 21,
+        "{test}: the buffer's 32 leaves are dirty"
+    );
+    assert_eq!(
+        scan.huge_split, dirty_huge,
+        "{test}: split only dirty huge leaves"
+    );
+    assert_eq!(
+        scan.huge_skipped, clean_huge,
+        "{test}: skip every clean huge leaf"
+    );
+    assert!(
+        clean_text > 0,
+        "{test}: the kernel text's clean huge leaves are skipped"
+    );
+    assert_eq!(hash_ram(vm), before, "{test}: the scan wrote guest memory");
+
+    second.vm.resume().unwrap();
+    let outcome = second.vm.wait(LINUX_TIMEOUT).unwrap();
+    let console = String::from_utf8_lossy(&console.captured()).into_owned();
+    assert!(
+        matches!(outcome, vmm::ExitOutcome::PowerOff { .. }),
+        "{test}: the guest should power off, got {outcome}\n{console}"
+    );
+    assert!(
+        console.contains("GUESTWALK-THP rewrote") && console.contains("GUESTWALK-THP-EXIT rc=0"),
+        "{test}: {console}"
+    );
+}
+
+#[test]
+fn linux_dirty_scan_one_vcpu() {
+    linux_dirty_scan("linux_dirty_scan_one_vcpu", 1);
+}
+
+#[test]
+fn linux_dirty_scan_two_vcpus() {
+    linux_dirty_scan("linux_dirty_scan_two_vcpus", 2);
+}
+
 /// A snapshot chain of a running Linux guest: generation 0 (full) at the THP process's
 /// park, two diffs while the guest runs on, each with every vCPU paused. Each
 /// generation loaded offline has exactly the RAM of its pause (hash) and the same
