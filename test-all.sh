@@ -19,10 +19,10 @@ echo "test-all: GUESTWALK_REQUIRE_KVM=${GUESTWALK_REQUIRE_KVM:-unset}"
 cargo test --workspace --locked
 
 # The emulated host is required: a failure fails the run (HWKVM_REQUIRED=0 only reports it,
-# for a developer without root). run-ci.sh gives a command that failed one more run in a
-# fresh host, because the emulator itself has failed a few times in about forty runs, and
-# says so loudly when it did (guest-images/hwkvm/README.md). The stage is bounded: a
-# normal run takes about 5 minutes; a locked-up emulated host must not eat CI's 90.
+# for a developer without root). run-ci.sh runs what did not pass again in a fresh host, up
+# to three boots, because the emulator itself has failed on its own, and says so loudly
+# when it did (guest-images/hwkvm/README.md). The stage is bounded: a normal run takes
+# about 8 minutes; a locked-up emulated host is stopped after 5 silent minutes.
 # QEMU's own dumps of the Linux test guest (ELF, kdump-zlib; 4- and 5-level paging, made
 # by QEMU TCG on this machine, about 30 s): `vmm inspect --dump` must print exactly QEMU's
 # `info tlb` (tests/tests/dumps.rs). Needs the same Linux guest and QEMU as the stage below.

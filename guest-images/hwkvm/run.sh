@@ -14,6 +14,8 @@
 # Environment: HWKVM_TIMEOUT (whole run, s, default 3600), HWKVM_CMD_TIMEOUT (one command,
 # s, default 1200), HWKVM_MEMORY (MiB, default 4096), HWKVM_SMP (default 2),
 # HWKVM_CPU (QEMU -cpu, default max; e.g. max,phys-bits=46 for a server-like MAXPHYADDR),
+# HWKVM_ACCEL (QEMU -accel, default tcg; tcg,thread=single runs both CPUs on one thread),
+# HWKVM_SILENCE (s without console output after which the host counts as stuck, default 300),
 # HWKVM_QUIET=1 (print only the @@@ marker lines while running), HWKVM_OUT,
 # HWKVM_COMMANDS=linux (without arguments, run the list in linux-commands instead of the
 # default one). The Linux test guest of guest-images/linux/ (build it first with
@@ -105,13 +107,34 @@ echo "hwkvm-run: booting (timeout ${total_timeout}s, ${cmd_timeout}s per command
 # KVM ioctls) panics it, ending the run at once instead of at the whole-run timeout (the
 # stuck task cannot be killed by the per-command timeout). stdin is /dev/null so that CI
 # (no terminal) and a developer's shell behave the same.
+# A host that prints nothing for HWKVM_SILENCE seconds is stuck (a task blocked in the
+# host's kernel ignores the per-command timeout, and a lost interrupt can stop the whole
+# emulated machine without a soft lockup): QEMU is stopped then, not at the whole-run
+# timeout, and the summary says so. Every test binary prints at least once a minute
+# ("has been running for over 60 seconds"), and the Linux tests print as each boot ends.
+silence=${HWKVM_SILENCE:-300}
+pidfile=$out/qemu.pid
+rm -f "$pidfile"
 set +e
 timeout -k 10 "$total_timeout" qemu-system-x86_64 \
-    -accel tcg -cpu "${HWKVM_CPU:-max}" -m "${HWKVM_MEMORY:-4096}" -smp "${HWKVM_SMP:-2}" \
-    -nodefaults -display none -monitor none -serial stdio -no-reboot \
+    -accel "${HWKVM_ACCEL:-tcg}" -cpu "${HWKVM_CPU:-max}" -m "${HWKVM_MEMORY:-4096}" -smp "${HWKVM_SMP:-2}" \
+    -nodefaults -display none -monitor none -serial stdio -no-reboot -pidfile "$pidfile" \
     -kernel "$out/vmlinuz" -initrd "$initrd" \
     -append "console=ttyS0 quiet panic=-1 softlockup_panic=1 watchdog_thresh=30" </dev/null 2>&1 |
-    while IFS= read -r line; do
+    while true; do
+        IFS= read -r -t "$silence" line
+        status=$?
+        if [ "$status" -gt 128 ]; then
+            # read timed out: whatever it got of a partial line is in $line.
+            note="@@@ HOST SILENT for ${silence}s: stopping QEMU"
+            printf '%s%s\n' "${line:+$line }" "$note" >>"$serial"
+            printf '%s %s\n' "$(elapsed)" "$note" >>"$serial_ts"
+            printf '%s\n' "$note"
+            [ -s "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null
+            continue
+        elif [ "$status" -ne 0 ] && [ -z "$line" ]; then
+            break
+        fi
         line=${line%$'\r'}
         printf '%s\n' "$line" >>"$serial"
         printf '%s %s\n' "$(elapsed)" "$line" >>"$serial_ts"

@@ -26,6 +26,7 @@ current = None
 body = {}              # name -> its output lines
 features = []
 gib_leaf = False
+silent = None          # run.sh's note when the host printed nothing for too long
 for t, text in lines:
     if text.startswith("@@@ INIT"):
         init_at = t
@@ -43,6 +44,8 @@ for t, text in lines:
         current = None
     elif text.startswith("@@@ ALL DONE"):
         done = True
+    elif "@@@ HOST SILENT" in text:
+        silent = text[text.index("@@@ HOST SILENT") + 4:]
     elif current is not None:
         body[current[0]].append(text)
         m = re.search(r"features (0x[0-9a-f]+)", text)
@@ -90,6 +93,8 @@ for name, _, end, rc, _ in commands:
         out += ["    " + l[:300] for l in excerpt]
 if not commands and init_at is not None:
     out.append("FAIL no command ran"); ok = False
+if silent is not None:
+    out.append(f"FAIL {silent}"); ok = False
 if not done:
     out.append("FAIL the host did not finish its command list"); ok = False
 if qemu_rc != 0:
