@@ -772,12 +772,20 @@ const REWRITE_MARK: u64 = 0x7265_7772_6974_6521;
 ///   against the same dirty set; the clean ones include the kernel text's huge leaves
 ///   (a `nokaslr` kernel maps its text with 2 MiB pages, and nobody writes it);
 /// - and writes no guest memory.
-fn linux_dirty_scan(test: &str, vcpus: u8) {
+///
+/// With `pti=on` the parked vCPU runs on the process's user PGD, and the scan covers the
+/// kernel PGD too (the kernel text's huge leaves are there).
+fn linux_dirty_scan(test: &str, vcpus: u8, pti: bool) {
     let how = Boot {
         dirty: true,
         ..USUAL
     };
-    let Some(first) = boot_to_park_with(test, "bzImage", vcpus, "guestwalk.rewrite", how) else {
+    let cmdline = if pti {
+        "pti=on guestwalk.rewrite"
+    } else {
+        "guestwalk.rewrite"
+    };
+    let Some(first) = boot_to_park_with(test, "bzImage", vcpus, cmdline, how) else {
         return;
     };
     let Parked {
@@ -850,51 +858,76 @@ fn linux_dirty_scan(test: &str, vcpus: u8) {
         assert_eq!(t.gpa, page.pa, "{test}: {:#x}", page.va.0);
     }
 
-    // Split exactly the dirty huge leaves, skip exactly the clean ones.
-    let mut dirty_huge = 0u64;
-    let mut clean_huge = 0u64;
+    // Under PTI the parked vCPU has the user PGD loaded: the kernel PGD, the page
+    // before, is scanned too (vmm::linux::pti_kernel_cr3).
+    if pti {
+        let kernel = (state.cr3 & 0x000f_ffff_ffff_f000) - vmm::linux::PTI_USER_PGD_BIT;
+        assert!(
+            report.spaces.iter().any(|s| s.cr3 == kernel),
+            "{test}: the kernel half {kernel:#x} of the user CR3 {:#x} was not scanned",
+            state.cr3
+        );
+    }
+    assert_eq!(report.spaces.len(), if pti { 2 } else { 1 }, "{test}");
+
+    // In every space scanned: split exactly the dirty huge leaves, skip exactly the clean
+    // ones, as an independent leaf walk of the same tables against the same set counts.
     let mut clean_text = 0u64;
-    walker::for_each_leaf(
-        vm.guest_memory(),
-        &ctx,
-        Gva(0)..=Gva(u64::MAX),
-        Granularity::AsMapped,
-        walker::WalkOptions::default(),
-        |leaf: Leaf| -> Result<(), std::convert::Infallible> {
-            if leaf.size != PageSize::Size4K {
-                let len = leaf.size.bytes();
-                if walker::DirtyPages::any_dirty(set.bitmaps.as_slice(), leaf.pa, len) {
-                    dirty_huge += 1;
-                } else {
-                    clean_huge += 1;
-                    if (KERNEL_TEXT..KERNEL_TEXT + (16 << 20)).contains(&leaf.va.0) {
-                        clean_text += 1;
+    for space in &report.spaces {
+        let ctx = vm.paging_context(&state, Some(space.cr3)).unwrap();
+        let (mut dirty_huge, mut clean_huge) = (0u64, 0u64);
+        walker::for_each_leaf(
+            vm.guest_memory(),
+            &ctx,
+            Gva(0)..=Gva(u64::MAX),
+            Granularity::AsMapped,
+            walker::WalkOptions::default(),
+            |leaf: Leaf| -> Result<(), std::convert::Infallible> {
+                if leaf.size != PageSize::Size4K {
+                    let len = leaf.size.bytes();
+                    if walker::DirtyPages::any_dirty(set.bitmaps.as_slice(), leaf.pa, len) {
+                        dirty_huge += 1;
+                    } else {
+                        clean_huge += 1;
+                        if (KERNEL_TEXT..KERNEL_TEXT + (16 << 20)).contains(&leaf.va.0) {
+                            clean_text += 1;
+                        }
                     }
                 }
-            }
-            Ok(())
-        },
-    )
-    .unwrap();
+                Ok(())
+            },
+        )
+        .unwrap();
+        let scan = &space.scan;
+        eprintln!(
+            "{test}: CR3 {:#x}: {} dirty pages; huge leaves split {} (dirty by the leaf walk: \
+             {dirty_huge}), skipped {} (clean: {clean_huge})",
+            space.cr3,
+            scan.pages.len(),
+            scan.huge_split,
+            scan.huge_skipped,
+        );
+        if space.cr3 == state.cr3 {
+            assert!(
+                dirty_huge >= BUFFER_SIZE >> 21,
+                "{test}: the buffer's 32 leaves are dirty"
+            );
+        }
+        assert_eq!(
+            scan.huge_split, dirty_huge,
+            "{test}: CR3 {:#x}: split only dirty huge leaves",
+            space.cr3
+        );
+        assert_eq!(
+            scan.huge_skipped, clean_huge,
+            "{test}: CR3 {:#x}: skip every clean huge leaf",
+            space.cr3
+        );
+    }
     eprintln!(
-        "{test}: {} dirty pages in all, {} in the buffer; huge leaves split {} (dirty by the \
-         leaf walk: {dirty_huge}), skipped {} (clean: {clean_huge}, {clean_text} of them kernel text)",
+        "{test}: {} dirty pages in the set, {} in the buffer, {clean_text} clean kernel-text huge leaves skipped",
         set.pages(),
-        in_buffer.len(),
-        scan.huge_split,
-        scan.huge_skipped,
-    );
-    assert!(
-        dirty_huge >= BUFFER_SIZE >> 21,
-        "{test}: the buffer's 32 leaves are dirty"
-    );
-    assert_eq!(
-        scan.huge_split, dirty_huge,
-        "{test}: split only dirty huge leaves"
-    );
-    assert_eq!(
-        scan.huge_skipped, clean_huge,
-        "{test}: skip every clean huge leaf"
+        in_buffer.len()
     );
     assert!(
         clean_text > 0,
@@ -917,12 +950,17 @@ fn linux_dirty_scan(test: &str, vcpus: u8) {
 
 #[test]
 fn linux_dirty_scan_one_vcpu() {
-    linux_dirty_scan("linux_dirty_scan_one_vcpu", 1);
+    linux_dirty_scan("linux_dirty_scan_one_vcpu", 1, false);
 }
 
 #[test]
 fn linux_dirty_scan_two_vcpus() {
-    linux_dirty_scan("linux_dirty_scan_two_vcpus", 2);
+    linux_dirty_scan("linux_dirty_scan_two_vcpus", 2, false);
+}
+
+#[test]
+fn linux_dirty_scan_pti() {
+    linux_dirty_scan("linux_dirty_scan_pti", 1, true);
 }
 
 /// A snapshot chain of a running Linux guest: generation 0 (full) at the THP process's

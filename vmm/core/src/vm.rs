@@ -465,8 +465,9 @@ impl Vm {
     }
 
     /// Fetches the dirty set and scans it: the GPA scan, and a GVA scan of each distinct
-    /// CR3 of `states` (the vCPUs' current address spaces) and of each of `extra_cr3s`
-    /// (read with the paging mode of `states[0]`). Pause first.
+    /// CR3 of `states` (the vCPUs' current address spaces; for a Linux vCPU in a process
+    /// under PTI also the kernel half, [`crate::linux::pti_kernel_cr3`]) and of each of
+    /// `extra_cr3s` (read with the paging mode of `states[0]`). Pause first.
     pub fn dirty_scan(
         &self,
         states: &[VcpuState],
@@ -487,7 +488,16 @@ impl Vm {
         let mut seen = std::collections::BTreeSet::new();
         let mut spaces = Vec::new();
         let first = states.first();
-        let wanted = states.iter().map(|s| (s, s.cr3)).chain(
+        // A Linux vCPU in a process under PTI has the user PGD loaded: its kernel half
+        // (the kernel PGD, the page before) is scanned too.
+        let pti_kernel: Vec<(&VcpuState, u64)> = match &self.linux {
+            Some(_) => states
+                .iter()
+                .filter_map(|s| crate::linux::pti_kernel_cr3(&self.memory, s.cr3).map(|k| (s, k)))
+                .collect(),
+            None => Vec::new(),
+        };
+        let wanted = states.iter().map(|s| (s, s.cr3)).chain(pti_kernel).chain(
             first
                 .into_iter()
                 .flat_map(|s| extra_cr3s.iter().map(move |c| (s, *c))),

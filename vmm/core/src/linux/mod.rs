@@ -807,6 +807,44 @@ fn write_zero_page(memory: &GuestRam, params: &boot_params) -> Result<(), LinuxE
     })
 }
 
+/// CR3 bit 12 under Linux's page-table isolation (PTI): the user copy of a PGD is the
+/// page after the kernel's (`PTI_USER_PGTABLE_BIT`).
+pub const PTI_USER_PGD_BIT: u64 = 1 << 12;
+
+/// The kernel half of a PTI address space: for a vCPU running a process under PTI, its
+/// CR3 is the user PGD, and the kernel's own PGD (the kernel half, direct map and all) is
+/// the page before it. `Some(kernel CR3)` only when `cr3` has the user bit set and the two
+/// pages are what Linux makes them: the same user half (Linux writes every user entry
+/// into both), at least one user entry present, and more kernel entries present in the
+/// kernel PGD than in the user PGD's sparse kernel half. A guest without PTI, or one
+/// that lies, gets `None` (reads that fail are a `None` too): the scan then walks only
+/// the vCPU's CR3, which is always right.
+pub fn pti_kernel_cr3<M: GuestMemoryBackend>(memory: &M, cr3: u64) -> Option<u64> {
+    const ADDRESS: u64 = 0x000f_ffff_ffff_f000;
+    if cr3 & PTI_USER_PGD_BIT == 0 {
+        return None;
+    }
+    let user = cr3 & ADDRESS;
+    let kernel = user - PTI_USER_PGD_BIT;
+    let read = |root: u64| -> Option<Vec<u64>> {
+        let mut bytes = [0u8; 4096];
+        memory.read_slice(&mut bytes, GuestAddress(root)).ok()?;
+        Some(
+            bytes
+                .chunks_exact(8)
+                .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
+                .collect(),
+        )
+    };
+    let (user_entries, kernel_entries) = (read(user)?, read(kernel)?);
+    let present = |entries: &[u64]| entries.iter().filter(|e| *e & 1 != 0).count();
+    let same_user_half = user_entries[..256] == kernel_entries[..256];
+    (same_user_half
+        && present(&user_entries[..256]) > 0
+        && present(&kernel_entries[256..]) > present(&user_entries[256..]))
+    .then_some(kernel)
+}
+
 /// Whether an option starting with `prefix` (such as `mem=`) is on the kernel's part of
 /// `cmdline` (before any `--`).
 pub fn cmdline_has_prefix(cmdline: &str, prefix: &str) -> bool {
@@ -1315,6 +1353,46 @@ mod tests {
 
     fn size(bytes: u64) -> MemorySize {
         MemorySize::from_bytes(bytes).unwrap_or_default()
+    }
+
+    /// PTI's two PGDs (kernel at 0x10_0000, user the page after) are recognized; a CR3
+    /// without the user bit, a neighbour page with other user entries, and a kernel page
+    /// that maps no more of the kernel half than the user page are not.
+    #[test]
+    fn the_kernel_half_of_a_pti_address_space_is_found_only_where_linux_put_it() {
+        let Ok(mem) = create_guest_memory(size(4 * MIB)) else {
+            panic!("guest memory");
+        };
+        let (kernel, user) = (0x10_0000u64, 0x10_1000u64);
+        let write = |root: u64, index: u64, value: u64| {
+            mem.write_obj(value, GuestAddress(root + index * 8))
+                .unwrap_or_else(|e| panic!("{e}"));
+        };
+        // The same user entry in both; the kernel half full in the kernel PGD, one
+        // entry (the entry trampoline's) in the user PGD.
+        for root in [kernel, user] {
+            write(root, 0, 0x20_0067);
+        }
+        for index in 256..300 {
+            write(kernel, index, 0x30_0063 + (index << 12));
+        }
+        write(user, 510, 0x40_0063);
+        assert_eq!(
+            pti_kernel_cr3(&mem, user | PTI_USER_PGD_BIT | 0x801),
+            Some(kernel)
+        );
+        assert_eq!(pti_kernel_cr3(&mem, kernel), None, "no user bit");
+        // A user entry only in the user PGD: not Linux's pair.
+        write(user, 1, 0x50_0067);
+        assert_eq!(pti_kernel_cr3(&mem, user), None);
+        write(user, 1, 0);
+        // A kernel page with no more kernel entries than the user page.
+        for index in 256..300 {
+            write(kernel, index, 0);
+        }
+        assert_eq!(pti_kernel_cr3(&mem, user), None);
+        // Outside RAM.
+        assert_eq!(pti_kernel_cr3(&mem, (64 * MIB) | PTI_USER_PGD_BIT), None);
     }
 
     /// A 64-bit bzImage header: one setup sector, 2 MiB alignment, decompressed at
