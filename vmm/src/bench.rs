@@ -513,6 +513,89 @@ pub fn measure_bulk_snapshots(
     result
 }
 
+/// What a dirty scan and a diff snapshot cost on a running guest ([`measure_live`]):
+/// medians over the runs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LiveCosts {
+    /// Pause, fetch of the dirty log, GPA scan and GVA scan of one vCPU's CR3, resume.
+    pub scan: Duration,
+    /// Dirty pages per scan.
+    pub scan_pages: u64,
+    /// Huge leaves the GVA scan skipped / split (last run).
+    pub huge_skipped: u64,
+    /// Huge leaves split (last run).
+    pub huge_split: u64,
+    /// One diff snapshot generation (pause, fetch, write, resume).
+    pub diff: Duration,
+    /// Pages per diff.
+    pub diff_pages: u64,
+}
+
+/// Dirty scans and diff snapshots of a guest that runs on by itself (the built-in guest
+/// in its checking loop, a Linux guest): `runs` times, `settle` apart, a pause + dirty
+/// fetch + scan of vCPU `vcpu`'s CR3 + resume; then a full snapshot into a new directory
+/// under `scratch` (not measured) and `runs` diff generations. The directory is removed.
+pub fn measure_live(
+    vm: &Vm,
+    vcpu: usize,
+    runs: usize,
+    settle: Duration,
+    scratch: &std::path::Path,
+) -> anyhow::Result<LiveCosts> {
+    use anyhow::Context as _;
+    vm.pause().context("pausing")?;
+    vm.fetch_dirty().context("dropping the dirty set so far")?;
+    vm.resume().context("resuming")?;
+    let (mut scans, mut pages) = (Vec::new(), Vec::new());
+    let mut costs = LiveCosts::default();
+    for _ in 0..runs {
+        std::thread::sleep(settle);
+        let t = Instant::now();
+        let states = vm.pause().context("pausing")?;
+        let state = states
+            .get(vcpu)
+            .with_context(|| format!("no vCPU {vcpu}"))?;
+        let (set, report) = vm
+            .dirty_scan(std::slice::from_ref(state), &[])
+            .context("dirty scan")?;
+        vm.resume().context("resuming")?;
+        scans.push(t.elapsed());
+        pages.push(set.pages());
+        if let Some(space) = report.spaces.first() {
+            costs.huge_skipped = space.scan.huge_skipped;
+            costs.huge_split = space.scan.huge_split;
+        }
+    }
+    let dir = scratch.join(format!("guestwalk-bench-live-{}", std::process::id()));
+    let mut snaps =
+        SnapshotDir::create(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let result = (|| -> anyhow::Result<(Vec<Duration>, Vec<u64>)> {
+        vm.snapshot(&mut snaps).context("the full snapshot")?;
+        let (mut diffs, mut diff_pages) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            std::thread::sleep(settle);
+            let t = Instant::now();
+            let info = vm.snapshot(&mut snaps).context("a diff snapshot")?;
+            diffs.push(t.elapsed());
+            diff_pages.push(info.pages);
+        }
+        Ok((diffs, diff_pages))
+    })();
+    drop(snaps);
+    let _ = std::fs::remove_dir_all(&dir);
+    let (diffs, diff_pages) = result?;
+    costs.scan = median_of(scans);
+    costs.scan_pages = median_u64(pages);
+    costs.diff = median_of(diffs);
+    costs.diff_pages = median_u64(diff_pages);
+    Ok(costs)
+}
+
+fn median_u64(mut v: Vec<u64>) -> u64 {
+    v.sort_unstable();
+    v.get(v.len() / 2).copied().unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -126,9 +126,13 @@ pub struct BenchArgs {
     #[arg(long, value_name = "BYTES", value_parser = parse_ring_size)]
     pub dirty_ring_size: Option<u32>,
     /// Where to measure snapshot writes (repeatable; default: the temporary directory,
-    /// and /dev/shm when it exists).
+    /// and /dev/shm when it exists; with --kernel only the first is used).
     #[arg(long, value_name = "DIR")]
     pub snapshot_scratch: Vec<PathBuf>,
+    /// With --kernel: measure from when the console shows MARKER, instead of from a
+    /// vCPU's debug-port PARK.
+    #[arg(long, value_name = "MARKER", requires = "kernel")]
+    pub at_serial: Option<String>,
 }
 
 /// The default Linux command line: console on COM1, no boot chatter (each serial byte
@@ -1211,7 +1215,7 @@ fn translate_guest(args: &TranslateArgs) -> anyhow::Result<ExitCode> {
 fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     let timeout = Duration::from_secs(args.boot.timeout);
     if args.boot.kernel.is_some() {
-        bail!("vmm bench measures the built-in guest: --kernel is not supported here");
+        return bench_linux(args, timeout);
     }
     let runs = args.runs as usize;
     // Boot to READY, several times; the last VM stays for the rest.
@@ -1271,6 +1275,96 @@ fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     drop(vm);
     bench_dirty(args, runs, timeout)?;
     bench_snapshots(args, runs, timeout)?;
+    Ok(code)
+}
+
+/// `vmm bench --kernel`: a dirty scan (pause, dirty fetch, GVA scan of the current CR3,
+/// resume) and a diff snapshot generation of the running Linux guest, each against the
+/// same operation on the built-in guest with the same memory and vCPUs in the same run.
+/// The Linux guest is measured from the moment a vCPU parks (the Linux test guest's THP
+/// process; give it `guestwalk.linger=N` so it keeps running) or shows `--at-serial`.
+fn bench_linux(args: &BenchArgs, timeout: Duration) -> anyhow::Result<ExitCode> {
+    let runs = args.runs as usize;
+    let settle = Duration::from_millis(20);
+    let scratch = args
+        .snapshot_scratch
+        .first()
+        .cloned()
+        .unwrap_or_else(std::env::temp_dir);
+    let dirty = Some(DirtyConfig::new(DirtyLogChoice::Auto));
+
+    let builtin = VmConfig {
+        memory: args.boot.memory,
+        vcpus: args.boot.vcpus,
+        console: Console::capture(),
+        dirty,
+        ..VmConfig::builtin(GuestMode::Normal)
+    };
+    let vm = start_vm(&builtin)?;
+    if let Err(code) = ready_or_end(&vm, timeout)? {
+        return Ok(code);
+    }
+    let b =
+        crate::bench::measure_live(&vm, 0, runs, settle, &scratch).context("the built-in guest")?;
+    let code = finish(&vm, timeout)?;
+    drop(vm);
+
+    let console = Console::capture();
+    let started = Instant::now();
+    let vm = start_vm(&vm_config(
+        &args.boot,
+        GuestMode::Normal,
+        console.clone(),
+        dirty,
+    ))?;
+    let at = match &args.at_serial {
+        Some(marker) => PauseAt::Serial(marker.clone()),
+        None => PauseAt::Park,
+    };
+    let paused = match vmm::pause::pause_at(vm, &console, &at, 0, timeout, started)? {
+        Ok(paused) => paused,
+        Err(outcome) => {
+            eprintln!("vmm: the Linux guest ended before it could be measured");
+            return Ok(report(&outcome));
+        }
+    };
+    println!(
+        "Linux guest at its {} after {:.2?}",
+        if args.at_serial.is_some() {
+            "console marker"
+        } else {
+            "park"
+        },
+        paused.elapsed
+    );
+    paused.vm.resume().context("resuming")?;
+    let l = crate::bench::measure_live(&paused.vm, paused.vcpu, runs, settle, &scratch)
+        .context("the Linux guest")?;
+    if let Some(outcome) = paused.vm.ended() {
+        bail!(
+            "the Linux guest ended during the measurement ({outcome}): give it more time (guestwalk.linger=N)"
+        );
+    }
+    let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64().max(1e-9);
+    for (name, c) in [("built-in guest", &b), ("Linux guest", &l)] {
+        println!(
+            "{name}, {} of RAM, {} vCPU(s), median of {runs}, {settle:?} apart: pause + dirty fetch + scan of the CR3 + resume {:.2?} ({} dirty pages; huge leaves skipped {}, split {}); diff snapshot {:.2?} ({} pages)",
+            args.boot.memory,
+            args.boot.vcpus,
+            c.scan,
+            c.scan_pages,
+            c.huge_skipped,
+            c.huge_split,
+            c.diff,
+            c.diff_pages
+        );
+    }
+    println!(
+        "Linux / built-in: dirty scan {:.2}, diff snapshot {:.2}",
+        ratio(l.scan, b.scan),
+        ratio(l.diff, b.diff)
+    );
+    paused.vm.resume().ok();
     Ok(code)
 }
 

@@ -29,7 +29,7 @@ use crate::kvm::{self, Hypervisor, KvmError, KvmVcpu, KvmVm, MemorySlot, kick};
 use crate::linux::{BootProtocol, LinuxBoot, LinuxError};
 use crate::memory::{GuestRam, MemoryError, MemorySize, create_guest_memory};
 use crate::vcpu::VcpuThread;
-use crate::vm::{VcpuHandle, Vm};
+use crate::vm::{VcpuHandle, Vm, VmParts};
 
 /// The most vCPUs a VM may have.
 pub const MAX_VCPUS: u8 = 64;
@@ -337,13 +337,38 @@ pub fn build_vm(config: &VmConfig) -> Result<Vm, BuildError> {
     } else {
         (SerialDevice::new(config.console.clone()), None)
     };
-    let mut vm = start(
-        kvm_vm, memory, vcpus, paging, dirty, rings, config, serial, legacy,
-    )?;
-    if let Prepared::Linux(loaded) = prepared {
-        vm.linux = Some(loaded);
-    }
-    Ok(vm)
+    let linux = match prepared {
+        Prepared::Linux(loaded) => Some(loaded),
+        _ => None,
+    };
+    start(
+        Machine {
+            kvm_vm,
+            memory,
+            vcpus,
+            paging,
+            dirty,
+            dirty_rings: rings,
+            serial,
+            legacy,
+            linux,
+        },
+        config,
+    )
+}
+
+/// Everything a VM is made of once memory, vCPUs, devices and the boot source are set
+/// up: what [`start`] turns into a running [`Vm`].
+struct Machine {
+    kvm_vm: Arc<KvmVm>,
+    memory: GuestRam,
+    vcpus: Vec<KvmVcpu>,
+    paging: PagingFeatures,
+    dirty: Option<DirtyTracker>,
+    dirty_rings: Option<Arc<DirtyRings>>,
+    serial: SerialDevice,
+    legacy: Option<Arc<Mutex<LegacyDevices>>>,
+    linux: Option<crate::linux::LoadedLinux>,
 }
 
 /// A boot source once its part of guest memory is written.
@@ -523,38 +548,39 @@ fn create_vcpu(
 /// Starts one thread per vCPU and returns the VM handle. `legacy` (the Linux VM's RTC
 /// and i8042) goes on every vCPU's bus when given.
 #[allow(clippy::too_many_arguments)]
-fn start(
-    kvm_vm: Arc<KvmVm>,
-    memory: GuestRam,
-    vcpus: Vec<KvmVcpu>,
-    paging: PagingFeatures,
-    dirty: Option<DirtyTracker>,
-    dirty_rings: Option<Arc<DirtyRings>>,
-    config: &VmConfig,
-    serial: SerialDevice,
-    legacy: Option<Arc<Mutex<LegacyDevices>>>,
-) -> Result<Vm, BuildError> {
+fn start(machine: Machine, config: &VmConfig) -> Result<Vm, BuildError> {
+    let Machine {
+        kvm_vm,
+        memory,
+        vcpus,
+        paging,
+        dirty,
+        dirty_rings,
+        serial,
+        legacy,
+        linux,
+    } = machine;
     let (events_tx, events) = channel::<VmEvent>();
     let control = Arc::new(DebugControl::default());
     // The debug ports' signals, as events.
     let signals = signal_sink(events_tx.clone());
     let unhandled = Arc::new(UnhandledAccesses::default());
     let serial = Arc::new(Mutex::new(serial));
-    let mut vm = Vm {
-        vcpus: Vec::with_capacity(vcpus.len()),
-        events,
-        control: control.clone(),
-        unhandled: unhandled.clone(),
-        paused: Default::default(),
-        outcome: Default::default(),
-        kvm_vm,
-        memory,
-        paging,
-        dirty: dirty.map(Mutex::new),
-        dirty_rings: dirty_rings.clone(),
-        linux: None,
-        console: config.console.clone(),
-    };
+    let mut vm = Vm::assemble(
+        VmParts {
+            events,
+            control: control.clone(),
+            unhandled: unhandled.clone(),
+            kvm_vm,
+            memory,
+            paging,
+            dirty,
+            dirty_rings: dirty_rings.clone(),
+            linux,
+            console: config.console.clone(),
+        },
+        vcpus.len(),
+    );
     for (index, vcpu) in (0u8..).zip(vcpus) {
         let (requests_tx, requests) = channel();
         let (responses_tx, responses) = channel();
@@ -580,7 +606,7 @@ fn start(
             .spawn(move || thread.run())
             .map_err(|source| BuildError::Thread { index, source })?;
         // On an early return, dropping `vm` stops the threads started so far.
-        vm.vcpus.push(VcpuHandle {
+        vm.add_vcpu(VcpuHandle {
             index,
             thread: Some(handle),
             requests: requests_tx,

@@ -292,24 +292,71 @@ impl VcpuHandle {
 
 /// A running VM.
 ///
-/// Dropping it stops and joins every vCPU thread.
+/// Dropping it stops and joins every vCPU thread. Its fields are private: other modules
+/// use its lifecycle API (pause, registers, resume, memory, translate, dirty log, events,
+/// guest commands, stop); only the builder assembles one ([`VmParts`]).
 #[derive(Debug)]
 pub struct Vm {
     // Field order: the vCPU threads end (in `Drop`) before the VM fd and memory go.
-    pub(crate) vcpus: Vec<VcpuHandle>,
+    vcpus: Vec<VcpuHandle>,
+    events: Receiver<VmEvent>,
+    control: Arc<DebugControl>,
+    unhandled: Arc<UnhandledAccesses>,
+    paused: AtomicBool,
+    outcome: std::sync::Mutex<Option<ExitOutcome>>,
+    kvm_vm: Arc<KvmVm>,
+    memory: GuestRam,
+    paging: PagingFeatures,
+    dirty: Option<std::sync::Mutex<DirtyTracker>>,
+    dirty_rings: Option<Arc<DirtyRings>>,
+    linux: Option<crate::linux::LoadedLinux>,
+    /// The guest's console (its tail, where the console keeps one).
+    console: crate::devices::Console,
+}
+
+/// What the builder hands over to make a [`Vm`] (its vCPU threads are added after).
+pub(crate) struct VmParts {
     pub(crate) events: Receiver<VmEvent>,
     pub(crate) control: Arc<DebugControl>,
     pub(crate) unhandled: Arc<UnhandledAccesses>,
-    pub(crate) paused: AtomicBool,
-    pub(crate) outcome: std::sync::Mutex<Option<ExitOutcome>>,
     pub(crate) kvm_vm: Arc<KvmVm>,
     pub(crate) memory: GuestRam,
     pub(crate) paging: PagingFeatures,
-    pub(crate) dirty: Option<std::sync::Mutex<DirtyTracker>>,
+    pub(crate) dirty: Option<DirtyTracker>,
     pub(crate) dirty_rings: Option<Arc<DirtyRings>>,
     pub(crate) linux: Option<crate::linux::LoadedLinux>,
-    /// The guest's console (its tail, where the console keeps one).
     pub(crate) console: crate::devices::Console,
+}
+
+impl Vm {
+    /// A VM of `parts` with no vCPU thread yet.
+    pub(crate) fn assemble(parts: VmParts, vcpus: usize) -> Self {
+        Self {
+            vcpus: Vec::with_capacity(vcpus),
+            events: parts.events,
+            control: parts.control,
+            unhandled: parts.unhandled,
+            paused: AtomicBool::new(false),
+            outcome: Default::default(),
+            kvm_vm: parts.kvm_vm,
+            memory: parts.memory,
+            paging: parts.paging,
+            dirty: parts.dirty.map(std::sync::Mutex::new),
+            dirty_rings: parts.dirty_rings,
+            linux: parts.linux,
+            console: parts.console,
+        }
+    }
+
+    /// Adds the next vCPU's thread (the builder, in index order).
+    pub(crate) fn add_vcpu(&mut self, vcpu: VcpuHandle) {
+        self.vcpus.push(vcpu);
+    }
+
+    /// Whether the vCPUs are paused ([`Vm::pause`]).
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::SeqCst)
+    }
 }
 
 impl Vm {

@@ -1,7 +1,6 @@
 //! Writing generations: [`SnapshotDir`] and [`Vm::snapshot`].
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
@@ -396,7 +395,7 @@ impl Vm {
     /// it paused). The first generation is full; the next ones are diffs and need dirty
     /// logging.
     pub fn snapshot(&self, dir: &mut SnapshotDir) -> Result<SnapshotInfo> {
-        let was_paused = self.paused.load(Ordering::SeqCst);
+        let was_paused = self.is_paused();
         let states = self.pause().map_err(Box::new)?;
         let result = self.snapshot_paused(dir, &states);
         if !was_paused {
@@ -412,7 +411,7 @@ impl Vm {
         dir: &mut SnapshotDir,
         states: &[VcpuState],
     ) -> Result<SnapshotInfo> {
-        if !self.paused.load(Ordering::SeqCst) {
+        if !self.is_paused() {
             return Err(Box::new(VmError::NotPaused).into());
         }
         let dirty = match self.fetch_dirty() {
@@ -421,9 +420,9 @@ impl Vm {
             Err(e) => return Err(e.into()),
         };
         dir.write(SnapshotSource {
-            memory: &self.memory,
+            memory: self.guest_memory(),
             vcpus: states.iter().map(VcpuRecord::from_state).collect(),
-            paging: self.paging,
+            paging: self.paging_features(),
             dirty,
         })
     }
