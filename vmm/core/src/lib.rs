@@ -121,6 +121,7 @@ pub mod pause;
 #[allow(unsafe_code)]
 pub mod sigbus;
 pub mod snapshot;
+#[cfg(any(test, feature = "test-support"))]
 pub mod test_support;
 pub mod vcpu;
 pub mod vm;

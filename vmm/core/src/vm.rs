@@ -294,7 +294,7 @@ impl VcpuHandle {
 ///
 /// Dropping it stops and joins every vCPU thread. Its fields are private: other modules
 /// use its lifecycle API (pause, registers, resume, memory, translate, dirty log, events,
-/// guest commands, stop); only the builder assembles one ([`VmParts`]).
+/// guest commands, stop); only the builder assembles one.
 #[derive(Debug)]
 pub struct Vm {
     // Field order: the vCPU threads end (in `Drop`) before the VM fd and memory go.
