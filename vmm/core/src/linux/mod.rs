@@ -815,8 +815,9 @@ pub const PTI_USER_PGD_BIT: u64 = 1 << 12;
 /// CR3 is the user PGD, and the kernel's own PGD (the kernel half, direct map and all) is
 /// the page before it. `Some(kernel CR3)` only when `cr3` has the user bit set and the two
 /// pages are what Linux makes them: the same user half (Linux writes every user entry
-/// into both), at least one user entry present, and more kernel entries present in the
-/// kernel PGD than in the user PGD's sparse kernel half. A guest without PTI, or one
+/// into both, adding NX in the kernel's copy), at least one user entry present, and more
+/// kernel entries present in the kernel PGD than in the user PGD's sparse kernel half. A
+/// guest without PTI, or one
 /// that lies, gets `None` (reads that fail are a `None` too): the scan then walks only
 /// the vCPU's CR3, which is always right.
 pub fn pti_kernel_cr3<M: GuestMemoryBackend>(memory: &M, cr3: u64) -> Option<u64> {
@@ -838,7 +839,13 @@ pub fn pti_kernel_cr3<M: GuestMemoryBackend>(memory: &M, cr3: u64) -> Option<u64
     };
     let (user_entries, kernel_entries) = (read(user)?, read(kernel)?);
     let present = |entries: &[u64]| entries.iter().filter(|e| *e & 1 != 0).count();
-    let same_user_half = user_entries[..256] == kernel_entries[..256];
+    // The kernel's copy of a user entry has NX set (pti_set_user_pgtbl: user memory is
+    // never executable in kernel mode), the user's does not: compare without it.
+    const NX: u64 = 1 << 63;
+    let same_user_half = user_entries[..256]
+        .iter()
+        .zip(&kernel_entries[..256])
+        .all(|(u, k)| u & !NX == k & !NX);
     (same_user_half
         && present(&user_entries[..256]) > 0
         && present(&kernel_entries[256..]) > present(&user_entries[256..]))
@@ -1370,9 +1377,8 @@ mod tests {
         };
         // The same user entry in both; the kernel half full in the kernel PGD, one
         // entry (the entry trampoline's) in the user PGD.
-        for root in [kernel, user] {
-            write(root, 0, 0x20_0067);
-        }
+        write(user, 0, 0x20_0067);
+        write(kernel, 0, 0x20_0067 | 1 << 63);
         for index in 256..300 {
             write(kernel, index, 0x30_0063 + (index << 12));
         }
