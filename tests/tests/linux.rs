@@ -141,6 +141,25 @@ const USUAL: Boot = Boot {
     dirty: false,
 };
 
+/// The paused VM of a wait for a park, or a panic that says how the wait failed, with the
+/// guest's console.
+fn parked(
+    test: &str,
+    moment: &str,
+    result: Result<Result<vmm::pause::Paused, vmm::ExitOutcome>, vmm::pause::PauseError>,
+    console: &Console,
+) -> vmm::pause::Paused {
+    let console = || String::from_utf8_lossy(&console.captured()).into_owned();
+    match result {
+        Ok(Ok(paused)) => paused,
+        Ok(Err(outcome)) => panic!(
+            "{test}: the guest ended before {moment}: {outcome}\nconsole:\n{}",
+            console()
+        ),
+        Err(e) => panic!("{test}: {e}\nconsole:\n{}", console()),
+    }
+}
+
 fn boot_to_park(test: &str, kernel: &str, vcpus: u8, cmdline: &str) -> Option<Parked> {
     boot_to_park_with(test, kernel, vcpus, cmdline, USUAL)
 }
@@ -177,17 +196,12 @@ fn boot_to_park_with(
             .dirty
             .then_some(vmm::DirtyConfig::new(vmm::DirtyLogChoice::Auto)),
     };
-    let paused = match vmm::pause::boot_and_pause(&config, &PauseAt::Park, 0, LINUX_TIMEOUT) {
-        Ok(Ok(paused)) => paused,
-        Ok(Err(outcome)) => panic!(
-            "{test}: the guest ended before the THP process parked: {outcome}\nconsole:\n{}",
-            String::from_utf8_lossy(&console.captured())
-        ),
-        Err(e) => panic!(
-            "{test}: {e}\nconsole:\n{}",
-            String::from_utf8_lossy(&console.captured())
-        ),
-    };
+    let paused = parked(
+        test,
+        "the THP process parked",
+        vmm::pause::boot_and_pause(&config, &PauseAt::Park, 0, LINUX_TIMEOUT),
+        &console,
+    );
     assert_eq!(
         paused.last_mark,
         Some(BUFFER_SIZE),
@@ -797,24 +811,19 @@ fn linux_dirty_scan(test: &str, vcpus: u8, pti: bool) {
     // Everything dirtied up to the first park: dropped.
     vm.fetch_dirty().unwrap();
     vm.resume().unwrap();
-    let second = match vmm::pause::pause_at(
-        vm,
+    let second = parked(
+        test,
+        "its second park",
+        vmm::pause::pause_at(
+            vm,
+            &console,
+            &PauseAt::Park,
+            0,
+            LINUX_TIMEOUT,
+            Instant::now(),
+        ),
         &console,
-        &PauseAt::Park,
-        0,
-        LINUX_TIMEOUT,
-        Instant::now(),
-    ) {
-        Ok(Ok(paused)) => paused,
-        Ok(Err(outcome)) => panic!(
-            "{test}: the guest ended before its second park: {outcome}\nconsole:\n{}",
-            String::from_utf8_lossy(&console.captured())
-        ),
-        Err(e) => panic!(
-            "{test}: {e}\nconsole:\n{}",
-            String::from_utf8_lossy(&console.captured())
-        ),
-    };
+    );
     assert_eq!(
         second.last_mark,
         Some(REWRITE_MARK),
