@@ -135,8 +135,11 @@ fn run_rounds_with(
     let mut rounds = Vec::new();
     for n in 1..=ROUNDS {
         let record_gpa = vm.run_round(TIMEOUT).unwrap_or_else(|e| {
+            // Which backend, and what the ring saw: this round-1 stop has been seen on the
+            // emulated host (guest-images/hwkvm/README.md) and not reproduced yet.
             panic!(
-                "round {n}: {e}\n{}",
+                "round {n} with {backend} ({choice:?}; ring stats {:?}): {e}\n{}",
+                vm.dirty_ring_stats(),
                 String::from_utf8_lossy(&console.captured())
             )
         });
@@ -523,8 +526,11 @@ fn run_bulk_rounds(choice: DirtyLogChoice) -> (DirtyLogBackend, Vec<Round>) {
     let mut rounds = Vec::new();
     for n in 1..=BULK_ROUNDS {
         let record_gpa = vm.run_round(TIMEOUT).unwrap_or_else(|e| {
+            // Which backend, and what the ring saw: this round-1 stop has been seen on the
+            // emulated host (guest-images/hwkvm/README.md) and not reproduced yet.
             panic!(
-                "round {n}: {e}\n{}",
+                "round {n} with {backend} ({choice:?}; ring stats {:?}): {e}\n{}",
+                vm.dirty_ring_stats(),
                 String::from_utf8_lossy(&console.captured())
             )
         });
