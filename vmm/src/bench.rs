@@ -335,8 +335,8 @@ pub struct BulkDirtyCosts {
     pub huge_split: u64,
 }
 
-fn median_of(mut v: Vec<Duration>) -> Duration {
-    v.sort();
+fn median_of<T: Ord + Copy + Default>(mut v: Vec<T>) -> T {
+    v.sort_unstable();
     v.get(v.len() / 2).copied().unwrap_or_default()
 }
 
@@ -585,15 +585,10 @@ pub fn measure_live(
     let _ = std::fs::remove_dir_all(&dir);
     let (diffs, diff_pages) = result?;
     costs.scan = median_of(scans);
-    costs.scan_pages = median_u64(pages);
+    costs.scan_pages = median_of(pages);
     costs.diff = median_of(diffs);
-    costs.diff_pages = median_u64(diff_pages);
+    costs.diff_pages = median_of(diff_pages);
     Ok(costs)
-}
-
-fn median_u64(mut v: Vec<u64>) -> u64 {
-    v.sort_unstable();
-    v.get(v.len() / 2).copied().unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -70,15 +70,10 @@ pub(super) fn run_dirty_scans(args: &RunArgs, every: Duration) -> anyhow::Result
     vm.pause().context("pausing the vCPUs")?;
     vm.fetch_dirty().context("fetching the dirty log")?;
     vm.resume().context("resuming the vCPUs")?;
-    let dirty_mode = !linux && matches!(args.boot.mode, GuestMode::Dirty | GuestMode::DirtyBulk);
     let mut next = Instant::now() + every;
     for _ in 0..args.rounds {
-        if dirty_mode && let Some(code) = guest_round(&vm, timeout)? {
+        if let Some(code) = before_step(&vm, args, next, timeout, "dirty scan")? {
             return Ok(code);
-        }
-        if let Some(outcome) = wait_or_end(&vm, next) {
-            eprintln!("vmm: the guest ended before the next dirty scan");
-            return Ok(report_with(&outcome, args.boot.on_reset));
         }
         next += every;
         let states = vm.pause().context("pausing the vCPUs")?;
@@ -99,6 +94,28 @@ pub(super) fn run_dirty_scans(args: &RunArgs, every: Duration) -> anyhow::Result
         vm.resume().context("resuming the vCPUs")?;
     }
     end_of_run(&vm, args, started)
+}
+
+/// What comes before each periodic step (`what`: a dirty scan, a snapshot) of a `vmm run`:
+/// one guest round with the built-in dirty-writer guests (`--mode dirty`, `dirty-bulk`),
+/// then the wait until `next`. The exit status instead when the guest ended first.
+fn before_step(
+    vm: &Vm,
+    args: &RunArgs,
+    next: Instant,
+    timeout: Duration,
+    what: &str,
+) -> anyhow::Result<Option<ExitCode>> {
+    let dirty_mode = args.boot.kernel.is_none()
+        && matches!(args.boot.mode, GuestMode::Dirty | GuestMode::DirtyBulk);
+    if dirty_mode && let Some(code) = guest_round(vm, timeout)? {
+        return Ok(Some(code));
+    }
+    if let Some(outcome) = wait_or_end(vm, next) {
+        eprintln!("vmm: the guest ended before the next {what}");
+        return Ok(Some(report_with(&outcome, args.boot.on_reset)));
+    }
+    Ok(None)
 }
 
 /// Waits until `until`, or returns how the VM ended if it ends first. Events meanwhile
@@ -173,15 +190,10 @@ pub(super) fn run_snapshots(
         if linux { "started" } else { "READY" },
         dir.display()
     );
-    let dirty_mode = !linux && matches!(args.boot.mode, GuestMode::Dirty | GuestMode::DirtyBulk);
     let mut next = Instant::now() + every;
     for _ in 0..args.snapshots {
-        if dirty_mode && let Some(code) = guest_round(&vm, timeout)? {
+        if let Some(code) = before_step(&vm, args, next, timeout, "snapshot")? {
             return Ok(code);
-        }
-        if let Some(outcome) = wait_or_end(&vm, next) {
-            eprintln!("vmm: the guest ended before the next snapshot");
-            return Ok(report_with(&outcome, args.boot.on_reset));
         }
         next += every;
         let info = vm.snapshot(&mut snaps).context("taking a snapshot")?;
