@@ -4,23 +4,33 @@
 #
 # QEMU's software emulator (TCG, no KVM needed; the pc machine: microvm has no timer to
 # calibrate the TSC against under TCG) boots the Linux test guest of
-# guest-images/linux/ (Debian's cloud kernel, busybox, the THP process) with 1 GiB of RAM,
-# once in 4-level paging (-cpu max,la57=off) and once in 5-level (-cpu max: the kernel
-# turns LA57 on). When the THP process has written its buffer and lingers (its CR3 is
+# guest-images/linux/ (Debian's cloud kernel, busybox, the THP process) with 512 MiB of RAM
+# (QEMU_DUMPS_RAM_MIB), in 4-level paging (-cpu max,la57=off) and in 5-level (-cpu max: the
+# kernel turns LA57 on). When the THP process has written its buffer and lingers (its CR3 is
 # loaded on the only vCPU), the monitor stops the guest and writes, for that instant:
 #   qemu.tlb       `info tlb`'s leaves (the reference)
 #   core.elf       dump-guest-memory (ELF, with QEMU's per-CPU notes)
 #   zlib.kdump     dump-guest-memory -z (kdump-compressed, flattened, zlib)
 #   lzo.kdump      -l (LZO), snappy.kdump -s (Snappy), when this QEMU was built with them
-#   mem.raw        pmemsave of all 1 GiB (byte N = GPA N, for `vmm inspect --memory`)
+#   mem.raw        pmemsave of all RAM (byte N = GPA N, for `vmm inspect --memory`)
 #   registers.txt  CR3, CR4 and EFER from `info registers`
 #   serial.log     the guest's console
-# into OUT/4 and OUT/5. Nothing is committed: the test makes them in CI (test-all.sh).
+# into OUT/4 and OUT/5. Nothing is committed: the test makes them in CI (test-all.sh), one
+# level at a time, and deletes the large files before the next, so that the stage needs
+# about 1.2 GiB of disk at once (it checks first and says so when there is less).
 #
-#   guest-images/qemu-dumps/make.sh OUT        (after guest-images/linux/build.sh)
+#   guest-images/qemu-dumps/make.sh OUT [LEVELS...]   (LEVELS: 4, 5; both by default;
+#                                                     after guest-images/linux/build.sh)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-out=${1:?usage: make.sh OUT}
+out=${1:?usage: make.sh OUT [LEVELS...]}
+shift
+levels=("$@")
+[ ${#levels[@]} -gt 0 ] || levels=(4 5)
+ram_mib=${QEMU_DUMPS_RAM_MIB:-512}
+case $ram_mib in
+    '' | *[!0-9]*) echo "make.sh: QEMU_DUMPS_RAM_MIB=$ram_mib is not a number of MiB" >&2; exit 1 ;;
+esac
 linux=${GUESTWALK_LINUX_DIR:-$here/../out/linux}
 qemu=$(command -v qemu-system-x86_64) || { echo "make.sh: qemu-system-x86_64 is missing (apt-get install qemu-system-x86)" >&2; exit 1; }
 for f in bzImage initramfs.cpio.gz; do
@@ -31,6 +41,12 @@ out=$(cd "$out" && pwd)
 
 fail() { echo "qemu-dumps: $*" >&2; exit 1; }
 
+# Each level writes RAM twice (the ELF core and mem.raw) and the compressed dumps.
+need_mib=$((2 * ram_mib + 128))
+free_mib=$(df -Pm "$out" | awk 'NR == 2 { print $4 }')
+[ "${free_mib:-0}" -ge "$need_mib" ] ||
+    fail "$out has ${free_mib:-?} MiB free; one level of dumps needs $need_mib MiB (df -h: $(df -h "$out" | awk 'NR == 2 { print $4 " free of " $2 }'))"
+
 one() {
     local levels=$1 cpu=$2 dir=$out/$1 work
     work=$(mktemp -d)
@@ -38,7 +54,7 @@ one() {
     mkfifo "$work/mon"
     # The monitor reads commands from the FIFO and writes to mon.out; it runs in $dir,
     # because pmemsave takes a relative name (HMP reads "/" in its arguments as division).
-    (cd "$dir" && exec "$qemu" -M pc -accel tcg -cpu "$cpu" -m 1G -smp 1 \
+    (cd "$dir" && exec "$qemu" -M pc -accel tcg -cpu "$cpu" -m "${ram_mib}M" -smp 1 \
         -nodefaults -no-user-config -display none -serial "file:$dir/serial.log" -monitor stdio \
         -kernel "$linux/bzImage" -initrd "$linux/initramfs.cpio.gz" \
         -append "console=ttyS0 quiet panic=-1 nokaslr guestwalk.linger=3600" \
@@ -84,15 +100,23 @@ one() {
     mon "dump-guest-memory -z $dir/zlib.kdump"
     mon "dump-guest-memory -l $dir/lzo.kdump"
     mon "dump-guest-memory -s $dir/snappy.kdump"
-    mon "pmemsave 0 0x40000000 mem.raw"
+    mon "pmemsave 0 $(printf '0x%x' $((ram_mib << 20))) mem.raw"
     printf 'quit\n' >&3
     exec 3>&-
     wait "$pid" || true
     grep -i "error\|unsupported\|not supported" "$work/mon.out" | sed "s/^/qemu-dumps: $levels-level monitor: /" >&2 || true
     rm -rf "$work"
     [ -s "$dir/core.elf" ] || fail "$levels-level: dump-guest-memory wrote no ELF core"
+    [ -s "$dir/zlib.kdump" ] || fail "$levels-level: dump-guest-memory -z wrote no kdump file"
+    [ "$(stat -c %s "$dir/mem.raw" 2>/dev/null || echo 0)" = $((ram_mib << 20)) ] ||
+        fail "$levels-level: pmemsave did not write all $ram_mib MiB to mem.raw (disk full?)"
     echo "qemu-dumps: $levels-level: $(wc -l <"$dir/qemu.tlb") leaves in info tlb; $(cd "$dir" && ls -s --block-size=M ./*.elf ./*.kdump 2>/dev/null | tr '\n' ' ')"
 }
 
-one 4 max,la57=off
-one 5 max
+for level in "${levels[@]}"; do
+    case $level in
+        4) one 4 max,la57=off ;;
+        5) one 5 max ;;
+        *) fail "level $level: 4 or 5" ;;
+    esac
+done
