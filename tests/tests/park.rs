@@ -24,6 +24,26 @@ fn next_park(vm: &Vm) -> (u8, u64) {
     }
 }
 
+/// The pause completed the PARK's `out %eax, %dx` (0xEF): RIP is past it, at the
+/// `ret` (0xC3) of the guest's `debug_event`, not at the OUT, which a resume from saved
+/// registers would run a second time.
+fn assert_out_completed(vm: &Vm, state: &vmm::VcpuState, round: usize) {
+    use vm_memory::{Bytes, GuestAddress};
+    assert!(!state.io_pending, "round {round}: the OUT is still pending");
+    let at = |gva: u64| {
+        let t = vm.translate(0, walker::Gva(gva)).unwrap();
+        assert!(t.valid, "round {round}: RIP-1 {gva:#x} is not mapped");
+        let byte: u8 = vm.guest_memory().read_obj(GuestAddress(t.gpa.0)).unwrap();
+        byte
+    };
+    assert_eq!(
+        (at(state.rip - 1), at(state.rip)),
+        (0xef, 0xc3),
+        "round {round}: RIP {:#x} is not just past the PARK's OUT",
+        state.rip
+    );
+}
+
 #[test]
 fn a_parked_vcpu_stays_at_its_park_until_let_go() {
     if !kvm_available("a_parked_vcpu_stays_at_its_park_until_let_go") {
@@ -48,6 +68,7 @@ fn a_parked_vcpu_stays_at_its_park_until_let_go() {
             states[0].regs.r12, iteration,
             "round {round}: it ran on while parked"
         );
+        assert_out_completed(&vm, &states[0], round);
         if round % 2 == 0 {
             // A full resume ends the park too; the Parked event already read is now
             // stale, and unparking a running vCPU is answered at once (not parked).

@@ -131,6 +131,7 @@ fn snapshot_dir(dir: &Path, ram: u64, diffs: u64) {
             efer: 0xd00,
             ..SpecialRegisters::default()
         },
+        kvm: None,
     };
     let paging = PagingFeatures {
         phys_addr_bits: 46,
@@ -155,7 +156,8 @@ fn snapshot_dir(dir: &Path, ram: u64, diffs: u64) {
         snaps
             .write(SnapshotSource {
                 memory: &mem,
-                vcpus: vec![vcpu],
+                vcpus: vec![vcpu.clone()],
+                vm: None,
                 paging,
                 dirty: Some(dirty),
             })

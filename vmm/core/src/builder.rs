@@ -239,24 +239,7 @@ pub fn build_vm(config: &VmConfig) -> Result<Vm, BuildError> {
     };
     let linux = matches!(prepared, Prepared::Linux(_));
     let kvm_vm = Arc::new(hypervisor.create_vm()?);
-    let caps = kvm_vm.dirty_log_capabilities();
-    let dirty_backend = config.dirty.map(|d| d.choice.resolve(caps)).transpose()?;
-    let mut ring_size = None;
-    match dirty_backend {
-        // Before the slots exist, so their log is manual from the start.
-        Some(DirtyLogBackend::ManualClear) => kvm_vm.set_manual_dirty_log_protect(true)?,
-        // Before any vCPU exists: KVM allocates each vCPU's ring when creating it.
-        Some(DirtyLogBackend::Ring) => {
-            let max = caps.dirty_ring().map_or(0, |(_, max)| max);
-            let bytes = config
-                .dirty
-                .and_then(|d| d.ring_bytes)
-                .unwrap_or(DEFAULT_DIRTY_RING_BYTES.min(max));
-            kvm_vm.enable_dirty_ring(bytes)?;
-            ring_size = Some(bytes);
-        }
-        Some(DirtyLogBackend::Bitmap) | None => {}
-    }
+    let (dirty_backend, ring_size) = prepare_dirty_log(&kvm_vm, config.dirty)?;
     // With rings the slots still need KVM_MEM_LOG_DIRTY_PAGES (it turns write tracking on).
     let slots = kvm_vm.register_memory(&memory, dirty_backend.is_some())?;
     kvm_vm.set_tss_address(layout::KVM_TSS_ADDRESS.0)?;
@@ -265,6 +248,7 @@ pub fn build_vm(config: &VmConfig) -> Result<Vm, BuildError> {
         kvm_vm.create_irqchip_and_pit()?;
     }
     let supported_cpuid = hypervisor.supported_cpuid()?;
+    let msr_indices: Arc<[u32]> = hypervisor.msr_index_list()?.into();
     let tsc_deadline = hypervisor.has_tsc_deadline_timer();
     let cpuid = |index: u8| {
         if linux {
@@ -311,10 +295,83 @@ pub fn build_vm(config: &VmConfig) -> Result<Vm, BuildError> {
                 .collect::<Result<Vec<_>, _>>()?
         }
     };
+    let (dirty, rings) = dirty_tracking(&kvm_vm, &memory, slots, &vcpus, dirty_backend, ring_size)?;
+    let (serial, legacy) = if linux {
+        let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
+        kvm_vm.register_irqfd(&irq, COM1_IRQ)?;
+        (
+            SerialDevice::with_interrupt(config.console.clone(), SerialInterrupt::Irqfd(irq)),
+            Some(Arc::new(Mutex::new(LegacyDevices::default()))),
+        )
+    } else {
+        (SerialDevice::new(config.console.clone()), None)
+    };
+    let linux_guest = linux;
+    let linux = match prepared {
+        Prepared::Linux(loaded) => Some(loaded),
+        _ => None,
+    };
+    start(
+        Machine {
+            cpuids: (0..config.vcpus).map(&cpuid).collect(),
+            kvm_vm,
+            memory,
+            vcpus,
+            paging,
+            dirty,
+            dirty_rings: rings,
+            serial,
+            legacy,
+            linux,
+            msr_indices,
+            irqchip: linux_guest,
+            memory_watches: Vec::new(),
+            start_paused: false,
+        },
+        &config.console,
+    )
+}
+
+/// Turns on what `dirty` asks for before the memory slots and vCPUs exist: manual
+/// protect before the slots (their log is manual from the start), rings before any vCPU
+/// (KVM allocates each vCPU's ring when creating it). Returns the backend and the ring
+/// size, if rings.
+pub(crate) fn prepare_dirty_log(
+    kvm_vm: &KvmVm,
+    dirty: Option<DirtyConfig>,
+) -> Result<(Option<DirtyLogBackend>, Option<u32>), BuildError> {
+    let caps = kvm_vm.dirty_log_capabilities();
+    let dirty_backend = dirty.map(|d| d.choice.resolve(caps)).transpose()?;
+    let mut ring_size = None;
+    match dirty_backend {
+        Some(DirtyLogBackend::ManualClear) => kvm_vm.set_manual_dirty_log_protect(true)?,
+        Some(DirtyLogBackend::Ring) => {
+            let max = caps.dirty_ring().map_or(0, |(_, max)| max);
+            let bytes = dirty
+                .and_then(|d| d.ring_bytes)
+                .unwrap_or(DEFAULT_DIRTY_RING_BYTES.min(max));
+            kvm_vm.enable_dirty_ring(bytes)?;
+            ring_size = Some(bytes);
+        }
+        Some(DirtyLogBackend::Bitmap) | None => {}
+    }
+    Ok((dirty_backend, ring_size))
+}
+
+/// The dirty tracker of `backend` over the registered `slots`, once the vCPUs exist
+/// (their rings are mapped here).
+pub(crate) fn dirty_tracking(
+    kvm_vm: &Arc<KvmVm>,
+    memory: &GuestRam,
+    slots: Vec<MemorySlot>,
+    vcpus: &[KvmVcpu],
+    backend: Option<DirtyLogBackend>,
+    ring_size: Option<u32>,
+) -> Result<(Option<DirtyTracker>, Option<Arc<DirtyRings>>), BuildError> {
     let rings = ring_size
-        .map(|bytes| map_dirty_rings(&kvm_vm, &slots, &vcpus, bytes))
+        .map(|bytes| map_dirty_rings(kvm_vm, &slots, vcpus, bytes))
         .transpose()?;
-    let dirty = match (dirty_backend, &rings) {
+    let dirty = match (backend, &rings) {
         (None, _) => None,
         (Some(backend), rings) => {
             let log: Box<dyn DirtyLog> = match (backend, rings) {
@@ -327,48 +384,31 @@ pub fn build_vm(config: &VmConfig) -> Result<Vm, BuildError> {
             Some(DirtyTracker::new(log, memory.clone()))
         }
     };
-    let (serial, legacy) = if linux {
-        let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
-        kvm_vm.register_irqfd(&irq, COM1_IRQ)?;
-        (
-            SerialDevice::with_interrupt(config.console.clone(), SerialInterrupt::Irqfd(irq)),
-            Some(Arc::new(Mutex::new(LegacyDevices::default()))),
-        )
-    } else {
-        (SerialDevice::new(config.console.clone()), None)
-    };
-    let linux = match prepared {
-        Prepared::Linux(loaded) => Some(loaded),
-        _ => None,
-    };
-    start(
-        Machine {
-            kvm_vm,
-            memory,
-            vcpus,
-            paging,
-            dirty,
-            dirty_rings: rings,
-            serial,
-            legacy,
-            linux,
-        },
-        config,
-    )
+    Ok((dirty, rings))
 }
 
 /// Everything a VM is made of once memory, vCPUs, devices and the boot source are set
-/// up: what [`start`] turns into a running [`Vm`].
-struct Machine {
-    kvm_vm: Arc<KvmVm>,
-    memory: GuestRam,
-    vcpus: Vec<KvmVcpu>,
-    paging: PagingFeatures,
-    dirty: Option<DirtyTracker>,
-    dirty_rings: Option<Arc<DirtyRings>>,
-    serial: SerialDevice,
-    legacy: Option<Arc<Mutex<LegacyDevices>>>,
-    linux: Option<crate::linux::LoadedLinux>,
+/// up: what [`start`] turns into a running [`Vm`] (a boot or a restore).
+pub(crate) struct Machine {
+    /// Each vCPU's CPUID, as given (a snapshot records it).
+    pub(crate) cpuids: Vec<Vec<CpuidEntry>>,
+    pub(crate) kvm_vm: Arc<KvmVm>,
+    pub(crate) memory: GuestRam,
+    pub(crate) vcpus: Vec<KvmVcpu>,
+    pub(crate) paging: PagingFeatures,
+    pub(crate) dirty: Option<DirtyTracker>,
+    pub(crate) dirty_rings: Option<Arc<DirtyRings>>,
+    pub(crate) serial: SerialDevice,
+    pub(crate) legacy: Option<Arc<Mutex<LegacyDevices>>>,
+    pub(crate) linux: Option<crate::linux::LoadedLinux>,
+    /// The MSRs a snapshot saves.
+    pub(crate) msr_indices: Arc<[u32]>,
+    /// Whether the VM has the in-kernel interrupt controllers and PIT.
+    pub(crate) irqchip: bool,
+    /// Watches of the files `memory` maps (a restored VM's memory file), kept while it is.
+    pub(crate) memory_watches: Vec<crate::sigbus::FaultWatch>,
+    /// Start with every vCPU paused ([`Vm::resume`] lets them run).
+    pub(crate) start_paused: bool,
 }
 
 /// A boot source once its part of guest memory is written.
@@ -545,11 +585,11 @@ fn create_vcpu(
     Ok(vcpu)
 }
 
-/// Starts one thread per vCPU and returns the VM handle. `legacy` (the Linux VM's RTC
-/// and i8042) goes on every vCPU's bus when given.
-#[allow(clippy::too_many_arguments)]
-fn start(machine: Machine, config: &VmConfig) -> Result<Vm, BuildError> {
+/// Starts one thread per vCPU and returns the VM handle, the guest's console on
+/// `console`. `legacy` (the Linux VM's RTC and i8042) goes on every vCPU's bus when given.
+pub(crate) fn start(machine: Machine, console: &Console) -> Result<Vm, BuildError> {
     let Machine {
+        cpuids,
         kvm_vm,
         memory,
         vcpus,
@@ -559,6 +599,10 @@ fn start(machine: Machine, config: &VmConfig) -> Result<Vm, BuildError> {
         serial,
         legacy,
         linux,
+        msr_indices,
+        irqchip,
+        memory_watches,
+        start_paused,
     } = machine;
     let (events_tx, events) = channel::<VmEvent>();
     let control = Arc::new(DebugControl::default());
@@ -577,7 +621,12 @@ fn start(machine: Machine, config: &VmConfig) -> Result<Vm, BuildError> {
             dirty,
             dirty_rings: dirty_rings.clone(),
             linux,
-            console: config.console.clone(),
+            console: console.clone(),
+            msr_indices,
+            irqchip,
+            memory_watches,
+            cpuids,
+            paused: start_paused,
         },
         vcpus.len(),
     );
@@ -585,7 +634,7 @@ fn start(machine: Machine, config: &VmConfig) -> Result<Vm, BuildError> {
         let (requests_tx, requests) = channel();
         let (responses_tx, responses) = channel();
         let mut bus = IoBus::new(
-            DebugPort::new(control.clone(), signals.clone(), config.console.clone()),
+            DebugPort::new(control.clone(), signals.clone(), console.clone()),
             serial.clone(),
             unhandled.clone(),
         );
@@ -600,6 +649,7 @@ fn start(machine: Machine, config: &VmConfig) -> Result<Vm, BuildError> {
             responses: responses_tx,
             events: events_tx.clone(),
             dirty_rings: dirty_rings.clone(),
+            start_paused,
         };
         let handle = std::thread::Builder::new()
             .name(format!("vcpu{index}"))

@@ -6,6 +6,19 @@
 //! queue before every `KVM_RUN`, so a kick always leads to the request being seen,
 //! whether the guest was exiting often or not at all. While paused, the thread blocks
 //! on its queue and the vCPU's registers do not change.
+//!
+//! A pause completes the instruction of a pending exit first. KVM finishes an `IN`,
+//! `OUT` or MMIO instruction (the value into RAX, RIP past it) only on the next
+//! `KVM_RUN` after the exit (Documentation/virt/kvm/api.rst, "the corresponding
+//! operations are complete only after userspace has re-entered the kernel"); a pause that
+//! read the registers in between would save RIP *at* the instruction, and a restore
+//! would run it twice. So a pause that finds the last `KVM_RUN` ended in an exit runs
+//! once more with `immediate_exit` set: KVM completes the instruction and returns
+//! `EINTR` without running another. A string instruction (`rep outsb`) may exit again
+//! for its next chunk; those exits are served as usual, at most
+//! [`PENDING_IO_EXIT_LIMIT`] of them, after which the vCPU pauses with the instruction
+//! still pending ([`VcpuState::io_pending`]) rather than letting a hostile `RCX` hold
+//! the pause forever.
 
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
@@ -18,6 +31,7 @@ use crate::dirty::DirtyRings;
 use crate::events::VmEvent;
 use crate::exit::{ExitAction, VcpuStop, handle_exit};
 use crate::kvm::kick::ArmedVcpu;
+use crate::kvm::state::VcpuKvmState;
 use crate::kvm::{KvmError, KvmTranslation, KvmVcpu};
 
 /// The state of one stopped vCPU.
@@ -45,6 +59,10 @@ pub struct VcpuState {
     pub sregs: SpecialRegisters,
     /// The vCPU's last port access (`IN`/`OUT` exit), if it made one.
     pub last_io: Option<PortIo>,
+    /// Whether KVM still holds an unfinished instruction of this vCPU (a string I/O
+    /// instruction that did not complete within [`PENDING_IO_EXIT_LIMIT`] exits): its
+    /// registers are not a state that can be saved and resumed.
+    pub io_pending: bool,
 }
 
 impl VcpuState {
@@ -54,6 +72,7 @@ impl VcpuState {
         sregs: SpecialRegisters,
         finished: bool,
         last_io: Option<PortIo>,
+        io_pending: bool,
     ) -> Self {
         Self {
             index,
@@ -67,6 +86,7 @@ impl VcpuState {
             regs,
             sregs,
             last_io,
+            io_pending,
         }
     }
 
@@ -113,10 +133,17 @@ impl From<&VcpuState> for ControlRegisters {
 }
 
 /// A request to a vCPU thread.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) enum VcpuRequest {
     /// Stop running the guest (if it runs) and answer with the state.
     Pause,
+    /// Read what KVM holds of the paused vCPU beyond its registers (for a snapshot).
+    SaveKvmState {
+        /// The MSRs to try ([`crate::kvm::Hypervisor::msr_index_list`]).
+        msrs: Arc<[u32]>,
+        /// Whether the VM has the in-kernel LAPIC.
+        irqchip: bool,
+    },
     /// Translate a GVA with the current paging state.
     Translate(Gva),
     /// Run the guest again (no effect on a vCPU that stopped for good); also ends a park.
@@ -131,6 +158,7 @@ pub(crate) enum VcpuRequest {
 #[derive(Debug)]
 pub(crate) enum VcpuResponse {
     Paused(Result<Box<VcpuState>, KvmError>),
+    KvmState(Result<Box<VcpuKvmState>, KvmError>),
     Translated(Result<KvmTranslation, KvmError>),
     Resumed,
     /// Whether the vCPU was parked.
@@ -148,26 +176,55 @@ pub(crate) struct VcpuThread {
     pub events: Sender<VmEvent>,
     /// The VM's dirty rings, when it uses them (harvested on ring-full exits).
     pub dirty_rings: Option<Arc<DirtyRings>>,
+    /// Start paused (a restored VM the caller inspects before it runs): the guest runs
+    /// no instruction before the first resume.
+    pub start_paused: bool,
 }
 
 /// Ring-full exits in a row that harvest nothing before the vCPU is stopped: a ring
 /// that stays full would otherwise make the vCPU exit forever without running.
 const EMPTY_RING_FULL_LIMIT: u32 = 1000;
 
+/// Exits a pause serves while it completes a pending instruction (see the module docs)
+/// before it gives up and pauses with the instruction pending.
+pub const PENDING_IO_EXIT_LIMIT: u32 = 256;
+
+/// Where the run loop is, apart from running.
+#[derive(Debug, Default)]
+struct RunFlags {
+    /// Paused by the VMM.
+    paused: bool,
+    /// Parked by the guest (debug-port PARK), apart from paused by the VMM: a stale
+    /// Unpark must never let a paused vCPU run.
+    parked: bool,
+    /// Stopped for good.
+    finished: bool,
+    /// A pause is completing a pending instruction: exits served so far.
+    pausing: Option<u32>,
+    /// The last `KVM_RUN` ended in an exit whose instruction KVM completes on the next.
+    io_pending: bool,
+}
+
+impl RunFlags {
+    /// Whether the thread waits for a request instead of running the guest.
+    fn holds(&self) -> bool {
+        self.pausing.is_none() && (self.paused || self.parked || self.finished)
+    }
+}
+
 impl VcpuThread {
     /// The thread body: run until told to exit.
     pub fn run(mut self) {
         let _armed = ArmedVcpu::arm(&mut self.vcpu);
-        let mut paused = false;
-        // Parked by the guest (debug-port PARK), apart from paused by the VMM: a stale
-        // Unpark must never let a paused vCPU run.
-        let mut parked = false;
-        let mut finished = false;
+        let mut flags = RunFlags {
+            paused: self.start_paused,
+            ..RunFlags::default()
+        };
         let mut empty_ring_full = 0u32;
         loop {
-            // Serve requests: all pending ones, and block while paused.
+            // Serve requests: all pending ones, and block while held.
             loop {
-                let request = if paused || parked || finished {
+                let request = if flags.holds() {
                     match self.requests.recv() {
                         Ok(request) => request,
                         Err(_) => return,
@@ -180,25 +237,35 @@ impl VcpuThread {
                     }
                 };
                 let response = match request {
-                    VcpuRequest::Pause => {
-                        paused = true;
-                        VcpuResponse::Paused(self.state(finished).map(Box::new))
+                    VcpuRequest::Pause if flags.io_pending && !flags.finished && !flags.paused => {
+                        // Answered once KVM has completed the instruction.
+                        flags.pausing = Some(0);
+                        self.vcpu.set_immediate_exit(true);
+                        None
                     }
+                    VcpuRequest::Pause => Some(self.enter_pause(&mut flags)),
+                    VcpuRequest::SaveKvmState { msrs, irqchip } => Some(VcpuResponse::KvmState(
+                        self.vcpu.save_state(&msrs, irqchip).map(Box::new),
+                    )),
                     VcpuRequest::Translate(gva) => {
-                        VcpuResponse::Translated(self.vcpu.translate(gva.0))
+                        Some(VcpuResponse::Translated(self.vcpu.translate(gva.0)))
                     }
                     VcpuRequest::Resume => {
-                        paused = false;
-                        parked = false;
-                        VcpuResponse::Resumed
+                        flags.paused = false;
+                        flags.parked = false;
+                        Some(VcpuResponse::Resumed)
                     }
-                    VcpuRequest::Unpark => VcpuResponse::Unparked(std::mem::take(&mut parked)),
+                    VcpuRequest::Unpark => {
+                        Some(VcpuResponse::Unparked(std::mem::take(&mut flags.parked)))
+                    }
                     VcpuRequest::Exit => return,
                 };
-                if self.responses.send(response).is_err() {
+                if let Some(response) = response
+                    && self.responses.send(response).is_err()
+                {
                     return;
                 }
-                if !paused && !parked && !finished {
+                if !flags.holds() {
                     break;
                 }
             }
@@ -211,20 +278,24 @@ impl VcpuThread {
                 ExitAction::HarvestDirtyRing => self.harvest_dirty_rings(&mut empty_ring_full),
                 other => other,
             };
+            flags.io_pending = !matches!(action, ExitAction::Interrupted | ExitAction::Stop(_));
             match action {
                 ExitAction::Continue | ExitAction::HarvestDirtyRing => {}
                 ExitAction::Interrupted => self.vcpu.set_immediate_exit(false),
                 ExitAction::Park(argument) => {
                     // Blocks on the request queue before the next KVM_RUN.
-                    parked = true;
+                    flags.parked = true;
                     let _ = self.events.send(VmEvent::Parked {
                         vcpu: self.index,
                         argument,
                     });
                 }
                 ExitAction::Stop(stop) => {
-                    finished = true;
-                    let dump = self.state(true).ok().map(|state| Box::new(state.dump()));
+                    flags.finished = true;
+                    let dump = self
+                        .state(true, false)
+                        .ok()
+                        .map(|state| Box::new(state.dump()));
                     let _ = self.events.send(VmEvent::VcpuStopped {
                         vcpu: self.index,
                         stop,
@@ -232,7 +303,31 @@ impl VcpuThread {
                     });
                 }
             }
+            if let Some(exits) = flags.pausing {
+                let done = !flags.io_pending || flags.finished || exits >= PENDING_IO_EXIT_LIMIT;
+                if done {
+                    flags.pausing = None;
+                    self.vcpu.set_immediate_exit(false);
+                    let response = self.enter_pause(&mut flags);
+                    if self.responses.send(response).is_err() {
+                        return;
+                    }
+                } else {
+                    flags.pausing = Some(exits + 1);
+                    // Serving the exit may have cleared it (a kick's EINTR does).
+                    self.vcpu.set_immediate_exit(true);
+                }
+            }
         }
+    }
+
+    /// Pauses (idempotent) and answers with the state.
+    fn enter_pause(&self, flags: &mut RunFlags) -> VcpuResponse {
+        flags.paused = true;
+        VcpuResponse::Paused(
+            self.state(flags.finished, flags.io_pending && !flags.finished)
+                .map(Box::new),
+        )
     }
 
     /// A ring-full exit: harvest and reset the rings (into the accumulator that the next
@@ -263,7 +358,7 @@ impl VcpuThread {
         }
     }
 
-    fn state(&self, finished: bool) -> Result<VcpuState, KvmError> {
+    fn state(&self, finished: bool, io_pending: bool) -> Result<VcpuState, KvmError> {
         let regs = self.vcpu.registers()?;
         let sregs = self.vcpu.special_registers()?;
         Ok(VcpuState::new(
@@ -272,6 +367,7 @@ impl VcpuThread {
             sregs,
             finished,
             self.bus.last_port_io(),
+            io_pending,
         ))
     }
 }
@@ -298,6 +394,7 @@ mod tests {
             SpecialRegisters::default(),
             false,
             Some(io),
+            false,
         );
         let stopped = VcpuState::new(
             1,
@@ -305,6 +402,7 @@ mod tests {
             SpecialRegisters::default(),
             true,
             None,
+            false,
         );
         assert_eq!(running.dump().last_io, Some(io));
         let text = describe_states(&[running, stopped]);

@@ -18,6 +18,7 @@ use crate::dirty::{
 };
 use crate::events::VmEvent;
 use crate::exit::VcpuStop;
+use crate::kvm::state::{VcpuKvmState, VmKvmState};
 use crate::kvm::{KvmError, KvmTranslation, KvmVm, kick};
 use crate::memory::GuestRam;
 use crate::vcpu::{VcpuRequest, VcpuResponse, VcpuState};
@@ -56,6 +57,9 @@ pub enum VmError {
         #[source]
         source: KvmError,
     },
+    /// Reading or setting the VM's own KVM state (clock, irqchip, PIT) failed.
+    #[error("the VM's KVM state: {0}")]
+    VmState(#[source] KvmError),
     /// There is no such vCPU.
     #[error("there is no vCPU {vcpu} (the VM has {count})")]
     NoSuchVcpu {
@@ -304,6 +308,8 @@ pub struct Vm {
     unhandled: Arc<UnhandledAccesses>,
     paused: AtomicBool,
     outcome: std::sync::Mutex<Option<ExitOutcome>>,
+    /// Watches of the file a restored VM's memory maps: they end before the mapping does.
+    memory_watches: Vec<crate::sigbus::FaultWatch>,
     kvm_vm: Arc<KvmVm>,
     memory: GuestRam,
     paging: PagingFeatures,
@@ -312,6 +318,12 @@ pub struct Vm {
     linux: Option<crate::linux::LoadedLinux>,
     /// The guest's console (its tail, where the console keeps one).
     console: crate::devices::Console,
+    /// The MSRs a snapshot saves ([`crate::kvm::Hypervisor::msr_index_list`]).
+    msr_indices: Arc<[u32]>,
+    /// Whether the VM has the in-kernel interrupt controllers and PIT.
+    irqchip: bool,
+    /// Each vCPU's CPUID, as given.
+    cpuids: Vec<Vec<crate::arch::x86_64::cpuid::CpuidEntry>>,
 }
 
 /// What the builder hands over to make a [`Vm`] (its vCPU threads are added after).
@@ -326,6 +338,12 @@ pub(crate) struct VmParts {
     pub(crate) dirty_rings: Option<Arc<DirtyRings>>,
     pub(crate) linux: Option<crate::linux::LoadedLinux>,
     pub(crate) console: crate::devices::Console,
+    pub(crate) msr_indices: Arc<[u32]>,
+    pub(crate) irqchip: bool,
+    pub(crate) memory_watches: Vec<crate::sigbus::FaultWatch>,
+    pub(crate) cpuids: Vec<Vec<crate::arch::x86_64::cpuid::CpuidEntry>>,
+    /// The vCPU threads start paused.
+    pub(crate) paused: bool,
 }
 
 impl Vm {
@@ -336,8 +354,9 @@ impl Vm {
             events: parts.events,
             control: parts.control,
             unhandled: parts.unhandled,
-            paused: AtomicBool::new(false),
+            paused: AtomicBool::new(parts.paused),
             outcome: Default::default(),
+            memory_watches: parts.memory_watches,
             kvm_vm: parts.kvm_vm,
             memory: parts.memory,
             paging: parts.paging,
@@ -345,12 +364,23 @@ impl Vm {
             dirty_rings: parts.dirty_rings,
             linux: parts.linux,
             console: parts.console,
+            msr_indices: parts.msr_indices,
+            irqchip: parts.irqchip,
+            cpuids: parts.cpuids,
         }
     }
 
     /// Adds the next vCPU's thread (the builder, in index order).
     pub(crate) fn add_vcpu(&mut self, vcpu: VcpuHandle) {
         self.vcpus.push(vcpu);
+    }
+
+    /// Whether the file a restored VM's memory maps shrank under it (what the VMM read
+    /// past its new end were zeros, not the snapshot's bytes).
+    pub fn memory_file_shrank(&self) -> bool {
+        self.memory_watches
+            .iter()
+            .any(crate::sigbus::FaultWatch::faulted)
     }
 
     /// Whether the vCPUs are paused ([`Vm::pause`]).
@@ -434,6 +464,42 @@ impl Vm {
             }
         }
         Ok(states)
+    }
+
+    /// What KVM holds of every vCPU beyond its registers, and of the VM (its clock and,
+    /// for a Linux guest, its interrupt controllers and PIT): the state a snapshot needs
+    /// to be resumed ([`crate::kvm::state`]). Only while paused.
+    pub fn save_kvm_state(&self) -> Result<(Vec<VcpuKvmState>, VmKvmState), VmError> {
+        if !self.paused.load(Ordering::SeqCst) {
+            return Err(VmError::NotPaused);
+        }
+        let mut vcpus = Vec::with_capacity(self.vcpus.len());
+        for handle in &self.vcpus {
+            handle.send(VcpuRequest::SaveKvmState {
+                msrs: self.msr_indices.clone(),
+                irqchip: self.irqchip,
+            })?;
+            match handle.answer("save state")? {
+                VcpuResponse::KvmState(state) => {
+                    let mut state = *state.map_err(|source| VmError::Kvm {
+                        vcpu: handle.index,
+                        source,
+                    })?;
+                    state.cpuid = self
+                        .cpuids
+                        .get(usize::from(handle.index))
+                        .cloned()
+                        .unwrap_or_default();
+                    vcpus.push(state);
+                }
+                _ => return Err(VmError::OutOfTurn(handle.index)),
+            }
+        }
+        let vm = self
+            .kvm_vm
+            .save_state(self.irqchip)
+            .map_err(VmError::VmState)?;
+        Ok((vcpus, vm))
     }
 
     /// Translates `gva` with vCPU `vcpu`'s current paging state (`KVM_TRANSLATE`).

@@ -7,6 +7,7 @@
 mod convert;
 pub mod dirty_ring;
 pub mod kick;
+pub mod state;
 
 use std::path::Path;
 
@@ -80,7 +81,7 @@ pub enum KvmError {
     },
     /// KVM did not take every boot MSR.
     #[error(
-        "KVM_SET_MSRS took only {set} of the {total} boot MSRs; the first refused is {first_refused:#x}"
+        "KVM_SET_MSRS took only {set} of the {total} MSRs; the first refused is {first_refused:#x}"
     )]
     MsrsRefused {
         /// How many KVM set.
@@ -89,6 +90,14 @@ pub enum KvmError {
         total: usize,
         /// The index of the first MSR KVM did not set.
         first_refused: u32,
+    },
+    /// Saved KVM state that does not fit KVM's structure.
+    #[error("cannot restore {what}: {reason}")]
+    BadState {
+        /// Which part of the state.
+        what: &'static str,
+        /// What is wrong with it.
+        reason: String,
     },
     /// Mapping a vCPU's dirty ring failed.
     #[error("cannot map the vCPU's dirty ring of {bytes} bytes: {source}")]
@@ -239,6 +248,16 @@ impl Hypervisor {
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(ioctl_error("KVM_GET_SUPPORTED_CPUID"))?;
         Ok(cpuid.as_slice().iter().map(CpuidEntry::from).collect())
+    }
+
+    /// The MSRs KVM can save and restore for a vCPU (`KVM_GET_MSR_INDEX_LIST`).
+    pub fn msr_index_list(&self) -> Result<Vec<u32>> {
+        Ok(self
+            .kvm
+            .get_msr_index_list()
+            .map_err(ioctl_error("KVM_GET_MSR_INDEX_LIST"))?
+            .as_slice()
+            .to_vec())
     }
 
     /// Whether the in-kernel LAPIC emulates the TSC-deadline timer

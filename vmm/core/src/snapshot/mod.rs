@@ -24,14 +24,20 @@
 //! One header line, then one JSON object ([`SnapshotState`]):
 //!
 //! ```text
-//! GWSNAP-STATE 1 <json length in bytes> <CRC32 of the JSON bytes, 8 hex digits>\n
-//! {"version":1,"generation":3,"parent":2,"kind":"diff","page_size":4096,
+//! GWSNAP-STATE 2 <json length in bytes> <CRC32 of the JSON bytes, 8 hex digits>\n
+//! {"version":2,"generation":3,"parent":2,"kind":"diff","page_size":4096,
 //!  "regions":[{"gpa":0,"len":67108864,"file_offset":0}],
 //!  "data":{"name":"gen-000003.diff","len":57376,"crc32":1234567890},"pages":14,
 //!  "vcpus":[{"index":0,"regs":{"rax":0,...,"rip":1049000,"rflags":2},
-//!            "sregs":{"cs":{...},...,"cr0":2147549233,"cr3":2101248,"cr4":160,"efer":3329,...}}],
+//!            "sregs":{"cs":{...},...,"cr0":2147549233,"cr3":2101248,"cr4":160,"efer":3329,...},
+//!            "kvm":{"cpuid":[{"function":0,"index":0,"flags":0,"eax":13,...},...],
+//!                   "mp_state":0,"interrupt_bitmap":[0,0,0,0],"xsave":"7f03...",
+//!                   "xcrs":[{"xcr":0,"value":7}],"debug":{"db":[0,0,0,0],"dr6":4294905840,...},
+//!                   "lapic":null,"msrs":[{"index":16,"value":123456789},...],
+//!                   "events":"0000...","tsc_khz":2899998}}],
 //!  "paging":{"phys_addr_bits":46,"gbpages":false,"la57":false,"nx":true},
-//!  "guest_cr3s":[2101248,2109440]}
+//!  "guest_cr3s":[2101248,2109440],
+//!  "vm":{"clock_ns":1234567,"irqchip":null}}
 //! ```
 //!
 //! The header carries the version (so a reader refuses a newer format before parsing it),
@@ -41,9 +47,18 @@
 //! special registers (the VMM's own [`Registers`] and [`SpecialRegisters`]: CR0, CR3, CR4,
 //! EFER, segments, ...); `paging` the guest's CPUID paging features (MAXPHYADDR, 1 GiB
 //! pages), so an offline walk needs no flags; `guest_cr3s` the address spaces the built-in
-//! guest listed in its descriptor, when known. JSON because the state is small (a few KiB),
-//! read by people when something goes wrong, and already a dependency; the bulk data is
-//! binary.
+//! guest listed in its descriptor, when known. JSON because the state is small (about
+//! 16 KiB per vCPU), read by people when something goes wrong, and already a dependency;
+//! the bulk data is binary.
+//!
+//! Format 2 adds what a restore needs ([`crate::kvm::state`]): each vCPU's `kvm` (its
+//! CPUID as given, MP state, XSAVE area, XCRs, debug registers, LAPIC, every MSR KVM
+//! lists as saveable and reads, pending events, TSC frequency; KVM's own structures as
+//! hex strings of their bytes) and the VM's `vm` (the kvmclock; the PICs, IOAPIC and PIT
+//! of a Linux guest). Both are absent in format 1 (which this VMM still reads, lists,
+//! inspects and merges, but does not resume) and in snapshots written from memory
+//! ([`SnapshotSource`] without a VM). The diff file format did not change
+//! ([`DIFF_FORMAT_VERSION`]).
 //!
 //! # Memory file (`gen-000000.mem`)
 //!
@@ -101,12 +116,21 @@ use serde::{Deserialize, Serialize};
 
 use crate::arch::x86_64::cpuid::PagingFeatures;
 use crate::arch::x86_64::regs::{Registers, SpecialRegisters};
+use crate::kvm::state::{VcpuKvmState, VmKvmState};
 
-pub use read::{Snapshot, diff_pages, generations, load, merge, merge_elf, read_state};
-pub use write::{SnapshotDir, SnapshotInfo, SnapshotSource};
+pub use read::{
+    Snapshot, VerifyMemory, diff_pages, generations, load, load_for_restore, merge, merge_elf,
+    read_state,
+};
+pub use write::{SnapshotDir, SnapshotInfo, SnapshotSource, state_bytes};
 
-/// The snapshot format this VMM writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The state-file format this VMM writes (2: with what KVM holds of the vCPUs and the VM).
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest state-file format this VMM reads (1: registers only; inspected, listed and
+/// merged, never resumed).
+pub const OLDEST_FORMAT_VERSION: u32 = 1;
+/// The diff-file format (unchanged since version 1 of the snapshots).
+pub const DIFF_FORMAT_VERSION: u32 = 1;
 /// Size of a page in diffs and dirty sets.
 pub const PAGE_SIZE: u64 = 4096;
 /// First word of a state file.
@@ -150,8 +174,8 @@ pub struct RegionRecord {
     pub file_offset: u64,
 }
 
-/// The registers of one vCPU.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// The registers of one vCPU, and (format 2, from a VM) the rest of its KVM state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VcpuRecord {
     /// vCPU index.
     pub index: u8,
@@ -159,6 +183,11 @@ pub struct VcpuRecord {
     pub regs: Registers,
     /// Segment, control and descriptor-table registers, EFER.
     pub sregs: SpecialRegisters,
+    /// What KVM holds beyond the registers (CPUID, MP state, XSAVE, XCRs, debug
+    /// registers, LAPIC, MSRs, events, TSC frequency); absent in format 1 and in
+    /// snapshots written from memory rather than from a VM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kvm: Option<VcpuKvmState>,
 }
 
 /// The data file of a generation, as its state file describes it.
@@ -197,6 +226,17 @@ pub struct SnapshotState {
     pub paging: PagingFeatures,
     /// The built-in guest's address spaces (its descriptor's CR3s), when known.
     pub guest_cr3s: Vec<u64>,
+    /// What KVM holds of the VM (its clock; for a Linux guest its interrupt controllers
+    /// and PIT); present exactly when every vCPU's `kvm` is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm: Option<VmKvmState>,
+}
+
+impl SnapshotState {
+    /// Whether the state holds everything KVM had (format 2, taken from a VM).
+    pub fn has_kvm_state(&self) -> bool {
+        self.vm.is_some() && self.vcpus.iter().all(|v| v.kvm.is_some())
+    }
 }
 
 /// Why a snapshot cannot be taken, read or merged. Every message names the file.
@@ -233,7 +273,9 @@ pub enum SnapshotError {
         found: u32,
     },
     /// A file of another format version.
-    #[error("{path} has snapshot format version {found}; this vmm reads version {FORMAT_VERSION}")]
+    #[error(
+        "{path} has snapshot format version {found}; this vmm reads versions {OLDEST_FORMAT_VERSION} to {FORMAT_VERSION}"
+    )]
     Version {
         /// The file.
         path: PathBuf,
@@ -266,6 +308,15 @@ pub enum SnapshotError {
         "{0} already holds snapshot generations: choose an empty or new directory (generations of two runs cannot be mixed)"
     )]
     NotEmpty(PathBuf),
+    /// A vCPU is still inside an instruction KVM has not completed.
+    #[error(
+        "vCPU {vcpu} is inside a string I/O instruction that did not complete while pausing: \
+         its registers cannot be resumed from, so no snapshot is taken"
+    )]
+    InstructionPending {
+        /// The vCPU.
+        vcpu: u8,
+    },
     /// A diff was asked for without dirty logging.
     #[error(
         "a diff snapshot needs dirty logging: build the VM with dirty logging (VmConfig::dirty)"
@@ -372,6 +423,7 @@ mod tests {
             index: 0,
             regs: Registers::default(),
             sregs: SpecialRegisters::default(),
+            kvm: None,
         };
         record.regs.rip = 0x10_0000;
         record.sregs.cr3 = cr3;
@@ -408,6 +460,7 @@ mod tests {
         SnapshotSource {
             memory: mem,
             vcpus: vec![vcpu(0x1000)],
+            vm: None,
             paging: paging(),
             dirty: Some(dirty(mem, pages)),
         }
@@ -557,11 +610,15 @@ mod tests {
         let text = std::fs::read_to_string(&state).unwrap();
         std::fs::write(
             &state,
-            text.replacen("GWSNAP-STATE 1 ", "GWSNAP-STATE 2 ", 1),
+            text.replacen("GWSNAP-STATE 2 ", "GWSNAP-STATE 3 ", 1),
         )
         .unwrap();
         let e = refused(&d, "gen-000001.state");
-        assert!(matches!(e, SnapshotError::Version { found: 2, .. }), "{e}");
+        assert!(matches!(e, SnapshotError::Version { found: 3, .. }), "{e}");
+        assert!(
+            e.to_string().contains("this vmm reads versions 1 to 2"),
+            "{e}"
+        );
         let d = copy_dir(&good, "diff-version");
         flip(&d.join("gen-000001.diff"), 8);
         let e = refused(&d, "gen-000001.diff");

@@ -4,14 +4,16 @@ use std::fs::File;
 use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
 
+use vm_memory::bitmap::{AtomicBitmap, Bitmap, NewBitmap};
 use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
 use walker::{ContextError, ControlRegisters, PagingContext};
 
 use super::file::CrcReader;
 use super::{
-    DIFF_HEADER_LEN, DIFF_MAGIC, FORMAT_VERSION, PAGE_SIZE, Result, STATE_MAGIC, SnapshotError,
-    SnapshotKind, SnapshotState, data_file_name, state_file_name,
+    DIFF_FORMAT_VERSION, DIFF_HEADER_LEN, DIFF_MAGIC, FORMAT_VERSION, OLDEST_FORMAT_VERSION,
+    PAGE_SIZE, Result, STATE_MAGIC, SnapshotError, SnapshotKind, SnapshotState, data_file_name,
+    state_file_name,
 };
 use crate::files::{FileError, Output, Replace, excerpt, open_input, read_bounded};
 use crate::sigbus::{self, FaultWatch};
@@ -96,7 +98,7 @@ pub fn parse_state(path: &Path, generation: u64, bytes: &[u8]) -> Result<Snapsho
         ));
     }
     let version: u64 = version.parse().map_err(|_| bad_header())?;
-    if version != u64::from(FORMAT_VERSION) {
+    if !readable_version(version) {
         return Err(SnapshotError::Version {
             path,
             found: version,
@@ -146,8 +148,13 @@ pub fn parse_state(path: &Path, generation: u64, bytes: &[u8]) -> Result<Snapsho
     Ok(state)
 }
 
+/// Whether this VMM reads state files of format `version`.
+fn readable_version(version: u64) -> bool {
+    (u64::from(OLDEST_FORMAT_VERSION)..=u64::from(FORMAT_VERSION)).contains(&version)
+}
+
 fn check_state(path: &Path, generation: u64, state: &SnapshotState) -> Result<()> {
-    if u64::from(state.version) != u64::from(FORMAT_VERSION) {
+    if !readable_version(u64::from(state.version)) {
         return Err(SnapshotError::Version {
             path: path.to_owned(),
             found: u64::from(state.version),
@@ -194,13 +201,29 @@ fn check_state(path: &Path, generation: u64, state: &SnapshotState) -> Result<()
     if state.regions.is_empty() || state.vcpus.is_empty() {
         return Err(malformed(path, "no regions or no vCPUs"));
     }
+    let with_kvm = state.vcpus.iter().filter(|v| v.kvm.is_some()).count();
+    let partial = with_kvm != 0 && with_kvm != state.vcpus.len();
+    if partial || (with_kvm == 0) != state.vm.is_none() {
+        return Err(malformed(
+            path,
+            format!(
+                "KVM state for {with_kvm} of {} vCPUs and {} the VM: all or nothing",
+                state.vcpus.len(),
+                if state.vm.is_some() { "for" } else { "not for" }
+            ),
+        ));
+    }
+    if state.version < 2 && state.vm.is_some() {
+        return Err(malformed(path, "format 1 with KVM state (format 2's)"));
+    }
     Ok(())
 }
 
 /// A generation loaded into memory: the base memory file mapped private (copy-on-write)
-/// with every diff up to it applied. The files are never changed.
+/// with every diff up to it applied. The files are never changed. `B` is the mapping's
+/// dirty bitmap: none to read a snapshot, [`crate::memory::GuestRam`]'s to run it ([`load_for_restore`]).
 #[derive(Debug)]
-pub struct Snapshot {
+pub struct Snapshot<B: Bitmap = ()> {
     /// The snapshot directory.
     pub dir: PathBuf,
     /// The state of the generation loaded.
@@ -209,13 +232,19 @@ pub struct Snapshot {
     pub chain: Vec<u64>,
     // Dropped before the memory: the watches end before the mapping goes.
     watches: Vec<FaultWatch>,
-    memory: GuestMemoryMmap,
+    memory: GuestMemoryMmap<B>,
 }
 
-impl Snapshot {
+impl<B: Bitmap> Snapshot<B> {
     /// Guest RAM at that generation.
-    pub fn memory(&self) -> &GuestMemoryMmap {
+    pub fn memory(&self) -> &GuestMemoryMmap<B> {
         &self.memory
+    }
+
+    /// The memory, and the watches of the memory file that must live as long as it
+    /// is mapped (the memory's owner drops them first).
+    pub fn into_parts(self) -> (SnapshotState, GuestMemoryMmap<B>, Vec<FaultWatch>) {
+        (self.state, self.memory, self.watches)
     }
 
     /// Fails, naming the memory file, if it shrank while mapped, so that something read
@@ -293,9 +322,37 @@ fn needed_state(dir: &Path, generation: u64, needed_by: u64) -> Result<SnapshotS
     }
 }
 
+/// How much of the memory file a load reads to verify it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerifyMemory {
+    /// Its CRC32, over every byte (reads the whole file).
+    Checksum,
+    /// Its length only: the pages are read when first touched (a lazy restore; a
+    /// damaged page is not detected).
+    Length,
+}
+
 /// Loads generation `generation` of `dir` (default: the latest), verifying every file of
 /// its chain (state checksums, data file lengths and checksums, versions, parents).
 pub fn load(dir: &Path, generation: Option<u64>) -> Result<Snapshot> {
+    load_with(dir, generation, VerifyMemory::Checksum)
+}
+
+/// [`load`] into guest RAM a VM can run on (with its dirty bitmap), verifying the memory
+/// file as `verify` says; everything else is verified as by [`load`].
+pub fn load_for_restore(
+    dir: &Path,
+    generation: Option<u64>,
+    verify: VerifyMemory,
+) -> Result<Snapshot<AtomicBitmap>> {
+    load_with(dir, generation, verify)
+}
+
+fn load_with<B: NewBitmap>(
+    dir: &Path,
+    generation: Option<u64>,
+    verify: VerifyMemory,
+) -> Result<Snapshot<B>> {
     let target = match generation {
         Some(g) => g,
         None => *generations(dir)?
@@ -323,7 +380,7 @@ pub fn load(dir: &Path, generation: Option<u64>) -> Result<Snapshot> {
             ));
         }
     }
-    let (memory, watches) = map_full(dir, base)?;
+    let (memory, watches) = map_full(dir, base, verify)?;
     for s in &states[1..] {
         apply_diff(dir, s, &memory)?;
     }
@@ -393,7 +450,11 @@ fn checksum(path: &Path, expected: u32, found: u32) -> Result<()> {
 
 /// Maps the memory file of a full generation private and writable (copy-on-write) and
 /// verifies its checksum.
-fn map_full(dir: &Path, state: &SnapshotState) -> Result<(GuestMemoryMmap, Vec<FaultWatch>)> {
+fn map_full<B: NewBitmap>(
+    dir: &Path,
+    state: &SnapshotState,
+    verify: VerifyMemory,
+) -> Result<(GuestMemoryMmap<B>, Vec<FaultWatch>)> {
     let (path, file) = open_data(dir, state)?;
     let total: u64 = state.regions.iter().map(|r| r.len).sum();
     if total != state.data.len {
@@ -411,7 +472,7 @@ fn map_full(dir: &Path, state: &SnapshotState) -> Result<(GuestMemoryMmap, Vec<F
     for r in &state.regions {
         let len = usize::try_from(r.len).map_err(|_| map_error(format!("{r:?} is too large")))?;
         let fd = file.try_clone().map_err(|e| map_error(e.to_string()))?;
-        let region = MmapRegionBuilder::<()>::new(len)
+        let region = MmapRegionBuilder::<B>::new(len)
             .with_file_offset(FileOffset::new(fd, r.file_offset))
             .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
             .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
@@ -427,6 +488,9 @@ fn map_full(dir: &Path, state: &SnapshotState) -> Result<(GuestMemoryMmap, Vec<F
         );
     }
     let memory = GuestMemoryMmap::from_regions(regions).map_err(|e| map_error(e.to_string()))?;
+    if verify == VerifyMemory::Length {
+        return Ok((memory, watches));
+    }
     let mut hasher = crc32fast::Hasher::new();
     let mut buf = vec![0u8; 1 << 20];
     for r in &state.regions {
@@ -467,7 +531,7 @@ pub(super) fn read_diff_header<R: Read>(
         return Err(malformed(path, "no GWSNAPDF magic"));
     }
     let version = word(8) & 0xffff_ffff;
-    if version != u64::from(FORMAT_VERSION) {
+    if version != u64::from(DIFF_FORMAT_VERSION) {
         return Err(SnapshotError::Version {
             path: path.to_owned(),
             found: version,
@@ -520,7 +584,11 @@ pub(super) fn read_diff_header<R: Read>(
 }
 
 /// Applies a diff to `memory`, verifying it.
-fn apply_diff(dir: &Path, state: &SnapshotState, memory: &GuestMemoryMmap) -> Result<()> {
+fn apply_diff<B: Bitmap>(
+    dir: &Path,
+    state: &SnapshotState,
+    memory: &GuestMemoryMmap<B>,
+) -> Result<()> {
     let (path, file) = open_data(dir, state)?;
     let mut reader = CrcReader::new(BufReader::with_capacity(1 << 20, file));
     let pages = read_diff_header(&path, state, &mut reader)?;

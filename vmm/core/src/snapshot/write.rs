@@ -8,13 +8,14 @@ use walker::DirtyBitmap;
 
 use super::file::{AtomicFile, sync_dir};
 use super::{
-    DIFF_HEADER_LEN, DIFF_MAGIC, DataFile, FORMAT_VERSION, PAGE_SIZE, RegionRecord, Result,
-    STATE_MAGIC, SnapshotError, SnapshotKind, SnapshotState, VcpuRecord, data_file_name,
-    state_file_name,
+    DIFF_FORMAT_VERSION, DIFF_HEADER_LEN, DIFF_MAGIC, DataFile, FORMAT_VERSION, PAGE_SIZE,
+    RegionRecord, Result, STATE_MAGIC, SnapshotError, SnapshotKind, SnapshotState, VcpuRecord,
+    data_file_name, state_file_name,
 };
 use crate::arch::x86_64::cpuid::PagingFeatures;
 use crate::dirty::DirtyError;
 use crate::files::FileKind;
+use crate::kvm::state::{VcpuKvmState, VmKvmState};
 use crate::vcpu::VcpuState;
 use crate::vm::{Vm, VmError};
 
@@ -47,8 +48,10 @@ const CHUNK: usize = 1 << 20;
 pub struct SnapshotSource<'a, M> {
     /// Guest RAM (read only, while the guest is stopped).
     pub memory: &'a M,
-    /// Every vCPU's registers.
+    /// Every vCPU's registers (and KVM state, from a VM).
     pub vcpus: Vec<VcpuRecord>,
+    /// What KVM holds of the VM, from a VM (with every vCPU's `kvm`).
+    pub vm: Option<VmKvmState>,
     /// The guest's paging features.
     pub paging: PagingFeatures,
     /// The pages written since the previous generation, one bitmap per region (as
@@ -222,6 +225,7 @@ impl SnapshotDir {
             vcpus: source.vcpus,
             paging: source.paging,
             guest_cr3s: self.guest_cr3s.clone(),
+            vm: source.vm,
         };
         let limit = self.write_limit.map(|l| l.saturating_sub(data_bytes));
         let state_path = match write_state(&self.dir, &state, limit) {
@@ -321,7 +325,7 @@ fn write_diff<M: GuestMemoryBackend>(
     let mut file = AtomicFile::create(dir, name, total, limit)?;
     let mut header = Vec::with_capacity(DIFF_HEADER_LEN as usize);
     header.extend_from_slice(&DIFF_MAGIC);
-    header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    header.extend_from_slice(&DIFF_FORMAT_VERSION.to_le_bytes());
     header.extend_from_slice(&(PAGE_SIZE as u32).to_le_bytes());
     header.extend_from_slice(&generation.to_le_bytes());
     header.extend_from_slice(&count.to_le_bytes());
@@ -351,7 +355,10 @@ fn write_diff<M: GuestMemoryBackend>(
 }
 
 /// The bytes of a state file: the header line, then the JSON.
-pub(crate) fn state_bytes(state: &SnapshotState) -> Result<Vec<u8>> {
+/// The bytes of the state file of `state`, exactly as [`SnapshotDir`] writes them (its
+/// header line with version, length and CRC32, then the JSON): for tools and tests
+/// that edit a state.
+pub fn state_bytes(state: &SnapshotState) -> Result<Vec<u8>> {
     let json = serde_json::to_vec(state).map_err(|e| SnapshotError::Malformed {
         path: PathBuf::from(state_file_name(state.generation)),
         reason: format!("cannot encode the state: {e}"),
@@ -379,12 +386,13 @@ fn write_state(dir: &Path, state: &SnapshotState, limit: Option<u64>) -> Result<
 }
 
 impl VcpuRecord {
-    /// The registers of a paused vCPU.
-    pub fn from_state(state: &VcpuState) -> Self {
+    /// The registers of a paused vCPU, with the rest of its KVM state when read.
+    pub fn from_state(state: &VcpuState, kvm: Option<VcpuKvmState>) -> Self {
         Self {
             index: state.index,
             regs: state.regs,
             sregs: state.sregs,
+            kvm,
         }
     }
 }
@@ -414,6 +422,12 @@ impl Vm {
         if !self.is_paused() {
             return Err(Box::new(VmError::NotPaused).into());
         }
+        // A vCPU still inside an instruction cannot be resumed from its registers
+        // (crate::vcpu: a hostile string I/O that did not complete within the limit).
+        if let Some(state) = states.iter().find(|s| s.io_pending) {
+            return Err(SnapshotError::InstructionPending { vcpu: state.index });
+        }
+        let (kvm, vm) = self.save_kvm_state().map_err(Box::new)?;
         let dirty = match self.fetch_dirty() {
             Ok(set) => Some(set.bitmaps),
             Err(DirtyError::NotEnabled) => None,
@@ -421,7 +435,12 @@ impl Vm {
         };
         dir.write(SnapshotSource {
             memory: self.guest_memory(),
-            vcpus: states.iter().map(VcpuRecord::from_state).collect(),
+            vcpus: states
+                .iter()
+                .zip(kvm)
+                .map(|(state, kvm)| VcpuRecord::from_state(state, Some(kvm)))
+                .collect(),
+            vm: Some(vm),
             paging: self.paging_features(),
             dirty,
         })

@@ -2,7 +2,7 @@
 
 /// One CPUID leaf/subleaf, as the VMM sees it.
 #[allow(missing_docs)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CpuidEntry {
     pub function: u32,
     pub index: u32,
