@@ -546,3 +546,83 @@ fn bad_kernel_files_are_named_before_anything_boots() {
         "{stderr}"
     );
 }
+
+#[test]
+fn restore_resumes_a_run_and_its_restores_take_new_chains() {
+    if !kvm_available("restore_resumes_a_run_and_its_restores_take_new_chains") {
+        return;
+    }
+    let dir = temp_dir("restore");
+    let snaps = dir.join("snaps");
+    let snaps_arg = snaps.to_string_lossy().into_owned();
+    let out = vmm(&[
+        "run",
+        "--memory",
+        "64M",
+        "--snapshot-dir",
+        &snaps_arg,
+        "--snapshot-every",
+        "30ms",
+        "--snapshots",
+        "3",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // The latest generation, and the first: heartbeats, then DONE with status 0.
+    for generation in [None, Some("0")] {
+        let mut args = vec!["restore", &snaps_arg, "--heartbeats", "2"];
+        if let Some(g) = generation {
+            args.extend(["--generation", g]);
+        }
+        let out = vmm(&args);
+        let stderr = text(&out.stderr);
+        assert!(out.status.success(), "{generation:?}: {stderr}");
+        assert!(stderr.contains("restored in"), "{stderr}");
+        assert!(stderr.contains("vmm: heartbeat: iteration"), "{stderr}");
+        assert!(text(&out.stdout).contains("DONE"), "{}", text(&out.stdout));
+    }
+    // A new chain from a restored VM, itself restored.
+    let chain = dir.join("chain");
+    let chain_arg = chain.to_string_lossy().into_owned();
+    let out = vmm(&[
+        "restore",
+        &snaps_arg,
+        "--generation",
+        "1",
+        "--snapshot-dir",
+        &chain_arg,
+        "--snapshot-every",
+        "30ms",
+        "--snapshots",
+        "2",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("generation 1 Diff"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = vmm(&["restore", &chain_arg, "--heartbeats", "1"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // A damaged memory file: --verify-memory reads it all and names it.
+    let mem = snaps.join("gen-000000.mem");
+    let mut bytes = std::fs::read(&mem).unwrap_or_else(|e| panic!("{e}"));
+    bytes[0x1234] ^= 1;
+    std::fs::write(&mem, bytes).unwrap_or_else(|e| panic!("{e}"));
+    let out = vmm(&["restore", &snaps_arg, "--verify-memory"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(101), "{stderr}");
+    assert!(
+        stderr.contains("gen-000000.mem") && stderr.contains("corrupted"),
+        "{stderr}"
+    );
+    // Nothing to restore.
+    let missing = dir.join("none").to_string_lossy().into_owned();
+    let out = vmm(&["restore", &missing]);
+    assert_eq!(out.status.code(), Some(101));
+    assert!(
+        text(&out.stderr).contains(&missing),
+        "{}",
+        text(&out.stderr)
+    );
+    std::fs::remove_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+}

@@ -118,6 +118,7 @@ pub mod linux;
 pub mod memfile;
 pub mod memory;
 pub mod pause;
+pub mod restore;
 #[allow(unsafe_code)]
 pub mod sigbus;
 pub mod snapshot;

@@ -39,6 +39,7 @@ const LAYERS: &[(&str, &str)] = &[
     ("introspect", "printing walks"),
     ("dump", "memory dumps in other tools' formats"),
     ("snapshot", "snapshots of a running VM, read back offline"),
+    ("restore", "a VM resumed from a snapshot generation"),
     ("test_support", "what the tests share"),
 ];
 

@@ -64,6 +64,7 @@ pub(super) fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     vm.resume().context("resuming")?;
     let code = finish(&vm, timeout)?;
     drop(vm);
+    bench_restore(args, runs, timeout, boots[boots.len() / 2])?;
     bench_dirty(args, runs, timeout)?;
     bench_snapshots(args, runs, timeout)?;
     Ok(code)
@@ -329,4 +330,82 @@ pub(super) fn bench_dirty(args: &BenchArgs, runs: usize, timeout: Duration) -> a
         }
     }
     Ok(())
+}
+
+/// Restores of the built-in guest (`--memory`, `--vcpus`) against its cold boot to READY
+/// measured in the same run (`boot`): a chain (full + one diff) taken after READY, then
+/// at least 50 restores of its latest generation with the lazy default (the memory file
+/// mapped copy-on-write, only its length checked) and as many with `--verify-memory`
+/// (every byte read for its CRC32: its GB/s), each from the call to running vCPU threads;
+/// the lazy ones also to the guest's next heartbeat. p50 and p90.
+pub(super) fn bench_restore(
+    args: &BenchArgs,
+    runs: usize,
+    timeout: Duration,
+    boot: Duration,
+) -> anyhow::Result<()> {
+    use vmm::restore::{RestoreConfig, restore_vm};
+    use vmm::snapshot::VerifyMemory;
+    let scratch = args
+        .snapshot_scratch
+        .first()
+        .cloned()
+        .unwrap_or_else(std::env::temp_dir)
+        .join(format!("vmm-bench-restore-{}", std::process::id()));
+    let result = (|| -> anyhow::Result<()> {
+        let vm = boot_with(&args.boot, Console::capture(), Some(DirtyLogChoice::Auto))?;
+        vm.wait_ready(timeout)
+            .context("waiting for the guest to report READY")?;
+        let mut snaps = snapshot::SnapshotDir::create(&scratch)?;
+        for _ in 0..2 {
+            vm.snapshot(&mut snaps).context("taking a snapshot")?;
+        }
+        finish(&vm, timeout)?;
+        drop(vm);
+        let restores = runs.max(50);
+        let config = |verify| RestoreConfig {
+            dir: scratch.clone(),
+            generation: None,
+            verify,
+            console: Console::capture(),
+            dirty: None,
+            paused: false,
+        };
+        let percentiles = |mut times: Vec<Duration>| {
+            times.sort();
+            (times[times.len() / 2], times[times.len() * 9 / 10])
+        };
+        let (mut lazy, mut heartbeat, mut verified) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..restores {
+            let t = Instant::now();
+            let (vm, _) = restore_vm(&config(VerifyMemory::Length))?;
+            lazy.push(t.elapsed());
+            if wait_heartbeats(&vm, 1, timeout)?.is_some() {
+                bail!("the restored guest ended before its next heartbeat");
+            }
+            heartbeat.push(t.elapsed());
+            drop(vm);
+            let t = Instant::now();
+            let (vm, _) = restore_vm(&config(VerifyMemory::Checksum))?;
+            verified.push(t.elapsed());
+            drop(vm);
+        }
+        let ((lazy50, lazy90), (beat50, beat90), (ver50, ver90)) = (
+            percentiles(lazy),
+            percentiles(heartbeat),
+            percentiles(verified),
+        );
+        let ratio = |a: Duration| a.as_secs_f64() / boot.as_secs_f64().max(1e-9);
+        let bytes = args.boot.memory.bytes() as f64;
+        println!(
+            "restore of {} ({} vCPU(s)), {restores} restores each: lazy p50 {lazy50:.2?} p90 {lazy90:.2?} (restore / boot to READY {:.3}); to the next heartbeat p50 {beat50:.2?} p90 {beat90:.2?}; --verify-memory p50 {ver50:.2?} p90 {ver90:.2?} ({:.2} GB/s read); boot to READY median {boot:.2?}",
+            args.boot.memory,
+            args.boot.vcpus,
+            ratio(lazy50),
+            bytes / ver50.as_secs_f64().max(1e-9) / 1e9
+        );
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&scratch);
+    result
 }

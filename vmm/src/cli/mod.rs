@@ -38,12 +38,14 @@ use walker::{ControlRegisters, Granularity, Gva, PagingContext, WalkOptions};
 
 mod bench;
 mod inspect;
+mod restore;
 mod run;
 mod snapshots;
 mod walk;
 
 use bench::*;
 use inspect::*;
+use restore::*;
 use run::*;
 use snapshots::*;
 use walk::*;
@@ -116,6 +118,10 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Work with snapshot directories (`vmm run --snapshot-dir`): merge, list.
     Snapshot(SnapshotArgs),
+    /// Restore a generation of a snapshot directory and run the guest on from where it
+    /// was paused: the built-in guest's next heartbeats, then FINISH; exits with its
+    /// status. The snapshot's files are never written.
+    Restore(RestoreArgs),
     /// Measure boot, pause, walks and translations on the built-in guest, each against
     /// a baseline measured in the same run.
     Bench(BenchArgs),
@@ -248,6 +254,37 @@ pub struct RunArgs {
     pub snapshot_every: Option<Duration>,
     /// How many snapshots (generation 0 full, then diffs) before FINISH.
     #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u64).range(1..), requires = "snapshot_dir")]
+    pub snapshots: u64,
+}
+
+/// Arguments of `vmm restore`.
+#[derive(Debug, clap::Args)]
+pub struct RestoreArgs {
+    /// The snapshot directory (written by `vmm run --snapshot-dir`).
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+    /// The generation to restore (default: the latest).
+    #[arg(long)]
+    pub generation: Option<u64>,
+    /// Heartbeats of the built-in guest to wait for after the restore, before FINISH.
+    #[arg(long, default_value_t = 3)]
+    pub heartbeats: u32,
+    /// Seconds to wait for each phase (heartbeats, DONE).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub timeout: u64,
+    /// Check the memory file's CRC32 before the guest runs (reads all of it). Without
+    /// it, only its length is checked and its pages are read when first touched.
+    #[arg(long)]
+    pub verify_memory: bool,
+    /// Take a new chain of snapshots of the restored VM into this directory (as `vmm
+    /// run --snapshot-dir`); the guest console then goes to stderr.
+    #[arg(long, value_name = "DIR", requires = "snapshot_every")]
+    pub snapshot_dir: Option<PathBuf>,
+    /// Time between the new snapshots (e.g. 200ms).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "snapshot_dir")]
+    pub snapshot_every: Option<Duration>,
+    /// How many new snapshots before FINISH.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..), requires = "snapshot_dir")]
     pub snapshots: u64,
 }
 
@@ -671,6 +708,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Translate(args) => translate_guest(&args),
         Command::Inspect(args) => inspect_file(&args),
         Command::Snapshot(args) => snapshot_command(&args),
+        Command::Restore(args) => restore_command(&args),
         Command::Bench(args) => bench(&args),
     }
 }

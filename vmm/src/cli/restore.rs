@@ -1,0 +1,74 @@
+//! `vmm restore`: a snapshot generation resumed, then the built-in guest's heartbeats and
+//! FINISH, optionally with a new chain of snapshots of the restored VM.
+
+use super::*;
+use vmm::restore::{RestoreConfig, restore_vm};
+use vmm::snapshot::VerifyMemory;
+
+pub(super) fn restore_command(args: &RestoreArgs) -> anyhow::Result<ExitCode> {
+    let timeout = Duration::from_secs(args.timeout);
+    let started = Instant::now();
+    let mut chain = args
+        .snapshot_dir
+        .as_deref()
+        .map(snapshot::SnapshotDir::create)
+        .transpose()?;
+    let config = RestoreConfig {
+        dir: args.dir.clone(),
+        generation: args.generation,
+        verify: if args.verify_memory {
+            VerifyMemory::Checksum
+        } else {
+            VerifyMemory::Length
+        },
+        console: if chain.is_some() {
+            Console::stderr()
+        } else {
+            Console::Stdout
+        },
+        dirty: chain
+            .as_ref()
+            .map(|_| vmm::DirtyConfig::new(DirtyLogChoice::Auto)),
+        paused: false,
+    };
+    let (vm, state) = restore_vm(&config)?;
+    eprintln!(
+        "vmm: generation {} of {} restored in {:.2?} ({} vCPU(s)); the guest runs on",
+        state.generation,
+        args.dir.display(),
+        started.elapsed(),
+        state.vcpus.len()
+    );
+    if let (Some(snaps), Some(every)) = (chain.as_mut(), args.snapshot_every) {
+        snaps.set_guest_cr3s(state.guest_cr3s.clone());
+        let mut next = Instant::now() + every;
+        for _ in 0..args.snapshots {
+            if let Some(outcome) = wait_or_end(&vm, next) {
+                eprintln!("vmm: the guest ended before the next snapshot");
+                return Ok(report(&outcome));
+            }
+            next += every;
+            let info = vm.snapshot(snaps).context("taking a snapshot")?;
+            println!(
+                "generation {} {:?}: {} pages, {} bytes in {}, written in {:.2?}",
+                info.generation,
+                info.kind,
+                info.pages,
+                info.data_bytes,
+                info.data_path.display(),
+                info.elapsed
+            );
+        }
+    }
+    if let Some(outcome) = wait_heartbeats(&vm, args.heartbeats, timeout)? {
+        return Ok(report(&outcome));
+    }
+    let code = finish(&vm, timeout)?;
+    if vm.memory_file_shrank() {
+        bail!(
+            "the snapshot's memory file shrank while the restored VM ran: what was read past its \
+             new end is not the snapshot's"
+        );
+    }
+    Ok(code)
+}
