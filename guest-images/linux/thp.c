@@ -118,6 +118,17 @@ int main(int argc, char **argv)
 	send_event(EVENT_MARK, BUFFER_SIZE);
 	send_event(EVENT_PARK, start);
 	printf("GUESTWALK-THP resumed\n");
+	/* What it wrote is still there (a restored VM must give it back). */
+	size_t corrupt = 0;
+	for (uintptr_t offset = 0; offset < BUFFER_SIZE; offset += PAGE) {
+		uint64_t value;
+		memcpy(&value, buffer + offset, sizeof(value));
+		corrupt += value != ((uint64_t)(start + offset) ^ PATTERN);
+	}
+	printf("GUESTWALK-THP %s (%zu pages differ)\n", corrupt ? "CORRUPT" : "verified", corrupt);
+	fflush(stdout);
+	if (corrupt)
+		return 3;
 	if (rewrite) {
 		for (uintptr_t offset = 0; offset < BUFFER_SIZE; offset += PAGE) {
 			uint64_t value = (uint64_t)(start + offset) ^ PATTERN;

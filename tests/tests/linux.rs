@@ -21,6 +21,10 @@
 //! bzImage in all of them but one, which lets the guest's decompressor run; one more
 //! keeps KASLR on, so the kernel runs where vmm relocated it.
 //!
+//! Snapshots and restore (issue 14): a chain of three generations from the THP process's
+//! park, each equal to the RAM and the live walk of its pause; the first and the last
+//! then restored, each running on to power-off with the process's buffer intact.
+//!
 //! Reboots and panics (issue 13): `reboot -f` with every reboot method of Linux on 1 and 2
 //! vCPUs, a panic before `/init` and a sysrq crash with pvpanic each end the VM with the
 //! documented outcome and status, promptly; each case prints the time from the guest's
@@ -1041,8 +1045,52 @@ fn linux_snapshot_chain(test: &str, vcpus: u8) {
             "{test}: real address spaces"
         );
     }
+    // Restored, a generation runs on: the process finds its buffer as it wrote it, its
+    // linger ends by the restored clock, the serial console keeps working through its
+    // interrupt, and the guest powers off. Generation 0 is the park itself (the process
+    // resumes); generation 2 a diff taken while it lingered.
+    for g in [0u64, 2] {
+        let console = Console::capture();
+        let config = vmm::restore::RestoreConfig {
+            dir: dir.clone(),
+            generation: Some(g),
+            verify: vmm::snapshot::VerifyMemory::Length,
+            console: console.clone(),
+            dirty: None,
+            paused: false,
+        };
+        let started = std::time::Instant::now();
+        let (vm, _) = vmm::restore::restore_vm(&config)
+            .unwrap_or_else(|e| panic!("{test}: restoring generation {g}: {e}"));
+        let outcome = vm.wait(LINUX_TIMEOUT).unwrap_or_else(|e| {
+            panic!(
+                "{test}: restored generation {g}: {e}\n{}\n{}",
+                vm.vcpu_report(None),
+                String::from_utf8_lossy(&console.captured())
+            )
+        });
+        let text = String::from_utf8_lossy(&console.captured()).into_owned();
+        eprintln!(
+            "{test}: restored generation {g} ran {:.1?} to {outcome}",
+            started.elapsed()
+        );
+        assert!(
+            matches!(outcome, vmm::ExitOutcome::PowerOff { .. }),
+            "{test}: restored generation {g} should power off, got {outcome}\n{text}"
+        );
+        let mut expected = vec!["GUESTWALK-THP-EXIT rc=0"];
+        if g == 0 {
+            expected.extend(["GUESTWALK-THP resumed", "GUESTWALK-THP verified"]);
+        }
+        for line in expected {
+            assert!(
+                text.contains(line),
+                "{test}: restored generation {g}: no {line:?} on its console:\n{text}"
+            );
+        }
+    }
     let _ = std::fs::remove_dir_all(&dir);
-    finish(p, test, &[]);
+    finish(p, test, &["GUESTWALK-THP verified"]);
 }
 
 #[test]

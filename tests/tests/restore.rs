@@ -237,6 +237,28 @@ fn edit_state(dir: &Path, generation: u64, edit: impl FnOnce(&mut SnapshotState)
     std::fs::write(dir.join(snapshot::state_file_name(generation)), bytes).unwrap();
 }
 
+fn empty_irqchip() -> vmm::kvm::state::IrqchipState {
+    vmm::kvm::state::IrqchipState {
+        pic_master: Default::default(),
+        pic_slave: Default::default(),
+        ioapic: Default::default(),
+        pit: Default::default(),
+    }
+}
+
+/// Interrupt controllers of KVM's sizes, all zeros but their chip numbers
+/// (`kvm_irqchip`: 520 bytes, the chip number first; `kvm_pit_state2`: 112 bytes).
+fn zeroed_irqchip() -> vmm::kvm::state::IrqchipState {
+    let blob = |hex: String| serde_json::from_value(serde_json::Value::String(hex)).unwrap();
+    let chip = |id: u8| blob(format!("{id:02x}{}", "00".repeat(519)));
+    vmm::kvm::state::IrqchipState {
+        pic_master: chip(0),
+        pic_slave: chip(1),
+        ioapic: chip(2),
+        pit: blob("00".repeat(112)),
+    }
+}
+
 /// A change to a state.
 type Edit = Box<dyn Fn(&mut SnapshotState)>;
 
@@ -303,19 +325,43 @@ fn what_cannot_be_resumed_is_refused_by_name() {
             "needs CPU features this host's KVM does not offer: CPUID 0x1.0 EDX bit 10, 52 physical address bits",
         ),
         (
-            "a Linux guest's",
+            "no device state",
+            Box::new(|s| s.devices = None),
+            "it holds no device state",
+        ),
+        (
+            "interrupt controllers without legacy devices",
+            Box::new(|s| s.vm.as_mut().unwrap().irqchip = Some(empty_irqchip())),
+            "disagree on whether it is a Linux guest",
+        ),
+        (
+            "a Linux guest's, with empty interrupt controllers",
             Box::new(|s| {
-                let vm = s.vm.as_mut().unwrap();
-                vm.irqchip = Some(vmm::kvm::state::IrqchipState {
-                    pic_master: Default::default(),
-                    pic_slave: Default::default(),
-                    ioapic: Default::default(),
-                    pit: Default::default(),
+                s.vm.as_mut().unwrap().irqchip = Some(empty_irqchip());
+                s.devices.as_mut().unwrap().legacy = Some(vmm::devices::LegacyRecord {
+                    rtc_index: 0,
+                    rtc_ram: vec![0; 128],
+                    reset_control: 0,
                 });
             }),
-            "it is a Linux guest's",
+            "cannot restore the PIT: 0 bytes",
         ),
     ];
+    let mut cases = cases;
+    if vmm::kvm::host_is_pvm() {
+        cases.push((
+            "a Linux guest's on PVM",
+            Box::new(|s| {
+                s.vm.as_mut().unwrap().irqchip = Some(zeroed_irqchip());
+                s.devices.as_mut().unwrap().legacy = Some(vmm::devices::LegacyRecord {
+                    rtc_index: 0,
+                    rtc_ram: vec![0; 128],
+                    reset_control: 0,
+                });
+            }),
+            "it is a Linux guest's, and this host's /dev/kvm is PVM",
+        ));
+    }
     for (what, edit, expected) in cases {
         reset();
         edit_state(&dir, 0, edit);

@@ -158,6 +158,7 @@ fn snapshot_dir(dir: &Path, ram: u64, diffs: u64) {
                 memory: &mem,
                 vcpus: vec![vcpu.clone()],
                 vm: None,
+                devices: None,
                 paging,
                 dirty: Some(dirty),
             })

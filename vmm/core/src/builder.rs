@@ -627,6 +627,8 @@ pub(crate) fn start(machine: Machine, console: &Console) -> Result<Vm, BuildErro
             memory_watches,
             cpuids,
             paused: start_paused,
+            serial: serial.clone(),
+            legacy: legacy.clone(),
         },
         vcpus.len(),
     );

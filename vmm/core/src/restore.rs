@@ -8,8 +8,8 @@
 //!    nothing is read until the guest or the VMM touches it, and nothing is ever written
 //!    to the snapshot's files), the diffs applied into that private mapping;
 //! 2. refuse what cannot be resumed: a format-1 state (registers only), a snapshot
-//!    written from memory rather than from a VM, a Linux guest's (its devices' state is
-//!    not saved yet);
+//!    written from memory rather than from a VM, a Linux guest's on PVM (which cannot
+//!    run Linux);
 //! 3. compatibility: the CPUID features the snapshot's vCPUs were given must be ones
 //!    this host's KVM gives ([`missing_features`]: every feature bit, MAXPHYADDR), else
 //!    the restore is refused naming what is missing; a TSC frequency more than
@@ -18,15 +18,23 @@
 //!    snapshots), then each vCPU: CPUID, then [`crate::kvm::KvmVcpu::restore_state`]
 //!    (MP state, registers, XSAVE, XCRs, debug registers, LAPIC, MSRs, events), then the
 //!    VM's clock (and irqchip, PIT) after every vCPU ([`crate::kvm::state`] says why);
-//! 5. the devices and the vCPU threads, as for a boot ([`crate::builder::build_vm`]): the
-//!    guest runs on from the instruction after the one it was paused at.
+//! 5. the devices from their records (COM1 with its pending interrupt raised again, for
+//!    a Linux guest on IRQ 4 through an irqfd; the CMOS RAM and reset control register),
+//!    and the vCPU threads, as for a boot ([`crate::builder::build_vm`]): the guest runs
+//!    on from the instruction after the one it was paused at.
+//!
+//! A restored Linux VM does not know where its kernel was loaded ([`Vm::linux`] is
+//! `None`): dirty scans of it do not add the kernel half of a PTI process.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use crate::arch::x86_64::cpuid::{CpuidEntry, guest_cpuid, paging_features};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::arch::x86_64::cpuid::{CpuidEntry, guest_cpuid, linux_cpuid, paging_features};
 use crate::builder::{BuildError, DirtyConfig, Machine, dirty_tracking, prepare_dirty_log, start};
-use crate::devices::{Console, SerialDevice};
+use crate::devices::serial::COM1_IRQ;
+use crate::devices::{Console, LegacyDevices, SerialDevice, SerialInterrupt};
 use crate::kvm::{self, Hypervisor, KvmError, kick};
 use crate::snapshot::{SnapshotError, SnapshotState, VerifyMemory, load_for_restore};
 use crate::vm::Vm;
@@ -240,26 +248,51 @@ pub fn restore_vm(config: &RestoreConfig) -> Result<(Vm, SnapshotState), Restore
             "it was written from memory, not from a running VM: it holds no KVM state",
         ));
     };
-    if vm_state.irqchip.is_some() {
+    let Some(devices) = state.devices.clone() else {
+        return Err(refuse("it holds no device state (taken by an earlier vmm)"));
+    };
+    // The in-kernel interrupt controllers are what a Linux VM has and the built-in
+    // guest's does not (crate::builder).
+    let linux = vm_state.irqchip.is_some();
+    if linux != devices.legacy.is_some() {
         return Err(refuse(
-            "it is a Linux guest's, and restoring one needs its devices' state (UART, RTC, \
-             i8042), which this vmm does not save yet; the built-in guest's can be restored",
+            "its interrupt controllers and legacy devices disagree on whether it is a Linux guest",
         ));
     }
+
     if state.vcpus.iter().any(|record| record.kvm.is_none()) {
         return Err(refuse("a vCPU has no KVM state"));
+    }
+    // KVM's structures carried as bytes, checked before any VM exists.
+    for (index, record) in state.vcpus.iter().enumerate() {
+        if let Some(kvm) = &record.kvm {
+            kvm.check()
+                .map_err(|e| refuse(&format!("vCPU {index}: {e}")))?;
+        }
+    }
+    vm_state.check().map_err(|e| refuse(&e.to_string()))?;
+    let pvm = kvm::host_is_pvm();
+    if linux && pvm {
+        return Err(refuse(
+            "it is a Linux guest's, and this host's /dev/kvm is PVM, where a stock Linux \
+             kernel cannot run (restore it on a hardware KVM host)",
+        ));
     }
     if state.vcpus.len() > usize::from(crate::builder::MAX_VCPUS) {
         return Err(refuse(&format!("it has {} vCPUs", state.vcpus.len())));
     }
 
-    let pvm = kvm::host_is_pvm();
     let hypervisor = Hypervisor::open()?;
     let supported = hypervisor.supported_cpuid()?;
     let mut missing = Vec::new();
     for (index, record) in (0u8..).zip(&state.vcpus) {
         let saved = record.kvm.as_ref().map_or(&[][..], |k| &k.cpuid[..]);
-        for item in missing_features(saved, &guest_cpuid(&supported, index, pvm)) {
+        let host = if linux {
+            linux_cpuid(&supported, index, pvm, hypervisor.has_tsc_deadline_timer())
+        } else {
+            guest_cpuid(&supported, index, pvm)
+        };
+        for item in missing_features(saved, &host) {
             if !missing.contains(&item) {
                 missing.push(item);
             }
@@ -279,6 +312,10 @@ pub fn restore_vm(config: &RestoreConfig) -> Result<(Vm, SnapshotState), Restore
     let (dirty_backend, ring_size) = prepare_dirty_log(&kvm_vm, config.dirty)?;
     let slots = kvm_vm.register_memory(&memory, dirty_backend.is_some())?;
     kvm_vm.set_tss_address(crate::arch::x86_64::layout::KVM_TSS_ADDRESS.0)?;
+    if linux {
+        // Before any vCPU: each vCPU gets its in-kernel LAPIC when created.
+        kvm_vm.create_irqchip_and_pit()?;
+    }
     kick::install_handler().map_err(BuildError::from)?;
     let mut vcpus = Vec::with_capacity(state.vcpus.len());
     for (index, record) in (0u8..).zip(&state.vcpus) {
@@ -311,6 +348,22 @@ pub fn restore_vm(config: &RestoreConfig) -> Result<(Vm, SnapshotState), Restore
     let (dirty, dirty_rings) =
         dirty_tracking(&kvm_vm, &memory, slots, &vcpus, dirty_backend, ring_size)?;
     let paging = state.paging;
+    let interrupt = if linux {
+        let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
+        kvm_vm.register_irqfd(&irq, COM1_IRQ)?;
+        SerialInterrupt::Irqfd(irq)
+    } else {
+        SerialInterrupt::None
+    };
+    let serial = SerialDevice::from_record(config.console.clone(), interrupt, &devices.serial)
+        .ok_or_else(|| refuse("its UART's receive FIFO holds more than a UART's 64 bytes"))?;
+    let legacy = match &devices.legacy {
+        Some(record) => Some(Arc::new(Mutex::new(
+            LegacyDevices::from_record(record)
+                .ok_or_else(|| refuse("its CMOS RAM is not 128 bytes"))?,
+        ))),
+        None => None,
+    };
     let cpuids = state
         .vcpus
         .iter()
@@ -325,11 +378,11 @@ pub fn restore_vm(config: &RestoreConfig) -> Result<(Vm, SnapshotState), Restore
             paging,
             dirty,
             dirty_rings,
-            serial: SerialDevice::new(config.console.clone()),
-            legacy: None,
+            serial,
+            legacy,
             linux: None,
             msr_indices,
-            irqchip: false,
+            irqchip: linux,
             memory_watches,
             start_paused: config.paused,
         },

@@ -324,6 +324,10 @@ pub struct Vm {
     irqchip: bool,
     /// Each vCPU's CPUID, as given.
     cpuids: Vec<Vec<crate::arch::x86_64::cpuid::CpuidEntry>>,
+    /// COM1 (also on every vCPU's bus).
+    serial: Arc<std::sync::Mutex<crate::devices::SerialDevice>>,
+    /// The Linux VM's legacy devices (also on every vCPU's bus).
+    legacy: Option<Arc<std::sync::Mutex<crate::devices::LegacyDevices>>>,
 }
 
 /// What the builder hands over to make a [`Vm`] (its vCPU threads are added after).
@@ -344,6 +348,8 @@ pub(crate) struct VmParts {
     pub(crate) cpuids: Vec<Vec<crate::arch::x86_64::cpuid::CpuidEntry>>,
     /// The vCPU threads start paused.
     pub(crate) paused: bool,
+    pub(crate) serial: Arc<std::sync::Mutex<crate::devices::SerialDevice>>,
+    pub(crate) legacy: Option<Arc<std::sync::Mutex<crate::devices::LegacyDevices>>>,
 }
 
 impl Vm {
@@ -367,6 +373,8 @@ impl Vm {
             msr_indices: parts.msr_indices,
             irqchip: parts.irqchip,
             cpuids: parts.cpuids,
+            serial: parts.serial,
+            legacy: parts.legacy,
         }
     }
 
@@ -500,6 +508,26 @@ impl Vm {
             .save_state(self.irqchip)
             .map_err(VmError::VmState)?;
         Ok((vcpus, vm))
+    }
+
+    /// The devices' state ([`crate::devices::DeviceRecord`]). Only while paused (a
+    /// vCPU's access would change it meanwhile).
+    pub fn device_record(&self) -> Result<crate::devices::DeviceRecord, VmError> {
+        if !self.paused.load(Ordering::SeqCst) {
+            return Err(VmError::NotPaused);
+        }
+        let serial = self
+            .serial
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .record();
+        let legacy = self.legacy.as_ref().map(|legacy| {
+            legacy
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .record()
+        });
+        Ok(crate::devices::DeviceRecord { serial, legacy })
     }
 
     /// Translates `gva` with vCPU `vcpu`'s current paging state (`KVM_TRANSLATE`).

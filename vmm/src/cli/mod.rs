@@ -119,8 +119,9 @@ pub enum Command {
     /// Work with snapshot directories (`vmm run --snapshot-dir`): merge, list.
     Snapshot(SnapshotArgs),
     /// Restore a generation of a snapshot directory and run the guest on from where it
-    /// was paused: the built-in guest's next heartbeats, then FINISH; exits with its
-    /// status. The snapshot's files are never written.
+    /// was paused: the built-in guest's next heartbeats, then FINISH; a Linux guest until
+    /// it ends by itself (or --timeout). Exits with the guest's status. The snapshot's
+    /// files are never written.
     Restore(RestoreArgs),
     /// Measure boot, pause, walks and translations on the built-in guest, each against
     /// a baseline measured in the same run.
@@ -269,7 +270,7 @@ pub struct RestoreArgs {
     /// Heartbeats of the built-in guest to wait for after the restore, before FINISH.
     #[arg(long, default_value_t = 3)]
     pub heartbeats: u32,
-    /// Seconds to wait for each phase (heartbeats, DONE).
+    /// Seconds to wait for each phase (heartbeats, DONE; a Linux guest's end).
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub timeout: u64,
     /// Check the memory file's CRC32 before the guest runs (reads all of it). Without

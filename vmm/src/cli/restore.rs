@@ -1,5 +1,6 @@
 //! `vmm restore`: a snapshot generation resumed, then the built-in guest's heartbeats and
-//! FINISH, optionally with a new chain of snapshots of the restored VM.
+//! FINISH (a Linux guest runs on until it ends by itself), optionally with a new chain of
+//! snapshots of the restored VM.
 
 use super::*;
 use vmm::restore::{RestoreConfig, restore_vm};
@@ -59,6 +60,17 @@ pub(super) fn restore_command(args: &RestoreArgs) -> anyhow::Result<ExitCode> {
                 info.elapsed
             );
         }
+    }
+    if state.vm.as_ref().is_some_and(|v| v.irqchip.is_some()) {
+        // A Linux guest runs on until it ends by itself.
+        let outcome = vm.wait(timeout).map_err(|e| {
+            eprint!("vmm: {e}; every vCPU now:\n{}", vm.vcpu_report(None));
+            e
+        });
+        let outcome = outcome.with_context(|| {
+            format!("waiting for the restored Linux guest to end (--timeout {timeout:?})")
+        })?;
+        return Ok(report(&outcome));
     }
     if let Some(outcome) = wait_heartbeats(&vm, args.heartbeats, timeout)? {
         return Ok(report(&outcome));

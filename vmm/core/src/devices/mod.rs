@@ -20,7 +20,7 @@ pub use i8042::I8042;
 pub use pvpanic::PvPanic;
 pub use reset::{ResetControl, ResetMethod};
 pub use rtc::Rtc;
-pub use serial::{SerialDevice, SerialInterrupt};
+pub use serial::{SerialDevice, SerialInterrupt, SerialRecord};
 
 /// The PC legacy devices a Linux guest needs beyond the UART: the CMOS RTC, the i8042
 /// (for its reset line), the ACPI sleep registers (for power-off), the other reset
@@ -47,6 +47,51 @@ impl LegacyDevices {
         } else {
             self.reset.requested()
         }
+    }
+}
+
+/// What a snapshot keeps of the devices: the guest-visible state a resumed guest reads
+/// back. Requests that end the VM (reset, power-off, panic) are not state: a VM that
+/// made one has ended. Nor is the debug port's command word: it is the VMM's side of the
+/// protocol, and the VMM that restores sets its own.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DeviceRecord {
+    /// COM1.
+    pub serial: SerialRecord,
+    /// The Linux VM's legacy devices.
+    pub legacy: Option<LegacyRecord>,
+}
+
+/// The legacy devices' state ([`DeviceRecord`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LegacyRecord {
+    /// The CMOS register selected (port 0x70).
+    pub rtc_index: u8,
+    /// The 128 bytes of CMOS RAM.
+    pub rtc_ram: Vec<u8>,
+    /// The reset control register (port 0xCF9).
+    pub reset_control: u8,
+}
+
+impl LegacyDevices {
+    /// Their state, for a snapshot.
+    pub fn record(&self) -> LegacyRecord {
+        let (rtc_index, ram) = self.rtc.record();
+        LegacyRecord {
+            rtc_index,
+            rtc_ram: ram.to_vec(),
+            reset_control: self.reset.control(),
+        }
+    }
+
+    /// Devices in the state of `record`; `None` when its CMOS RAM is not 128 bytes.
+    pub fn from_record(record: &LegacyRecord) -> Option<Self> {
+        let ram: [u8; 128] = record.rtc_ram.as_slice().try_into().ok()?;
+        Some(Self {
+            rtc: Rtc::from_record(record.rtc_index, ram),
+            reset: ResetControl::with_control(record.reset_control),
+            ..Self::default()
+        })
     }
 }
 

@@ -84,6 +84,20 @@ pub struct ResetControl {
 }
 
 impl ResetControl {
+    /// The reset control register's value, for a snapshot (a reset request is not
+    /// state: it ends the VM).
+    pub fn control(&self) -> u8 {
+        self.control
+    }
+
+    /// Reset lines with the reset control register at `control` and no request.
+    pub fn with_control(control: u8) -> Self {
+        Self {
+            control,
+            requested: None,
+        }
+    }
+
     /// Whether `port` is one of the three.
     pub fn claims(port: u16) -> bool {
         matches!(

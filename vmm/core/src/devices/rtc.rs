@@ -101,6 +101,20 @@ impl Rtc {
         }
     }
 
+    /// The selected register and the CMOS RAM (the time is the host's), for a snapshot.
+    pub fn record(&self) -> (u8, [u8; 128]) {
+        (self.index, self.ram)
+    }
+
+    /// An RTC with the register selection and CMOS RAM of [`Rtc::record`].
+    pub fn from_record(index: u8, ram: [u8; 128]) -> Self {
+        Self {
+            index: index & 0x7f,
+            ram,
+            ..Self::default()
+        }
+    }
+
     /// Whether `port` belongs to the RTC.
     pub fn claims(port: u16) -> bool {
         port == RTC_INDEX_PORT || port == RTC_DATA_PORT

@@ -38,6 +38,22 @@ impl Trigger for SerialInterrupt {
     }
 }
 
+/// A UART's registers and receive FIFO (vm-superio's `SerialState`, which has no serde).
+#[allow(missing_docs)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct SerialRecord {
+    pub baud_divisor_low: u8,
+    pub baud_divisor_high: u8,
+    pub interrupt_enable: u8,
+    pub interrupt_identification: u8,
+    pub line_control: u8,
+    pub line_status: u8,
+    pub modem_control: u8,
+    pub modem_status: u8,
+    pub scratch: u8,
+    pub in_buffer: Vec<u8>,
+}
+
 /// The COM1 device.
 pub struct SerialDevice {
     uart: Serial<SerialInterrupt, vm_superio::serial::NoEvents, ConsoleWriter>,
@@ -59,6 +75,53 @@ impl SerialDevice {
     pub fn with_interrupt(console: Console, interrupt: SerialInterrupt) -> Self {
         Self {
             uart: Serial::new(interrupt, ConsoleWriter(console)),
+        }
+    }
+
+    /// A UART in the state `record` saved ([`SerialDevice::record`]), raising its
+    /// interrupt at once if one was pending. `None` when the record's receive FIFO is
+    /// larger than a UART's.
+    pub fn from_record(
+        console: Console,
+        interrupt: SerialInterrupt,
+        record: &SerialRecord,
+    ) -> Option<Self> {
+        let state = vm_superio::serial::SerialState {
+            baud_divisor_low: record.baud_divisor_low,
+            baud_divisor_high: record.baud_divisor_high,
+            interrupt_enable: record.interrupt_enable,
+            interrupt_identification: record.interrupt_identification,
+            line_control: record.line_control,
+            line_status: record.line_status,
+            modem_control: record.modem_control,
+            modem_status: record.modem_status,
+            scratch: record.scratch,
+            in_buffer: record.in_buffer.clone(),
+        };
+        Serial::from_state(
+            &state,
+            interrupt,
+            vm_superio::serial::NoEvents,
+            ConsoleWriter(console),
+        )
+        .ok()
+        .map(|uart| Self { uart })
+    }
+
+    /// The UART's registers and receive FIFO, for a snapshot.
+    pub fn record(&self) -> SerialRecord {
+        let s = self.uart.state();
+        SerialRecord {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer,
         }
     }
 
@@ -110,5 +173,38 @@ mod tests {
         serial.write(COM1_BASE + 1, 0x02);
         serial.write(COM1_BASE, b'x');
         assert!(mine.read().is_ok_and(|n| n >= 1));
+    }
+
+    #[test]
+    fn a_recorded_uart_comes_back_with_its_registers() {
+        let mut serial = SerialDevice::new(Console::capture());
+        serial.write(COM1_BASE + 3, 0x83); // LCR: DLAB, 8 bits
+        serial.write(COM1_BASE, 0x01); // divisor low
+        serial.write(COM1_BASE + 3, 0x03);
+        serial.write(COM1_BASE + 7, 0x5a); // scratch
+        serial.write(COM1_BASE + 1, 0x02); // IER
+        let record = serial.record();
+        assert_eq!(
+            (
+                record.baud_divisor_low,
+                record.scratch,
+                record.interrupt_enable
+            ),
+            (1, 0x5a, 2)
+        );
+        let Some(mut again) =
+            SerialDevice::from_record(Console::capture(), SerialInterrupt::None, &record)
+        else {
+            panic!("a recorded UART was refused");
+        };
+        assert_eq!(again.record(), record);
+        assert_eq!(again.read(COM1_BASE + 7), 0x5a);
+        let full = SerialRecord {
+            in_buffer: vec![0; 4096],
+            ..record
+        };
+        assert!(
+            SerialDevice::from_record(Console::capture(), SerialInterrupt::None, &full).is_none()
+        );
     }
 }

@@ -200,6 +200,58 @@ pub struct VmKvmState {
     pub irqchip: Option<IrqchipState>,
 }
 
+impl VcpuKvmState {
+    /// Whether every structure carried as bytes has KVM's size and the lists fit KVM's,
+    /// so that a restore fails before any VM exists rather than half-way.
+    pub fn check(&self) -> Result<()> {
+        self.xsave.to::<kvm_xsave>("the XSAVE area")?;
+        self.events.to::<kvm_vcpu_events>("the vCPU events")?;
+        if let Some(lapic) = &self.lapic {
+            lapic.to::<kvm_lapic_state>("the LAPIC")?;
+        }
+        let max_xcrs = kvm_xcrs::default().xcrs.len();
+        if self.xcrs.len() > max_xcrs {
+            return Err(KvmError::BadState {
+                what: "the XCRs",
+                reason: format!("{} of them, KVM takes at most {max_xcrs}", self.xcrs.len()),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl VmKvmState {
+    /// [`VcpuKvmState::check`] for the VM's part: the PIT's size, each irqchip's size and
+    /// chip number.
+    pub fn check(&self) -> Result<()> {
+        let Some(chips) = &self.irqchip else {
+            return Ok(());
+        };
+        chips.pit.to::<kvm_pit_state2>("the PIT")?;
+        for (blob, id, what) in chips.chips() {
+            let raw: kvm_irqchip = blob.to(what)?;
+            if raw.chip_id != id {
+                return Err(KvmError::BadState {
+                    what,
+                    reason: format!("it is chip {}, not chip {id}", raw.chip_id),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl IrqchipState {
+    /// The three chips with their KVM numbers and names.
+    fn chips(&self) -> [(&KvmBlob, u32, &'static str); 3] {
+        [
+            (&self.pic_master, KVM_IRQCHIP_PIC_MASTER, "the master PIC"),
+            (&self.pic_slave, KVM_IRQCHIP_PIC_SLAVE, "the slave PIC"),
+            (&self.ioapic, KVM_IRQCHIP_IOAPIC, "the IOAPIC"),
+        ]
+    }
+}
+
 impl KvmVcpu {
     /// Reads everything [`VcpuKvmState`] holds (see the module docs for the order). The
     /// vCPU must be paused, and every other vCPU of its VM too (an IPI would change its
@@ -500,11 +552,7 @@ impl KvmVm {
             .set_clock(&clock)
             .map_err(ioctl_error("KVM_SET_CLOCK"))?;
         if let Some(chips) = &state.irqchip {
-            for (blob, id, what) in [
-                (&chips.pic_master, KVM_IRQCHIP_PIC_MASTER, "the master PIC"),
-                (&chips.pic_slave, KVM_IRQCHIP_PIC_SLAVE, "the slave PIC"),
-                (&chips.ioapic, KVM_IRQCHIP_IOAPIC, "the IOAPIC"),
-            ] {
+            for (blob, id, what) in chips.chips() {
                 let raw: kvm_irqchip = blob.to(what)?;
                 if raw.chip_id != id {
                     return Err(KvmError::BadState {

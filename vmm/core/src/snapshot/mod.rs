@@ -37,7 +37,8 @@
 //!                   "events":"0000...","tsc_khz":2899998}}],
 //!  "paging":{"phys_addr_bits":46,"gbpages":false,"la57":false,"nx":true},
 //!  "guest_cr3s":[2101248,2109440],
-//!  "vm":{"clock_ns":1234567,"irqchip":null}}
+//!  "vm":{"clock_ns":1234567,"irqchip":null},
+//!  "devices":{"serial":{"baud_divisor_low":12,...,"in_buffer":[]},"legacy":null}}
 //! ```
 //!
 //! The header carries the version (so a reader refuses a newer format before parsing it),
@@ -55,7 +56,8 @@
 //! CPUID as given, MP state, XSAVE area, XCRs, debug registers, LAPIC, every MSR KVM
 //! lists as saveable and reads, pending events, TSC frequency; KVM's own structures as
 //! hex strings of their bytes) and the VM's `vm` (the kvmclock; the PICs, IOAPIC and PIT
-//! of a Linux guest). Both are absent in format 1 (which this VMM still reads, lists,
+//! of a Linux guest) and `devices` (COM1's registers and FIFO; the Linux VM's CMOS RAM
+//! and reset control register). All are absent in format 1 (which this VMM still reads, lists,
 //! inspects and merges, but does not resume) and in snapshots written from memory
 //! ([`SnapshotSource`] without a VM). The diff file format did not change
 //! ([`DIFF_FORMAT_VERSION`]).
@@ -230,6 +232,9 @@ pub struct SnapshotState {
     /// and PIT); present exactly when every vCPU's `kvm` is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vm: Option<VmKvmState>,
+    /// The devices' state (format 2, from a VM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub devices: Option<crate::devices::DeviceRecord>,
 }
 
 impl SnapshotState {
@@ -461,6 +466,7 @@ mod tests {
             memory: mem,
             vcpus: vec![vcpu(0x1000)],
             vm: None,
+            devices: None,
             paging: paging(),
             dirty: Some(dirty(mem, pages)),
         }

@@ -52,6 +52,8 @@ pub struct SnapshotSource<'a, M> {
     pub vcpus: Vec<VcpuRecord>,
     /// What KVM holds of the VM, from a VM (with every vCPU's `kvm`).
     pub vm: Option<VmKvmState>,
+    /// The devices' state, from a VM.
+    pub devices: Option<crate::devices::DeviceRecord>,
     /// The guest's paging features.
     pub paging: PagingFeatures,
     /// The pages written since the previous generation, one bitmap per region (as
@@ -226,6 +228,7 @@ impl SnapshotDir {
             paging: source.paging,
             guest_cr3s: self.guest_cr3s.clone(),
             vm: source.vm,
+            devices: source.devices,
         };
         let limit = self.write_limit.map(|l| l.saturating_sub(data_bytes));
         let state_path = match write_state(&self.dir, &state, limit) {
@@ -428,6 +431,7 @@ impl Vm {
             return Err(SnapshotError::InstructionPending { vcpu: state.index });
         }
         let (kvm, vm) = self.save_kvm_state().map_err(Box::new)?;
+        let devices = self.device_record().map_err(Box::new)?;
         let dirty = match self.fetch_dirty() {
             Ok(set) => Some(set.bitmaps),
             Err(DirtyError::NotEnabled) => None,
@@ -441,6 +445,7 @@ impl Vm {
                 .map(|(state, kvm)| VcpuRecord::from_state(state, Some(kvm)))
                 .collect(),
             vm: Some(vm),
+            devices: Some(devices),
             paging: self.paging_features(),
             dirty,
         })
