@@ -1054,7 +1054,7 @@ fn linux_snapshot_chain(test: &str, vcpus: u8) {
         let config = vmm::restore::RestoreConfig {
             dir: dir.clone(),
             generation: Some(g),
-            verify: vmm::snapshot::VerifyMemory::Length,
+            memory: vmm::snapshot::MemoryLoad::Lazy,
             console: console.clone(),
             dirty: None,
             paused: false,

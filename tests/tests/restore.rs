@@ -1,5 +1,6 @@
 //! `vmm::restore` on the built-in guest: every generation of a snapshot chain (a full
-//! one, then diffs) taken while the guest runs is restored and resumed where it stopped:
+//! one, then diffs) taken while the guest runs is restored (memory mapped copy-on-write,
+//! and copied) and resumed where it stopped:
 //! started paused, the restored vCPU has exactly the saved registers, guest RAM hashes as
 //! it did at the pause and each address space walks to the same leaves (A/D bits
 //! included); resumed, the guest's loop counter goes on from the saved one, its own
@@ -13,7 +14,7 @@ use std::path::{Path, PathBuf};
 use guestwalk_tests::BuiltinProtocol;
 use guestwalk_tests::{TIMEOUT, hash_ram, kvm_available, next_heartbeat, test_memory, tlb_lines};
 use vmm::restore::{RestoreConfig, restore_vm};
-use vmm::snapshot::{self, SnapshotDir, SnapshotState, VerifyMemory};
+use vmm::snapshot::{self, MemoryLoad, SnapshotDir, SnapshotState};
 use vmm::{Console, DirtyLogChoice, ExitOutcome, GuestMode, Vm, VmConfig};
 
 /// Iterations between two heartbeats of the built-in guest.
@@ -87,7 +88,7 @@ fn config(dir: &Path, generation: Option<u64>, paused: bool) -> RestoreConfig {
     RestoreConfig {
         dir: dir.to_owned(),
         generation,
-        verify: VerifyMemory::Length,
+        memory: MemoryLoad::Lazy,
         console: Console::capture(),
         dirty: None,
         paused,
@@ -139,10 +140,16 @@ fn every_generation_resumes_exactly_where_it_stopped() {
     let dir = temp_dir("chain");
     let (cr3s, taken) = take_chain(&dir, 4);
     let before = files(&dir);
-    for t in &taken {
-        let what = format!("generation {}", t.generation);
-        let (vm, state) = restore_vm(&config(&dir, Some(t.generation), true))
-            .unwrap_or_else(|e| panic!("{what}: {e}"));
+    for (t, memory) in taken
+        .iter()
+        .flat_map(|t| [(t, MemoryLoad::Lazy), (t, MemoryLoad::Copy)])
+    {
+        let what = format!("generation {} ({memory:?})", t.generation);
+        let restore = RestoreConfig {
+            memory,
+            ..config(&dir, Some(t.generation), true)
+        };
+        let (vm, state) = restore_vm(&restore).unwrap_or_else(|e| panic!("{what}: {e}"));
         assert_eq!(state.generation, t.generation);
         assert!(vm.is_paused());
         let states = vm.pause().unwrap();
@@ -374,6 +381,24 @@ fn what_cannot_be_resumed_is_refused_by_name() {
         let loaded = snapshot::load(&dir, None).unwrap_or_else(|e| panic!("{what}: {e}"));
         assert_eq!(loaded.state.generation, 0, "{what}");
     }
+    // A damaged byte of the memory file: a copy reads it all and names the file.
+    reset();
+    let mem = dir.join(snapshot::data_file_name(0, snapshot::SnapshotKind::Full));
+    let mut bytes = std::fs::read(&mem).unwrap();
+    bytes[0x2345] ^= 0x10;
+    std::fs::write(&mem, bytes).unwrap();
+    let copy = RestoreConfig {
+        memory: MemoryLoad::Copy,
+        ..config(&dir, None, true)
+    };
+    let message = restore_vm(&copy)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        message.contains("gen-000000.mem") && message.contains("corrupted"),
+        "{message}"
+    );
     // A memory file of the wrong size is refused before anything runs.
     reset();
     let mem = dir.join(snapshot::data_file_name(0, snapshot::SnapshotKind::Full));

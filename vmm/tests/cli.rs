@@ -568,10 +568,13 @@ fn restore_resumes_a_run_and_its_restores_take_new_chains() {
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     // The latest generation, and the first: heartbeats, then DONE with status 0.
-    for generation in [None, Some("0")] {
+    for (generation, copy) in [(None, false), (Some("0"), false), (Some("2"), true)] {
         let mut args = vec!["restore", &snaps_arg, "--heartbeats", "2"];
         if let Some(g) = generation {
             args.extend(["--generation", g]);
+        }
+        if copy {
+            args.extend(["--memory-restore", "copy"]);
         }
         let out = vmm(&args);
         let stderr = text(&out.stderr);

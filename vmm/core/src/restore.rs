@@ -6,7 +6,8 @@
 //! 1. load the generation ([`crate::snapshot::load_for_restore`]): every state file and
 //!    diff verified, the memory file's length checked and mapped private (copy-on-write:
 //!    nothing is read until the guest or the VMM touches it, and nothing is ever written
-//!    to the snapshot's files), the diffs applied into that private mapping;
+//!    to the snapshot's files), the diffs applied into that private mapping; or, with
+//!    [`MemoryLoad::Copy`], the memory file read into anonymous RAM, its CRC32 checked;
 //! 2. refuse what cannot be resumed: a format-1 state (registers only), a snapshot
 //!    written from memory rather than from a VM, a Linux guest's on PVM (which cannot
 //!    run Linux);
@@ -36,7 +37,7 @@ use crate::builder::{BuildError, DirtyConfig, Machine, dirty_tracking, prepare_d
 use crate::devices::serial::COM1_IRQ;
 use crate::devices::{Console, LegacyDevices, SerialDevice, SerialInterrupt};
 use crate::kvm::{self, Hypervisor, KvmError, kick};
-use crate::snapshot::{SnapshotError, SnapshotState, VerifyMemory, load_for_restore};
+use crate::snapshot::{MemoryLoad, SnapshotError, SnapshotState, load_for_restore};
 use crate::vm::Vm;
 
 /// How far (in parts per million) the snapshot's TSC frequency may be from this host's
@@ -51,8 +52,8 @@ pub struct RestoreConfig {
     pub dir: PathBuf,
     /// The generation (default: the latest).
     pub generation: Option<u64>,
-    /// How much of the memory file to verify before the VM starts.
-    pub verify: VerifyMemory,
+    /// How the memory file becomes guest RAM (lazy by default).
+    pub memory: MemoryLoad,
     /// Where the guest's console goes.
     pub console: Console,
     /// Dirty logging for the restored VM (to take a new chain of snapshots from it).
@@ -228,7 +229,7 @@ pub fn tsc_differs(saved_khz: u32, host_khz: u32) -> bool {
 /// Restores `config.generation` of `config.dir` and starts it (see the module docs).
 /// Returns the running VM and the state it was restored from.
 pub fn restore_vm(config: &RestoreConfig) -> Result<(Vm, SnapshotState), RestoreError> {
-    let snapshot = load_for_restore(&config.dir, config.generation, config.verify)?;
+    let snapshot = load_for_restore(&config.dir, config.generation, config.memory)?;
     let generation = snapshot.state.generation;
     let refuse = |reason: &str| RestoreError::NotResumable {
         dir: config.dir.clone(),

@@ -335,8 +335,9 @@ pub(super) fn bench_dirty(args: &BenchArgs, runs: usize, timeout: Duration) -> a
 /// Restores of the built-in guest (`--memory`, `--vcpus`) against its cold boot to READY
 /// measured in the same run (`boot`): a chain (full + one diff) taken after READY, then
 /// at least 50 restores of its latest generation with the lazy default (the memory file
-/// mapped copy-on-write, only its length checked) and as many with `--verify-memory`
-/// (every byte read for its CRC32: its GB/s), each from the call to running vCPU threads;
+/// mapped copy-on-write, only its length checked) and as many with `--memory-restore
+/// copy` (every byte read into the VM's memory, its CRC32 checked: its GB/s), each from
+/// the call to running vCPU threads;
 /// the lazy ones also to the guest's next heartbeat. p50 and p90.
 pub(super) fn bench_restore(
     args: &BenchArgs,
@@ -345,7 +346,7 @@ pub(super) fn bench_restore(
     boot: Duration,
 ) -> anyhow::Result<()> {
     use vmm::restore::{RestoreConfig, restore_vm};
-    use vmm::snapshot::VerifyMemory;
+    use vmm::snapshot::MemoryLoad;
     let scratch = args
         .snapshot_scratch
         .first()
@@ -363,10 +364,10 @@ pub(super) fn bench_restore(
         finish(&vm, timeout)?;
         drop(vm);
         let restores = runs.max(50);
-        let config = |verify| RestoreConfig {
+        let config = |memory| RestoreConfig {
             dir: scratch.clone(),
             generation: None,
-            verify,
+            memory,
             console: Console::capture(),
             dirty: None,
             paused: false,
@@ -378,7 +379,7 @@ pub(super) fn bench_restore(
         let (mut lazy, mut heartbeat, mut verified) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..restores {
             let t = Instant::now();
-            let (vm, _) = restore_vm(&config(VerifyMemory::Length))?;
+            let (vm, _) = restore_vm(&config(MemoryLoad::Lazy))?;
             lazy.push(t.elapsed());
             if wait_heartbeats(&vm, 1, timeout)?.is_some() {
                 bail!("the restored guest ended before its next heartbeat");
@@ -386,7 +387,7 @@ pub(super) fn bench_restore(
             heartbeat.push(t.elapsed());
             drop(vm);
             let t = Instant::now();
-            let (vm, _) = restore_vm(&config(VerifyMemory::Checksum))?;
+            let (vm, _) = restore_vm(&config(MemoryLoad::Copy))?;
             verified.push(t.elapsed());
             drop(vm);
         }
@@ -398,7 +399,7 @@ pub(super) fn bench_restore(
         let ratio = |a: Duration| a.as_secs_f64() / boot.as_secs_f64().max(1e-9);
         let bytes = args.boot.memory.bytes() as f64;
         println!(
-            "restore of {} ({} vCPU(s)), {restores} restores each: lazy p50 {lazy50:.2?} p90 {lazy90:.2?} (restore / boot to READY {:.3}); to the next heartbeat p50 {beat50:.2?} p90 {beat90:.2?}; --verify-memory p50 {ver50:.2?} p90 {ver90:.2?} ({:.2} GB/s read); boot to READY median {boot:.2?}",
+            "restore of {} ({} vCPU(s)), {restores} restores each: lazy p50 {lazy50:.2?} p90 {lazy90:.2?} (restore / boot to READY {:.3}); to the next heartbeat p50 {beat50:.2?} p90 {beat90:.2?}; copy p50 {ver50:.2?} p90 {ver90:.2?} ({:.2} GB/s read); boot to READY median {boot:.2?}",
             args.boot.memory,
             args.boot.vcpus,
             ratio(lazy50),

@@ -273,8 +273,13 @@ pub struct RestoreArgs {
     /// Seconds to wait for each phase (heartbeats, DONE; a Linux guest's end).
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub timeout: u64,
-    /// Check the memory file's CRC32 before the guest runs (reads all of it). Without
-    /// it, only its length is checked and its pages are read when first touched.
+    /// How the memory file becomes guest RAM: `lazy` maps it copy-on-write (a page is
+    /// read when first touched), `copy` reads it all into the VM's own memory first
+    /// (its CRC32 checked on the way).
+    #[arg(long, value_enum, default_value_t = MemoryRestore::Lazy)]
+    pub memory_restore: MemoryRestore,
+    /// With `--memory-restore lazy`: check the memory file's CRC32 before the guest
+    /// runs (reads all of it). Without it, only its length is checked.
     #[arg(long)]
     pub verify_memory: bool,
     /// Take a new chain of snapshots of the restored VM into this directory (as `vmm
@@ -287,6 +292,15 @@ pub struct RestoreArgs {
     /// How many new snapshots before FINISH.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..), requires = "snapshot_dir")]
     pub snapshots: u64,
+}
+
+/// `vmm restore --memory-restore`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MemoryRestore {
+    /// Map the memory file copy-on-write.
+    Lazy,
+    /// Read the memory file into the VM's own memory.
+    Copy,
 }
 
 /// Arguments of `vmm snapshot`.

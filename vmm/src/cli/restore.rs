@@ -4,7 +4,7 @@
 
 use super::*;
 use vmm::restore::{RestoreConfig, restore_vm};
-use vmm::snapshot::VerifyMemory;
+use vmm::snapshot::MemoryLoad;
 
 pub(super) fn restore_command(args: &RestoreArgs) -> anyhow::Result<ExitCode> {
     let timeout = Duration::from_secs(args.timeout);
@@ -17,10 +17,10 @@ pub(super) fn restore_command(args: &RestoreArgs) -> anyhow::Result<ExitCode> {
     let config = RestoreConfig {
         dir: args.dir.clone(),
         generation: args.generation,
-        verify: if args.verify_memory {
-            VerifyMemory::Checksum
-        } else {
-            VerifyMemory::Length
+        memory: match (args.memory_restore, args.verify_memory) {
+            (MemoryRestore::Copy, _) => MemoryLoad::Copy,
+            (MemoryRestore::Lazy, true) => MemoryLoad::LazyVerified,
+            (MemoryRestore::Lazy, false) => MemoryLoad::Lazy,
         },
         console: if chain.is_some() {
             Console::stderr()

@@ -121,7 +121,7 @@ use crate::arch::x86_64::regs::{Registers, SpecialRegisters};
 use crate::kvm::state::{VcpuKvmState, VmKvmState};
 
 pub use read::{
-    Snapshot, VerifyMemory, diff_pages, generations, load, load_for_restore, merge, merge_elf,
+    MemoryLoad, Snapshot, diff_pages, generations, load, load_for_restore, merge, merge_elf,
     read_state,
 };
 pub use write::{SnapshotDir, SnapshotInfo, SnapshotSource, state_bytes};

@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 
 use vm_memory::bitmap::{AtomicBitmap, Bitmap, NewBitmap};
 use vm_memory::mmap::MmapRegionBuilder;
-use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
+use vm_memory::{
+    Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+    GuestRegionMmap,
+};
 use walker::{ContextError, ControlRegisters, PagingContext};
 
 use super::file::CrcReader;
@@ -16,6 +19,7 @@ use super::{
     state_file_name,
 };
 use crate::files::{FileError, Output, Replace, excerpt, open_input, read_bounded};
+use crate::memory::{MemorySize, create_guest_memory};
 use crate::sigbus::{self, FaultWatch};
 
 /// The generations in `dir` (those with a state file), in order.
@@ -322,36 +326,47 @@ fn needed_state(dir: &Path, generation: u64, needed_by: u64) -> Result<SnapshotS
     }
 }
 
-/// How much of the memory file a load reads to verify it.
+/// How a load gets the memory file's bytes into guest memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VerifyMemory {
-    /// Its CRC32, over every byte (reads the whole file).
-    Checksum,
-    /// Its length only: the pages are read when first touched (a lazy restore; a
-    /// damaged page is not detected).
-    Length,
+pub enum MemoryLoad {
+    /// Map it private (copy-on-write), checking its length only: a page is read when
+    /// first touched (a lazy restore; a damaged page is not detected).
+    Lazy,
+    /// Map it private, and read every byte first for its CRC32 ([`load`]).
+    LazyVerified,
+    /// Read it into anonymous guest memory, verifying its CRC32 on the way: nothing of
+    /// the snapshot stays mapped (a restore that owns its memory from the start).
+    Copy,
 }
 
 /// Loads generation `generation` of `dir` (default: the latest), verifying every file of
 /// its chain (state checksums, data file lengths and checksums, versions, parents).
 pub fn load(dir: &Path, generation: Option<u64>) -> Result<Snapshot> {
-    load_with(dir, generation, VerifyMemory::Checksum)
+    load_with(dir, generation, |dir, base| {
+        map_full(dir, base, MemoryLoad::LazyVerified)
+    })
 }
 
-/// [`load`] into guest RAM a VM can run on (with its dirty bitmap), verifying the memory
-/// file as `verify` says; everything else is verified as by [`load`].
+/// [`load`] into guest RAM a VM can run on (with its dirty bitmap), the memory file
+/// loaded as `how` says; everything else is verified as by [`load`].
 pub fn load_for_restore(
     dir: &Path,
     generation: Option<u64>,
-    verify: VerifyMemory,
+    how: MemoryLoad,
 ) -> Result<Snapshot<AtomicBitmap>> {
-    load_with(dir, generation, verify)
+    match how {
+        MemoryLoad::Copy => load_with(dir, generation, |dir, base| {
+            Ok((copy_full(dir, base)?, Vec::new()))
+        }),
+        lazy => load_with(dir, generation, |dir, base| map_full(dir, base, lazy)),
+    }
 }
 
-fn load_with<B: NewBitmap>(
+/// [`load`] with the base generation's memory from `base`.
+fn load_with<B: Bitmap>(
     dir: &Path,
     generation: Option<u64>,
-    verify: VerifyMemory,
+    load_base: impl FnOnce(&Path, &SnapshotState) -> Result<(GuestMemoryMmap<B>, Vec<FaultWatch>)>,
 ) -> Result<Snapshot<B>> {
     let target = match generation {
         Some(g) => g,
@@ -380,7 +395,7 @@ fn load_with<B: NewBitmap>(
             ));
         }
     }
-    let (memory, watches) = map_full(dir, base, verify)?;
+    let (memory, watches) = load_base(dir, base)?;
     for s in &states[1..] {
         apply_diff(dir, s, &memory)?;
     }
@@ -453,7 +468,7 @@ fn checksum(path: &Path, expected: u32, found: u32) -> Result<()> {
 fn map_full<B: NewBitmap>(
     dir: &Path,
     state: &SnapshotState,
-    verify: VerifyMemory,
+    how: MemoryLoad,
 ) -> Result<(GuestMemoryMmap<B>, Vec<FaultWatch>)> {
     let (path, file) = open_data(dir, state)?;
     let total: u64 = state.regions.iter().map(|r| r.len).sum();
@@ -488,7 +503,7 @@ fn map_full<B: NewBitmap>(
         );
     }
     let memory = GuestMemoryMmap::from_regions(regions).map_err(|e| map_error(e.to_string()))?;
-    if verify == VerifyMemory::Length {
+    if how == MemoryLoad::Lazy {
         return Ok((memory, watches));
     }
     let mut hasher = crc32fast::Hasher::new();
@@ -507,6 +522,52 @@ fn map_full<B: NewBitmap>(
     }
     checksum(&path, state.data.crc32, hasher.finalize())?;
     Ok((memory, watches))
+}
+
+/// Reads the memory file of a full generation into anonymous guest RAM (as a booted VM
+/// has it: [`create_guest_memory`]), verifying its CRC32 on the way.
+fn copy_full(dir: &Path, state: &SnapshotState) -> Result<crate::memory::GuestRam> {
+    let (path, file) = open_data(dir, state)?;
+    let total: u64 = state.regions.iter().map(|r| r.len).sum();
+    let map_error = |reason: String| SnapshotError::Map {
+        path: path.clone(),
+        reason,
+    };
+    let size = MemorySize::from_bytes(total).map_err(|e| map_error(e.to_string()))?;
+    let memory = create_guest_memory(size).map_err(|e| map_error(e.to_string()))?;
+    let layout: Vec<(u64, u64)> = memory.iter().map(|r| (r.start_addr().0, r.len())).collect();
+    let recorded: Vec<(u64, u64)> = state.regions.iter().map(|r| (r.gpa, r.len)).collect();
+    if layout != recorded {
+        return Err(malformed(
+            &dir.join(state_file_name(state.generation)),
+            format!(
+                "its regions {recorded:x?} are not those of a VM with {size} of RAM {layout:x?}"
+            ),
+        ));
+    }
+    let mut reader = CrcReader::new(BufReader::with_capacity(1 << 20, file));
+    let mut buf = vec![0u8; 1 << 20];
+    for r in &state.regions {
+        let mut off = 0;
+        while off < r.len {
+            let n = (r.len - off).min(buf.len() as u64) as usize;
+            reader
+                .read_exact(&mut buf[..n])
+                .map_err(|source| SnapshotError::Io {
+                    op: "read",
+                    path: path.clone(),
+                    source,
+                })?;
+            let addr = r.gpa + off;
+            memory
+                .write_slice(&buf[..n], GuestAddress(addr))
+                .map_err(|source| SnapshotError::Memory { addr, source })?;
+            off += n as u64;
+        }
+    }
+    let (_, crc) = reader.finish();
+    checksum(&path, state.data.crc32, crc)?;
+    Ok(memory)
 }
 
 /// Reads a diff's header and page list, checked.
