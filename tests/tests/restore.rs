@@ -168,6 +168,53 @@ fn every_generation_resumes_exactly_where_it_stopped() {
 }
 
 #[test]
+fn a_diff_generation_restores_as_its_merge_into_a_full_snapshot() {
+    if !kvm_available("a_diff_generation_restores_as_its_merge_into_a_full_snapshot") {
+        return;
+    }
+    let dir = temp_dir("diffs");
+    let merged = temp_dir("merged");
+    let (cr3s, taken) = take_chain(&dir, 4);
+    let last = taken.last().unwrap();
+    let state = snapshot::merge_snapshot(&dir, Some(last.generation), &merged).unwrap();
+    assert_eq!(state.generation, last.generation);
+    let from_merge = snapshot::read_state(&merged, 0).unwrap();
+    assert_eq!(from_merge.kind, snapshot::SnapshotKind::Full);
+    assert_eq!(
+        from_merge.vcpus, state.vcpus,
+        "the merge keeps every vCPU's state"
+    );
+    assert_eq!(
+        (&from_merge.vm, &from_merge.devices),
+        (&state.vm, &state.devices)
+    );
+    for (what, source, generation) in [
+        ("the diff generation", &dir, Some(last.generation)),
+        ("its merge", &merged, None),
+    ] {
+        let (vm, _) = restore_vm(&config(source, generation, true)).unwrap();
+        let states = vm.pause().unwrap();
+        assert_eq!(states[0].regs, last.regs, "{what}: registers");
+        assert_eq!(hash_ram(&vm), last.ram, "{what}: guest RAM");
+        assert_eq!(walks(&vm, &states[0], &cr3s), last.walks, "{what}: walks");
+        resume_to_done(&vm, last.regs.r12, what);
+    }
+    // Never into the snapshot itself.
+    let inside = dir.join("merged");
+    let message = snapshot::merge_snapshot(&dir, None, &inside)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        message.contains("is inside the snapshot directory"),
+        "{message}"
+    );
+    assert!(!inside.exists());
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&merged);
+}
+
+#[test]
 fn many_restores_of_one_generation_all_run_to_done() {
     if !kvm_available("many_restores_of_one_generation_all_run_to_done") {
         return;

@@ -606,6 +606,38 @@ fn restore_resumes_a_run_and_its_restores_take_new_chains() {
     );
     let out = vmm(&["restore", &chain_arg, "--heartbeats", "1"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
+    // A diff generation merged into a full snapshot restores too.
+    let merged = dir.join("merged").to_string_lossy().into_owned();
+    let out = vmm(&[
+        "snapshot",
+        "merge",
+        &snaps_arg,
+        "--generation",
+        "2",
+        "--format",
+        "snapshot",
+        "-o",
+        &merged,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = vmm(&["restore", &merged, "--heartbeats", "1"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = vmm(&[
+        "snapshot",
+        "merge",
+        &snaps_arg,
+        "--format",
+        "snapshot",
+        "--overwrite",
+        "-o",
+        &merged,
+    ]);
+    assert_eq!(out.status.code(), Some(101));
+    assert!(
+        text(&out.stderr).contains("never overwritten"),
+        "{}",
+        text(&out.stderr)
+    );
     // A damaged memory file: --verify-memory reads it all and names it.
     let mem = snaps.join("gen-000000.mem");
     let mut bytes = std::fs::read(&mem).unwrap_or_else(|e| panic!("{e}"));

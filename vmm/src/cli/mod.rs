@@ -367,6 +367,9 @@ pub enum MergeFormat {
     /// A QEMU-style ELF core: one PT_LOAD per RAM region, NT_PRSTATUS and QEMU notes per
     /// vCPU (for gdb, crash, drgn, volatility3 and `vmm inspect --dump`).
     Elf,
+    /// A new snapshot directory (OUT new or empty) holding the generation as one full
+    /// generation with all its state: `vmm restore OUT` resumes it as it resumes the chain.
+    Snapshot,
 }
 
 /// Output format of `vmm run --dirty-scan-every`.

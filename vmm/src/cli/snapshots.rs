@@ -13,6 +13,15 @@ pub(super) fn snapshot_command(args: &SnapshotArgs) -> anyhow::Result<ExitCode> 
                 MergeFormat::Elf => {
                     snapshot::merge_elf(&m.dir, m.generation, &m.output, replace(m.overwrite))?
                 }
+                MergeFormat::Snapshot => {
+                    if m.overwrite {
+                        bail!(
+                            "--overwrite with --format snapshot: a snapshot directory is never \
+                             overwritten (give a new or empty directory)"
+                        );
+                    }
+                    snapshot::merge_snapshot(&m.dir, m.generation, &m.output)?
+                }
             };
             eprintln!(
                 "vmm: generation {} of {} (base + {} diffs) written to {} in {:.2?}",

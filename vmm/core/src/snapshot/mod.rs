@@ -122,7 +122,7 @@ use crate::kvm::state::{VcpuKvmState, VmKvmState};
 
 pub use read::{
     MemoryLoad, Snapshot, diff_pages, generations, load, load_for_restore, merge, merge_elf,
-    read_state,
+    merge_snapshot, read_state,
 };
 pub use write::{SnapshotDir, SnapshotInfo, SnapshotSource, state_bytes};
 
@@ -321,6 +321,16 @@ pub enum SnapshotError {
     InstructionPending {
         /// The vCPU.
         vcpu: u8,
+    },
+    /// A merged snapshot directory asked for inside the snapshot it merges.
+    #[error(
+        "{out} is inside the snapshot directory {dir}: write the merged snapshot somewhere else"
+    )]
+    OutputInsideSnapshot {
+        /// The output directory.
+        out: PathBuf,
+        /// The snapshot directory.
+        dir: PathBuf,
     },
     /// A diff was asked for without dirty logging.
     #[error(

@@ -739,6 +739,47 @@ pub fn merge_elf(
 
 /// Loads `generation` and writes it to `out` (a `what`) with `write`, never over one of
 /// the snapshot's own files.
+/// Like [`merge`], but writes a new snapshot directory `out` (new or empty, never the
+/// snapshot's own directory or inside it) holding generation `generation` as one full
+/// generation 0 with the same state (registers, KVM and device state, paging features,
+/// address spaces): what `vmm restore` resumes exactly as it resumes the chain.
+pub fn merge_snapshot(dir: &Path, generation: Option<u64>, out: &Path) -> Result<SnapshotState> {
+    let absolute = |path: &Path| -> Option<PathBuf> {
+        match path.canonicalize() {
+            Ok(path) => Some(path),
+            Err(_) => {
+                let parent = match path.parent() {
+                    Some(p) if !p.as_os_str().is_empty() => p.canonicalize().ok()?,
+                    _ => std::env::current_dir().ok()?,
+                };
+                Some(parent.join(path.file_name()?))
+            }
+        }
+    };
+    if let (Some(dir_abs), Some(out_abs)) = (absolute(dir), absolute(out))
+        && out_abs.starts_with(&dir_abs)
+    {
+        return Err(SnapshotError::OutputInsideSnapshot {
+            out: out.to_owned(),
+            dir: dir.to_owned(),
+        });
+    }
+    let snapshot = load(dir, generation)?;
+    let mut merged = super::SnapshotDir::create(out)?;
+    merged.set_guest_cr3s(snapshot.state.guest_cr3s.clone());
+    let state = &snapshot.state;
+    merged.write(super::SnapshotSource {
+        memory: snapshot.memory(),
+        vcpus: state.vcpus.clone(),
+        vm: state.vm.clone(),
+        devices: state.devices.clone(),
+        paging: state.paging,
+        dirty: None,
+    })?;
+    snapshot.check_intact()?;
+    Ok(snapshot.state)
+}
+
 fn merge_as(
     dir: &Path,
     generation: Option<u64>,
