@@ -384,6 +384,8 @@ fn bench_reports_every_measurement() {
         "beyond guest RAM",
         "snapshot full of 64 MiB",
         "diff / plain =",
+        "restore of 64 MiB (1 vCPU(s)), 10 restores each: lazy p50",
+        "restore / boot to READY",
     ] {
         assert!(stdout.contains(expected), "{expected:?} missing:\n{stdout}");
     }

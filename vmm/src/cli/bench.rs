@@ -129,6 +129,14 @@ pub(super) fn bench_linux(args: &BenchArgs, timeout: Duration) -> anyhow::Result
         },
         paused.elapsed
     );
+    // The moment of the park, for the restore measurement below (the process prints
+    // on its console as soon as it runs on).
+    let restore_dir = scratch.join(format!("vmm-bench-linux-restore-{}", std::process::id()));
+    let mut restore_snaps = snapshot::SnapshotDir::create(&restore_dir)?;
+    paused
+        .vm
+        .snapshot(&mut restore_snaps)
+        .context("a snapshot at the park")?;
     paused.vm.resume().context("resuming")?;
     let l = crate::bench::measure_live(&paused.vm, paused.vcpu, runs, settle, &scratch)
         .context("the Linux guest")?;
@@ -157,7 +165,71 @@ pub(super) fn bench_linux(args: &BenchArgs, timeout: Duration) -> anyhow::Result
         ratio(l.diff, b.diff)
     );
     paused.vm.resume().ok();
+    drop(paused);
+    let restored = bench_linux_restore(args, runs, timeout, &restore_dir);
+    let _ = std::fs::remove_dir_all(&restore_dir);
+    restored?;
     Ok(code)
+}
+
+/// A Linux guest restored from the generation taken at its park (lazy memory), to its
+/// first console output (the process prints as soon as it runs on), against cold boots
+/// of the same guest to its `/init` marker in the same run; medians of `runs`.
+fn bench_linux_restore(
+    args: &BenchArgs,
+    runs: usize,
+    timeout: Duration,
+    dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    use vmm::restore::{RestoreConfig, restore_vm};
+    const INIT_MARKER: &str = "GUESTWALK-LINUX-INIT";
+    let median = |mut times: Vec<Duration>| {
+        times.sort();
+        times[times.len() / 2]
+    };
+    let mut restores = Vec::new();
+    for _ in 0..runs {
+        let console = Console::capture();
+        let started = Instant::now();
+        let (vm, _) = restore_vm(&RestoreConfig {
+            dir: dir.to_owned(),
+            generation: None,
+            memory: vmm::snapshot::MemoryLoad::Lazy,
+            console: console.clone(),
+            dirty: None,
+            paused: false,
+        })?;
+        while console.captured().is_empty() {
+            if started.elapsed() > timeout {
+                bail!("the restored Linux guest printed nothing within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        restores.push(started.elapsed());
+        drop(vm);
+    }
+    let mut boots = Vec::new();
+    for _ in 0..runs {
+        let console = Console::capture();
+        let started = Instant::now();
+        let vm = start_vm(&vm_config(
+            &args.boot,
+            GuestMode::Normal,
+            console.clone(),
+            None,
+        ))?;
+        let at = PauseAt::Serial(INIT_MARKER.into());
+        match vmm::pause::pause_at(vm, &console, &at, 0, timeout, started)? {
+            Ok(paused) => boots.push(paused.elapsed),
+            Err(outcome) => bail!("the Linux guest ended before {INIT_MARKER}: {outcome}"),
+        }
+    }
+    let (restore, boot) = (median(restores.clone()), median(boots.clone()));
+    println!(
+        "Linux restore (the park's generation, lazy), median of {runs}: to the first console output {restore:.2?} (all: {restores:.2?}); cold boot to {INIT_MARKER} median {boot:.2?} (all: {boots:.2?}): restore / boot = {:.3}",
+        restore.as_secs_f64() / boot.as_secs_f64().max(1e-9)
+    );
+    Ok(())
 }
 
 /// Boots the bulk dirty-writer guest for a measurement, writes the request and drops
@@ -334,11 +406,11 @@ pub(super) fn bench_dirty(args: &BenchArgs, runs: usize, timeout: Duration) -> a
 
 /// Restores of the built-in guest (`--memory`, `--vcpus`) against its cold boot to READY
 /// measured in the same run (`boot`): a chain (full + one diff) taken after READY, then
-/// at least 50 restores of its latest generation with the lazy default (the memory file
-/// mapped copy-on-write, only its length checked) and as many with `--memory-restore
-/// copy` (every byte read into the VM's memory, its CRC32 checked: its GB/s), each from
-/// the call to running vCPU threads;
-/// the lazy ones also to the guest's next heartbeat. p50 and p90.
+/// `5 x --runs` restores (50 by default, at least 10) of its latest generation with the
+/// lazy default (the memory file mapped copy-on-write, only its length checked) and as
+/// many with `--memory-restore copy` (every byte read into the VM's memory, its CRC32
+/// checked: its GB/s), each from the call to running vCPU threads; `--runs` lazy ones
+/// also to the guest's next heartbeat. p50 and p90.
 pub(super) fn bench_restore(
     args: &BenchArgs,
     runs: usize,
@@ -363,7 +435,7 @@ pub(super) fn bench_restore(
         }
         finish(&vm, timeout)?;
         drop(vm);
-        let restores = runs.max(50);
+        let restores = (runs * 5).max(10);
         let config = |memory| RestoreConfig {
             dir: scratch.clone(),
             generation: None,
@@ -377,14 +449,18 @@ pub(super) fn bench_restore(
             (times[times.len() / 2], times[times.len() * 9 / 10])
         };
         let (mut lazy, mut heartbeat, mut verified) = (Vec::new(), Vec::new(), Vec::new());
-        for _ in 0..restores {
+        for i in 0..restores {
             let t = Instant::now();
             let (vm, _) = restore_vm(&config(MemoryLoad::Lazy))?;
             lazy.push(t.elapsed());
-            if wait_heartbeats(&vm, 1, timeout)?.is_some() {
-                bail!("the restored guest ended before its next heartbeat");
+            // The heartbeat comes when the guest's loop gets there (a quarter second
+            // here): `--runs` of them.
+            if i < runs {
+                if wait_heartbeats(&vm, 1, timeout)?.is_some() {
+                    bail!("the restored guest ended before its next heartbeat");
+                }
+                heartbeat.push(t.elapsed());
             }
-            heartbeat.push(t.elapsed());
             drop(vm);
             let t = Instant::now();
             let (vm, _) = restore_vm(&config(MemoryLoad::Copy))?;
@@ -399,7 +475,7 @@ pub(super) fn bench_restore(
         let ratio = |a: Duration| a.as_secs_f64() / boot.as_secs_f64().max(1e-9);
         let bytes = args.boot.memory.bytes() as f64;
         println!(
-            "restore of {} ({} vCPU(s)), {restores} restores each: lazy p50 {lazy50:.2?} p90 {lazy90:.2?} (restore / boot to READY {:.3}); to the next heartbeat p50 {beat50:.2?} p90 {beat90:.2?}; copy p50 {ver50:.2?} p90 {ver90:.2?} ({:.2} GB/s read); boot to READY median {boot:.2?}",
+            "restore of {} ({} vCPU(s)), {restores} restores each: lazy p50 {lazy50:.2?} p90 {lazy90:.2?} (restore / boot to READY {:.3}); to the next heartbeat ({runs} of them) p50 {beat50:.2?} p90 {beat90:.2?}; copy p50 {ver50:.2?} p90 {ver90:.2?} ({:.2} GB/s read); boot to READY median {boot:.2?}",
             args.boot.memory,
             args.boot.vcpus,
             ratio(lazy50),
