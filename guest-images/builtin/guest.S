@@ -221,7 +221,16 @@ main_loop:
     xor %r12d, %r12d
     xor %r13d, %r13d
 .Lloop:
-    inc %r12
+    /* Continuity: what the last iteration wrote is still in memory, as r12 says. A VM
+     * restored with registers and memory of different moments (or memory lost) fails
+     * here with FAIL 12 instead of running on. */
+    test %r12, %r12
+    jz 5f
+    cmp TEST_VA + 8, %r12
+    jne .Lcontinuity_mismatch
+    cmp BIG0_VA + 16, %r12
+    jne .Lcontinuity_mismatch
+5:  inc %r12
     /* Write the iteration to F0..F3 through TEST_VA, read it back through ALIAS_VA. */
     xor %ecx, %ecx
 1:  mov %r12, %rax
@@ -643,6 +652,8 @@ record_write:
     FAIL 4
 .Lhigh_mismatch:
     FAIL 11
+.Lcontinuity_mismatch:
+    FAIL 12
 bad_mode:
     FAIL 1
 too_little_ram:

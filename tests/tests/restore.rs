@@ -4,7 +4,9 @@
 //! started paused, the restored vCPU has exactly the saved registers, guest RAM hashes as
 //! it did at the pause and each address space walks to the same leaves (A/D bits
 //! included); resumed, the guest's loop counter goes on from the saved one, its own
-//! checks pass and it ends with DONE 0. The snapshot's files never change. Restoring many
+//! checks pass (among them, at every iteration, that the memory it wrote last still holds
+//! what its counter says) and it ends with DONE 0; and a restore mixing two moments is
+//! caught by that check. The snapshot's files never change. Restoring many
 //! times gives identical starts; a restored VM takes a new chain that restores too; and
 //! what cannot be resumed is refused by name.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -212,6 +214,27 @@ fn a_diff_generation_restores_as_its_merge_into_a_full_snapshot() {
     assert!(!inside.exists());
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&merged);
+}
+
+#[test]
+fn the_guest_catches_registers_and_memory_of_different_moments() {
+    if !kvm_available("the_guest_catches_registers_and_memory_of_different_moments") {
+        return;
+    }
+    let dir = temp_dir("mixed");
+    take_chain(&dir, 3);
+    // Generation 1's memory with generation 2's registers: the guest's loop counter is
+    // ahead of what its memory says it last wrote.
+    let newer = snapshot::read_state(&dir, 2).unwrap();
+    edit_state(&dir, 1, |s| s.vcpus = newer.vcpus.clone());
+    let (vm, _) = restore_vm(&config(&dir, Some(1), false)).unwrap();
+    let outcome = vm.wait(TIMEOUT).unwrap();
+    assert_eq!(
+        outcome,
+        ExitOutcome::Done { status: 12 },
+        "the guest's continuity check (FAIL 12) should catch it: {outcome}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
