@@ -1060,8 +1060,16 @@ fn linux_snapshot_chain(test: &str, vcpus: u8) {
             paused: false,
         };
         let started = std::time::Instant::now();
-        let (vm, _) = vmm::restore::restore_vm(&config)
+        let (vm, state) = vmm::restore::restore_vm(&config)
             .unwrap_or_else(|e| panic!("{test}: restoring generation {g}: {e}"));
+        let boot = state.boot.as_ref().unwrap();
+        assert_eq!((boot.source.as_str(), boot.vcpus), ("linux", vcpus));
+        assert!(
+            boot.cmdline
+                .as_deref()
+                .is_some_and(|c| c.contains("guestwalk.linger=3")),
+            "{test}: {boot:?}"
+        );
         let outcome = vm.wait(LINUX_TIMEOUT).unwrap_or_else(|e| {
             panic!(
                 "{test}: restored generation {g}: {e}\n{}\n{}",

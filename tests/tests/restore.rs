@@ -134,6 +134,17 @@ fn resume_to_done(vm: &Vm, saved_r12: u64, what: &str) {
     );
 }
 
+/// A VM restored paused is exactly what `t` saw at its pause (registers, RAM, every
+/// address space's walk), and runs on from there to DONE 0.
+fn check_restored(vm: &Vm, t: &Taken, cr3s: &[u64], what: &str) {
+    let states = vm.pause().unwrap();
+    assert_eq!(states[0].regs, t.regs, "{what}: general registers");
+    assert_eq!(states[0].sregs, t.sregs, "{what}: special registers");
+    assert_eq!(hash_ram(vm), t.ram, "{what}: guest RAM");
+    assert_eq!(walks(vm, &states[0], cr3s), t.walks, "{what}: the walks");
+    resume_to_done(vm, t.regs.r12, what);
+}
+
 #[test]
 fn every_generation_resumes_exactly_where_it_stopped() {
     if !kvm_available("every_generation_resumes_exactly_where_it_stopped") {
@@ -153,13 +164,19 @@ fn every_generation_resumes_exactly_where_it_stopped() {
         };
         let (vm, state) = restore_vm(&restore).unwrap_or_else(|e| panic!("{what}: {e}"));
         assert_eq!(state.generation, t.generation);
+        let boot = state.boot.as_ref().unwrap();
+        assert_eq!(
+            (boot.source.as_str(), boot.mode.as_deref()),
+            ("builtin", Some("normal"))
+        );
+        assert_eq!((boot.memory_bytes, boot.vcpus), (test_memory().bytes(), 1));
+        assert_eq!(
+            vm.boot_record(),
+            boot,
+            "{what}: the restored VM's boot record"
+        );
         assert!(vm.is_paused());
-        let states = vm.pause().unwrap();
-        assert_eq!(states[0].regs, t.regs, "{what}: general registers");
-        assert_eq!(states[0].sregs, t.sregs, "{what}: special registers");
-        assert_eq!(hash_ram(&vm), t.ram, "{what}: guest RAM");
-        assert_eq!(walks(&vm, &states[0], &cr3s), t.walks, "{what}: the walks");
-        resume_to_done(&vm, t.regs.r12, &what);
+        check_restored(&vm, t, &cr3s, &what);
     }
     assert_eq!(
         files(&dir),
@@ -195,11 +212,7 @@ fn a_diff_generation_restores_as_its_merge_into_a_full_snapshot() {
         ("its merge", &merged, None),
     ] {
         let (vm, _) = restore_vm(&config(source, generation, true)).unwrap();
-        let states = vm.pause().unwrap();
-        assert_eq!(states[0].regs, last.regs, "{what}: registers");
-        assert_eq!(hash_ram(&vm), last.ram, "{what}: guest RAM");
-        assert_eq!(walks(&vm, &states[0], &cr3s), last.walks, "{what}: walks");
-        resume_to_done(&vm, last.regs.r12, what);
+        check_restored(&vm, last, &cr3s, what);
     }
     // Never into the snapshot itself.
     let inside = dir.join("merged");

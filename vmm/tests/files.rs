@@ -159,6 +159,7 @@ fn snapshot_dir(dir: &Path, ram: u64, diffs: u64) {
                 vcpus: vec![vcpu.clone()],
                 vm: None,
                 devices: None,
+                boot: None,
                 paging,
                 dirty: Some(dirty),
             })

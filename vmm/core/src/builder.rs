@@ -327,9 +327,27 @@ pub fn build_vm(config: &VmConfig) -> Result<Vm, BuildError> {
             irqchip: linux_guest,
             memory_watches: Vec::new(),
             start_paused: false,
+            boot: boot_record(config),
         },
         &config.console,
     )
+}
+
+/// What `config` boots, for the record ([`crate::vm::BootRecord`]).
+fn boot_record(config: &VmConfig) -> crate::vm::BootRecord {
+    let (source, mode, linux) = match &config.boot {
+        BootSource::Builtin(mode) => ("builtin", Some(mode.name().to_owned()), None),
+        BootSource::Linux(linux) => ("linux", None, Some(linux)),
+    };
+    crate::vm::BootRecord {
+        source: source.to_owned(),
+        mode,
+        kernel: linux.map(|l| l.kernel.clone()),
+        initrd: linux.and_then(|l| l.initrd.clone()),
+        cmdline: linux.map(|l| l.cmdline.clone()),
+        memory_bytes: config.memory.bytes(),
+        vcpus: config.vcpus,
+    }
 }
 
 /// Turns on what `dirty` asks for before the memory slots and vCPUs exist: manual
@@ -409,6 +427,8 @@ pub(crate) struct Machine {
     pub(crate) memory_watches: Vec<crate::sigbus::FaultWatch>,
     /// Start with every vCPU paused ([`Vm::resume`] lets them run).
     pub(crate) start_paused: bool,
+    /// What it is booted from.
+    pub(crate) boot: crate::vm::BootRecord,
 }
 
 /// A boot source once its part of guest memory is written.
@@ -603,6 +623,7 @@ pub(crate) fn start(machine: Machine, console: &Console) -> Result<Vm, BuildErro
         irqchip,
         memory_watches,
         start_paused,
+        boot,
     } = machine;
     let (events_tx, events) = channel::<VmEvent>();
     let control = Arc::new(DebugControl::default());
@@ -629,6 +650,7 @@ pub(crate) fn start(machine: Machine, console: &Console) -> Result<Vm, BuildErro
             paused: start_paused,
             serial: serial.clone(),
             legacy: legacy.clone(),
+            boot,
         },
         vcpus.len(),
     );

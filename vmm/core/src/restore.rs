@@ -386,6 +386,15 @@ pub fn restore_vm(config: &RestoreConfig) -> Result<(Vm, SnapshotState), Restore
             irqchip: linux,
             memory_watches,
             start_paused: config.paused,
+            boot: state.boot.clone().unwrap_or_else(|| crate::vm::BootRecord {
+                source: if linux { "linux" } else { "builtin" }.to_owned(),
+                mode: None,
+                kernel: None,
+                initrd: None,
+                cmdline: None,
+                memory_bytes: state.regions.iter().map(|r| r.len).sum(),
+                vcpus: u8::try_from(state.vcpus.len()).unwrap_or(u8::MAX),
+            }),
         },
         &config.console,
     )?;

@@ -257,6 +257,26 @@ impl fmt::Display for ExitOutcome {
     }
 }
 
+/// What a VM was booted from and with, for the record: a snapshot keeps it (and a
+/// restored VM passes it on); nothing boots from it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BootRecord {
+    /// `builtin` or `linux`.
+    pub source: String,
+    /// The built-in guest's mode (`normal`, `dirty`, ...).
+    pub mode: Option<String>,
+    /// The Linux kernel as given.
+    pub kernel: Option<std::path::PathBuf>,
+    /// The initrd as given.
+    pub initrd: Option<std::path::PathBuf>,
+    /// The kernel command line.
+    pub cmdline: Option<String>,
+    /// Guest RAM in bytes.
+    pub memory_bytes: u64,
+    /// vCPUs.
+    pub vcpus: u8,
+}
+
 /// The VMM's side of one vCPU thread.
 #[derive(Debug)]
 pub(crate) struct VcpuHandle {
@@ -328,6 +348,8 @@ pub struct Vm {
     serial: Arc<std::sync::Mutex<crate::devices::SerialDevice>>,
     /// The Linux VM's legacy devices (also on every vCPU's bus).
     legacy: Option<Arc<std::sync::Mutex<crate::devices::LegacyDevices>>>,
+    /// What it was booted from.
+    boot: BootRecord,
 }
 
 /// What the builder hands over to make a [`Vm`] (its vCPU threads are added after).
@@ -350,6 +372,7 @@ pub(crate) struct VmParts {
     pub(crate) paused: bool,
     pub(crate) serial: Arc<std::sync::Mutex<crate::devices::SerialDevice>>,
     pub(crate) legacy: Option<Arc<std::sync::Mutex<crate::devices::LegacyDevices>>>,
+    pub(crate) boot: BootRecord,
 }
 
 impl Vm {
@@ -375,6 +398,7 @@ impl Vm {
             cpuids: parts.cpuids,
             serial: parts.serial,
             legacy: parts.legacy,
+            boot: parts.boot,
         }
     }
 
@@ -410,6 +434,11 @@ impl Vm {
     /// ([`crate::dirty`]).
     pub fn guest_memory(&self) -> &GuestRam {
         &self.memory
+    }
+
+    /// What the VM was booted from and with (a restored VM: what the snapshot's was).
+    pub fn boot_record(&self) -> &BootRecord {
+        &self.boot
     }
 
     /// What the guest's CPUID says about paging.

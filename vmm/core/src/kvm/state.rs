@@ -23,9 +23,9 @@
 //! and Cloud Hypervisor's vCPU state code and of QEMU's `kvm_arch_put_registers`.
 
 use kvm_bindings::{
-    KVM_CLOCK_TSC_STABLE, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
-    KVM_MAX_MSR_ENTRIES, kvm_clock_data, kvm_debugregs, kvm_irqchip, kvm_lapic_state, kvm_mp_state,
-    kvm_msr_entry, kvm_pit_state2, kvm_vcpu_events, kvm_xcr, kvm_xcrs, kvm_xsave,
+    KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_MAX_MSR_ENTRIES,
+    kvm_clock_data, kvm_debugregs, kvm_irqchip, kvm_lapic_state, kvm_mp_state, kvm_msr_entry,
+    kvm_pit_state2, kvm_vcpu_events, kvm_xcr, kvm_xcrs, kvm_xsave,
 };
 use serde::{Deserialize, Serialize};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
@@ -536,6 +536,7 @@ impl KvmVm {
     /// clock, then the PICs and the IOAPIC. The VM must have the in-kernel irqchip
     /// exactly when `state` has one.
     pub fn restore_state(&self, state: &VmKvmState) -> Result<()> {
+        state.check()?;
         if let Some(chips) = &state.irqchip {
             let pit: kvm_pit_state2 = chips.pit.to("the PIT")?;
             self.fd
@@ -547,19 +548,13 @@ impl KvmVm {
             clock: state.clock_ns,
             ..Default::default()
         };
-        debug_assert_eq!(clock.flags & KVM_CLOCK_TSC_STABLE, 0);
         self.fd
             .set_clock(&clock)
             .map_err(ioctl_error("KVM_SET_CLOCK"))?;
         if let Some(chips) = &state.irqchip {
-            for (blob, id, what) in chips.chips() {
+            // Sizes and chip numbers checked above (`state.check()`).
+            for (blob, _, what) in chips.chips() {
                 let raw: kvm_irqchip = blob.to(what)?;
-                if raw.chip_id != id {
-                    return Err(KvmError::BadState {
-                        what,
-                        reason: format!("it is chip {}, not chip {id}", raw.chip_id),
-                    });
-                }
                 self.fd
                     .set_irqchip(&raw)
                     .map_err(ioctl_error("KVM_SET_IRQCHIP"))?;

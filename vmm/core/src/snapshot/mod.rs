@@ -38,7 +38,9 @@
 //!  "paging":{"phys_addr_bits":46,"gbpages":false,"la57":false,"nx":true},
 //!  "guest_cr3s":[2101248,2109440],
 //!  "vm":{"clock_ns":1234567,"irqchip":null},
-//!  "devices":{"serial":{"baud_divisor_low":12,...,"in_buffer":[]},"legacy":null}}
+//!  "devices":{"serial":{"baud_divisor_low":12,...,"in_buffer":[]},"legacy":null},
+//!  "boot":{"source":"builtin","mode":"normal","kernel":null,"initrd":null,"cmdline":null,
+//!          "memory_bytes":67108864,"vcpus":1}}
 //! ```
 //!
 //! The header carries the version (so a reader refuses a newer format before parsing it),
@@ -57,7 +59,9 @@
 //! lists as saveable and reads, pending events, TSC frequency; KVM's own structures as
 //! hex strings of their bytes) and the VM's `vm` (the kvmclock; the PICs, IOAPIC and PIT
 //! of a Linux guest) and `devices` (COM1's registers and FIFO; the Linux VM's CMOS RAM
-//! and reset control register). All are absent in format 1 (which this VMM still reads, lists,
+//! and reset control register) and `boot` (the boot source and configuration, for
+//! information: built-in mode or kernel, initrd and command line; RAM and vCPUs). All are
+//! absent in format 1 (which this VMM still reads, lists,
 //! inspects and merges, but does not resume) and in snapshots written from memory
 //! ([`SnapshotSource`] without a VM). The diff file format did not change
 //! ([`DIFF_FORMAT_VERSION`]).
@@ -235,6 +239,9 @@ pub struct SnapshotState {
     /// The devices' state (format 2, from a VM).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub devices: Option<crate::devices::DeviceRecord>,
+    /// What the VM was booted from and with, for information (format 2, from a VM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot: Option<crate::vm::BootRecord>,
 }
 
 impl SnapshotState {
@@ -477,6 +484,7 @@ mod tests {
             vcpus: vec![vcpu(0x1000)],
             vm: None,
             devices: None,
+            boot: None,
             paging: paging(),
             dirty: Some(dirty(mem, pages)),
         }

@@ -773,6 +773,7 @@ pub fn merge_snapshot(dir: &Path, generation: Option<u64>, out: &Path) -> Result
         vcpus: state.vcpus.clone(),
         vm: state.vm.clone(),
         devices: state.devices.clone(),
+        boot: state.boot.clone(),
         paging: state.paging,
         dirty: None,
     })?;

@@ -54,6 +54,8 @@ pub struct SnapshotSource<'a, M> {
     pub vm: Option<VmKvmState>,
     /// The devices' state, from a VM.
     pub devices: Option<crate::devices::DeviceRecord>,
+    /// What the VM was booted from, from a VM.
+    pub boot: Option<crate::vm::BootRecord>,
     /// The guest's paging features.
     pub paging: PagingFeatures,
     /// The pages written since the previous generation, one bitmap per region (as
@@ -229,6 +231,7 @@ impl SnapshotDir {
             guest_cr3s: self.guest_cr3s.clone(),
             vm: source.vm,
             devices: source.devices,
+            boot: source.boot,
         };
         let limit = self.write_limit.map(|l| l.saturating_sub(data_bytes));
         let state_path = match write_state(&self.dir, &state, limit) {
@@ -446,6 +449,7 @@ impl Vm {
                 .collect(),
             vm: Some(vm),
             devices: Some(devices),
+            boot: Some(self.boot_record().clone()),
             paging: self.paging_features(),
             dirty,
         })
