@@ -22,6 +22,11 @@
  * debug port (QEMU, in the `info tlb` comparison of guest-images/hwkvm/tlb-bench.sh) can
  * then stop the guest while this process runs, with its CR3 loaded.
  *
+ * `thp SECONDS tick` spins as long, but once a second it writes the tick's number into
+ * the second word of every 2 MiB page of its buffer and prints `GUESTWALK-THP tick N`;
+ * at the end it checks those words still hold the last tick (`ticks verified`, else it
+ * exits 4): a restored VM shows its clock, its console and its memory going on.
+ *
  * `thp mark VALUE` only sends MARK with VALUE (hex) and exits: /init sends it right
  * before it reboots or crashes the guest on purpose (guestwalk.do=), so a test can time
  * the VM's end from the guest's request.
@@ -91,6 +96,7 @@ int main(int argc, char **argv)
 	}
 	long linger = argc > 1 ? strtol(argv[1], NULL, 10) : 0;
 	int rewrite = argc > 2 && strcmp(argv[2], "rewrite") == 0;
+	int tick = argc > 2 && strcmp(argv[2], "tick") == 0;
 	size_t span = BUFFER_SIZE + HUGE_PAGE;
 	char *raw = mmap(NULL, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (raw == MAP_FAILED) {
@@ -143,9 +149,30 @@ int main(int argc, char **argv)
 		printf("GUESTWALK-THP lingering %ld s\n", linger);
 		fflush(stdout);
 		volatile uint64_t sum = 0;
-		for (time_t end = time(NULL) + linger; time(NULL) < end;)
+		uint64_t ticks = 0;
+		time_t last = time(NULL);
+		for (time_t end = last + linger; time(NULL) < end;) {
 			for (uintptr_t offset = 0; offset < BUFFER_SIZE; offset += HUGE_PAGE)
 				sum += *(volatile uint64_t *)(buffer + offset);
+			if (tick && time(NULL) != last) {
+				last = time(NULL);
+				ticks++;
+				for (uintptr_t offset = 0; offset < BUFFER_SIZE; offset += HUGE_PAGE)
+					*(volatile uint64_t *)(buffer + offset + 8) = ticks;
+				printf("GUESTWALK-THP tick %lu\n", (unsigned long)ticks);
+				fflush(stdout);
+			}
+		}
+		if (tick) {
+			size_t stale = 0;
+			for (uintptr_t offset = 0; offset < BUFFER_SIZE; offset += HUGE_PAGE)
+				stale += *(volatile uint64_t *)(buffer + offset + 8) != ticks;
+			printf("GUESTWALK-THP ticks %s (%lu ticks, %zu stale pages)\n",
+			       stale ? "CORRUPT" : "verified", (unsigned long)ticks, stale);
+			fflush(stdout);
+			if (stale)
+				return 4;
+		}
 	}
 	return huge ? 0 : 1;
 }

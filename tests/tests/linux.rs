@@ -986,7 +986,8 @@ fn linux_snapshot_chain(test: &str, vcpus: u8) {
         dirty: true,
         ..USUAL
     };
-    let Some(mut p) = boot_to_park_with(test, "bzImage", vcpus, "guestwalk.linger=3", how) else {
+    let cmdline = "guestwalk.linger=3 guestwalk.tick";
+    let Some(mut p) = boot_to_park_with(test, "bzImage", vcpus, cmdline, how) else {
         return;
     };
     let dir = std::env::temp_dir().join(format!("guestwalk-{test}-{}", std::process::id()));
@@ -1087,9 +1088,15 @@ fn linux_snapshot_chain(test: &str, vcpus: u8) {
             "{test}: restored generation {g} should power off, got {outcome}\n{text}"
         );
         if g == 0 {
+            // Everything after the park happens in the restored VM: the process resumes,
+            // finds its buffer, its tick counter advances with the restored clock
+            // (written to memory and read back; how many ticks a 3 s linger shows depends
+            // on how the emulated host schedules it) and it exits.
             for line in [
                 "GUESTWALK-THP resumed",
                 "GUESTWALK-THP verified",
+                "GUESTWALK-THP tick 1",
+                "GUESTWALK-THP ticks verified",
                 "GUESTWALK-THP-EXIT rc=0",
             ] {
                 assert!(
@@ -1105,12 +1112,14 @@ fn linux_snapshot_chain(test: &str, vcpus: u8) {
             // together hold the process's exit line exactly once (a byte lost or sent
             // twice by the restore would show).
             let whole = format!("{}{text}", p.console());
-            assert_eq!(
-                whole.matches("GUESTWALK-THP-EXIT rc=0").count(),
-                1,
-                "{test}: restored generation {g}: the console before the pause and after \
-                 the restore:\n{whole}"
-            );
+            for line in ["GUESTWALK-THP ticks verified", "GUESTWALK-THP-EXIT rc=0"] {
+                assert_eq!(
+                    whole.matches(line).count(),
+                    1,
+                    "{test}: restored generation {g}: {line:?} in the console before the \
+                     pause and after the restore:\n{whole}"
+                );
+            }
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
