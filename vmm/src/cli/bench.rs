@@ -78,11 +78,7 @@ pub(super) fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
 pub(super) fn bench_linux(args: &BenchArgs, timeout: Duration) -> anyhow::Result<ExitCode> {
     let runs = args.runs as usize;
     let settle = Duration::from_millis(20);
-    let scratch = args
-        .snapshot_scratch
-        .first()
-        .cloned()
-        .unwrap_or_else(std::env::temp_dir);
+    let scratch = first_scratch(args);
     let dirty = Some(DirtyConfig::new(DirtyLogChoice::Auto));
 
     let builtin = VmConfig {
@@ -419,12 +415,7 @@ pub(super) fn bench_restore(
 ) -> anyhow::Result<()> {
     use vmm::restore::{RestoreConfig, restore_vm};
     use vmm::snapshot::MemoryLoad;
-    let scratch = args
-        .snapshot_scratch
-        .first()
-        .cloned()
-        .unwrap_or_else(std::env::temp_dir)
-        .join(format!("vmm-bench-restore-{}", std::process::id()));
+    let scratch = first_scratch(args).join(format!("vmm-bench-restore-{}", std::process::id()));
     let result = (|| -> anyhow::Result<()> {
         let vm = boot_with(&args.boot, Console::capture(), Some(DirtyLogChoice::Auto))?;
         vm.wait_ready(timeout)
@@ -485,4 +476,12 @@ pub(super) fn bench_restore(
     })();
     let _ = std::fs::remove_dir_all(&scratch);
     result
+}
+
+/// The first `--snapshot-scratch`, or the temporary directory.
+fn first_scratch(args: &BenchArgs) -> PathBuf {
+    args.snapshot_scratch
+        .first()
+        .cloned()
+        .unwrap_or_else(std::env::temp_dir)
 }

@@ -50,15 +50,7 @@ pub(super) fn restore_command(args: &RestoreArgs) -> anyhow::Result<ExitCode> {
             }
             next += every;
             let info = vm.snapshot(snaps).context("taking a snapshot")?;
-            println!(
-                "generation {} {:?}: {} pages, {} bytes in {}, written in {:.2?}",
-                info.generation,
-                info.kind,
-                info.pages,
-                info.data_bytes,
-                info.data_path.display(),
-                info.elapsed
-            );
+            print_generation(&info);
         }
     }
     if state.vm.as_ref().is_some_and(|v| v.irqchip.is_some()) {

@@ -197,17 +197,22 @@ pub(super) fn run_snapshots(
         }
         next += every;
         let info = vm.snapshot(&mut snaps).context("taking a snapshot")?;
-        println!(
-            "generation {} {:?}: {} pages, {} bytes in {}, written in {:.2?}",
-            info.generation,
-            info.kind,
-            info.pages,
-            info.data_bytes,
-            info.data_path.display(),
-            info.elapsed
-        );
+        print_generation(&info);
     }
     end_of_run(&vm, args, started)
+}
+
+/// The stdout line of one snapshot generation written by `run` or `restore`.
+pub(super) fn print_generation(info: &snapshot::SnapshotInfo) {
+    println!(
+        "generation {} {:?}: {} pages, {} bytes in {}, written in {:.2?}",
+        info.generation,
+        info.kind,
+        info.pages,
+        info.data_bytes,
+        info.data_path.display(),
+        info.elapsed
+    );
 }
 
 /// Waits for `count` heartbeats; returns the outcome if the VM ends first.
