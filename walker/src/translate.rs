@@ -74,6 +74,25 @@ pub enum TranslateError {
     },
 }
 
+impl TranslateError {
+    /// The level of the entry that stopped the translation (none for a non-canonical
+    /// address: no entry was read).
+    pub const fn level(&self) -> Option<Level> {
+        match self {
+            TranslateError::NonCanonical(_) => None,
+            TranslateError::NotPresent { level, .. }
+            | TranslateError::ReservedBits { level, .. }
+            | TranslateError::OutsideMemory { level, .. } => Some(*level),
+        }
+    }
+
+    /// Whether the MMU would raise a page fault (#PF) for it (a non-canonical address
+    /// is a #GP instead).
+    pub const fn is_page_fault(&self) -> bool {
+        !matches!(self, TranslateError::NonCanonical(_))
+    }
+}
+
 #[derive(Default)]
 struct Translator {
     result: Option<Result<Translation, TranslateError>>,

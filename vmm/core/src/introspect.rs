@@ -340,26 +340,25 @@ pub fn translation_line(
     result: &Result<Translation, TranslateError>,
     format: Format,
 ) -> String {
-    match (result, format) {
-        (Ok(t), Format::Json) => serde_json::json!({
-            "kind": "translation",
-            "va": hex(gva.0),
-            "pa": hex(t.gpa.0),
-            "size": t.size.bytes(),
-            "level": t.size.level().name(),
-            "writable": t.effective.writable,
-            "user": t.effective.user,
-            "nx": t.effective.nx,
-            "memory_type": t.memory_type.0,
-        })
-        .to_string(),
-        (Err(e), Format::Json) => serde_json::json!({
-            "kind": "fault",
-            "va": hex(gva.0),
-            "reason": e.to_string(),
-        })
-        .to_string(),
-        (Ok(t), _) => format!(
+    let mut line = String::new();
+    match format {
+        Format::Json => push_translation_json(&mut line, gva, result),
+        _ => push_translation_text(&mut line, gva, result),
+    }
+    line
+}
+
+/// Appends the text line of a translation (no newline): `VA -> PA SIZE PERMS memtype N`
+/// or `VA -> fault: REASON`.
+pub fn push_translation_text(
+    out: &mut String,
+    gva: Gva,
+    result: &Result<Translation, TranslateError>,
+) {
+    use std::fmt::Write as _;
+    let _ = match result {
+        Ok(t) => write!(
+            out,
             "{:016x} -> {:016x} {} {} memtype {}",
             gva.0,
             t.gpa.0,
@@ -367,7 +366,75 @@ pub fn translation_line(
             perms(t.effective),
             t.memory_type.0
         ),
-        (Err(e), _) => format!("{:016x} -> fault: {e}", gva.0),
+        Err(e) => write!(out, "{:016x} -> fault: {e}", gva.0),
+    };
+}
+
+/// Appends the JSON object of a translation (no newline): `kind` `translation` (`va`,
+/// `pa`, `size`, `level`, `writable`, `user`, `nx`, `memory_type`) or `fault` (`va`,
+/// `reason`, and `level` when an entry stopped it). Written directly, not through a
+/// JSON value: a batch of a million addresses spends its time here.
+pub fn push_translation_json(
+    out: &mut String,
+    gva: Gva,
+    result: &Result<Translation, TranslateError>,
+) {
+    use std::fmt::Write as _;
+    let _ = match result {
+        Ok(t) => write!(
+            out,
+            r#"{{"kind":"translation","va":"{:#x}","pa":"{:#x}","size":{},"level":"{}","writable":{},"user":{},"nx":{},"memory_type":{}}}"#,
+            gva.0,
+            t.gpa.0,
+            t.size.bytes(),
+            t.size.level().name(),
+            t.effective.writable,
+            t.effective.user,
+            t.effective.nx,
+            t.memory_type.0
+        ),
+        Err(e) => {
+            let _ = write!(out, r#"{{"kind":"fault","va":"{:#x}","reason":"#, gva.0);
+            // The reason is a sentence: serde_json escapes it.
+            let _ = write!(out, "{}", serde_json::Value::String(e.to_string()));
+            match e.level() {
+                Some(level) => write!(out, r#","level":"{}"}}"#, level.name()),
+                None => write!(out, "}}"),
+            }
+        }
+    };
+}
+
+/// What `vmm translate` appends to a text line: KVM's answer and how it compares, e.g.
+/// ` (KVM_TRANSLATE: 0x1000, agrees)`.
+pub fn kvm_comparison_text(verdict: OracleVerdict, kvm_valid: bool, kvm_gpa: u64) -> String {
+    let kvm = if kvm_valid {
+        format!("{kvm_gpa:#x}")
+    } else {
+        "invalid".to_owned()
+    };
+    format!(" (KVM_TRANSLATE: {kvm}, {})", verdict.words())
+}
+
+impl OracleVerdict {
+    /// How `vmm translate` says it.
+    pub fn words(self) -> &'static str {
+        match self {
+            OracleVerdict::Agrees => "agrees",
+            OracleVerdict::SmapHidesUserPage => {
+                "agrees: a user page, which CR4.SMAP hides from its supervisor read"
+            }
+            OracleVerdict::Disagrees => "DISAGREES",
+        }
+    }
+
+    /// Its JSON name: `agrees`, `smap_hides_user_page`, `disagrees`.
+    pub fn json_name(self) -> &'static str {
+        match self {
+            OracleVerdict::Agrees => "agrees",
+            OracleVerdict::SmapHidesUserPage => "smap_hides_user_page",
+            OracleVerdict::Disagrees => "disagrees",
+        }
     }
 }
 

@@ -184,24 +184,11 @@ pub(super) fn translate_guest(args: &TranslateArgs) -> anyhow::Result<ExitCode> 
             state.sregs.cr4,
             state.regs.rflags,
         );
-        let kvm_text = if kvm.valid {
-            format!("{:#x}", kvm.gpa.0)
-        } else {
-            "invalid".to_owned()
-        };
         if args.format == Format::Json {
             writeln!(out, "{line}")?;
         } else {
-            writeln!(
-                out,
-                "{line} (KVM_TRANSLATE: {kvm_text}, {})",
-                match verdict {
-                    OracleVerdict::Agrees => "agrees",
-                    OracleVerdict::SmapHidesUserPage =>
-                        "agrees: a user page, which CR4.SMAP hides from its supervisor read",
-                    OracleVerdict::Disagrees => "DISAGREES",
-                }
-            )?;
+            let kvm = kvm_comparison_text(verdict, kvm.valid, kvm.gpa.0);
+            writeln!(out, "{line}{kvm}")?;
         }
     }
     drop(out);
