@@ -634,6 +634,7 @@ pub(crate) fn start(machine: Machine, console: &Console) -> Result<Vm, BuildErro
     let mut vm = Vm::assemble(
         VmParts {
             events,
+            waker: crate::events::VmWaker(events_tx.clone()),
             control: control.clone(),
             unhandled: unhandled.clone(),
             kvm_vm,

@@ -42,6 +42,21 @@ pub enum VmEvent {
         /// Its registers when it stopped, when they could be read.
         dump: Option<Box<RegisterDump>>,
     },
+    /// Another thread of the VMM wants the VMM thread's attention ([`VmWaker`]): a
+    /// control-API request is waiting.
+    Woken,
+}
+
+/// Wakes a VMM thread waiting for events ([`crate::vm::Vm::waker`]): it receives a
+/// [`VmEvent::Woken`]. Cheap to clone and to send from any thread.
+#[derive(Debug, Clone)]
+pub struct VmWaker(pub(crate) std::sync::mpsc::Sender<VmEvent>);
+
+impl VmWaker {
+    /// Sends a [`VmEvent::Woken`]; returns false when the VM is gone.
+    pub fn wake(&self) -> bool {
+        self.0.send(VmEvent::Woken).is_ok()
+    }
 }
 
 impl From<DebugSignal> for VmEvent {

@@ -324,6 +324,7 @@ pub struct Vm {
     // Field order: the vCPU threads end (in `Drop`) before the VM fd and memory go.
     vcpus: Vec<VcpuHandle>,
     events: Receiver<VmEvent>,
+    waker: crate::events::VmWaker,
     control: Arc<DebugControl>,
     unhandled: Arc<UnhandledAccesses>,
     paused: AtomicBool,
@@ -355,6 +356,8 @@ pub struct Vm {
 /// What the builder hands over to make a [`Vm`] (its vCPU threads are added after).
 pub(crate) struct VmParts {
     pub(crate) events: Receiver<VmEvent>,
+    /// A sender of the same channel, for [`Vm::waker`].
+    pub(crate) waker: crate::events::VmWaker,
     pub(crate) control: Arc<DebugControl>,
     pub(crate) unhandled: Arc<UnhandledAccesses>,
     pub(crate) kvm_vm: Arc<KvmVm>,
@@ -381,6 +384,7 @@ impl Vm {
         Self {
             vcpus: Vec::with_capacity(vcpus),
             events: parts.events,
+            waker: parts.waker,
             control: parts.control,
             unhandled: parts.unhandled,
             paused: AtomicBool::new(parts.paused),
@@ -413,6 +417,12 @@ impl Vm {
         self.memory_watches
             .iter()
             .any(crate::sigbus::FaultWatch::faulted)
+    }
+
+    /// A handle another thread uses to interrupt [`Vm::wait_event`] with a
+    /// [`VmEvent::Woken`] (the control API's requests).
+    pub fn waker(&self) -> crate::events::VmWaker {
+        self.waker.clone()
     }
 
     /// Whether the vCPUs are paused ([`Vm::pause`]).

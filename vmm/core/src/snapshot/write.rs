@@ -425,6 +425,32 @@ impl Vm {
         dir: &mut SnapshotDir,
         states: &[VcpuState],
     ) -> Result<SnapshotInfo> {
+        self.write_snapshot(dir, states, || match self.fetch_dirty() {
+            Ok(set) => Ok(Some(set.bitmaps)),
+            Err(DirtyError::NotEnabled) => Ok(None),
+            Err(e) => Err(e.into()),
+        })
+    }
+
+    /// [`Vm::snapshot_paused`] with the pages dirtied since the chain's previous
+    /// generation given by the caller, who reads the dirty log itself (the control API
+    /// shares one log between dirty scans and several chains). `None`: no dirty log
+    /// (only a full generation can be written).
+    pub fn snapshot_paused_with(
+        &self,
+        dir: &mut SnapshotDir,
+        states: &[VcpuState],
+        dirty: Option<Vec<DirtyBitmap>>,
+    ) -> Result<SnapshotInfo> {
+        self.write_snapshot(dir, states, || Ok(dirty))
+    }
+
+    fn write_snapshot(
+        &self,
+        dir: &mut SnapshotDir,
+        states: &[VcpuState],
+        dirty: impl FnOnce() -> Result<Option<Vec<DirtyBitmap>>>,
+    ) -> Result<SnapshotInfo> {
         if !self.is_paused() {
             return Err(Box::new(VmError::NotPaused).into());
         }
@@ -435,11 +461,8 @@ impl Vm {
         }
         let (kvm, vm) = self.save_kvm_state().map_err(Box::new)?;
         let devices = self.device_record().map_err(Box::new)?;
-        let dirty = match self.fetch_dirty() {
-            Ok(set) => Some(set.bitmaps),
-            Err(DirtyError::NotEnabled) => None,
-            Err(e) => return Err(e.into()),
-        };
+        // Last: a refusal above leaves the dirty log as it was.
+        let dirty = dirty()?;
         dir.write(SnapshotSource {
             memory: self.guest_memory(),
             vcpus: states
