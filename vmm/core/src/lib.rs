@@ -32,7 +32,8 @@
 //! 7. [`vm`]: a running VM and its lifecycle;
 //! 8. the built-in guest ([`guest`]: image, descriptor, protocol), then [`builder`] and
 //!    [`pause`] (boot and pause at a chosen moment);
-//! 9. users of a VM or its memory: [`introspect`], [`dump`], [`snapshot`].
+//! 9. users of a VM or its memory: [`introspect`], [`dump`], [`snapshot`], [`restore`];
+//! 10. [`api`]: the control API, served while a VM runs, and its client.
 //!
 //! This crate (package `vmm-core`, imported as `vmm`) has no command-line types; the `vmm`
 //! binary (package `vmm`, `vmm/core/src/`: the command line and `vmm bench`) uses it through
@@ -101,6 +102,7 @@ pub struct UnknownChoice {
     pub choices: Vec<&'static str>,
 }
 
+pub mod api;
 pub mod arch;
 pub mod builder;
 pub mod devices;

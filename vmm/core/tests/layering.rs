@@ -40,6 +40,10 @@ const LAYERS: &[(&str, &str)] = &[
     ("dump", "memory dumps in other tools' formats"),
     ("snapshot", "snapshots of a running VM, read back offline"),
     ("restore", "a VM resumed from a snapshot generation"),
+    (
+        "api",
+        "the control API: socket, HTTP server, VMM-thread side, client",
+    ),
     ("test_support", "what the tests share"),
 ];
 

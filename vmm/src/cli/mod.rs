@@ -25,7 +25,7 @@ use vm_memory::GuestMemoryBackend;
 use vmm::files::Replace;
 use vmm::guest::{BuiltinProtocol, GuestSignal};
 use vmm::introspect::{
-    Format, OracleVerdict, PrintError, VaRange, oracle_verdict, parse_hex, print_walk,
+    Format, PrintError, VaRange, kvm_comparison_text, oracle_verdict, parse_hex, print_walk,
     translation_line,
 };
 use vmm::pause::{PauseAt, Paused};
@@ -37,6 +37,7 @@ use vmm::{
 use walker::{ControlRegisters, Granularity, Gva, PagingContext, WalkOptions};
 
 mod bench;
+mod ctl;
 mod inspect;
 mod restore;
 mod run;
@@ -44,6 +45,7 @@ mod snapshots;
 mod walk;
 
 use bench::*;
+use ctl::*;
 use inspect::*;
 use restore::*;
 use run::*;
@@ -126,6 +128,10 @@ pub enum Command {
     /// Measure boot, pause, walks and translations on the built-in guest, each against
     /// a baseline measured in the same run.
     Bench(BenchArgs),
+    /// Talk to a running VMM's control API (`vmm run --api-socket`): pause, resume, read
+    /// registers and memory, translate, walk, dirty-scan, snapshot, shut down. Output as
+    /// the offline commands print it.
+    Ctl(CtlArgs),
 }
 
 /// Arguments of `vmm bench`.
@@ -230,9 +236,10 @@ pub struct RunArgs {
     /// Output format of the dirty scans.
     #[arg(long, value_enum, default_value_t = ScanFormat::Text, requires = "dirty_scan_every")]
     pub scan_format: ScanFormat,
-    /// Which KVM dirty log to use.
-    #[arg(long, value_parser = choice::<DirtyLogChoice>(), default_value = "auto", requires = "dirty_scan_every")]
-    pub dirty_log: DirtyLogChoice,
+    /// Which KVM dirty log to use, with --dirty-scan-every (default auto) or
+    /// --api-socket (dirty logging is on only when this is given).
+    #[arg(long, value_parser = choice::<DirtyLogChoice>())]
+    pub dirty_log: Option<DirtyLogChoice>,
     /// With `--dirty-log ring`: bytes of each vCPU's dirty ring (a power of two, at least
     /// 4K, or more where KVM reserves more (16K with Intel PML: asked of KVM), at most
     /// KVM_CAP_DIRTY_LOG_RING's maximum; e.g. 65536 or 64K). Default: 1M or the host's
@@ -256,6 +263,16 @@ pub struct RunArgs {
     /// How many snapshots (generation 0 full, then diffs) before FINISH.
     #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u64).range(1..), requires = "snapshot_dir")]
     pub snapshots: u64,
+    /// Serve the control API on this Unix socket (mode 0600; see the README, "Control
+    /// API") and run the guest until it ends or a client asks for shutdown (the built-in
+    /// guest then gets FINISH and its DONE status is the exit status; a Linux guest is
+    /// stopped, status 0). Dirty scans over the API need --dirty-log.
+    #[arg(
+        long,
+        value_name = "PATH",
+        conflicts_with_all = ["dirty_scan_every", "snapshot_dir"]
+    )]
+    pub api_socket: Option<PathBuf>,
 }
 
 /// Arguments of `vmm restore`.
@@ -292,6 +309,14 @@ pub struct RestoreArgs {
     /// How many new snapshots before FINISH.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..), requires = "snapshot_dir")]
     pub snapshots: u64,
+    /// Serve the control API on this Unix socket once the VM is restored, and run it
+    /// until it ends or a client asks for shutdown (as `vmm run --api-socket`).
+    #[arg(long, value_name = "PATH", conflicts_with = "snapshot_dir")]
+    pub api_socket: Option<PathBuf>,
+    /// With --api-socket: restore with dirty logging, for dirty scans and diff snapshots
+    /// over the API.
+    #[arg(long, value_parser = choice::<DirtyLogChoice>(), requires = "api_socket")]
+    pub dirty_log: Option<DirtyLogChoice>,
 }
 
 /// `vmm restore --memory-restore`.
@@ -728,6 +753,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Snapshot(args) => snapshot_command(&args),
         Command::Restore(args) => restore_command(&args),
         Command::Bench(args) => bench(&args),
+        Command::Ctl(args) => ctl_command(&args),
     }
 }
 
@@ -870,7 +896,7 @@ mod tests {
         };
         assert_eq!(run.dirty_scan_every, Some(Duration::from_millis(100)));
         assert_eq!((run.rounds, run.scan_format), (5, ScanFormat::Json));
-        assert_eq!(run.dirty_log, DirtyLogChoice::ManualClear);
+        assert_eq!(run.dirty_log, Some(DirtyLogChoice::ManualClear));
     }
 
     #[test]

@@ -27,9 +27,11 @@ pub(super) fn restore_command(args: &RestoreArgs) -> anyhow::Result<ExitCode> {
         } else {
             Console::Stdout
         },
-        dirty: chain
-            .as_ref()
-            .map(|_| vmm::DirtyConfig::new(DirtyLogChoice::Auto)),
+        dirty: match (&chain, args.dirty_log) {
+            (_, Some(choice)) => Some(vmm::DirtyConfig::new(choice)),
+            (Some(_), None) => Some(vmm::DirtyConfig::new(DirtyLogChoice::Auto)),
+            (None, None) => None,
+        },
         paused: false,
     };
     let (vm, state) = restore_vm(&config)?;
@@ -40,6 +42,13 @@ pub(super) fn restore_command(args: &RestoreArgs) -> anyhow::Result<ExitCode> {
         started.elapsed(),
         state.vcpus.len()
     );
+    let linux = state.vm.as_ref().is_some_and(|v| v.irqchip.is_some());
+    if let Some(socket) = &args.api_socket {
+        let options = vmm::api::ServeOptions {
+            guest_cr3s: state.guest_cr3s.clone(),
+        };
+        return serve_api(&vm, socket, options, linux, timeout, OnReset::Success);
+    }
     if let (Some(snaps), Some(every)) = (chain.as_mut(), args.snapshot_every) {
         snaps.set_guest_cr3s(state.guest_cr3s.clone());
         let mut next = Instant::now() + every;
@@ -53,7 +62,7 @@ pub(super) fn restore_command(args: &RestoreArgs) -> anyhow::Result<ExitCode> {
             print_generation(&info);
         }
     }
-    if state.vm.as_ref().is_some_and(|v| v.irqchip.is_some()) {
+    if linux {
         // A Linux guest runs on until it ends by itself.
         let outcome = vm.wait(timeout).map_err(|e| {
             eprint!("vmm: {e}; every vCPU now:\n{}", vm.vcpu_report(None));

@@ -4,6 +4,12 @@
 use super::*;
 
 pub(super) fn run_guest(args: &RunArgs) -> anyhow::Result<ExitCode> {
+    if let Some(socket) = &args.api_socket {
+        return run_api(args, socket);
+    }
+    if args.dirty_log.is_some() && args.dirty_scan_every.is_none() {
+        bail!("--dirty-log goes with --dirty-scan-every or --api-socket");
+    }
     if let Some(every) = args.dirty_scan_every {
         return run_dirty_scans(args, every);
     }
@@ -55,7 +61,7 @@ pub(super) fn run_dirty_scans(args: &RunArgs, every: Duration) -> anyhow::Result
         &args.boot,
         args.boot.mode,
         Console::stderr(),
-        args.dirty_log,
+        args.dirty_log.unwrap_or(DirtyLogChoice::Auto),
         args.dirty_ring_size,
     )?;
     if !linux && let Err(code) = ready_or_end(&vm, timeout)? {
@@ -304,4 +310,64 @@ pub(super) fn wait_linux_end(
         eprint!("vmm: the other vCPUs now:\n{}", vm.vcpu_report(Some(*vcpu)));
     }
     Ok(code)
+}
+
+/// `vmm run --api-socket`: boots, serves the control API until the guest ends or a client
+/// asks for shutdown (the built-in guest: from READY on, then FINISH and its DONE status;
+/// Linux: from the start, then the VM is stopped).
+fn run_api(args: &RunArgs, socket: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let timeout = Duration::from_secs(args.boot.timeout);
+    let linux = args.boot.kernel.is_some();
+    let console = if linux {
+        Console::stdout_tail()
+    } else {
+        Console::Stdout
+    };
+    let vm = boot_with(&args.boot, console, args.dirty_log)?;
+    let mut options = vmm::api::ServeOptions::default();
+    if !linux {
+        let descriptor = match ready_or_end(&vm, timeout)? {
+            Ok(d) => d,
+            Err(code) => return Ok(code),
+        };
+        if let Ok(d) = Descriptor::read(vm.guest_memory(), descriptor) {
+            options.guest_cr3s = d.cr3.iter().take(d.space_count as usize).copied().collect();
+        }
+    }
+    serve_api(&vm, socket, options, linux, timeout, args.boot.on_reset)
+}
+
+/// Serves the API for `vm` (run or restored) until it ends or a client asks for
+/// shutdown, and reports how it ended.
+pub(super) fn serve_api(
+    vm: &Vm,
+    socket: &std::path::Path,
+    options: vmm::api::ServeOptions,
+    linux: bool,
+    timeout: Duration,
+    on_reset: OnReset,
+) -> anyhow::Result<ExitCode> {
+    let server = vmm::api::ApiServer::start(socket, vm.waker(), vmm::api::Limits::default())
+        .context("cannot serve the control API")?;
+    eprintln!(
+        "vmm: control API on {}; the guest runs until it ends or a client asks for shutdown",
+        server.path().display()
+    );
+    let end = vmm::api::serve(vm, &server, options).context("serving the control API")?;
+    // The socket goes first: no client may reach a VM that is shutting down.
+    drop(server);
+    match end {
+        vmm::api::ServeEnd::Ended(outcome) => Ok(report_with(&outcome, on_reset)),
+        vmm::api::ServeEnd::Shutdown if linux => {
+            eprintln!("vmm: shut down by an API client: the Linux guest was stopped");
+            Ok(ExitCode::SUCCESS)
+        }
+        vmm::api::ServeEnd::Shutdown => {
+            eprintln!("vmm: shut down by an API client: FINISH sent to the guest");
+            if vm.is_paused() {
+                vm.resume().context("resuming the vCPUs")?;
+            }
+            finish(vm, timeout)
+        }
+    }
 }
