@@ -663,3 +663,196 @@ fn restore_resumes_a_run_and_its_restores_take_new_chains() {
     );
     std::fs::remove_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
 }
+
+/// A `vmm run --api-socket` in the background, killed if the test fails before its
+/// shutdown.
+struct Background(std::process::Child);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn ctl_drives_a_running_vmm_as_the_offline_commands_print() {
+    if !kvm_available("ctl_drives_a_running_vmm_as_the_offline_commands_print") {
+        return;
+    }
+    let dir = temp_dir("ctl");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("api.sock");
+    let socket_arg = socket.to_str().unwrap().to_owned();
+    let log = std::fs::File::create(dir.join("vmm.err")).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_vmm"))
+        .args([
+            "run",
+            "--memory",
+            "64M",
+            "--dirty-log",
+            "auto",
+            "--api-socket",
+            &socket_arg,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut vmm_process = Background(child);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !socket.exists() {
+        assert!(std::time::Instant::now() < deadline, "no API socket");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let ctl = |args: &[&str]| {
+        let mut all = vec!["ctl", "--socket", &socket_arg];
+        all.extend_from_slice(args);
+        vmm(&all)
+    };
+    let ok = |args: &[&str]| {
+        let out = ctl(args);
+        assert!(out.status.success(), "ctl {args:?}: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+
+    let vm: Value = serde_json::from_str(&ok(&["vm"])).unwrap();
+    assert_eq!(vm["state"], "Running");
+    let vm: Value = serde_json::from_str(&ok(&["pause"])).unwrap();
+    assert_eq!(vm["state"], "Paused");
+    let cr3 = vm["paging"][0]["cr3"].as_str().unwrap().to_owned();
+    let regs = ok(&["registers"]);
+    assert!(
+        regs.contains("RIP=")
+            && regs.contains(&format!(
+                "CR3={:#018x}",
+                u64::from_str_radix(&cr3[2..], 16).unwrap()
+            )),
+        "{regs}"
+    );
+
+    // A snapshot at this pause, and the walk over the socket equals `vmm inspect` of it.
+    let snaps = dir.join("snaps");
+    let snaps_arg = snaps.to_str().unwrap().to_owned();
+    let line = ok(&["snapshot", "--dir", &snaps_arg, "--kind", "full"]);
+    assert!(line.starts_with("generation 0 Full: "), "{line}");
+    for format in ["tlb", "json"] {
+        let live = ok(&["walk", "--cr3", &cr3, "--format", format, "--pte-level"]);
+        let offline = vmm(&[
+            "inspect",
+            "--snapshot",
+            &snaps_arg,
+            "--format",
+            format,
+            "--pte-level",
+        ]);
+        assert!(offline.status.success(), "{}", text(&offline.stderr));
+        assert!(live.lines().count() > 100, "{live}");
+        assert_eq!(live, text(&offline.stdout), "--format {format}");
+    }
+    let walk = ctl(&["walk", "--format", "text"]);
+    assert!(
+        text(&walk.stderr).contains("complete:"),
+        "{}",
+        text(&walk.stderr)
+    );
+
+    // Translations checked against KVM_TRANSLATE, as `vmm translate` prints them.
+    let out = ok(&[
+        "translate",
+        "--check-kvm",
+        "100000",
+        "ffff888000000000",
+        "dead0000000",
+    ]);
+    assert_eq!(out.lines().count(), 3, "{out}");
+    assert!(
+        out.lines()
+            .all(|l| l.contains("KVM_TRANSLATE") && l.contains("agrees")),
+        "{out}"
+    );
+    let json = ok(&["translate", "--format", "json", "100000"]);
+    let v: Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(
+        (&v["kind"], &v["pa"]),
+        (&Value::from("translation"), &Value::from("0x100000"))
+    );
+
+    // Memory into a new file; an existing one is not replaced without --overwrite.
+    let file = dir.join("page.bin");
+    let file_arg = file.to_str().unwrap().to_owned();
+    ok(&[
+        "memory", "--gpa", "100000", "--len", "4096", "-o", &file_arg,
+    ]);
+    let page = std::fs::read(&file).unwrap();
+    assert_eq!(page.len(), 4096);
+    std::fs::write(&file, b"keep").unwrap();
+    let refused = ctl(&[
+        "memory", "--gpa", "100000", "--len", "4096", "-o", &file_arg,
+    ]);
+    assert!(!refused.status.success());
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep");
+    let by_gva = ctl(&["memory", "--gva", "100000", "--len", "4096"]);
+    assert_eq!(by_gva.stdout, page, "GVA 0x100000 is identity-mapped");
+
+    // Refusals: exit 1 and the VMM's message.
+    let out = ctl(&["registers", "--vcpu", "9"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("vCPU 9 does not exist"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = ctl(&["snapshot", "--dir", &snaps_arg, "--kind", "full"]);
+    assert_eq!(out.status.code(), Some(1));
+
+    // Running again: a dirty scan and a diff generation.
+    let vm: Value = serde_json::from_str(&ok(&["resume"])).unwrap();
+    assert_eq!(vm["state"], "Running");
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let scan = ok(&["dirty-scan"]);
+    assert!(scan.starts_with("# dirty scan 1: "), "{scan}");
+    let scan: Value = serde_json::from_str(&ok(&["dirty-scan", "--format", "json"])).unwrap();
+    assert_eq!(scan["seq"], 2);
+    let line = ok(&["snapshot", "--dir", &snaps_arg, "--kind", "diff"]);
+    assert!(line.starts_with("generation 1 Diff: "), "{line}");
+    let list = vmm(&["snapshot", "list", &snaps_arg]);
+    assert!(list.status.success(), "{}", text(&list.stderr));
+    assert_eq!(
+        text(&list.stdout)
+            .lines()
+            .filter(|l| l.contains("generation"))
+            .count(),
+        2,
+        "{}",
+        text(&list.stdout)
+    );
+
+    // Shutdown: the guest gets FINISH, passes its checks, the VMM exits 0, the socket goes.
+    ok(&["shutdown"]);
+    let status = vmm_process.0.wait().unwrap();
+    let log = std::fs::read_to_string(dir.join("vmm.err")).unwrap();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("status 0"), "{log}");
+    assert!(!socket.exists());
+    let out = ctl(&["vm"]);
+    assert_eq!(out.status.code(), Some(101));
+    assert!(
+        text(&out.stderr).contains("cannot connect"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // A path that is not a stale socket is never replaced.
+    std::fs::write(&socket, b"not a socket").unwrap();
+    let out = vmm(&["run", "--memory", "64M", "--api-socket", &socket_arg]);
+    assert_eq!(out.status.code(), Some(101));
+    assert!(
+        text(&out.stderr).contains("exists and is not a socket"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(std::fs::read(&socket).unwrap(), b"not a socket");
+    let _ = std::fs::remove_dir_all(&dir);
+}
