@@ -391,6 +391,30 @@ fn bench_reports_every_measurement() {
     }
 }
 
+#[test]
+fn bench_api_reports_its_three_measurements() {
+    if !kvm_available("bench_api_reports_its_three_measurements") {
+        return;
+    }
+    let out = vmm(&["bench", "--api", "--memory", "64M", "--runs", "1"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for expected in [
+        "api translate 1048576 addresses over the socket: median",
+        "socket / in-process time",
+        "api pause + registers + walk + resume (4 requests): p50",
+        "socket and VMM overhead p50",
+        "api guest loop rate while GET /vm is polled at 100 Hz / unpolled: median",
+    ] {
+        assert!(stdout.contains(expected), "{expected:?} missing:\n{stdout}");
+    }
+    assert!(
+        text(&out.stderr).contains("status 0"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
 /// The JSON state of a snapshot generation (after its header line).
 fn snapshot_state(dir: &std::path::Path, generation: u64) -> Value {
     let text = std::fs::read_to_string(dir.join(format!("gen-{generation:06}.state")))

@@ -8,6 +8,9 @@ pub(super) fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     if args.boot.kernel.is_some() {
         return bench_linux(args, timeout);
     }
+    if args.api {
+        return bench_api(args, timeout);
+    }
     let runs = args.runs as usize;
     // Boot to READY, several times; the last VM stays for the rest.
     let mut boots = Vec::new();

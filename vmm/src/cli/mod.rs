@@ -37,6 +37,7 @@ use vmm::{
 use walker::{ControlRegisters, Granularity, Gva, PagingContext, WalkOptions};
 
 mod bench;
+mod bench_api;
 mod ctl;
 mod inspect;
 mod restore;
@@ -45,6 +46,7 @@ mod snapshots;
 mod walk;
 
 use bench::*;
+use bench_api::*;
 use ctl::*;
 use inspect::*;
 use restore::*;
@@ -162,6 +164,12 @@ pub struct BenchArgs {
     /// vCPU's debug-port PARK.
     #[arg(long, value_name = "MARKER", requires = "kernel")]
     pub at_serial: Option<String>,
+    /// Measure the control API instead (built-in guest): a batched translation of 1 Mi
+    /// addresses over the socket against the same translations in process; pause +
+    /// registers + walk + resume as four requests against the walk alone; the guest's
+    /// loop rate while a client polls GET /vm at 100 Hz against its rate unpolled.
+    #[arg(long, conflicts_with = "kernel")]
+    pub api: bool,
 }
 
 /// The default Linux command line: console on COM1, no boot chatter (each serial byte

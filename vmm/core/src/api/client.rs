@@ -67,11 +67,13 @@ impl Answer {
     }
 }
 
-/// A client of one socket.
-#[derive(Debug, Clone)]
+/// A client of one socket, for one thread at a time.
+#[derive(Debug)]
 pub struct Client {
     socket: PathBuf,
     timeout: Duration,
+    /// Built on first use; drives the connection during requests.
+    runtime: std::sync::OnceLock<tokio::runtime::Runtime>,
 }
 
 impl Client {
@@ -81,7 +83,22 @@ impl Client {
         Self {
             socket: socket.to_path_buf(),
             timeout,
+            runtime: std::sync::OnceLock::new(),
         }
+    }
+
+    fn runtime(&self) -> Result<&tokio::runtime::Runtime, ClientError> {
+        if let Some(runtime) = self.runtime.get() {
+            return Ok(runtime);
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| ClientError::Http {
+                doing: "starting the client",
+                message: e.to_string(),
+            })?;
+        Ok(self.runtime.get_or_init(|| runtime))
     }
 
     /// Sends `method uri` with `body` (JSON, if any) and writes the answer's body to
@@ -93,13 +110,7 @@ impl Client {
         body: Option<&[u8]>,
         out: &mut dyn Write,
     ) -> Result<Answer, ClientError> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| ClientError::Http {
-                doing: "starting the client",
-                message: e.to_string(),
-            })?;
+        let runtime = self.runtime()?;
         let timeout = self.timeout;
         runtime.block_on(async {
             tokio::time::timeout(timeout, self.exchange(method, uri, body, out))
@@ -133,6 +144,10 @@ impl Client {
                 message: e.to_string(),
             }
         };
+        // A connection per request: what a client holds between requests is nothing
+        // (the VMM's connection limit counts only requests in flight). Kept-alive
+        // connections measured slower here (about 1 ms a request more, in hyper's
+        // client), and a request costs about 0.1 ms on a new one.
         let stream = tokio::net::UnixStream::connect(&self.socket)
             .await
             .map_err(|source| ClientError::Connect {
@@ -180,7 +195,10 @@ impl Client {
             }
         }
         out.flush().map_err(ClientError::Output)?;
-        driver.abort();
+        // Closing our side ends the connection task cleanly (aborting it instead cost
+        // about a millisecond per request: the runtime's timer tick).
+        drop(sender);
+        let _ = driver.await;
         Ok(Answer {
             status: parts.status.as_u16(),
             headers: parts.headers,

@@ -177,9 +177,15 @@ impl<'a> Controller<'a> {
             mut reply,
         } = job;
         if !request.needs_pause() {
-            match self.answer_unpaused(request) {
+            // The vCPUs are let run only once the answer is out: on a busy host a
+            // running vCPU can delay this thread by a scheduler tick.
+            let mut release = None;
+            match self.answer_unpaused(request, &mut release) {
                 Ok((status, json)) => reply.json(status, json),
                 Err(e) => reply.error(&e),
+            }
+            if let Some(pause) = release {
+                self.release_or_stop(pause);
             }
             return;
         }
@@ -191,28 +197,41 @@ impl<'a> Controller<'a> {
         };
         reply.header(PAUSED_HEADER, if pause.took { "request" } else { "vm" });
         self.answer_paused(request, &pause.states, trailers, reply);
+        self.release_or_stop(pause);
+    }
+
+    /// Ends a pause; a VM that cannot run on ends serving, as a VM that ended.
+    fn release_or_stop(&mut self, pause: Pause) {
         if let Err(e) = self.release(pause) {
-            // The VM cannot run on: end serving, as a VM that ended.
             eprintln!("vmm: resuming the vCPUs after an API request failed: {e}");
             self.shutdown = true;
         }
     }
 
-    fn answer_unpaused(&mut self, request: ApiRequest) -> Result<(u16, String), ApiError> {
+    /// Requests answered without a pause of their own; `release` gets the pause to end
+    /// once the answer is sent.
+    fn answer_unpaused(
+        &mut self,
+        request: ApiRequest,
+        release: &mut Option<Pause>,
+    ) -> Result<(u16, String), ApiError> {
         match request {
-            ApiRequest::GetVm => Ok((200, self.vm_json()?)),
+            ApiRequest::GetVm => {
+                let pause = self.pause().map_err(internal("pausing the vCPUs"))?;
+                let json = self.vm_json(&pause.states);
+                *release = Some(pause);
+                Ok((200, json))
+            }
             ApiRequest::SetState(state) => {
-                match state {
-                    RunState::Paused => {
-                        self.vm.pause().map_err(internal("pausing the vCPUs"))?;
-                        self.user_paused = true;
-                    }
-                    RunState::Resumed => {
-                        self.vm.resume().map_err(internal("resuming the vCPUs"))?;
-                        self.user_paused = false;
-                    }
+                // The answer describes the vCPUs as this pause found them (a resume:
+                // as they are now, paused): no second pause.
+                let states = self.vm.pause().map_err(internal("pausing the vCPUs"))?;
+                self.user_paused = state == RunState::Paused;
+                let json = self.vm_json(&states);
+                if !self.user_paused {
+                    *release = Some(Pause { states, took: true });
                 }
-                Ok((200, self.vm_json()?))
+                Ok((200, json))
             }
             ApiRequest::Shutdown => {
                 self.shutdown = true;
@@ -224,12 +243,10 @@ impl<'a> Controller<'a> {
         }
     }
 
-    /// `GET /vm`: the paging mode of each vCPU needs its registers, so it pauses briefly
-    /// when the VM runs.
-    fn vm_json(&self) -> Result<String, ApiError> {
-        let pause = self.pause().map_err(internal("pausing the vCPUs"))?;
-        let paging: Vec<serde_json::Value> = pause
-            .states
+    /// `GET /vm`'s answer; the paging mode of each vCPU comes from its registers in
+    /// `states` (`GET /vm` pauses briefly for them when the VM runs).
+    fn vm_json(&self, states: &[VcpuState]) -> String {
+        let paging: Vec<serde_json::Value> = states
             .iter()
             .map(|s| {
                 let mode = match self.vm.paging_context(s, None) {
@@ -245,10 +262,8 @@ impl<'a> Controller<'a> {
                 })
             })
             .collect();
-        self.release(pause)
-            .map_err(internal("resuming the vCPUs"))?;
         let boot = self.vm.boot_record();
-        Ok(serde_json::json!({
+        serde_json::json!({
             "state": if self.user_paused { "Paused" } else { "Running" },
             "vcpus": self.vm.vcpu_count(),
             "memory_bytes": boot.memory_bytes,
@@ -256,7 +271,7 @@ impl<'a> Controller<'a> {
             "paging": paging,
             "dirty_log": self.vm.dirty_log_backend().map(|b| b.to_string()),
         })
-        .to_string())
+        .to_string()
     }
 
     fn answer_paused(
