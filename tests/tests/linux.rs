@@ -1135,3 +1135,186 @@ fn linux_snapshot_chain_one_vcpu() {
 fn linux_snapshot_chain_two_vcpus() {
     linux_snapshot_chain("linux_snapshot_chain_two_vcpus", 2);
 }
+
+/// The control API attached to a running Linux guest (issue 15): while the THP process
+/// runs (it lingers after its park), a client pauses the VM, reads the vCPU's registers,
+/// walks the process's address space over the socket and finds its 32 THP leaves,
+/// translates every page of the buffer in one batch, takes a dirty scan and a full
+/// snapshot, resumes and asks for shutdown; the guest then runs on to its power-off,
+/// the process's checks passing.
+fn linux_api_attach(test: &str, vcpus: u8) {
+    let how = Boot {
+        dirty: true,
+        ..USUAL
+    };
+    let Some(p) = boot_to_park_with(
+        test,
+        "bzImage",
+        vcpus,
+        "guestwalk.linger=10 guestwalk.tick",
+        how,
+    ) else {
+        return;
+    };
+    let cr3 = p.state().cr3;
+    let vcpu = p.vcpu;
+    let buffer = p.buffer;
+    let dir = std::env::temp_dir().join(format!("guestwalk-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("api.sock");
+    // The process runs on from its park while the API attaches.
+    p.vm.resume().unwrap();
+    let server =
+        vmm::api::ApiServer::start(&socket, p.vm.waker(), vmm::api::Limits::default()).unwrap();
+    let snaps = dir.join("snaps");
+    let client_socket = socket.clone();
+    let client = std::thread::spawn(move || {
+        let client = vmm::api::Client::new(&client_socket, LINUX_TIMEOUT);
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            api_session(&client, vcpu, cr3, buffer, &snaps)
+        }));
+        // However the session went, the VMM is told to stop serving.
+        let _ = client.request_bytes("PATCH", "/vm", Some(br#"{"state":"Resumed"}"#));
+        let _ = client.request_bytes("PUT", "/actions", Some(br#"{"action":"shutdown"}"#));
+        result
+    });
+    let end = vmm::api::serve(&p.vm, &server, vmm::api::ServeOptions::default()).unwrap();
+    drop(server);
+    if let Err(panic) = client.join().unwrap() {
+        std::panic::resume_unwind(panic);
+    }
+    assert_eq!(end, vmm::api::ServeEnd::Shutdown, "{test}: {}", p.console());
+    assert!(!socket.exists());
+    let snapshot = vmm::snapshot::load(&dir.join("snaps"), None).unwrap();
+    let stored: u64 = snapshot
+        .memory()
+        .read_obj(
+            translate(
+                p.vm.guest_memory(),
+                &p.vm.paging_context(p.state(), Some(cr3)).unwrap(),
+                Gva(buffer),
+            )
+            .unwrap()
+            .gpa,
+        )
+        .unwrap();
+    assert_eq!(
+        stored,
+        buffer ^ PATTERN,
+        "{test}: the snapshot holds the buffer"
+    );
+    drop(snapshot);
+    let _ = std::fs::remove_dir_all(&dir);
+    finish(p, test, &["GUESTWALK-THP verified", "ticks verified"]);
+}
+
+/// What the client of [`linux_api_attach`] asks, and checks.
+fn api_session(
+    client: &vmm::api::Client,
+    vcpu: usize,
+    cr3: u64,
+    buffer: u64,
+    snaps: &std::path::Path,
+) {
+    let json = |method: &str, uri: &str, body: Option<&str>| -> serde_json::Value {
+        let (answer, bytes) = client
+            .request_bytes(method, uri, body.map(str::as_bytes))
+            .unwrap();
+        assert_eq!(
+            answer.status,
+            200,
+            "{method} {uri}: {:?}",
+            String::from_utf8_lossy(&answer.error_body)
+        );
+        serde_json::from_slice(&bytes).unwrap()
+    };
+    let vm = json("GET", "/vm", None);
+    assert_eq!(vm["state"], "Running");
+    assert_eq!(vm["boot"]["source"], "linux");
+    let mode = vm["paging"][vcpu]["mode"].as_str().unwrap().to_owned();
+    assert!(mode == "FiveLevel" || mode == "FourLevel", "{vm}");
+    assert_eq!(
+        json("PATCH", "/vm", Some(r#"{"state":"Paused"}"#))["state"],
+        "Paused"
+    );
+    let regs = json("GET", &format!("/vcpus/{vcpu}/registers"), None);
+    assert!(
+        regs["sregs"]["cr3"].is_string() && regs["regs"]["rip"].is_string(),
+        "{regs}"
+    );
+
+    // The process's address space (the CR3 of its park), its buffer: 32 THP leaves.
+    let end = buffer + BUFFER_SIZE;
+    let uri = format!("/mappings?vcpu={vcpu}&cr3={cr3:#x}&range={buffer:x}-{end:x}&format=json");
+    let (answer, body) = client.request_bytes("GET", &uri, None).unwrap();
+    assert_eq!(answer.status, 200);
+    assert!(
+        answer
+            .trailer(vmm::api::WALK_TRAILER)
+            .is_some_and(|t| t.starts_with("complete")),
+        "{:?}",
+        answer.trailers
+    );
+    let leaves: Vec<serde_json::Value> = String::from_utf8(body)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(leaves.len() as u64, BUFFER_SIZE >> 21, "{leaves:#?}");
+    assert!(
+        leaves
+            .iter()
+            .all(|l| l["size"] == 2 << 20 && l["user"] == true),
+        "{leaves:#?}"
+    );
+
+    // Every page of the buffer in one batch: the frame of its leaf plus its offset.
+    let gvas: Vec<String> = (0..BUFFER_SIZE >> 12)
+        .map(|i| format!("{:#x}", buffer + (i << 12)))
+        .collect();
+    let body =
+        serde_json::json!({ "vcpu": vcpu, "cr3": format!("{cr3:#x}"), "gvas": gvas }).to_string();
+    let (answer, lines) = client
+        .request_bytes("POST", "/translate", Some(body.as_bytes()))
+        .unwrap();
+    assert_eq!(answer.status, 200);
+    let lines = String::from_utf8(lines).unwrap();
+    let mut count = 0u64;
+    for (i, line) in lines.lines().enumerate() {
+        let t: serde_json::Value = serde_json::from_str(line).unwrap();
+        let leaf = &leaves[i / 512];
+        let leaf_pa =
+            u64::from_str_radix(leaf["pa"].as_str().unwrap().trim_start_matches("0x"), 16).unwrap();
+        assert_eq!(t["kind"], "translation", "{line}");
+        assert_eq!(t["size"], 2 << 20);
+        assert_eq!(
+            t["pa"],
+            format!("{:#x}", leaf_pa + ((i as u64 % 512) << 12)),
+            "{line}"
+        );
+        count += 1;
+    }
+    assert_eq!(count, BUFFER_SIZE >> 12);
+
+    // A dirty scan and a snapshot at this pause.
+    let scan = json("POST", "/dirty/scan", None);
+    assert_eq!(scan["seq"], 1, "{scan}");
+    let body = format!(r#"{{"dir":{:?},"kind":"full"}}"#, snaps.to_str().unwrap());
+    let info = json("PUT", "/snapshot/create", Some(&body));
+    assert_eq!(info["generation"], 0, "{info}");
+    assert_eq!(
+        json("PATCH", "/vm", Some(r#"{"state":"Resumed"}"#))["state"],
+        "Running"
+    );
+}
+
+#[test]
+fn linux_api_attach_one_vcpu() {
+    linux_api_attach("linux_api_attach_one_vcpu", 1);
+}
+
+#[test]
+fn linux_api_attach_two_vcpus() {
+    linux_api_attach("linux_api_attach_two_vcpus", 2);
+}
