@@ -880,3 +880,40 @@ fn ctl_drives_a_running_vmm_as_the_offline_commands_print() {
     assert_eq!(std::fs::read(&socket).unwrap(), b"not a socket");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_vmm_killed_by_sigterm_removes_its_api_socket() {
+    if !kvm_available("a_vmm_killed_by_sigterm_removes_its_api_socket") {
+        return;
+    }
+    let dir = temp_dir("sigterm");
+    let socket = dir.join("api.sock");
+    let _ = std::fs::remove_file(&socket);
+    let child = Command::new(env!("CARGO_BIN_EXE_vmm"))
+        .args([
+            "run",
+            "--memory",
+            "64M",
+            "--api-socket",
+            socket.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut vmm_process = Background(child);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !socket.exists() {
+        assert!(std::time::Instant::now() < deadline, "no API socket");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let killed = Command::new("kill")
+        .args(["-TERM", &vmm_process.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = vmm_process.0.wait().unwrap();
+    assert!(!status.success());
+    assert!(!socket.exists(), "the socket outlived the VMM");
+    let _ = std::fs::remove_dir_all(&dir);
+}

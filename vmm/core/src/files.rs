@@ -448,16 +448,20 @@ fn is_snapshot_dir(dir: &Path) -> bool {
     })
 }
 
-/// Temporaries being written, removed on SIGINT/SIGTERM/SIGHUP.
+/// Temporaries being written (and the control API's socket), removed on
+/// SIGINT/SIGTERM/SIGHUP.
 static TEMPORARIES: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
-fn register_temporary(path: &Path) {
+/// Has `path` removed if the process is killed by SIGINT, SIGTERM or SIGHUP (until
+/// [`unregister_temporary`]).
+pub(crate) fn register_temporary(path: &Path) {
     if let Ok(mut list) = TEMPORARIES.lock() {
         list.push(path.to_owned());
     }
 }
 
-fn unregister_temporary(path: &Path) {
+/// Undoes [`register_temporary`].
+pub(crate) fn unregister_temporary(path: &Path) {
     if let Ok(mut list) = TEMPORARIES.lock() {
         list.retain(|p| p != path);
     }

@@ -146,6 +146,8 @@ impl ApiSocket {
         }
         // The private directory (and its name for the socket) goes; the path keeps it.
         drop(private);
+        // A VMM killed by a signal removes it too.
+        crate::files::register_temporary(path);
         Ok(Self {
             path: path.to_path_buf(),
             listener,
@@ -168,6 +170,7 @@ impl ApiSocket {
 
 impl Drop for ApiSocket {
     fn drop(&mut self) {
+        crate::files::unregister_temporary(&self.path);
         // Only our socket: someone may have replaced the path meanwhile.
         if let Ok(meta) = std::fs::symlink_metadata(&self.path)
             && (meta.dev(), meta.ino()) == self.identity
