@@ -868,6 +868,35 @@ fn ctl_drives_a_running_vmm_as_the_offline_commands_print() {
         text(&out.stderr)
     );
 
+    // The chain ctl wrote restores under the API too: its diff generation runs on and
+    // finishes its checks when a client asks for shutdown.
+    let log = std::fs::File::create(dir.join("restore.err")).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_vmm"))
+        .args(["restore", &snaps_arg, "--api-socket", &socket_arg])
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut restored = Background(child);
+    while !socket.exists() {
+        assert!(
+            std::time::Instant::now() < deadline + std::time::Duration::from_secs(20),
+            "no API socket"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let vm: Value = serde_json::from_str(&ok(&["vm"])).unwrap();
+    assert_eq!(
+        (&vm["state"], &vm["boot"]["source"]),
+        (&Value::from("Running"), &Value::from("builtin"))
+    );
+    assert!(ok(&["registers"]).contains("RIP="));
+    ok(&["shutdown"]);
+    let status = restored.0.wait().unwrap();
+    let log = std::fs::read_to_string(dir.join("restore.err")).unwrap();
+    assert!(status.success() && log.contains("status 0"), "{log}");
+    assert!(!socket.exists());
+
     // A path that is not a stale socket is never replaced.
     std::fs::write(&socket, b"not a socket").unwrap();
     let out = vmm(&["run", "--memory", "64M", "--api-socket", &socket_arg]);
