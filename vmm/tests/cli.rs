@@ -609,6 +609,30 @@ fn restore_resumes_a_run_and_its_restores_take_new_chains() {
         assert!(stderr.contains("vmm: heartbeat: iteration"), "{stderr}");
         assert!(text(&out.stdout).contains("DONE"), "{}", text(&out.stdout));
     }
+    // Dirty scans from the restored moment, as `vmm run --dirty-scan-every` prints them:
+    // the guest's loop keeps writing its pages.
+    let out = vmm(&[
+        "restore",
+        &snaps_arg,
+        "--dirty-scan-every",
+        "30ms",
+        "--rounds",
+        "2",
+        "--scan-format",
+        "json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let scans = json_lines(&out);
+    assert_eq!(scans.len(), 2, "{}", text(&out.stdout));
+    for scan in &scans {
+        assert!(scan["gpa_pages"].as_u64().unwrap() > 0, "{scan}");
+        assert!(!scan["spaces"].as_array().unwrap().is_empty(), "{scan}");
+    }
+    assert!(
+        text(&out.stderr).contains("status 0"),
+        "{}",
+        text(&out.stderr)
+    );
     // A new chain from a restored VM, itself restored.
     let chain = dir.join("chain");
     let chain_arg = chain.to_string_lossy().into_owned();

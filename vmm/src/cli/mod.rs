@@ -319,12 +319,23 @@ pub struct RestoreArgs {
     pub snapshots: u64,
     /// Serve the control API on this Unix socket once the VM is restored, and run it
     /// until it ends or a client asks for shutdown (as `vmm run --api-socket`).
-    #[arg(long, value_name = "PATH", conflicts_with = "snapshot_dir")]
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["snapshot_dir", "dirty_scan_every"])]
     pub api_socket: Option<PathBuf>,
-    /// With --api-socket: restore with dirty logging, for dirty scans and diff snapshots
-    /// over the API.
-    #[arg(long, value_parser = choice::<DirtyLogChoice>(), requires = "api_socket")]
+    /// Restore with dirty logging (the default with --dirty-scan-every and
+    /// --snapshot-dir: auto), for dirty scans and diff snapshots.
+    #[arg(long, value_parser = choice::<DirtyLogChoice>())]
     pub dirty_log: Option<DirtyLogChoice>,
+    /// As `vmm run --dirty-scan-every`, from the restored moment: a first fetch drops
+    /// what the restore dirtied, then a scan every DURATION on stdout (the guest console
+    /// then goes to stderr).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, conflicts_with = "snapshot_dir")]
+    pub dirty_scan_every: Option<Duration>,
+    /// How many dirty scans.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..), requires = "dirty_scan_every")]
+    pub rounds: u32,
+    /// Output format of the dirty scans.
+    #[arg(long, value_enum, default_value_t = ScanFormat::Text, requires = "dirty_scan_every")]
+    pub scan_format: ScanFormat,
 }
 
 /// `vmm restore --memory-restore`.

@@ -22,15 +22,17 @@ pub(super) fn restore_command(args: &RestoreArgs) -> anyhow::Result<ExitCode> {
             (MemoryRestore::Lazy, true) => MemoryLoad::LazyVerified,
             (MemoryRestore::Lazy, false) => MemoryLoad::Lazy,
         },
-        console: if chain.is_some() {
+        console: if chain.is_some() || args.dirty_scan_every.is_some() {
             Console::stderr()
         } else {
             Console::Stdout
         },
-        dirty: match (&chain, args.dirty_log) {
-            (_, Some(choice)) => Some(vmm::DirtyConfig::new(choice)),
-            (Some(_), None) => Some(vmm::DirtyConfig::new(DirtyLogChoice::Auto)),
-            (None, None) => None,
+        dirty: match args.dirty_log {
+            Some(choice) => Some(vmm::DirtyConfig::new(choice)),
+            None if chain.is_some() || args.dirty_scan_every.is_some() => {
+                Some(vmm::DirtyConfig::new(DirtyLogChoice::Auto))
+            }
+            None => None,
         },
         paused: false,
     };
@@ -48,6 +50,22 @@ pub(super) fn restore_command(args: &RestoreArgs) -> anyhow::Result<ExitCode> {
             guest_cr3s: state.guest_cr3s.clone(),
         };
         return serve_api(&vm, socket, options, linux, timeout, OnReset::Success);
+    }
+    if let Some(every) = args.dirty_scan_every {
+        let scans = ScanRounds {
+            every,
+            rounds: args.rounds,
+            format: args.scan_format,
+        };
+        let ended = scans.run(&vm, |next| {
+            Ok(wait_or_end(&vm, next).map(|outcome| {
+                eprintln!("vmm: the guest ended before the next dirty scan");
+                report(&outcome)
+            }))
+        })?;
+        if let Some(code) = ended {
+            return Ok(code);
+        }
     }
     if let (Some(snaps), Some(every)) = (chain.as_mut(), args.snapshot_every) {
         snaps.set_guest_cr3s(state.guest_cr3s.clone());

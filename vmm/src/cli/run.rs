@@ -67,39 +67,73 @@ pub(super) fn run_dirty_scans(args: &RunArgs, every: Duration) -> anyhow::Result
     if !linux && let Err(code) = ready_or_end(&vm, timeout)? {
         return Ok(code);
     }
-    let backend = vm.dirty_log_backend();
     eprintln!(
         "vmm: guest {}; dirty log: {}",
         if linux { "started" } else { "READY" },
-        backend.map(|b| b.to_string()).unwrap_or_default()
+        vm.dirty_log_backend()
+            .map(|b| b.to_string())
+            .unwrap_or_default()
     );
-    vm.pause().context("pausing the vCPUs")?;
-    vm.fetch_dirty().context("fetching the dirty log")?;
-    vm.resume().context("resuming the vCPUs")?;
-    let mut next = Instant::now() + every;
-    for _ in 0..args.rounds {
-        if let Some(code) = before_step(&vm, args, next, timeout, "dirty scan")? {
-            return Ok(code);
-        }
-        next += every;
-        let states = vm.pause().context("pausing the vCPUs")?;
-        let started = Instant::now();
-        let (_, scan) = vm.dirty_scan(&states, &[]).context("dirty scan")?;
-        let took = started.elapsed();
-        let mut out = io::stdout().lock();
-        match args.scan_format {
-            ScanFormat::Json => writeln!(out, "{}", scan.to_json())?,
-            ScanFormat::Text => write!(out, "{}", scan.to_text())?,
-        }
-        out.flush()?;
-        drop(out);
-        eprintln!(
-            "vmm: dirty scan {} took {took:.2?} (fetch + scans)",
-            scan.seq
-        );
-        vm.resume().context("resuming the vCPUs")?;
+    let scans = ScanRounds {
+        every,
+        rounds: args.rounds,
+        format: args.scan_format,
+    };
+    if let Some(code) = scans.run(&vm, |next| {
+        before_step(&vm, args, next, timeout, "dirty scan")
+    })? {
+        return Ok(code);
     }
     end_of_run(&vm, args, started)
+}
+
+/// The dirty scans of `vmm run` and `vmm restore --dirty-scan-every`.
+pub(super) struct ScanRounds {
+    /// Time between scans.
+    pub every: Duration,
+    /// How many.
+    pub rounds: u32,
+    /// How each is printed on stdout.
+    pub format: ScanFormat,
+}
+
+impl ScanRounds {
+    /// A first fetch that drops what was dirtied so far, then the rounds: `before(next)`
+    /// (which returns the exit status instead when the guest ended), pause, fetch, scan
+    /// every vCPU's CR3, print, resume.
+    pub(super) fn run(
+        &self,
+        vm: &Vm,
+        mut before: impl FnMut(Instant) -> anyhow::Result<Option<ExitCode>>,
+    ) -> anyhow::Result<Option<ExitCode>> {
+        vm.pause().context("pausing the vCPUs")?;
+        vm.fetch_dirty().context("fetching the dirty log")?;
+        vm.resume().context("resuming the vCPUs")?;
+        let mut next = Instant::now() + self.every;
+        for _ in 0..self.rounds {
+            if let Some(code) = before(next)? {
+                return Ok(Some(code));
+            }
+            next += self.every;
+            let states = vm.pause().context("pausing the vCPUs")?;
+            let started = Instant::now();
+            let (_, scan) = vm.dirty_scan(&states, &[]).context("dirty scan")?;
+            let took = started.elapsed();
+            let mut out = io::stdout().lock();
+            match self.format {
+                ScanFormat::Json => writeln!(out, "{}", scan.to_json())?,
+                ScanFormat::Text => write!(out, "{}", scan.to_text())?,
+            }
+            out.flush()?;
+            drop(out);
+            eprintln!(
+                "vmm: dirty scan {} took {took:.2?} (fetch + scans)",
+                scan.seq
+            );
+            vm.resume().context("resuming the vCPUs")?;
+        }
+        Ok(None)
+    }
 }
 
 /// What comes before each periodic step (`what`: a dirty scan, a snapshot) of a `vmm run`:
