@@ -34,6 +34,8 @@ struct Taken {
     generation: u64,
     regs: vmm::arch::x86_64::regs::Registers,
     sregs: vmm::arch::x86_64::regs::SpecialRegisters,
+    /// The debug port's argument latch (the last heartbeat's iteration).
+    debug_argument: u64,
     ram: u64,
     walks: Vec<Vec<String>>,
 }
@@ -77,6 +79,7 @@ fn take_chain(dir: &Path, generations: u64) -> (Vec<u64>, Vec<Taken>) {
             generation: info.generation,
             regs: states[0].regs,
             sregs: states[0].sregs,
+            debug_argument: states[0].debug_argument,
             ram: hash_ram(&vm),
             walks: walks(&vm, &states[0], &cr3s),
         });
@@ -140,6 +143,14 @@ fn check_restored(vm: &Vm, t: &Taken, cr3s: &[u64], what: &str) {
     let states = vm.pause().unwrap();
     assert_eq!(states[0].regs, t.regs, "{what}: general registers");
     assert_eq!(states[0].sregs, t.sregs, "{what}: special registers");
+    assert_ne!(
+        t.debug_argument, 0,
+        "{what}: a heartbeat's iteration is in the latch"
+    );
+    assert_eq!(
+        states[0].debug_argument, t.debug_argument,
+        "{what}: the debug port's argument latch"
+    );
     assert_eq!(hash_ram(vm), t.ram, "{what}: guest RAM");
     assert_eq!(walks(vm, &states[0], cr3s), t.walks, "{what}: the walks");
     resume_to_done(vm, t.regs.r12, what);

@@ -132,6 +132,7 @@ fn snapshot_dir(dir: &Path, ram: u64, diffs: u64) {
             ..SpecialRegisters::default()
         },
         kvm: None,
+        debug_argument: None,
     };
     let paging = PagingFeatures {
         phys_addr_bits: 46,

@@ -328,6 +328,7 @@ pub fn build_vm(config: &VmConfig) -> Result<Vm, BuildError> {
             memory_watches: Vec::new(),
             start_paused: false,
             boot: boot_record(config),
+            debug_arguments: Vec::new(),
         },
         &config.console,
     )
@@ -429,6 +430,9 @@ pub(crate) struct Machine {
     pub(crate) start_paused: bool,
     /// What it is booted from.
     pub(crate) boot: crate::vm::BootRecord,
+    /// Each vCPU's debug-port argument latch at the start (a restored vCPU's; a boot:
+    /// none, all 0).
+    pub(crate) debug_arguments: Vec<u64>,
 }
 
 /// A boot source once its part of guest memory is written.
@@ -624,6 +628,7 @@ pub(crate) fn start(machine: Machine, console: &Console) -> Result<Vm, BuildErro
         memory_watches,
         start_paused,
         boot,
+        debug_arguments,
     } = machine;
     let (events_tx, events) = channel::<VmEvent>();
     let control = Arc::new(DebugControl::default());
@@ -659,7 +664,12 @@ pub(crate) fn start(machine: Machine, console: &Console) -> Result<Vm, BuildErro
         let (requests_tx, requests) = channel();
         let (responses_tx, responses) = channel();
         let mut bus = IoBus::new(
-            DebugPort::new(control.clone(), signals.clone(), console.clone()),
+            DebugPort::new(control.clone(), signals.clone(), console.clone()).with_argument(
+                debug_arguments
+                    .get(usize::from(index))
+                    .copied()
+                    .unwrap_or(0),
+            ),
             serial.clone(),
             unhandled.clone(),
         );

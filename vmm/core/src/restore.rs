@@ -386,6 +386,11 @@ pub fn restore_vm(config: &RestoreConfig) -> Result<(Vm, SnapshotState), Restore
             irqchip: linux,
             memory_watches,
             start_paused: config.paused,
+            debug_arguments: state
+                .vcpus
+                .iter()
+                .map(|v| v.debug_argument.unwrap_or(0))
+                .collect(),
             boot: state.boot.clone().unwrap_or_else(|| crate::vm::BootRecord {
                 source: if linux { "linux" } else { "builtin" }.to_owned(),
                 mode: None,

@@ -63,6 +63,8 @@ pub struct VcpuState {
     /// instruction that did not complete within [`PENDING_IO_EXIT_LIMIT`] exits): its
     /// registers are not a state that can be saved and resumed.
     pub io_pending: bool,
+    /// Its debug-port argument latch ([`crate::devices::debug_port`]).
+    pub debug_argument: u64,
 }
 
 impl VcpuState {
@@ -73,6 +75,7 @@ impl VcpuState {
         finished: bool,
         last_io: Option<PortIo>,
         io_pending: bool,
+        debug_argument: u64,
     ) -> Self {
         Self {
             index,
@@ -87,6 +90,7 @@ impl VcpuState {
             sregs,
             last_io,
             io_pending,
+            debug_argument,
         }
     }
 
@@ -368,6 +372,7 @@ impl VcpuThread {
             finished,
             self.bus.last_port_io(),
             io_pending,
+            self.bus.debug_argument(),
         ))
     }
 }
@@ -395,6 +400,7 @@ mod tests {
             false,
             Some(io),
             false,
+            0,
         );
         let stopped = VcpuState::new(
             1,
@@ -403,6 +409,7 @@ mod tests {
             true,
             None,
             false,
+            0,
         );
         assert_eq!(running.dump().last_io, Some(io));
         let text = describe_states(&[running, stopped]);

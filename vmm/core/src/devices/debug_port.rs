@@ -183,6 +183,18 @@ impl DebugPort {
         }
     }
 
+    /// The argument latch (a snapshot keeps it: a guest paused between writing its
+    /// argument and its signal sends that argument after a restore).
+    pub fn argument(&self) -> u64 {
+        self.argument
+    }
+
+    /// This port with its latch holding `argument` (a restored vCPU's).
+    pub fn with_argument(mut self, argument: u64) -> Self {
+        self.argument = argument;
+        self
+    }
+
     /// Handles an `OUT`.
     pub fn write(&mut self, port: u16, data: &[u8]) -> PortAccess {
         match (port, data) {
@@ -256,6 +268,21 @@ mod tests {
 
     fn out32(port: &mut DebugPort, number: u16, value: u32) -> PortAccess {
         port.write(number, &value.to_le_bytes())
+    }
+
+    #[test]
+    fn a_restored_latch_is_what_the_next_signal_sends() {
+        let (port, rx, _, _) = port();
+        let mut port = port.with_argument(0x1234_5678_9abc);
+        assert_eq!(port.argument(), 0x1234_5678_9abc);
+        out32(&mut port, EVENT_PORT, 7);
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            DebugSignal::Guest {
+                code: 7,
+                argument: 0x1234_5678_9abc
+            }
+        );
     }
 
     #[test]

@@ -144,6 +144,11 @@ pub struct IoBus {
 }
 
 impl IoBus {
+    /// This vCPU's debug-port argument latch.
+    pub fn debug_argument(&self) -> u64 {
+        self.debug_port.argument()
+    }
+
     /// A bus with this vCPU's debug port and the VM's shared UART and counters.
     pub fn new(
         debug_port: DebugPort,

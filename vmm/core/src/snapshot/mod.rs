@@ -194,6 +194,9 @@ pub struct VcpuRecord {
     /// snapshots written from memory rather than from a VM.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kvm: Option<VcpuKvmState>,
+    /// The vCPU's debug-port argument latch (absent before it was recorded: 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debug_argument: Option<u64>,
 }
 
 /// The data file of a generation, as its state file describes it.
@@ -446,6 +449,7 @@ mod tests {
             regs: Registers::default(),
             sregs: SpecialRegisters::default(),
             kvm: None,
+            debug_argument: None,
         };
         record.regs.rip = 0x10_0000;
         record.sregs.cr3 = cr3;

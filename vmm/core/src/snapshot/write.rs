@@ -392,12 +392,14 @@ fn write_state(dir: &Path, state: &SnapshotState, limit: Option<u64>) -> Result<
 }
 
 impl VcpuRecord {
-    /// The registers of a paused vCPU, with the rest of its KVM state when read.
+    /// The registers of a paused vCPU, with the rest of its KVM state (and its
+    /// debug-port latch) when read.
     pub fn from_state(state: &VcpuState, kvm: Option<VcpuKvmState>) -> Self {
         Self {
             index: state.index,
             regs: state.regs,
             sregs: state.sregs,
+            debug_argument: kvm.is_some().then_some(state.debug_argument),
             kvm,
         }
     }
