@@ -411,6 +411,15 @@ async fn answer(request: Request<Incoming>, shared: &Shared) -> Response<ApiBody
         v.to_str()
             .is_ok_and(|v| v.to_ascii_lowercase().contains("trailers"))
     });
+    // A declared length over the limit is refused before any of it is read.
+    let declared = parts
+        .headers
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return error_response(&too_large());
+    }
     let body = match tokio::time::timeout(
         shared.limits.body_timeout,
         Limited::new(body, MAX_BODY_BYTES).collect(),
@@ -419,10 +428,7 @@ async fn answer(request: Request<Incoming>, shared: &Shared) -> Response<ApiBody
     {
         Ok(Ok(collected)) => collected.to_bytes(),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            return error_response(&ApiError {
-                status: 413,
-                message: format!("the request body is over {MAX_BODY_BYTES} bytes"),
-            });
+            return error_response(&too_large());
         }
         Ok(Err(e)) => return error_response(&ApiError::bad(format!("reading the body: {e}"))),
         Err(_) => {
@@ -462,6 +468,13 @@ async fn answer(request: Request<Incoming>, shared: &Shared) -> Response<ApiBody
     match rx.await {
         Ok(response) => response,
         Err(_) => gone(),
+    }
+}
+
+fn too_large() -> ApiError {
+    ApiError {
+        status: 413,
+        message: format!("the request body is over {MAX_BODY_BYTES} bytes"),
     }
 }
 
