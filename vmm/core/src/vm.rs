@@ -669,13 +669,15 @@ impl Vm {
         let mut spaces = Vec::new();
         let first = states.first();
         // A Linux vCPU in a process under PTI has the user PGD loaded: its kernel half
-        // (the kernel PGD, the page before) is scanned too.
-        let pti_kernel: Vec<(&VcpuState, u64)> = match &self.linux {
-            Some(_) => states
+        // (the kernel PGD, the page before) is scanned too. A restored Linux VM knows it
+        // is one from its boot record (where its kernel was loaded is not needed here).
+        let pti_kernel: Vec<(&VcpuState, u64)> = if self.boot.source == "linux" {
+            states
                 .iter()
                 .filter_map(|s| crate::linux::pti_kernel_cr3(&self.memory, s.cr3).map(|k| (s, k)))
-                .collect(),
-            None => Vec::new(),
+                .collect()
+        } else {
+            Vec::new()
         };
         let wanted = states.iter().map(|s| (s, s.cr3)).chain(pti_kernel).chain(
             first
