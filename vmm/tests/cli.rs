@@ -723,6 +723,28 @@ impl Drop for Background {
     }
 }
 
+/// Starts `vmm ARGS` in the background, its stderr into `log`, and waits until its API
+/// socket `socket` exists.
+fn serving(args: &[&str], socket: &std::path::Path, log: &std::path::Path) -> Background {
+    let log = std::fs::File::create(log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
+    let child = Command::new(env!("CARGO_BIN_EXE_vmm"))
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start vmm {args:?}: {e}"));
+    let process = Background(child);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !socket.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "vmm {args:?}: no API socket"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    process
+}
+
 #[test]
 fn ctl_drives_a_running_vmm_as_the_offline_commands_print() {
     if !kvm_available("ctl_drives_a_running_vmm_as_the_offline_commands_print") {
@@ -733,9 +755,8 @@ fn ctl_drives_a_running_vmm_as_the_offline_commands_print() {
     std::fs::create_dir_all(&dir).unwrap();
     let socket = dir.join("api.sock");
     let socket_arg = socket.to_str().unwrap().to_owned();
-    let log = std::fs::File::create(dir.join("vmm.err")).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_vmm"))
-        .args([
+    let mut vmm_process = serving(
+        &[
             "run",
             "--memory",
             "64M",
@@ -743,17 +764,10 @@ fn ctl_drives_a_running_vmm_as_the_offline_commands_print() {
             "auto",
             "--api-socket",
             &socket_arg,
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let mut vmm_process = Background(child);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !socket.exists() {
-        assert!(std::time::Instant::now() < deadline, "no API socket");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+        ],
+        &socket,
+        &dir.join("vmm.err"),
+    );
     let ctl = |args: &[&str]| {
         let mut all = vec!["ctl", "--socket", &socket_arg];
         all.extend_from_slice(args);
@@ -894,21 +908,11 @@ fn ctl_drives_a_running_vmm_as_the_offline_commands_print() {
 
     // The chain ctl wrote restores under the API too: its diff generation runs on and
     // finishes its checks when a client asks for shutdown.
-    let log = std::fs::File::create(dir.join("restore.err")).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_vmm"))
-        .args(["restore", &snaps_arg, "--api-socket", &socket_arg])
-        .stdout(std::process::Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let mut restored = Background(child);
-    while !socket.exists() {
-        assert!(
-            std::time::Instant::now() < deadline + std::time::Duration::from_secs(20),
-            "no API socket"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let mut restored = serving(
+        &["restore", &snaps_arg, "--api-socket", &socket_arg],
+        &socket,
+        &dir.join("restore.err"),
+    );
     let vm: Value = serde_json::from_str(&ok(&["vm"])).unwrap();
     assert_eq!(
         (&vm["state"], &vm["boot"]["source"]),
@@ -942,29 +946,23 @@ fn a_vmm_killed_by_sigterm_removes_its_api_socket() {
     let dir = temp_dir("sigterm");
     let socket = dir.join("api.sock");
     let _ = std::fs::remove_file(&socket);
-    let child = Command::new(env!("CARGO_BIN_EXE_vmm"))
-        .args([
+    let vmm_process = serving(
+        &[
             "run",
             "--memory",
             "64M",
             "--api-socket",
             socket.to_str().unwrap(),
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut vmm_process = Background(child);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !socket.exists() {
-        assert!(std::time::Instant::now() < deadline, "no API socket");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+        ],
+        &socket,
+        &dir.join("vmm.err"),
+    );
     let killed = Command::new("kill")
         .args(["-TERM", &vmm_process.0.id().to_string()])
         .status()
         .unwrap();
     assert!(killed.success());
+    let mut vmm_process = vmm_process;
     let status = vmm_process.0.wait().unwrap();
     assert!(!status.success());
     assert!(!socket.exists(), "the socket outlived the VMM");
