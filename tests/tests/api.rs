@@ -485,6 +485,7 @@ fn hostile_clients_are_dropped_and_the_guest_runs_on() {
         head_timeout: Duration::from_millis(300),
         body_timeout: Duration::from_millis(300),
         stall_timeout: Duration::from_millis(500),
+        max_body_bytes: 1 << 20,
         ..Limits::default()
     };
     let served = serve(&dir, limits, false);
@@ -501,7 +502,7 @@ fn hostile_clients_are_dropped_and_the_guest_runs_on() {
     // An oversized body: 413 as soon as its length is declared, or when what arrives
     // passes the limit (chunked); either way before the rest is read.
     let mut raw = UnixStream::connect(&served.socket).unwrap();
-    let declared = vmm::api::request::MAX_BODY_BYTES + 1;
+    let declared = (1 << 20) + 1;
     raw.write_all(
         format!("POST /translate HTTP/1.1\r\nhost: x\r\ncontent-length: {declared}\r\n\r\n{{")
             .as_bytes(),
@@ -513,9 +514,9 @@ fn hostile_clients_are_dropped_and_the_guest_runs_on() {
     let mut raw = UnixStream::connect(&served.socket).unwrap();
     raw.write_all(b"POST /translate HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n")
         .unwrap();
-    let chunk = vec![b' '; 1 << 20];
+    let chunk = vec![b' '; 64 << 10];
     let mut sent = 0;
-    while sent <= vmm::api::request::MAX_BODY_BYTES {
+    while sent <= 1 << 20 {
         let head = format!("{:x}\r\n", chunk.len());
         if raw.write_all(head.as_bytes()).is_err()
             || raw.write_all(&chunk).is_err()

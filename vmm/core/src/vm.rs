@@ -589,10 +589,15 @@ impl Vm {
         }
     }
 
-    /// Lets every vCPU run again (vCPUs that stopped for good stay stopped).
+    /// Lets every vCPU run again (vCPUs that stopped for good stay stopped). On a VM
+    /// that runs it only ends parks; it answers at once either way (a running vCPU is
+    /// kicked out of `KVM_RUN` to answer: an idle Linux vCPU may sit in HLT for seconds).
     pub fn resume(&self) -> Result<(), VmError> {
         for vcpu in &self.vcpus {
             vcpu.send(VcpuRequest::Resume)?;
+            if !self.paused.load(Ordering::SeqCst) {
+                let _ = vcpu.kick();
+            }
         }
         for vcpu in &self.vcpus {
             match vcpu.answer("resume")? {

@@ -4,9 +4,6 @@
 use super::*;
 use vmm::api::{ApiServer, Client, Limits, ServeOptions};
 
-/// Addresses in one batched translation.
-const BATCH: usize = 1 << 20;
-
 /// What the client thread measured.
 struct Measured {
     /// Each batched translation over the socket.
@@ -21,6 +18,7 @@ struct Measured {
 
 pub(super) fn bench_api(args: &BenchArgs, timeout: Duration) -> anyhow::Result<ExitCode> {
     let runs = args.runs as usize;
+    let batch = args.api_addresses as usize;
     let vm = boot(&args.boot, Console::capture())?;
     if let Err(code) = ready_or_end(&vm, timeout)? {
         return Ok(code);
@@ -28,7 +26,7 @@ pub(super) fn bench_api(args: &BenchArgs, timeout: Duration) -> anyhow::Result<E
     // In process, on the paused VM: the same addresses translated, and the walk alone.
     let states = vm.pause().context("pausing")?;
     let ctx = vm.paging_context(&states[0], None)?;
-    let gvas = address_mix(vm.guest_memory(), &ctx, BATCH);
+    let gvas = address_mix(vm.guest_memory(), &ctx, batch);
     let mem = vm.guest_memory();
     let translate_in_process = crate::bench::median(runs.max(3), || {
         let mut line = String::with_capacity(256);
@@ -67,7 +65,7 @@ pub(super) fn bench_api(args: &BenchArgs, timeout: Duration) -> anyhow::Result<E
     .to_string();
     let client = Client::new(&socket, timeout);
     let cycles = (runs * 5).max(50);
-    let measuring = std::thread::spawn(move || measure_client(&client, &body, runs, cycles));
+    let measuring = std::thread::spawn(move || measure_client(&client, &body, batch, runs, cycles));
     let end = vmm::api::serve(&vm, &server, ServeOptions::default())?;
     drop(server);
     let measured = measuring
@@ -79,9 +77,9 @@ pub(super) fn bench_api(args: &BenchArgs, timeout: Duration) -> anyhow::Result<E
 
     let mut batches = measured.batches.clone();
     batches.sort();
-    let rate = |t: Duration| BATCH as f64 / t.as_secs_f64() / 1e6;
+    let rate = |t: Duration| batch as f64 / t.as_secs_f64() / 1e6;
     println!(
-        "api translate {BATCH} addresses over the socket: median {:.2?} = {:.2} M addresses/s (runs {}); in process (translate + JSON line) {:.2?} = {:.2} M/s; socket / in-process time {:.2}x",
+        "api translate {batch} addresses over the socket: median {:.2?} = {:.2} M addresses/s (runs {}); in process (translate + JSON line) {:.2?} = {:.2} M/s; socket / in-process time {:.2}x",
         batches[batches.len() / 2],
         rate(batches[batches.len() / 2]),
         measured
@@ -142,6 +140,7 @@ pub(super) fn bench_api(args: &BenchArgs, timeout: Duration) -> anyhow::Result<E
 fn measure_client(
     client: &Client,
     body: &str,
+    batch: usize,
     runs: usize,
     cycles: usize,
 ) -> anyhow::Result<Measured> {
@@ -152,7 +151,7 @@ fn measure_client(
             let mut lines = LineCounter(0);
             let answer = client.request("POST", "/translate", Some(body.as_bytes()), &mut lines)?;
             batches.push(t.elapsed());
-            if answer.status != 200 || lines.0 != BATCH {
+            if answer.status != 200 || lines.0 != batch {
                 bail!(
                     "translate answered {} with {} lines",
                     answer.status,

@@ -170,6 +170,9 @@ pub struct BenchArgs {
     /// loop rate while a client polls GET /vm at 100 Hz against its rate unpolled.
     #[arg(long, conflicts_with = "kernel")]
     pub api: bool,
+    /// With --api: addresses in each batched translation.
+    #[arg(long, default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(1..=(4 << 20)), requires = "api")]
+    pub api_addresses: u64,
 }
 
 /// The default Linux command line: console on COM1, no boot chatter (each serial byte

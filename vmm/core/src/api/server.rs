@@ -10,7 +10,8 @@
 //! - the request head: [`Limits::max_headers`] headers, [`Limits::max_head_bytes`] bytes,
 //!   read within [`Limits::head_timeout`] (hyper's limits; a slow or silent client is
 //!   dropped);
-//! - the body: [`super::request::MAX_BODY_BYTES`] (413 beyond), read within
+//! - the body: [`Limits::max_body_bytes`] (413 beyond: at once when its declared
+//!   length says so), read within
 //!   [`Limits::body_timeout`] (408);
 //! - a streamed answer whose client reads nothing for [`Limits::stall_timeout`] is
 //!   abandoned, and so is one whose client went away: the VMM thread's work for it stops
@@ -51,6 +52,8 @@ pub struct Limits {
     pub body_timeout: Duration,
     /// How long a streamed answer waits for a client that reads nothing.
     pub stall_timeout: Duration,
+    /// Bytes of one request body (413 beyond).
+    pub max_body_bytes: usize,
 }
 
 impl Default for Limits {
@@ -62,6 +65,7 @@ impl Default for Limits {
             head_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             stall_timeout: Duration::from_secs(30),
+            max_body_bytes: MAX_BODY_BYTES,
         }
     }
 }
@@ -417,18 +421,19 @@ async fn answer(request: Request<Incoming>, shared: &Shared) -> Response<ApiBody
         .get(hyper::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-        return error_response(&too_large());
+    let max_body = shared.limits.max_body_bytes;
+    if declared.is_some_and(|n| n > max_body as u64) {
+        return error_response(&too_large(max_body));
     }
     let body = match tokio::time::timeout(
         shared.limits.body_timeout,
-        Limited::new(body, MAX_BODY_BYTES).collect(),
+        Limited::new(body, max_body).collect(),
     )
     .await
     {
         Ok(Ok(collected)) => collected.to_bytes(),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            return error_response(&too_large());
+            return error_response(&too_large(max_body));
         }
         Ok(Err(e)) => return error_response(&ApiError::bad(format!("reading the body: {e}"))),
         Err(_) => {
@@ -471,10 +476,10 @@ async fn answer(request: Request<Incoming>, shared: &Shared) -> Response<ApiBody
     }
 }
 
-fn too_large() -> ApiError {
+fn too_large(limit: usize) -> ApiError {
     ApiError {
         status: 413,
-        message: format!("the request body is over {MAX_BODY_BYTES} bytes"),
+        message: format!("the request body is over {limit} bytes"),
     }
 }
 
