@@ -182,7 +182,7 @@ fn measure_client(
             times.push(t.elapsed());
         }
         let mut rates = Vec::new();
-        for _ in 0..(runs / 2).clamp(2, 10) {
+        for _ in 0..runs.clamp(2, 20) {
             let quiet = loop_rate(client, Duration::from_secs(1), false)?;
             let polled = loop_rate(client, Duration::from_secs(1), true)?;
             rates.push((quiet, polled));

@@ -54,8 +54,17 @@ pub enum ServeEnd {
 pub fn serve(vm: &Vm, server: &ApiServer, options: ServeOptions) -> Result<ServeEnd, VmError> {
     let mut control = Controller::new(vm, options)?;
     loop {
+        let mut answered = false;
         while let Some(job) = server.try_next() {
             control.answer(job);
+            answered = true;
+        }
+        // Clients send requests in bursts (pause, registers, walk, resume): the next
+        // one is looked for a little while before this thread sleeps. Waking it costs
+        // up to a scheduler tick on a host where a running vCPU holds its core (PVM).
+        if answered && let Some(job) = linger_for_next(server) {
+            control.answer(job);
+            continue;
         }
         if control.shutdown {
             return Ok(ServeEnd::Shutdown);
@@ -73,6 +82,22 @@ pub fn serve(vm: &Vm, server: &ApiServer, options: ServeOptions) -> Result<Serve
             Err(e) => return Err(e),
         }
     }
+}
+
+/// How long [`serve`] looks for a client's next request after answering one.
+const NEXT_REQUEST_LINGER: Duration = Duration::from_micros(300);
+
+/// The next job, if one arrives within [`NEXT_REQUEST_LINGER`] (yielding the CPU while
+/// looking: the HTTP thread may need it to parse the request).
+fn linger_for_next(server: &ApiServer) -> Option<Job> {
+    let until = std::time::Instant::now() + NEXT_REQUEST_LINGER;
+    while std::time::Instant::now() < until {
+        if let Some(job) = server.try_next() {
+            return Some(job);
+        }
+        std::thread::yield_now();
+    }
+    None
 }
 
 /// One user of the dirty log: the pages dirtied since it last took them.
@@ -129,7 +154,13 @@ struct Controller<'a> {
     user_paused: bool,
     shutdown: bool,
     dirty: DirtyLedger,
+    /// The vCPUs' states at the last pause, and when (what `GET /vm` reports).
+    last_states: Option<(std::time::Instant, Vec<VcpuState>)>,
 }
+
+/// How old the vCPU states `GET /vm` reports may be before it pauses to read them
+/// again: polling it costs the guest at most one pause a second.
+const VM_STATES_MAX_AGE: Duration = Duration::from_secs(1);
 
 /// How a request paused the VM: `request` or `vm` ([`PAUSED_HEADER`]).
 struct Pause {
@@ -140,12 +171,13 @@ struct Pause {
 impl<'a> Controller<'a> {
     fn new(vm: &'a Vm, options: ServeOptions) -> Result<Self, VmError> {
         let user_paused = vm.is_paused();
-        let control = Self {
+        let mut control = Self {
             vm,
             options,
             user_paused,
             shutdown: false,
             dirty: DirtyLedger::default(),
+            last_states: None,
         };
         // What was dirtied before serving (boot, a restore) is nobody's news.
         if vm.dirty_log_backend().is_some() {
@@ -156,9 +188,10 @@ impl<'a> Controller<'a> {
         Ok(control)
     }
 
-    fn pause(&self) -> Result<Pause, VmError> {
+    fn pause(&mut self) -> Result<Pause, VmError> {
         let took = !self.vm.is_paused();
         let states = self.vm.pause()?;
+        self.last_states = Some((std::time::Instant::now(), states.clone()));
         Ok(Pause { states, took })
     }
 
@@ -217,15 +250,25 @@ impl<'a> Controller<'a> {
     ) -> Result<(u16, String), ApiError> {
         match request {
             ApiRequest::GetVm => {
-                let pause = self.pause().map_err(internal("pausing the vCPUs"))?;
-                let json = self.vm_json(&pause.states);
-                *release = Some(pause);
-                Ok((200, json))
+                let fresh = self
+                    .last_states
+                    .as_ref()
+                    .is_some_and(|(at, _)| at.elapsed() < VM_STATES_MAX_AGE);
+                if !fresh {
+                    let pause = self.pause().map_err(internal("pausing the vCPUs"))?;
+                    *release = Some(pause);
+                }
+                let states = self
+                    .last_states
+                    .as_ref()
+                    .map(|(_, states)| states.clone())
+                    .unwrap_or_default();
+                Ok((200, self.vm_json(&states)))
             }
             ApiRequest::SetState(state) => {
                 // The answer describes the vCPUs as this pause found them (a resume:
                 // as they are now, paused): no second pause.
-                let states = self.vm.pause().map_err(internal("pausing the vCPUs"))?;
+                let states = self.pause().map_err(internal("pausing the vCPUs"))?.states;
                 self.user_paused = state == RunState::Paused;
                 let json = self.vm_json(&states);
                 if !self.user_paused {
@@ -243,8 +286,9 @@ impl<'a> Controller<'a> {
         }
     }
 
-    /// `GET /vm`'s answer; the paging mode of each vCPU comes from its registers in
-    /// `states` (`GET /vm` pauses briefly for them when the VM runs).
+    /// `GET /vm`'s answer; the paging mode and CR3 of each vCPU come from its registers
+    /// in `states`, read at the last pause (`paging_age_us` says how long ago: `GET
+    /// /vm` pauses for them only when they are older than [`VM_STATES_MAX_AGE`]).
     fn vm_json(&self, states: &[VcpuState]) -> String {
         let paging: Vec<serde_json::Value> = states
             .iter()
@@ -269,6 +313,10 @@ impl<'a> Controller<'a> {
             "memory_bytes": boot.memory_bytes,
             "boot": boot,
             "paging": paging,
+            "paging_age_us": self
+                .last_states
+                .as_ref()
+                .map_or(0, |(at, _)| at.elapsed().as_micros() as u64),
             "dirty_log": self.vm.dirty_log_backend().map(|b| b.to_string()),
         })
         .to_string()
