@@ -7,7 +7,7 @@
 //! stays paused. However a request ends (answered, failed, its client gone mid-stream),
 //! the pause it took ends with it.
 //!
-//! The dirty log has one reader here, [`DirtyLedger`]: every fetch is added to what each
+//! The dirty log has one reader here, the dirty ledger: every fetch is added to what each
 //! user has not yet seen (the dirty scans, and each snapshot chain this VMM writes), so
 //! a scan never steals pages from a chain's next diff, nor a chain from another.
 
