@@ -825,6 +825,43 @@ fn ctl_drives_a_running_vmm_as_the_offline_commands_print() {
         assert!(live.lines().count() > 100, "{live}");
         assert_eq!(live, text(&offline.stdout), "--format {format}");
     }
+    // The snapshot over the API is one `--snapshot-dir` would have written: the same
+    // state (the built-in guest's address spaces are built alike every boot, so each
+    // inspects to the same ranges) and the same listing.
+    let from_run = dir.join("from-run");
+    let from_run_arg = from_run.to_str().unwrap().to_owned();
+    let out = vmm(&[
+        "run",
+        "--memory",
+        "64M",
+        "--snapshot-dir",
+        &from_run_arg,
+        "--snapshot-every",
+        "10ms",
+        "--snapshots",
+        "1",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let state = |d: &std::path::Path| snapshot_state(d, 0);
+    let (api_state, run_state) = (state(&snaps), state(&from_run));
+    assert_eq!(api_state["version"], run_state["version"]);
+    assert_eq!(api_state["guest_cr3s"], run_state["guest_cr3s"]);
+    assert_eq!(api_state["boot"], run_state["boot"]);
+    for cr3 in api_state["guest_cr3s"].as_array().unwrap() {
+        let cr3 = format!("{:#x}", cr3.as_u64().unwrap());
+        let inspect = |d: &str| {
+            let out = vmm(&["inspect", "--snapshot", d, "--cr3", &cr3]);
+            assert!(out.status.success(), "{}", text(&out.stderr));
+            text(&out.stdout)
+                .lines()
+                .filter(|l| !l.starts_with('#'))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        let api = inspect(&snaps_arg);
+        assert!(api.len() > 3, "{api:?}");
+        assert_eq!(api, inspect(&from_run_arg), "CR3 {cr3}");
+    }
     let walk = ctl(&["walk", "--format", "text"]);
     assert!(
         text(&walk.stderr).contains("complete:"),
