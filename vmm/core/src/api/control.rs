@@ -62,7 +62,10 @@ pub fn serve(vm: &Vm, server: &ApiServer, options: ServeOptions) -> Result<Serve
         // Clients send requests in bursts (pause, registers, walk, resume): the next
         // one is looked for a little while before this thread sleeps. Waking it costs
         // up to a scheduler tick on a host where a running vCPU holds its core (PVM).
-        if answered && let Some(job) = linger_for_next(server) {
+        if answered
+            && !control.shutdown
+            && let Some(job) = linger_for_next(server)
+        {
             control.answer(job);
             continue;
         }
