@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""Writes small seed inputs for the `dump` fuzz target into corpus/dump/: an ELF core, a
+"""Writes small seed inputs for the fuzz targets. For `dump`, into corpus/dump/: an ELF core, a
 LiME capture and kdump-compressed files (seekable and flattened, zlib and raw pages), each
 holding 4-level page tables at 0x1000 that map a few pages, so the fuzzer starts from
 inputs that reach the walker. The first byte of an input picks how it is opened (0:
-detected)."""
+detected). For `api_request`, into corpus/api_request/: one valid request of each route."""
 import os
 import struct
 import zlib
@@ -100,3 +100,24 @@ for name, body in seeds.items():
     with open(os.path.join(out, "seed-" + name), "wb") as f:
         f.write(b"\0" + body)
 print("wrote", len(seeds), "seeds to", out)
+
+# The `api_request` target: one valid request of every route (method index, path, NUL,
+# query, NUL, body), into corpus/api_request/.
+api_out = os.path.join(os.path.dirname(out), "api_request")
+os.makedirs(api_out, exist_ok=True)
+METHODS = ["GET", "PUT", "POST", "PATCH", "DELETE", "HEAD"]
+requests = [
+    ("GET", "/vm", "", b""),
+    ("PATCH", "/vm", "", b'{"state":"Paused"}'),
+    ("GET", "/vcpus/0/registers", "", b""),
+    ("POST", "/translate", "", b'{"vcpu":0,"cr3":"0x1000","gvas":["0x400000","ffff_8000_0000_0000"],"format":"text"}'),
+    ("GET", "/mappings", "vcpu=1&range=1000-2000&pte_level=true&format=tlb", b""),
+    ("GET", "/memory", "gva=0x1000&vcpu=0&len=16", b""),
+    ("POST", "/dirty/scan", "format=text", b"{}"),
+    ("PUT", "/snapshot/create", "", b'{"dir":"/tmp/s","kind":"full"}'),
+    ("PUT", "/actions", "", b'{"action":"shutdown"}'),
+]
+for i, (method, path, query, body) in enumerate(requests):
+    with open(os.path.join(api_out, "seed-%d" % i), "wb") as f:
+        f.write(bytes([METHODS.index(method)]) + path.encode() + b"\0" + query.encode() + b"\0" + body)
+print("wrote", len(requests), "seeds to", api_out)
