@@ -235,6 +235,17 @@ fn bad_line(b: &BadEntry) -> String {
     )
 }
 
+/// The line that heads a walk of `ctx` (the text format prints it first; `vmm walk`
+/// prints it on stderr for the other formats): `# address space of LABEL: CR3 ...,
+/// MODE paging`.
+pub fn address_space_header(label: &str, ctx: &PagingContext) -> String {
+    format!(
+        "# address space of {label}: CR3 {:#x}, {:?} paging",
+        ctx.registers().cr3,
+        ctx.mode()
+    )
+}
+
 /// Walks `ctx` over `range` and prints every mapping in `format` to `out`.
 pub fn print_walk<M: GuestMemoryBackend, W: Write>(
     mem: &M,

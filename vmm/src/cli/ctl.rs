@@ -317,17 +317,10 @@ pub(super) fn ctl_command(args: &CtlArgs) -> anyhow::Result<ExitCode> {
             }
             let v: serde_json::Value =
                 serde_json::from_slice(&reply).context("the snapshot answer is not JSON")?;
-            writeln!(
-                out,
-                "generation {} {}: {} pages, {} bytes in {}, written in {:.2?}",
-                v["generation"],
-                v["kind"].as_str().unwrap_or("?"),
-                v["pages"],
-                v["data_bytes"],
-                v["data_path"].as_str().unwrap_or("?"),
-                Duration::from_micros(v["elapsed_us"].as_u64().unwrap_or(0))
-            )?;
-            out.flush()?;
+            let info = vmm::api::control::snapshot_from_json(&v)
+                .with_context(|| format!("the snapshot answer is not a generation: {v}"))?;
+            drop(out);
+            print_generation(&info);
             return Ok(ExitCode::SUCCESS);
         }
         CtlCommand::Shutdown => (

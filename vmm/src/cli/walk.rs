@@ -117,11 +117,7 @@ pub(super) fn walk_one<M: GuestMemoryBackend>(
     let mut out = io::BufWriter::new(stdout.lock());
     // The text format starts each address space with a `#` line; `tlb` is QEMU's `info
     // tlb` line for line, so its header goes to stderr, as json's does.
-    let header = format!(
-        "# address space of {label}: CR3 {:#x}, {:?} paging",
-        ctx.registers().cr3,
-        ctx.mode()
-    );
+    let header = vmm::introspect::address_space_header(label, ctx);
     if output.format == Format::Text {
         writeln!(out, "{header}")?;
     } else {

@@ -20,12 +20,11 @@ use walker::{DirtyBitmap, Granularity, Gva, PagingContext, WalkOptions};
 
 use super::request::{ApiError, ApiRequest, MemoryAt, RunState, SnapshotRequestKind, Space};
 use super::server::{ApiServer, Job, PAUSED_HEADER, Responder, WALK_TRAILER};
-use crate::arch::x86_64::regs::RegisterDump;
 use crate::dirty::DirtySet;
 use crate::events::VmEvent;
 use crate::introspect::{
-    Format, OracleVerdict, PrintError, kvm_comparison_text, oracle_verdict, print_walk,
-    push_translation_json, push_translation_text,
+    Format, OracleVerdict, PrintError, address_space_header, kvm_comparison_text, oracle_verdict,
+    print_walk, push_translation_json, push_translation_text,
 };
 use crate::snapshot::{SnapshotDir, SnapshotInfo};
 use crate::vcpu::VcpuState;
@@ -93,8 +92,8 @@ const NEXT_REQUEST_LINGER: Duration = Duration::from_micros(300);
 /// The next job, if one arrives within [`NEXT_REQUEST_LINGER`] (yielding the CPU while
 /// looking: the HTTP thread may need it to parse the request).
 fn linger_for_next(server: &ApiServer) -> Option<Job> {
-    let until = std::time::Instant::now() + NEXT_REQUEST_LINGER;
-    while std::time::Instant::now() < until {
+    let until = Instant::now() + NEXT_REQUEST_LINGER;
+    while Instant::now() < until {
         if let Some(job) = server.try_next() {
             return Some(job);
         }
@@ -397,12 +396,8 @@ impl<'a> Controller<'a> {
 
     fn registers(&self, states: &[VcpuState], vcpu: usize) -> Result<String, ApiError> {
         let state = self.state(states, vcpu)?;
-        let dump = RegisterDump {
-            regs: state.regs,
-            sregs: state.sregs,
-            last_io: state.last_io,
-        };
-        let value = serde_json::to_value(dump).map_err(internal("encoding the registers"))?;
+        let value =
+            serde_json::to_value(state.dump()).map_err(internal("encoding the registers"))?;
         let mut value = hex_numbers(value);
         if let serde_json::Value::Object(map) = &mut value {
             map.insert("vcpu".into(), vcpu.into());
@@ -426,11 +421,7 @@ impl<'a> Controller<'a> {
             Err(e) => return reply.error(&e),
         };
         let state = &states[space.vcpu()];
-        let content_type = match format {
-            Format::Json => "application/x-ndjson",
-            _ => "text/plain; charset=utf-8",
-        };
-        let mut out = reply.stream(content_type, None);
+        let mut out = reply.stream(lines_type(format), None);
         let mut line = String::with_capacity(256);
         for gva in gvas {
             line.clear();
@@ -495,21 +486,12 @@ impl<'a> Controller<'a> {
             Space::Vcpu(n) => format!("vcpu {n}"),
             Space::Cr3 { cr3, .. } => format!("CR3 {cr3:#x}"),
         };
-        let content_type = match format {
-            Format::Json => "application/x-ndjson",
-            _ => "text/plain; charset=utf-8",
-        };
-        let mut out = reply.stream(content_type, trailers.then_some(WALK_TRAILER));
+        let mut out = reply.stream(lines_type(format), trailers.then_some(WALK_TRAILER));
         // As `vmm walk` prints it: the text format starts with the address space's line.
-        if format == Format::Text {
-            let header = format!(
-                "# address space of {label}: CR3 {:#x}, {:?} paging\n",
-                ctx.registers().cr3,
-                ctx.mode()
-            );
-            if out.write_all(header.as_bytes()).is_err() {
-                return;
-            }
+        if format == Format::Text
+            && writeln!(out, "{}", address_space_header(&label, &ctx)).is_err()
+        {
+            return;
         }
         let granularity = if pte_level {
             Granularity::Split4K
@@ -646,7 +628,7 @@ impl<'a> Controller<'a> {
                         .fetch(self.vm)
                         .map_err(internal("fetching the dirty log"))?;
                 }
-                let info = self.write(&mut snaps, states, None)?;
+                let info = write_generation(self.vm, &mut snaps, states, None)?;
                 let canonical = std::fs::canonicalize(snaps.path())
                     .unwrap_or_else(|_| snaps.path().to_path_buf());
                 self.dirty.chains.push(Chain {
@@ -671,14 +653,13 @@ impl<'a> Controller<'a> {
         };
         Ok(snapshot_json(&info))
     }
+}
 
-    fn write(
-        &self,
-        dir: &mut SnapshotDir,
-        states: &[VcpuState],
-        dirty: Option<Vec<DirtyBitmap>>,
-    ) -> Result<SnapshotInfo, ApiError> {
-        write_generation(self.vm, dir, states, dirty)
+/// The content type of an answer of lines in `format`: JSON lines, or text.
+fn lines_type(format: Format) -> &'static str {
+    match format {
+        Format::Json => "application/x-ndjson",
+        _ => "text/plain; charset=utf-8",
     }
 }
 
@@ -700,9 +681,28 @@ pub fn snapshot_json(info: &SnapshotInfo) -> String {
         "pages": info.pages,
         "data_bytes": info.data_bytes,
         "data_path": info.data_path,
+        "state_path": info.state_path,
         "elapsed_us": info.elapsed.as_micros() as u64,
     })
     .to_string()
+}
+
+/// A `PUT /snapshot/create` answer read back ([`snapshot_json`]'s inverse, to the
+/// microsecond), or `None` if it is not one.
+pub fn snapshot_from_json(v: &serde_json::Value) -> Option<SnapshotInfo> {
+    Some(SnapshotInfo {
+        generation: v["generation"].as_u64()?,
+        kind: match v["kind"].as_str()? {
+            "Full" => crate::snapshot::SnapshotKind::Full,
+            "Diff" => crate::snapshot::SnapshotKind::Diff,
+            _ => return None,
+        },
+        pages: v["pages"].as_u64()?,
+        data_bytes: v["data_bytes"].as_u64()?,
+        data_path: v["data_path"].as_str()?.into(),
+        state_path: v["state_path"].as_str()?.into(),
+        elapsed: Duration::from_micros(v["elapsed_us"].as_u64()?),
+    })
 }
 
 fn kvm_json_fields(verdict: OracleVerdict, valid: bool, gpa: u64) -> String {
@@ -738,7 +738,7 @@ pub fn hex_numbers(value: serde_json::Value) -> serde_json::Value {
 }
 
 /// The inverse of [`hex_numbers`]: `"0x..."` strings back to numbers (for the client,
-/// which turns a registers answer back into a [`RegisterDump`]).
+/// which turns a registers answer back into a [`crate::arch::x86_64::regs::RegisterDump`]).
 pub fn unhex_numbers(value: serde_json::Value) -> serde_json::Value {
     use serde_json::Value;
     match value {
@@ -766,6 +766,7 @@ fn internal<E: std::fmt::Display>(doing: &'static str) -> impl Fn(E) -> ApiError
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::arch::x86_64::regs::RegisterDump;
 
     #[test]
     fn register_dumps_survive_hex_and_back() {
@@ -780,6 +781,26 @@ mod tests {
         assert_eq!(hexed["sregs"]["cs"]["l"], true);
         let back: RegisterDump = serde_json::from_value(unhex_numbers(hexed)).unwrap();
         assert_eq!(back, dump);
+    }
+
+    #[test]
+    fn snapshot_answers_read_back() {
+        let info = SnapshotInfo {
+            generation: 3,
+            kind: crate::snapshot::SnapshotKind::Diff,
+            pages: 17,
+            data_bytes: 70_000,
+            data_path: "/s/gen-000003.diff".into(),
+            state_path: "/s/gen-000003.state".into(),
+            elapsed: Duration::from_micros(1234),
+        };
+        let json: serde_json::Value = serde_json::from_str(&snapshot_json(&info)).unwrap();
+        assert_eq!(json["kind"], "Diff");
+        assert_eq!(snapshot_from_json(&json), Some(info));
+        assert_eq!(
+            snapshot_from_json(&serde_json::json!({"kind": "Full"})),
+            None
+        );
     }
 
     #[test]
