@@ -314,6 +314,35 @@ fn bad_input_gets_a_clear_error() {
     let out = vmm(&["run", "--memory", "12Q"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("12Q"));
+    // The control API's options: refused before anything boots.
+    let out = vmm(&["run", "--dirty-log", "auto"]);
+    assert_eq!(out.status.code(), Some(101));
+    assert!(
+        text(&out.stderr).contains("--dirty-log goes with --dirty-scan-every or --api-socket"),
+        "{}",
+        text(&out.stderr)
+    );
+    for args in [
+        &["run", "--api-socket", "/tmp/x", "--dirty-scan-every", "1s"][..],
+        &[
+            "restore",
+            "/tmp/x",
+            "--api-socket",
+            "/tmp/y",
+            "--dirty-scan-every",
+            "1s",
+        ][..],
+        &["bench", "--api", "--api-addresses", "0"][..],
+        &["ctl", "--socket", "/tmp/x", "memory", "--len", "8"][..],
+    ] {
+        let out = vmm(args);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
     let out = vmm(&[
         "inspect",
         "--memory",
